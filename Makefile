@@ -1,0 +1,157 @@
+# gq -- offline GPTQ quantization toolkit.
+#
+#   make               build build/gq and build/libgq.a (CUDA if nvcc is found)
+#   make CUDA=0        force the CPU-only build;  CUDA=1 requires nvcc
+#   make CUDA_ARCH=90  GPU architecture (default 90: H100/H200)
+#   make test          build and run the whole test suite (tests/run.sh)
+#   make SAN=1 test    the same with AddressSanitizer + UBSan (objects in build-san/)
+#   make bench         build the benchmarks in bench/
+#   make DEBUG=1       -O0 -g
+#   make V=1           show full commands
+#
+# Dependencies (Debian): libopenblas-openmp-dev (or libopenblas-dev), liblapacke-dev,
+# libjansson-dev, libpcre2-dev, zlib1g-dev; optional: the CUDA toolkit.
+
+CC      ?= gcc
+NVCC    ?= nvcc
+CUDA    ?= auto
+CUDA_ARCH ?= 90
+SAN     ?= 0
+DEBUG   ?= 0
+
+ifeq ($(SAN),1)
+BUILD   ?= build-san
+else
+BUILD   ?= build
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+ifneq ($(filter-out auto 0 1,$(CUDA)),)
+$(error CUDA must be auto, 0 or 1, got '$(CUDA)')
+endif
+
+# ---- OpenBLAS: prefer the OpenMP build so BLAS and gq share one thread pool.
+OPENBLAS_OMP_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+ifneq ($(wildcard $(OPENBLAS_OMP_DIR)/libopenblas.so),)
+BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
+BLAS_LIBS   := -L$(OPENBLAS_OMP_DIR) -Wl,--disable-new-dtags -Wl,-rpath,$(OPENBLAS_OMP_DIR) -lopenblas
+BLAS_MSG    := OpenBLAS (OpenMP build)
+else
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+BLAS_MSG    := OpenBLAS (pkg-config)
+endif
+
+OPT := -O2 -march=native
+ifeq ($(DEBUG),1)
+OPT := -O0 -g
+endif
+
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc $(BLAS_CFLAGS)
+LDLIBS := $(BLAS_LIBS) -llapacke -ljansson -lpcre2-8 -lz -lm -fopenmp -lpthread
+
+ifeq ($(SAN),1)
+CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer
+LDLIBS += -fsanitize=address,undefined
+endif
+
+# ---- CUDA detection
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+ifeq ($(CUDA),auto)
+ifneq ($(NVCC_PATH),)
+USE_CUDA := 1
+else
+USE_CUDA := 0
+endif
+else
+USE_CUDA := $(CUDA)
+endif
+ifeq ($(USE_CUDA),1)
+ifeq ($(NVCC_PATH),)
+$(error CUDA=1 but nvcc was not found on PATH)
+endif
+ifeq ($(SAN),1)
+USE_CUDA := 0
+endif
+endif
+
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC_PATH)))
+SRCS := $(wildcard src/*.c)
+CU_SRCS := $(wildcard src/cuda/*.cu)
+OBJS := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+CFLAGS := $(CFLAGS_BASE)
+ifeq ($(USE_CUDA),1)
+CFLAGS += -DGQ_USE_CUDA
+CU_OBJS := $(CU_SRCS:src/cuda/%.cu=$(BUILD)/obj/cuda/%.o)
+NVCCFLAGS := -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) -Iinclude -Isrc -DGQ_USE_CUDA \
+             -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fopenmp --expt-relaxed-constexpr -lineinfo
+LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lcusolver -lstdc++
+CUDA_MSG := ✓ nvcc found ($(NVCC_PATH)), CUDA backend on, sm_$(CUDA_ARCH)
+else
+CU_OBJS :=
+CUDA_MSG := ✗ CUDA backend off (nvcc not found or CUDA=0): CPU backend only
+endif
+
+LIB := $(BUILD)/libgq.a
+BIN := $(BUILD)/gq
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+FUZZ_SRCS := $(wildcard tests/fuzz/*.c)
+
+.PHONY: all test bench clean info fuzz
+all: info $(BIN)
+
+info:
+	@echo "gq build: $(BUILD)/  ($(CC), $(BLAS_MSG), LAPACKE, jansson, PCRE2, zlib)"
+	@echo "  $(CUDA_MSG)"
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/cuda/%.o: src/cuda/%.cu
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC  $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(filter-out $(BUILD)/obj/main.o,$(OBJS)) $(CU_OBJS)
+	@$(if $(Q),echo "  AR    $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(BUILD)/obj/main.o $(LIB)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/test.h $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+test: info $(BIN) $(TEST_BINS)
+	@GQ_BIN=$(BIN) GQ_BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+
+bench: info $(BIN) $(BENCH_BINS)
+
+# libFuzzer build of the safetensors reader (clang): make fuzz; see tests/fuzz/README.md
+fuzz:
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude -Isrc $(BLAS_CFLAGS) \
+	  tests/fuzz/fuzz_st.c src/st.c src/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(OBJS:.o=.d) $(CU_OBJS:.o=.d)

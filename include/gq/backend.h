@@ -1,0 +1,128 @@
+/*
+ * gq/backend.h -- the compute backend: one small C interface in front of
+ * the CPU path (OpenBLAS + LAPACKE, fp32) and the CUDA path (cuBLAS +
+ * cuSOLVER, fp16 activations with fp32 accumulation).
+ *
+ * Buffers are opaque device pointers (`void *`) owned by the backend: host
+ * memory on the CPU backend, device memory on CUDA. Activation buffers hold
+ * elements of gq_backend_act_dtype() (F32 on CPU, F16 on CUDA); the caller
+ * only sizes them (gq_be_act_bytes) and moves f32 data in and out with
+ * gq_be_upload_f32 / gq_be_download_f32. Hessians and vectors are f32 on
+ * every backend.
+ *
+ * Matrix conventions (row-major everywhere):
+ *   activations X [T][ld] (ld >= width; fused projections use column
+ *   offsets), weights W [rows=out][cols=in] (the Hugging Face layout), so a
+ *   linear layer is Y[T][out] = X[T][in] * W^T (+ bias).
+ *
+ * Every op returns a gq_status. Ops may run asynchronously on a device;
+ * downloads synchronise.
+ */
+#ifndef GQ_BACKEND_H
+#define GQ_BACKEND_H
+
+#include "gq/common.h"
+#include "gq/gptq.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gq_backend gq_backend;
+
+/* spec: "cpu", "cuda", "cuda:N", or "auto" / NULL (CUDA when a GPU is
+ * present and gq was built with CUDA, the CPU otherwise). Logs which one was
+ * chosen and why. */
+int gq_backend_init(gq_backend **out, const char *spec);
+void gq_backend_free(gq_backend *be);
+const char *gq_backend_name(const gq_backend *be); /* "cpu (OpenBLAS, 16 threads)" */
+int gq_backend_is_gpu(const gq_backend *be);
+gq_dtype gq_backend_act_dtype(const gq_backend *be);
+/* 1 if this build has CUDA support compiled in. */
+int gq_backend_cuda_compiled(void);
+/* Device memory: peak bytes allocated through this backend so far. */
+size_t gq_be_peak_bytes(const gq_backend *be);
+/* Free device memory now (bytes), 0 on CPU. */
+size_t gq_be_free_bytes(const gq_backend *be);
+
+/* ---- buffers --------------------------------------------------------------- */
+
+void *gq_be_alloc(gq_backend *be, size_t bytes); /* GQ_ERR_NOMEM -> NULL + message */
+void gq_be_release(gq_backend *be, void *p);     /* NULL ok */
+size_t gq_be_act_bytes(const gq_backend *be, size_t n_elems);
+int gq_be_upload(gq_backend *be, void *dst, const void *src, size_t bytes);
+int gq_be_download(gq_backend *be, void *dst, const void *src, size_t bytes);
+int gq_be_memset0(gq_backend *be, void *dst, size_t bytes);
+/* f32 host <-> activation dtype, n elements; ld-free (contiguous). */
+int gq_be_upload_f32(gq_backend *be, void *dst_act, const float *src, size_t n);
+int gq_be_download_f32(gq_backend *be, float *dst, const void *src_act, size_t n);
+/* Copy n activation elements device to device. */
+int gq_be_copy_act(gq_backend *be, void *dst, const void *src, size_t n);
+int gq_be_sync(gq_backend *be);
+
+/* ---- weights ---------------------------------------------------------------- */
+
+typedef struct {
+    void *data;   /* backend buffer [rows][cols] in `dtype` */
+    int rows, cols;
+    gq_dtype dtype; /* F32 on CPU, F16 (or BF16) on CUDA */
+} gq_bweight;
+
+/* Upload an f32 host matrix [rows][cols] (a vector is rows = 1). */
+int gq_be_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols);
+/* Upload raw F16/BF16/F32 host data without a f32 round trip. */
+int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols);
+void gq_be_weight_free(gq_backend *be, gq_bweight *w);
+
+/* ---- forward ops --------------------------------------------------------------- */
+
+/* Y[T][ldy] (cols 0..W.rows-1) = X[T][ldx] (cols 0..W.cols-1) * W^T + bias.
+ * bias may be NULL (else a 1 x W.rows weight). accumulate: Y += instead. */
+int gq_be_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
+                 const gq_bweight *bias, int accumulate);
+/* Y[T][ldy] = X / sqrt(mean(X^2) + eps) * w, per row of d elements. */
+int gq_be_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
+                  float eps);
+/* Rotary embedding in place on n_heads heads of head_dim at X[t][ld], for
+ * positions pos0 .. pos0+T-1, Hugging Face "rotate_half" pairing (i, i+hd/2):
+ * angle = pos * inv_freq[i], i < hd/2 (inv_freq: host array, hd/2 floats),
+ * x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angles and cos/sin in fp32. */
+int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
+               const float *inv_freq);
+/* Causal grouped-query attention for one sequence:
+ * O[Tq][ldo] (n_heads * hd) = softmax(Q K^T / sqrt(hd) + causal) V.
+ * Q[Tq][ldq] has n_heads heads; K, V [Tk][ldk] have n_kv heads (head h uses
+ * kv head h / (n_heads / n_kv)). Query i is at absolute position
+ * Tk - Tq + i and attends to keys 0 .. Tk - Tq + i (prefill: Tq == Tk; one
+ * decode step: Tq == 1 with a cache of Tk keys). Never materialises Tq x Tk
+ * scores in device memory beyond a bounded tile. */
+int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
+                    const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim);
+/* A[T][lda] (I cols) = silu(GU[:, 0:I]) * GU[:, I:2I], GU[T][ldgu]. */
+int gq_be_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I);
+/* Y[T][ldy] += X[T][ldx], d columns. */
+int gq_be_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d);
+
+/* ---- calibration and quantization ops ---------------------------------------------- */
+
+/* H[K][K] (f32 buffer, upper triangle j >= i at least) += X^T X, X[T][ldx]. */
+int gq_be_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, int T, int K);
+/* GPTQ / RTN solve of W (rows x cols) with the Hessian H (f32 buffer,
+ * upper triangle; destroyed), scaled by h_scale first (e.g. 2 / n_samples,
+ * which only changes the reported loss). Results (codes, scales, zeros, ...)
+ * go to the host struct `res` (allocated by the op with gq_qresult_init);
+ * W is replaced by the dequantized weights. Same semantics as
+ * gq_gptq_quantize on every backend. */
+int gq_be_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
+
+/* Sum of next-token negative log-likelihoods: logits[t] = X[t] * Wlm^T for
+ * t < T; targets[t] (host, -1 = ignore). Adds to *nll_sum and *count.
+ * If logits_out (host, T x vocab f32) is not NULL the logits are also
+ * returned (for tests and generation). */
+int gq_be_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
+              double *nll_sum, int64_t *count, float *logits_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_BACKEND_H */

@@ -1,0 +1,117 @@
+/*
+ * gq/gptq.h -- the group-wise integer quantizer and the GPTQ solve (CPU
+ * reference, OpenBLAS + LAPACKE), as IST-DASLab/gptq does it
+ * (../shared/docs/gptq-reference.md §1):
+ *
+ *   dead columns (diag H == 0 -> H_ii = 1, W[:, i] = 0); optional static
+ *   groups (params of each group computed up front on W in original order);
+ *   optional act-order (columns sorted by diag H, descending, stable);
+ *   damping lambda = damp * mean(diag H); Hinv = upper Cholesky factor of
+ *   H^-1 (potrf, potri, potrf); lazy blocks of block_size columns; per
+ *   column: params at group starts (from the current W, i.e. with the error
+ *   updates of earlier blocks but not of earlier columns of this block),
+ *   q = clamp(rint(w / scale) + zero, 0, maxq), err = (w - deq) / Hinv_ii,
+ *   in-block update with err x Hinv[i, i+1:], block update W[:, i2:] -=
+ *   Err * Hinv[i1:i2, i2:]; loss += (w - deq)^2 / Hinv_ii^2 / 2.
+ *
+ * Layout: W is [rows][cols] row-major, the Hugging Face Linear layout
+ * [out_features][in_features]; H is [cols][cols]. Rows are independent, so
+ * the rows of several linears that share an input (q/k/v, gate/up) may be
+ * stacked and solved with one H and one factorization.
+ *
+ * Quantizer (quant.py): asym: xmin = min(min(x), 0), xmax = max(max(x), 0),
+ * both 0 -> [-1, 1]; scale = (xmax - xmin) / maxq; zero = rint(-xmin/scale).
+ * sym: xmax = max(|xmin|, xmax), xmin = -xmax if xmin < 0, zero = (maxq+1)/2.
+ * gq then rounds each scale to the nearest fp16 value before it is used, so
+ * the codes, the error feedback and the exported fp16 scales agree exactly.
+ * Zero policy GQ_ZERO_V1: an asymmetric zero of 0 cannot be stored in the
+ * AutoGPTQ v1 format (stored value = zero - 1); such a group gets zero 1 and
+ * scale = (xmax - xmin) / (maxq - 1), the grid shifted up by one step, which
+ * still covers [xmin, xmax]. GQ_ZERO_FREE keeps zero 0 (gptq_v2 output).
+ */
+#ifndef GQ_GPTQ_H
+#define GQ_GPTQ_H
+
+#include "gq/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { GQ_METHOD_GPTQ = 0, GQ_METHOD_RTN } gq_method;
+typedef enum { GQ_ZERO_V1 = 0, GQ_ZERO_FREE } gq_zero_policy;
+
+typedef struct {
+    gq_method method;
+    int bits;          /* 2, 3, 4, 8 */
+    int group_size;    /* 32, 64, 128, ..., or -1 = one group per row */
+    int sym;           /* 1: zero = 2^(bits-1) */
+    int act_order;
+    int static_groups;
+    double damp;       /* relative damping, 0.01 */
+    int block_size;    /* 128 */
+    gq_zero_policy zero_policy;
+    int max_retries;   /* Cholesky retries with growing damping (8) */
+} gq_gptq_params;
+
+void gq_gptq_params_default(gq_gptq_params *p);
+
+typedef struct {
+    int rows, cols, ngroups;
+    uint8_t *codes;   /* [rows][cols] integer codes, original column order */
+    float *scales;    /* [ngroups][rows], each exactly fp16-representable */
+    int32_t *zeros;   /* [ngroups][rows], in [0, maxq] (>= 1 under GQ_ZERO_V1) */
+    int32_t *g_idx;   /* [cols] group of each input column */
+    int32_t *perm;    /* [cols] act-order permutation (NULL without act-order) */
+    float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN) */
+    double loss;      /* sum of row_loss */
+    double damp_used; /* relative damping that finally worked */
+    int retries;      /* how many times damping was increased */
+    int fallback;     /* 1: Cholesky kept failing, rounded to nearest instead */
+    int n_dead;       /* dead input columns */
+    double seconds;
+} gq_qresult;
+
+/* Allocate result arrays for rows x cols (ngroups from the params). */
+void gq_qresult_init(gq_qresult *r, const gq_gptq_params *p, int rows, int cols);
+void gq_qresult_free(gq_qresult *r);
+
+/* ---- quantizer (scalar reference) ---------------------------------------- */
+
+static inline int gq_maxq(int bits) { return (1 << bits) - 1; }
+
+/* Params for n values x[0], x[stride], ... */
+void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
+                     int32_t *zero);
+/* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
+static inline int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
+    float q = __builtin_rintf(x / scale) + (float)zero;
+    if (q < 0.0f) q = 0.0f;
+    if (q > (float)maxq) q = (float)maxq;
+    return (int)q;
+}
+static inline float gq_dequant(int q, float scale, int32_t zero) { return scale * (float)(q - zero); }
+
+/* Dequantized weights W[rows][cols] from a result. */
+void gq_qresult_dequant(const gq_qresult *r, float *W);
+
+/* ---- solvers -------------------------------------------------------------- */
+
+/* GPTQ (or RTN when p->method == GQ_METHOD_RTN, H unused and may be NULL).
+ * W [rows][cols]: in, the weights; out, the dequantized weights.
+ * H [cols][cols] symmetric (only the upper triangle, j >= i, is read); it is
+ * destroyed. A Cholesky failure is retried with growing damping (logged);
+ * after max_retries the module is rounded to nearest, res->fallback = 1 and
+ * a warning is logged. NaN/Inf in W or H is GQ_ERR_NUMERIC. */
+int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res);
+
+/* The inverse factor step alone, exposed for tests and the CUDA reference:
+ * H (full symmetric, cols x cols, dead columns already fixed, damping added)
+ * -> upper Cholesky factor of H^-1, in place, in double precision.
+ * Returns GQ_ERR_NOT_PD when a factorization fails. */
+int gq_gptq_hinv(double *H, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_GPTQ_H */

@@ -1,0 +1,101 @@
+/*
+ * gq/model.h -- a Llama-family checkpoint (config.json + safetensors) read
+ * layer by layer, and the decoder forward pass on a backend.
+ *
+ * Tensor names (Hugging Face LlamaForCausalLM):
+ *   model.embed_tokens.weight            [vocab][hidden]
+ *   model.layers.{l}.input_layernorm.weight          [hidden]
+ *   model.layers.{l}.self_attn.{q,k,v,o}_proj.weight  q: [nh*hd][hidden],
+ *        k/v: [nkv*hd][hidden], o: [hidden][nh*hd]   (+ .bias if attention_bias)
+ *   model.layers.{l}.post_attention_layernorm.weight [hidden]
+ *   model.layers.{l}.mlp.{gate,up}_proj.weight  [inter][hidden], down: [hidden][inter]
+ *   model.norm.weight                    [hidden]
+ *   lm_head.weight                       [vocab][hidden] (absent when tied)
+ * A gq/GPTQ-quantized checkpoint stores a linear as .qweight/.qzeros/.scales
+ * /.g_idx instead of .weight; it is dequantized to f32 on load.
+ *
+ * Host memory: a layer is converted to f32 only when loaded; the mmap pages
+ * of the source tensors are released afterwards.
+ */
+#ifndef GQ_MODEL_H
+#define GQ_MODEL_H
+
+#include "gq/backend.h"
+#include "gq/config.h"
+#include "gq/st.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { GQ_LIN_Q = 0, GQ_LIN_K, GQ_LIN_V, GQ_LIN_O, GQ_LIN_GATE, GQ_LIN_UP, GQ_LIN_DOWN, GQ_LIN_COUNT } gq_linear_id;
+extern const char *const gq_linear_names[GQ_LIN_COUNT]; /* "self_attn.q_proj", ... */
+
+typedef struct {
+    char *dir;
+    gq_config cfg;
+    gq_st *st;
+    int quantized; /* linears stored as qweight/qzeros/scales/g_idx */
+} gq_model;
+
+int gq_model_open(gq_model *m, const char *dir);
+void gq_model_close(gq_model *m);
+
+/* One decoder layer as f32 host arrays, shapes as in the table above. */
+typedef struct {
+    float *w[GQ_LIN_COUNT]; /* weights [out][in] */
+    float *b[GQ_LIN_COUNT]; /* biases [out] or NULL */
+    float *ln1, *ln2;       /* [hidden] */
+} gq_layer_host;
+
+/* Load, validate shapes (error: tensor name, expected, got) and finiteness
+ * (error: tensor name and index of the first NaN/Inf). */
+int gq_model_load_layer(const gq_model *m, int layer, gq_layer_host *out);
+void gq_layer_host_free(gq_layer_host *h);
+/* Load one linear of a layer ([out][in] f32, newly allocated) */
+int gq_model_load_linear(const gq_model *m, int layer, gq_linear_id id, float **w, int *rows, int *cols);
+
+/* Embedding rows for ids[0..n) into out[n][hidden]; ids are range-checked. */
+int gq_model_embed(const gq_model *m, const int32_t *ids, int n, float *out);
+/* Final norm [hidden] and lm_head [vocab][hidden] (the embedding when tied). */
+int gq_model_load_head(const gq_model *m, float **norm, float **lm_head);
+
+/* RoPE inverse frequencies (hd/2 floats) for a sequence of seq_len tokens,
+ * with the checkpoint's rope scaling applied (linear, dynamic, llama3). */
+void gq_rope_inv_freq(const gq_config *cfg, int seq_len, float *inv_freq);
+
+/* ---- a layer on a backend --------------------------------------------------- */
+
+typedef struct {
+    gq_bweight qkv;   /* [(nh + 2 nkv) hd][hidden]: q rows, then k, then v */
+    gq_bweight o;     /* [hidden][nh hd] */
+    gq_bweight gu;    /* [2 inter][hidden]: gate rows, then up */
+    gq_bweight down;  /* [hidden][inter] */
+    gq_bweight ln1, ln2;             /* 1 x hidden */
+    gq_bweight b_qkv, b_o, b_gu, b_down; /* biases (data NULL when absent) */
+} gq_blayer;
+
+int gq_blayer_upload(gq_backend *be, const gq_config *cfg, const gq_layer_host *h, gq_blayer *bl);
+void gq_blayer_free(gq_backend *be, gq_blayer *bl);
+
+/* Scratch for the forward of sequences up to T_max tokens. */
+typedef struct {
+    int T_max;
+    void *xn;   /* [T_max][hidden] */
+    void *qkv;  /* [T_max][(nh + 2 nkv) hd] */
+    void *attn; /* [T_max][nh hd] */
+    void *gu;   /* [T_max][2 inter] */
+    void *act;  /* [T_max][inter] */
+} gq_fwd_scratch;
+
+int gq_fwd_scratch_init(gq_backend *be, const gq_config *cfg, int T_max, gq_fwd_scratch *s);
+void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s);
+
+/* x[T][hidden] (activation buffer) <- decoder layer(x), in place. */
+int gq_fwd_layer(gq_backend *be, const gq_config *cfg, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                 gq_fwd_scratch *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_MODEL_H */

@@ -1,0 +1,73 @@
+/*
+ * gq/tokenizer.h -- Hugging Face tokenizer.json (BPE) encode and decode.
+ *
+ * Two families of BPE tokenizers are supported, token for token equal to
+ * the Hugging Face `tokenizers` library:
+ *   - byte-level (GPT-2, Llama-3, StarCoder, pycoder): the ByteLevel
+ *     pre-tokenizer (its built-in GPT-2 regex when use_regex is true, or the
+ *     Split regex given in the file, run with PCRE2 and Unicode properties),
+ *     the byte-to-unicode map, merges applied by rank, ignore_merges;
+ *   - SentencePiece style (Llama-2, CodeLlama, Mistral): Prepend/Replace or
+ *     Metaspace normalizer and pre-tokenizer, byte fallback <0xNN>, unk.
+ * Added/special tokens are matched in the text first (their lstrip/rstrip/
+ * single_word/normalized flags honoured). The TemplateProcessing
+ * post-processor (e.g. prepend <s>) is applied when add_special is set.
+ *
+ * The tokenizer is immutable after loading; encode/decode may be called
+ * from several threads at once (each call uses its own scratch memory).
+ */
+#ifndef GQ_TOKENIZER_H
+#define GQ_TOKENIZER_H
+
+#include "gq/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gq_tokenizer gq_tokenizer;
+
+/* Growable id vector. Zero-initialise; free with gq_ids_free. */
+typedef struct {
+    int32_t *v;
+    size_t n, cap;
+} gq_ids;
+void gq_ids_push(gq_ids *a, int32_t id);
+void gq_ids_append(gq_ids *a, const int32_t *ids, size_t n);
+void gq_ids_free(gq_ids *a);
+
+/* Load from a model directory (tokenizer.json, plus tokenizer_config.json
+ * beside it when present, for add_bos/add_eos and the chat template) or from
+ * a tokenizer.json path. */
+int gq_tok_load(gq_tokenizer **out, const char *path);
+void gq_tok_free(gq_tokenizer *t);
+
+/* Encode len bytes of UTF-8 text, appending ids to out. add_special applies
+ * the post-processor (the BOS of Llama tokenizers). Invalid UTF-8 is handled
+ * the way `tokenizers` handles it after Python's decode with errors=replace
+ * (each bad byte becomes U+FFFD). */
+int gq_tok_encode(const gq_tokenizer *t, const char *text, size_t len, int add_special, gq_ids *out);
+
+/* Decode ids to a newly allocated NUL-terminated string (byte-level and
+ * byte-fallback decoding, "▁" to space, leading-space strip as the decoder
+ * in the file says). skip_special drops special tokens. */
+int gq_tok_decode(const gq_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char **out,
+                  size_t *out_len);
+
+int gq_tok_vocab_size(const gq_tokenizer *t);
+int gq_tok_bos(const gq_tokenizer *t); /* -1 if none */
+int gq_tok_eos(const gq_tokenizer *t); /* -1 if none */
+int gq_tok_unk(const gq_tokenizer *t); /* -1 if none */
+/* Whether the post-processor (add_special) prepends BOS. */
+int gq_tok_adds_bos(const gq_tokenizer *t);
+/* Token string as stored in the vocab ("Ġthe", "▁the", "<0x0A>"), or NULL. */
+const char *gq_tok_piece(const gq_tokenizer *t, int32_t id);
+int32_t gq_tok_find(const gq_tokenizer *t, const char *piece); /* -1 if absent */
+int gq_tok_is_special(const gq_tokenizer *t, int32_t id);
+/* chat_template string of tokenizer_config.json or NULL. */
+const char *gq_tok_chat_template(const gq_tokenizer *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_TOKENIZER_H */
