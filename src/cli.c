@@ -25,9 +25,15 @@ static void value_str(const gq_opt *o, char *buf, size_t cap) {
         snprintf(buf, cap, "%s", s ? s : "(none)");
         break;
     }
-    case GQ_OPT_INT: snprintf(buf, cap, "%d", *(int *)o->dst); break;
-    case GQ_OPT_DOUBLE: snprintf(buf, cap, "%g", *(double *)o->dst); break;
-    case GQ_OPT_FLAG: snprintf(buf, cap, "%s", *(int *)o->dst == (o->flag_value ? o->flag_value : 1) ? "yes" : "no"); break;
+    case GQ_OPT_INT:
+        snprintf(buf, cap, "%d", *(int *)o->dst);
+        break;
+    case GQ_OPT_DOUBLE:
+        snprintf(buf, cap, "%g", *(double *)o->dst);
+        break;
+    case GQ_OPT_FLAG:
+        snprintf(buf, cap, "%s", *(int *)o->dst == (o->flag_value ? o->flag_value : 1) ? "yes" : "no");
+        break;
     }
 }
 
@@ -61,7 +67,9 @@ static int set_value(const char *cmd, const gq_opt *o, const char *v) {
     char *end;
     errno = 0;
     switch (o->type) {
-    case GQ_OPT_STR: *(const char **)o->dst = v; break;
+    case GQ_OPT_STR:
+        *(const char **)o->dst = v;
+        break;
     case GQ_OPT_INT: {
         long x = strtol(v, &end, 10);
         if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
@@ -76,7 +84,8 @@ static int set_value(const char *cmd, const gq_opt *o, const char *v) {
         *(double *)o->dst = x;
         break;
     }
-    case GQ_OPT_FLAG: break;
+    case GQ_OPT_FLAG:
+        break;
     }
     return GQ_OK;
 }
@@ -106,7 +115,8 @@ int gq_opts_parse(const char *cmd, const char *synopsis, const gq_opt *opts, int
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const gq_opt *o = find_opt(opts, n, name, len);
-        if (!o) return gq_err(GQ_ERR_ARG, "gq %s: unknown option '--%.*s' (see gq %s --help)", cmd, (int)len, name, cmd);
+        if (!o)
+            return gq_err(GQ_ERR_ARG, "gq %s: unknown option '--%.*s' (see gq %s --help)", cmd, (int)len, name, cmd);
         if (o->type == GQ_OPT_FLAG) {
             if (eq) return gq_err(GQ_ERR_ARG, "gq %s: --%s takes no value", cmd, o->name);
             *(int *)o->dst = o->flag_value ? o->flag_value : 1;

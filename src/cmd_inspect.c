@@ -89,8 +89,9 @@ int gq_cmd_inspect(int argc, char **argv) {
         const gq_qconfig *q = &cfg.quant;
         printf("%-14s GPTQ %d-bit, group size %d, %s, desc_act %s, static_groups %s, damp %g, format %s; "
                "%lld quantized linears\n",
-               "quantization", q->bits, q->group_size, q->sym ? "symmetric" : "asymmetric", q->desc_act ? "true" : "false",
-               q->static_groups ? "true" : "false", q->damp_percent, q->format, (long long)quant_linears);
+               "quantization", q->bits, q->group_size, q->sym ? "symmetric" : "asymmetric",
+               q->desc_act ? "true" : "false", q->static_groups ? "true" : "false", q->damp_percent, q->format,
+               (long long)quant_linears);
     } else if (quant_linears) {
         printf("%-14s %lld tensors named *.qweight but no quantization_config in config.json\n", "quantization",
                (long long)quant_linears);
@@ -102,7 +103,8 @@ int gq_cmd_inspect(int argc, char **argv) {
             const gq_st_tensor *t = gq_st_at(st, i);
             char shp[128];
             int len = snprintf(shp, sizeof shp, "[");
-            for (int d = 0; d < t->ndim; d++) len += snprintf(shp + len, sizeof shp - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            for (int d = 0; d < t->ndim; d++)
+                len += snprintf(shp + len, sizeof shp - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
             snprintf(shp + len, sizeof shp - len, "]");
             printf("  %-60s %-5s %-20s %s\n", t->name, gq_dtype_name(t->dtype), shp, gq_st_file_path(st, t->file));
         }

@@ -15,20 +15,25 @@ int gq_cmd_quantize(int argc, char **argv) {
     gq_opt opts[] = {
         {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32)", NULL, 0, 0},
         {"out", GQ_OPT_STR, &o.out_dir, "output directory (AutoGPTQ layout)", NULL, 0, 0},
-        {"calib", GQ_OPT_STR, &o.calib_path, "calibration JSONL (plain or .gz): {\"text\"} or {\"question\",\"answer\"} lines", NULL, 0, 0},
+        {"calib", GQ_OPT_STR, &o.calib_path,
+         "calibration JSONL (plain or .gz): {\"text\"} or {\"question\",\"answer\"} lines", NULL, 0, 0},
         {"bits", GQ_OPT_INT, &o.gptq.bits, "bits per weight", "2|3|4|8", 0, 0},
-        {"group-size", GQ_OPT_INT, &o.gptq.group_size, "input columns per scale/zero group (-1: one per row)", NULL, 0, 0},
+        {"group-size", GQ_OPT_INT, &o.gptq.group_size, "input columns per scale/zero group (-1: one per row)", NULL, 0,
+         0},
         {"sym", GQ_OPT_FLAG, &sym, "symmetric quantization, zero = 2^(bits-1) (the default)", NULL, 0, 0},
         {"asym", GQ_OPT_FLAG, &asym, "asymmetric quantization with zero points", NULL, 0, 0},
         {"act-order", GQ_OPT_FLAG, &act_order, "quantize columns in order of decreasing Hessian diagonal", NULL, 0, 0},
-        {"static-groups", GQ_OPT_FLAG, &static_groups, "group parameters fixed before the solve (act-order keeps a trivial g_idx)", NULL, 0, 0},
+        {"static-groups", GQ_OPT_FLAG, &static_groups,
+         "group parameters fixed before the solve (act-order keeps a trivial g_idx)", NULL, 0, 0},
         {"damp", GQ_OPT_DOUBLE, &o.gptq.damp, "relative damping of the Hessian diagonal", NULL, 0, 0},
         {"block-size", GQ_OPT_INT, &o.gptq.block_size, "lazy-batch block of columns", NULL, 0, 0},
         {"nsamples", GQ_OPT_INT, &o.nsamples, "calibration sequences", NULL, 0, 0},
         {"seqlen", GQ_OPT_INT, &o.seqlen, "tokens per calibration sequence", NULL, 0, 0},
-        {"windowing", GQ_OPT_STR, &windowing, "concat: one stream cut into windows; sample: one sequence per record", "auto|concat|sample", 0, 0},
+        {"windowing", GQ_OPT_STR, &windowing, "concat: one stream cut into windows; sample: one sequence per record",
+         "auto|concat|sample", 0, 0},
         {"min-tokens", GQ_OPT_INT, &o.min_tokens, "sample windowing: skip records with fewer tokens", NULL, 0, 0},
-        {"skip-bad", GQ_OPT_FLAG, &o.skip_bad, "skip (and count) calibration lines that are not valid records", NULL, 0, 0},
+        {"skip-bad", GQ_OPT_FLAG, &o.skip_bad, "skip (and count) calibration lines that are not valid records", NULL, 0,
+         0},
         {"method", GQ_OPT_STR, &method, "gptq, or rtn (round to nearest, no calibration effect)", "gptq|rtn", 0, 0},
         {"format", GQ_OPT_STR, &format, "gptq: AutoGPTQ v1 (zero-1 stored); gptq_v2: true zeros", "gptq|gptq_v2", 0, 0},
         {"max-shard-mb", GQ_OPT_DOUBLE, &o.max_shard_mb, "largest output shard in MiB (0: a single file)", NULL, 0, 0},
@@ -36,7 +41,8 @@ int gq_cmd_quantize(int argc, char **argv) {
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads (0: all cores)", NULL, 0, 0},
         {"force", GQ_OPT_FLAG, &o.force, "replace an existing output directory", NULL, 0, 0},
         {"resume", GQ_OPT_FLAG, &o.resume, "continue an interrupted run from its last finished layer", NULL, 0, 0},
-        {"max-layers", GQ_OPT_INT, &o.max_layers, "stop after this many layers, keeping the unfinished run (testing)", NULL, 0, 1},
+        {"max-layers", GQ_OPT_INT, &o.max_layers, "stop after this many layers, keeping the unfinished run (testing)",
+         NULL, 0, 1},
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --out DIR [options]";
@@ -53,7 +59,9 @@ int gq_cmd_quantize(int argc, char **argv) {
     o.gptq.method = strcmp(method, "rtn") ? GQ_METHOD_GPTQ : GQ_METHOD_RTN;
     o.v2 = !strcmp(format, "gptq_v2");
     o.gptq.zero_policy = o.v2 ? GQ_ZERO_FREE : GQ_ZERO_V1;
-    o.windowing = !strcmp(windowing, "concat") ? GQ_WIN_CONCAT : !strcmp(windowing, "sample") ? GQ_WIN_SAMPLE : GQ_WIN_AUTO;
+    o.windowing = !strcmp(windowing, "concat")   ? GQ_WIN_CONCAT
+                  : !strcmp(windowing, "sample") ? GQ_WIN_SAMPLE
+                                                 : GQ_WIN_AUTO;
     if (o.threads < 0) return gq_err(GQ_ERR_ARG, "gq quantize: --threads: expected >= 0, got %d", o.threads);
     gq_set_threads(o.threads);
 

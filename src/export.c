@@ -8,8 +8,14 @@
 #define GQ_VERSION "0.1.0"
 
 static const char *const copied_files[] = {
-    "tokenizer.json",      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "generation_config.json", "added_tokens.json",  "vocab.json",              "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
     "chat_template.jinja",
 };
 
@@ -163,7 +169,9 @@ static json_t *quant_config(const gq_quant_opts *o) {
     json_t *meta = json_pack("{s:[s], s:s, s:b, s:b, s:s, s:i, s:i, s:i}", "quantizer", "gq:" GQ_VERSION, "method",
                              p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "act_order", p->act_order, "static_groups",
                              p->static_groups, "zero_policy",
-                             o->v2 ? "true zeros (gptq_v2)" : p->sym ? "symmetric" : "v1: zero 0 shifted to 1",
+                             o->v2    ? "true zeros (gptq_v2)"
+                             : p->sym ? "symmetric"
+                                      : "v1: zero 0 shifted to 1",
                              "nsamples", o->nsamples, "seqlen", o->seqlen, "block_size", p->block_size);
     return json_pack("{s:i, s:i, s:f, s:b, s:b, s:b, s:b, s:s, s:s, s:s, s:b, s:o}", "bits", p->bits, "group_size",
                      p->group_size, "damp_percent", p->damp, "desc_act", desc_act, "static_groups", p->static_groups,
@@ -225,12 +233,12 @@ static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
                                               "solve_seconds", m->seconds));
         loss += m->loss;
     }
-    json_t *settings = json_pack(
-        "{s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f, s:i, s:i, s:i, s:s}", "model", o->model_dir, "calib",
-        o->calib_path, "device", o->device ? o->device : "auto", "method", p->method == GQ_METHOD_RTN ? "rtn" : "gptq",
-        "bits", p->bits, "group_size", p->group_size, "sym", p->sym, "act_order", p->act_order, "static_groups",
-        p->static_groups, "damp", p->damp, "block_size", p->block_size, "nsamples", o->nsamples, "seqlen", o->seqlen,
-        "format", o->v2 ? "gptq_v2" : "gptq");
+    json_t *settings =
+        json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f, s:i, s:i, s:i, s:s}", "model", o->model_dir,
+                  "calib", o->calib_path, "device", o->device ? o->device : "auto", "method",
+                  p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "bits", p->bits, "group_size", p->group_size, "sym",
+                  p->sym, "act_order", p->act_order, "static_groups", p->static_groups, "damp", p->damp, "block_size",
+                  p->block_size, "nsamples", o->nsamples, "seqlen", o->seqlen, "format", o->v2 ? "gptq_v2" : "gptq");
     json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "load", r->t_load, "forward", r->t_forward, "hessian",
                           r->t_hessian, "solve", r->t_solve, "export", r->t_export, "total", r->t_total);
     return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:o}", "quantizer", "gq " GQ_VERSION, "settings",
@@ -312,7 +320,8 @@ int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *part
     json_t *rj = report_json(o, rep);
     rc = write_json(dir, "gq_report.json", rj);
     json_decref(rj);
-    if (!rc) gq_info("wrote %s: %d safetensors shard%s, config.json + quantize_config.json, report gq_report.json", dir,
-                     nshards, nshards == 1 ? "" : "s");
+    if (!rc)
+        gq_info("wrote %s: %d safetensors shard%s, config.json + quantize_config.json, report gq_report.json", dir,
+                nshards, nshards == 1 ? "" : "s");
     return rc;
 }

@@ -38,14 +38,14 @@ typedef struct {
     gq_backend *be;
     gq_calib_set cs;
     int n_seq;
-    int64_t *off;     /* [n_seq] token offset of each sequence */
+    int64_t *off; /* [n_seq] token offset of each sequence */
     int T_max;
-    int width;        /* columns of the activation buffers: max(hidden, nh*hd) */
-    void *X, *Y;      /* [n_tokens][width] activations: layer input, stage buffer */
-    void *tmp;        /* [T_max][hidden] */
+    int width;   /* columns of the activation buffers: max(hidden, nh*hd) */
+    void *X, *Y; /* [n_tokens][width] activations: layer input, stage buffer */
+    void *tmp;   /* [T_max][hidden] */
     gq_fwd_scratch s;
-    float *inv_freq;  /* per sequence length: recomputed when needed */
-    char *partial;    /* "<out>.partial" */
+    float *inv_freq; /* per sequence length: recomputed when needed */
+    char *partial;   /* "<out>.partial" */
 } run_t;
 
 static void *act_at(run_t *r, void *base, int64_t tok) {
@@ -85,13 +85,13 @@ static char *fingerprint(const run_t *r) {
         csize = (long long)st.st_size;
         cmtime = (long long)st.st_mtime;
     }
-    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}",
-                          "model", o->model_dir, "calib", o->calib_path, "calib_size", csize, "calib_mtime", cmtime,
-                          "nsamples", o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method",
-                          (int)p->method, "bits", p->bits, "group_size", p->group_size, "sym", p->sym, "act_order",
-                          p->act_order, "damp", p->damp, "static_groups", p->static_groups, "zero_policy",
-                          (int)p->zero_policy, "v2", o->v2, "block_size", p->block_size, "calib_tokens",
-                          (json_int_t)r->cs.n_tokens);
+    json_t *j =
+        json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}", "model",
+                  o->model_dir, "calib", o->calib_path, "calib_size", csize, "calib_mtime", cmtime, "nsamples",
+                  o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method", (int)p->method, "bits",
+                  p->bits, "group_size", p->group_size, "sym", p->sym, "act_order", p->act_order, "damp", p->damp,
+                  "static_groups", p->static_groups, "zero_policy", (int)p->zero_policy, "v2", o->v2, "block_size",
+                  p->block_size, "calib_tokens", (json_int_t)r->cs.n_tokens);
     char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(j);
     return s;
@@ -199,18 +199,18 @@ static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res)
         rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
         if (!rc) rc = hess_accum(r, H, s->xn, hid, T, hid);
     }
-    r->rep->t_forward += gq_now() - t0;
+    r->t_stages += gq_now() - t0;
     if (quant) {
-    if (!rc) rc = solve(r, l, "self_attn.q_proj/k_proj/v_proj", H, &bl->qkv, &g, &secs);
-    gq_be_release(be, H);
-    if (rc) return rc;
-    gq_qresult_slice(&g, 0, nq, &res[GQ_LIN_Q]);
-    gq_qresult_slice(&g, nq, nkv, &res[GQ_LIN_K]);
-    gq_qresult_slice(&g, nq + nkv, nkv, &res[GQ_LIN_V]);
-    add_module(r, l, GQ_LIN_Q, &g, 0, nq, secs);
-    add_module(r, l, GQ_LIN_K, &g, nq, nkv, secs);
-    add_module(r, l, GQ_LIN_V, &g, nq + nkv, nkv, secs);
-    gq_qresult_free(&g);
+        if (!rc) rc = solve(r, l, "self_attn.q_proj/k_proj/v_proj", H, &bl->qkv, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, nq, &res[GQ_LIN_Q]);
+        gq_qresult_slice(&g, nq, nkv, &res[GQ_LIN_K]);
+        gq_qresult_slice(&g, nq + nkv, nkv, &res[GQ_LIN_V]);
+        add_module(r, l, GQ_LIN_Q, &g, 0, nq, secs);
+        add_module(r, l, GQ_LIN_K, &g, nq, nkv, secs);
+        add_module(r, l, GQ_LIN_V, &g, nq + nkv, nkv, secs);
+        gq_qresult_free(&g);
     }
 
     /* [o]: inputs are the attention outputs (kept in Y) */
@@ -223,21 +223,23 @@ static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res)
         rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
         if (!rc) rc = gq_be_linear(be, s->qkv, ldqkv, s->xn, hid, T, &bl->qkv, bl->b_qkv.data ? &bl->b_qkv : NULL, 0);
         if (!rc) rc = gq_be_rope(be, s->qkv, ldqkv, T, c->n_heads, c->head_dim, 0, inv);
-        if (!rc) rc = gq_be_rope(be, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq), ldqkv, T, c->n_kv_heads, c->head_dim, 0, inv);
         if (!rc)
-            rc = gq_be_attention(be, ya, r->width, s->qkv, ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq), ldqkv,
-                                 (char *)s->qkv + gq_be_act_bytes(be, (size_t)(nq + nkv)), ldqkv, T, T, c->n_heads,
-                                 c->n_kv_heads, c->head_dim);
+            rc = gq_be_rope(be, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq), ldqkv, T, c->n_kv_heads, c->head_dim,
+                            0, inv);
+        if (!rc)
+            rc = gq_be_attention(be, ya, r->width, s->qkv, ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq),
+                                 ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)(nq + nkv)), ldqkv, T, T,
+                                 c->n_heads, c->n_kv_heads, c->head_dim);
         if (!rc && quant) rc = hess_accum(r, H, ya, r->width, T, nq);
     }
-    r->rep->t_forward += gq_now() - t0;
+    r->t_stages += gq_now() - t0;
     if (quant) {
-    if (!rc) rc = solve(r, l, "self_attn.o_proj", H, &bl->o, &g, &secs);
-    gq_be_release(be, H);
-    if (rc) return rc;
-    gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_O]);
-    add_module(r, l, GQ_LIN_O, &g, 0, hid, secs);
-    gq_qresult_free(&g);
+        if (!rc) rc = solve(r, l, "self_attn.o_proj", H, &bl->o, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_O]);
+        add_module(r, l, GQ_LIN_O, &g, 0, hid, secs);
+        gq_qresult_free(&g);
     }
 
     /* [gate, up]: h = x + o(attn) replaces attn in Y; inputs rmsnorm2(h) */
@@ -253,16 +255,16 @@ static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res)
         if (!rc) rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
         if (!rc && quant) rc = hess_accum(r, H, s->xn, hid, T, hid);
     }
-    r->rep->t_forward += gq_now() - t0;
+    r->t_stages += gq_now() - t0;
     if (quant) {
-    if (!rc) rc = solve(r, l, "mlp.gate_proj/up_proj", H, &bl->gu, &g, &secs);
-    gq_be_release(be, H);
-    if (rc) return rc;
-    gq_qresult_slice(&g, 0, I, &res[GQ_LIN_GATE]);
-    gq_qresult_slice(&g, I, I, &res[GQ_LIN_UP]);
-    add_module(r, l, GQ_LIN_GATE, &g, 0, I, secs);
-    add_module(r, l, GQ_LIN_UP, &g, I, I, secs);
-    gq_qresult_free(&g);
+        if (!rc) rc = solve(r, l, "mlp.gate_proj/up_proj", H, &bl->gu, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, I, &res[GQ_LIN_GATE]);
+        gq_qresult_slice(&g, I, I, &res[GQ_LIN_UP]);
+        add_module(r, l, GQ_LIN_GATE, &g, 0, I, secs);
+        add_module(r, l, GQ_LIN_UP, &g, I, I, secs);
+        gq_qresult_free(&g);
     }
 
     /* [down]: inputs swiglu(gate, up) of the quantized gate/up */
@@ -276,14 +278,14 @@ static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res)
         if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
         if (!rc) rc = hess_accum(r, H, s->act, I, T, I);
     }
-    r->rep->t_forward += gq_now() - t0;
+    r->t_stages += gq_now() - t0;
     if (quant) {
-    if (!rc) rc = solve(r, l, "mlp.down_proj", H, &bl->down, &g, &secs);
-    gq_be_release(be, H);
-    if (rc) return rc;
-    gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_DOWN]);
-    add_module(r, l, GQ_LIN_DOWN, &g, 0, hid, secs);
-    gq_qresult_free(&g);
+        if (!rc) rc = solve(r, l, "mlp.down_proj", H, &bl->down, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_DOWN]);
+        add_module(r, l, GQ_LIN_DOWN, &g, 0, hid, secs);
+        gq_qresult_free(&g);
     }
 
     /* outputs of the quantized layer: y = h + down(swiglu(gu(rmsnorm2(h)))) */
@@ -297,7 +299,7 @@ static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res)
         if (!rc) rc = gq_be_linear(be, ya, r->width, s->act, I, T, &bl->down, bl->b_down.data ? &bl->b_down : NULL, 1);
     }
     if (!rc) rc = gq_be_sync(be);
-    r->rep->t_forward += gq_now() - t0;
+    r->t_stages += gq_now() - t0;
     if (rc) return gq_err_prefix("layer %d forward", l);
     void *t = r->X;
     r->X = r->Y;
@@ -320,7 +322,8 @@ static int embed_calibration(run_t *r) {
             gq_err_prefix("calibration sample %d", i);
             break;
         }
-        for (int t = 0; t < T; t++) memcpy(buf + (size_t)t * r->width, e + (size_t)t * c->hidden, c->hidden * sizeof(float));
+        for (int t = 0; t < T; t++)
+            memcpy(buf + (size_t)t * r->width, e + (size_t)t * c->hidden, c->hidden * sizeof(float));
         rc = gq_be_upload_f32(r->be, act_at(r, r->X, r->off[i]), buf, (size_t)T * r->width);
     }
     free(e);
@@ -343,7 +346,9 @@ static void print_settings(const gq_quant_opts *o) {
     gq_info("  %-16s %g", "damp", p->damp);
     gq_info("  %-16s %d", "block-size", p->block_size);
     gq_info("  %-16s %d x %d (%s)", "calibration", o->nsamples, o->seqlen,
-            o->windowing == GQ_WIN_CONCAT ? "concat" : o->windowing == GQ_WIN_SAMPLE ? "sample" : "auto");
+            o->windowing == GQ_WIN_CONCAT   ? "concat"
+            : o->windowing == GQ_WIN_SAMPLE ? "sample"
+                                            : "auto");
     gq_info("  %-16s %s", "format", o->v2 ? "gptq_v2 (true zeros)" : "gptq (AutoGPTQ v1)");
     gq_info("  %-16s %s", "order", "true-sequential [q,k,v] -> [o] -> [gate,up] -> [down]");
     gq_info("  %-16s %s", "device", o->device ? o->device : "auto");
@@ -453,7 +458,8 @@ static int check_options(const gq_quant_opts *o, const gq_config *c) {
     if (o->nsamples <= 0 || o->seqlen <= 1)
         return gq_err(GQ_ERR_ARG, "--nsamples %d / --seqlen %d: expected positive values (seqlen >= 2)", o->nsamples,
                       o->seqlen);
-    if (!(p->damp > 0) || p->damp > 10) return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
+    if (!(p->damp > 0) || p->damp > 10)
+        return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
     if (p->static_groups && p->group_size == -1)
         return gq_err(GQ_ERR_ARG, "--static-groups needs a group size (got --group-size -1)");
     int dims[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
@@ -549,7 +555,8 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
                 for (int k = m0; k < rep->n_modules; k++) {
                     const gq_module_report *mr = &rep->modules[k];
                     const char *nm = strchr(mr->name, '.') ? strchr(mr->name, '.') + 1 : mr->name;
-                    len += snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss, mr->fallback ? " (RTN fallback)" : "");
+                    len += snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss,
+                                    mr->fallback ? " (RTN fallback)" : "");
                     if (len >= (int)sizeof line) break;
                 }
                 gq_eta_str(eta, sizeof eta, l + 1 - layers_done, stop - layers_done, t_layers);
@@ -564,6 +571,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
         goto out;
     }
+    rep->t_forward = r.t_stages - rep->t_hessian;
     rep->peak_rss = gq_peak_rss();
     rep->peak_device = gq_be_peak_bytes(r.be);
     rep->t_total = gq_now() - t_start;
