@@ -46,6 +46,7 @@ typedef struct {
     gq_fwd_scratch s;
     float *inv_freq; /* per sequence length: recomputed when needed */
     char *partial;   /* "<out>.partial" */
+    double t_stages; /* layer stages, Hessian accumulation included */
 } run_t;
 
 static void *act_at(run_t *r, void *base, int64_t tok) {
