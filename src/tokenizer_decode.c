@@ -157,7 +157,7 @@ static void dec_replace(const gq_tok_dec *d, strlist *in, strlist *out) {
         const str *t = &in->v[i];
         size_t j = 0;
         while (j < t->n) {
-            const char *hit = d->a_len ? memmem(t->s + j, t->n - j, d->a, d->a_len) : NULL;
+            const char *hit = d->a_len ? gq_tok_find_bytes(t->s + j, t->n - j, d->a, d->a_len) : NULL;
             if (!hit) break;
             buf_put(&b, t->s + j, (size_t)(hit - (t->s + j)));
             buf_put(&b, d->b, d->b_len);

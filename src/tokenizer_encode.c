@@ -103,15 +103,7 @@ static seg *seg_push(enc_ctx *c, int k, size_t *n, size_t s, size_t e, int m) {
 
 /* ---- model ---- */
 
-static void model_word(enc_ctx *c, const char *w, size_t n) {
-    const gq_tokenizer *t = c->t;
-    if (t->ignore_merges) {
-        int32_t id = gq_tok_strmap_get(&t->model, w, n);
-        if (id >= 0) {
-            gq_ids_push(c->out, id);
-            return;
-        }
-    }
+static void bpe_cached(enc_ctx *c, const char *w, size_t n) {
     size_t k;
     if (n <= CACHE_MAX_WORD) {
         const int32_t *ids = gq_tok_cache_get(&c->cache, w, n, &k);
@@ -121,8 +113,35 @@ static void model_word(enc_ctx *c, const char *w, size_t n) {
         }
     }
     size_t before = c->out->n;
-    gq_tok_bpe_word(t, &c->bpe, w, n, GQ_BPE_AUTO, c->out);
+    gq_tok_bpe_word(c->t, &c->bpe, w, n, GQ_BPE_AUTO, c->out);
     if (n <= CACHE_MAX_WORD) gq_tok_cache_put(&c->cache, w, n, c->out->v + before, c->out->n - before);
+}
+
+static void model_word(enc_ctx *c, const char *w, size_t n) {
+    const gq_tokenizer *t = c->t;
+    if (t->ignore_merges) {
+        int32_t id = gq_tok_strmap_get(&t->model, w, n);
+        if (id >= 0) {
+            gq_ids_push(c->out, id);
+            return;
+        }
+    }
+    if (t->sp_split && n > CACHE_MAX_WORD) {
+        /* cut before each "▁" that follows another character (see sp_split) */
+        size_t start = 0, i = 1;
+        const char *hit;
+        while (i < n && (hit = gq_tok_find_bytes(w + i, n - i, "\xE2\x96\x81", 3)) != NULL) {
+            size_t at = (size_t)(hit - w);
+            if (at < 3 || memcmp(w + at - 3, "\xE2\x96\x81", 3) != 0) {
+                bpe_cached(c, w + start, at - start);
+                start = at;
+            }
+            i = at + 3;
+        }
+        bpe_cached(c, w + start, n - start);
+        return;
+    }
+    bpe_cached(c, w, n);
 }
 
 /* ---- pre-tokenizers ---- */
@@ -143,7 +162,7 @@ static void split_run(enc_ctx *c, int k, const pcre2_code *re, const char *lit, 
             }
             if (!rc) break;
         } else {
-            const char *hit = lit_len ? memmem(p + from, n - from, lit, lit_len) : NULL;
+            const char *hit = lit_len ? gq_tok_find_bytes(p + from, n - from, lit, lit_len) : NULL;
             if (!hit) break;
             ms = (size_t)(hit - p);
             me = ms + lit_len;
@@ -268,7 +287,7 @@ static char *replace_all(const gq_tok_norm *st, const char *s, size_t n, size_t 
                 ms = ov[0], me = ov[1], found = 1;
             }
         } else if (st->a_len && from < n) {
-            const char *hit = memmem(s + from, n - from, st->a, st->a_len);
+            const char *hit = gq_tok_find_bytes(s + from, n - from, st->a, st->a_len);
             if (hit) ms = (size_t)(hit - s), me = ms + st->a_len, found = 1;
         }
         size_t keep_to = found ? ms : n;

@@ -23,6 +23,7 @@
 #include "unicode.h"
 
 #define MAX_VOCAB (1 << 24)
+#define SP_SPACE "\xE2\x96\x81" /* U+2581 "▁" */
 
 static const char *GPT2_RE =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -529,6 +530,19 @@ static void build_model_keys(gq_tokenizer *t) {
         if (bytelevel_key(k, kn, buf, &on)) gq_tok_strmap_put(&t->model, buf, on, t->pieces.val[e]);
     }
     free(buf);
+    t->sp_split = !t->byte_level && gq_tok_strmap_get(&t->model, SP_SPACE, 3) >= 0;
+    for (size_t e = 0; e < t->model.n && t->sp_split; e++) {
+        const char *k = t->model.keys + t->model.koff[e], *hit;
+        size_t kn = t->model.klen[e], from = 1;
+        while (from < kn && (hit = gq_tok_find_bytes(k + from, kn - from, SP_SPACE, 3)) != NULL) {
+            size_t at = (size_t)(hit - k);
+            if (at < 3 || memcmp(k + at - 3, SP_SPACE, 3) != 0) {
+                t->sp_split = 0;
+                break;
+            }
+            from = at + 3;
+        }
+    }
     for (int b = 0; b < 256; b++) {
         char c = (char)b, name[8];
         t->sym1[b] = (t->byte_level || b < 0x80) ? gq_tok_strmap_get(&t->model, &c, 1) : -1;

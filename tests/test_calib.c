@@ -241,10 +241,10 @@ static void test_too_little(const gq_tokenizer *tok) {
 static void test_jsonl_reader(const char *dir) {
     const char *path = tmp_path(dir, "lines.jsonl");
     size_t big = 300000; /* longer than the initial 64 KiB buffer */
-    char *s = malloc(big + 64);
-    strcpy(s, "{\"text\": \"");
-    memset(s + 10, 'x', big);
-    strcpy(s + 10 + big, "\"}\r\n");
+    char *s = gq_malloc(big + 64);
+    memset(s, 'x', big + 64);
+    memcpy(s, "{\"text\": \"", 10);
+    memcpy(s + 10 + big, "\"}\r\n", 5); /* with its NUL */
     FILE *f = fopen(path, "wb");
     fputs("\n  \n{\"text\": \"a\"}\r\n", f); /* lines 1-3 */
     fputs(s, f);                           /* line 4 */
