@@ -388,6 +388,7 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         for (int r = 0; r < rows; r++) dst[r] = W[(size_t)r * cols + oc];
     }
 
+    double t_fact = gq_now();
     if (gptq) {
         if (factor_with_retries(p, H, diag, perm, cols, res) == 0) {
             c.Hinv = H;
@@ -400,7 +401,10 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         }
     }
 
+    t_fact = gq_now() - t_fact;
+    double t_solve = gq_now();
     solve(&c);
+    t_solve = gq_now() - t_solve;
 
     /* g_idx: the group of each original column. */
     for (int j = 0; j < cols; j++) {
@@ -408,13 +412,24 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         res->g_idx[oc] = group_of(&c, j);
     }
     res->loss = 0.0;
+    int bad_row = -1;
     for (int r = 0; r < rows; r++) {
         res->row_loss[r] = (float)c.row_loss[r];
         res->loss += c.row_loss[r];
+        if (bad_row < 0 && !isfinite(c.row_loss[r])) bad_row = r;
     }
     gq_free_aligned(c.Wt);
     free(c.row_loss);
     free(diag);
     res->seconds = gq_now() - t0;
+    if (bad_row >= 0) {
+        gq_qresult_free(res);
+        return gq_err(GQ_ERR_NUMERIC,
+                      "gptq: %d x %d module: the error feedback overflowed (row %d has a non-finite loss); the "
+                      "Hessian is too badly conditioned for fp32 (damp %g)",
+                      rows, cols, bad_row, p->damp);
+    }
+    gq_debug("gptq: %d x %d: %.3f s (inverse factor %.3f s, column loop %.3f s), loss %.6g", rows, cols,
+             res->seconds, t_fact, t_solve, res->loss);
     return GQ_OK;
 }
