@@ -275,6 +275,22 @@ static void solve(const solve_ctx *c) {
 
 /* ---- the driver --------------------------------------------------------- */
 
+/* Wt [cols][rows] = W[:, perm]^T, in 64 x 64 tiles so that both the reads
+ * and the writes stay within a few cache lines per row. */
+static void transpose_permuted(const float *W, int rows, int cols, const int32_t *perm, float *Wt) {
+    enum { T = 64 };
+    const int ntc = (cols + T - 1) / T, ntr = (rows + T - 1) / T;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < ntc * ntr; t++) {
+        int j0 = (t / ntr) * T, r0 = (t % ntr) * T;
+        int j1 = j0 + T < cols ? j0 + T : cols, r1 = r0 + T < rows ? r0 + T : rows;
+        for (int r = r0; r < r1; r++) {
+            const float *src = W + (size_t)r * cols;
+            for (int j = j0; j < j1; j++) Wt[(size_t)j * rows + r] = src[perm ? perm[j] : j];
+        }
+    }
+}
+
 /* Factor the damped Hessian, retrying with 10x damping. On success Hinv
  * (f32, upper, [cols][cols]) is written over H; returns 0, or 1 when every
  * attempt failed (H untouched). */
@@ -379,14 +395,8 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         }
     }
 
-    /* Wt [cols][rows] = W[:, perm]^T */
     c.Wt = gq_malloc_aligned((size_t)rows * cols * sizeof(float));
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < cols; j++) {
-        int oc = perm ? perm[j] : j;
-        float *dst = c.Wt + (size_t)j * rows;
-        for (int r = 0; r < rows; r++) dst[r] = W[(size_t)r * cols + oc];
-    }
+    transpose_permuted(W, rows, cols, perm, c.Wt);
 
     double t_fact = gq_now();
     if (gptq) {
