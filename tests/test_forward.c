@@ -3,8 +3,10 @@
  * against transformers' float32 forward (tests/ref/gen_forward.py):
  * pycoder-5m and three tiny random checkpoints covering rope llama3 /
  * linear / dynamic, attention and MLP biases, bf16 / fp16 / fp32 weights,
- * tied and untied heads, head_dim != hidden / heads, GQA 2 and 4 and MHA.
- * Then the loader's errors on hand-written broken checkpoints.
+ * tied and untied heads, head_dim != hidden / heads, GQA 2 and 4 and MHA,
+ * and two GPTQ-quantized checkpoints (4-bit v1 with act-order g_idx, 2-bit
+ * gptq_v2 without g_idx) dequantized on load. Then the loader's errors on
+ * hand-written broken checkpoints.
  *
  * Tolerances. Both sides compute in fp32 from the same (rounded) weights;
  * they differ only in summation order (OpenBLAS vs MKL-DNN/ATen GEMMs,
@@ -303,6 +305,32 @@ static void test_errors(void) {
     make_ckpt(dir, UNTIED_NO_HEAD);
     TEST_FAILS(gq_model_open(&m, dir), GQ_ERR_FORMAT, "'lm_head.weight' is missing and tie_word_embeddings is false");
 
+    /* a quantized checkpoint whose config says 8 bits while the tensors are packed at 4 */
+    char *src = gq_path_join(gq_test_data("fwd/tiny-gptq4-v1-actorder"), "model.safetensors");
+    char *dst = gq_path_join(dir, "model.safetensors");
+    char *cfgp = gq_path_join(gq_test_data("fwd/tiny-gptq4-v1-actorder"), "config.json");
+    char *cfg = NULL;
+    size_t len = 0;
+    TEST_OK(gq_copy_file(src, dst), "copy quantized tensors");
+    TEST_OK(gq_read_file(cfgp, &cfg, &len), "read quantized config");
+    char *b = cfg ? strstr(cfg, "\"bits\": 4") : NULL;
+    TEST_CHECK(b != NULL, "config has \"bits\": 4");
+    if (b) {
+        b[8] = '8'; /* "bits": 4 -> 8 */
+        free(cfgp);
+        cfgp = gq_path_join(dir, "config.json");
+        gq_write_file_atomic(cfgp, cfg, len);
+        int rc = gq_model_open(&m, dir);
+        TEST_OK(rc, "open the 8-bit-config checkpoint");
+        float *w = NULL;
+        int r, c;
+        if (rc == GQ_OK)
+            TEST_FAILS(gq_model_load_linear(&m, 0, GQ_LIN_Q, &w, &r, &c), GQ_ERR_FORMAT,
+                   "tensor 'model.layers.0.self_attn.q_proj.qweight': expected shape [16, 64], got [8, 64]");
+        gq_model_close(&m);
+    }
+    free(src), free(dst), free(cfgp), free(cfg);
+
     char *nowhere = gq_path_join(dir, "nonexistent");
     TEST_CHECK(gq_model_open(&m, nowhere) != GQ_OK && strstr(gq_errmsg(), "nonexistent"), "missing dir: %s",
                gq_errmsg());
@@ -314,8 +342,9 @@ int main(void) {
     TEST_BEGIN("forward");
     gq_log_set_level(GQ_LOG_WARN);
     check_model(gq_test_data("pycoder-5m"), gq_test_data("fwd/pycoder5m_ref.safetensors"), 1);
-    const char *tiny[] = {"fwd/tiny-llama3-bias-bf16", "fwd/tiny-linear-tied-f16", "fwd/tiny-dynamic-f32"};
-    for (int i = 0; i < 3; i++) {
+    const char *tiny[] = {"fwd/tiny-llama3-bias-bf16", "fwd/tiny-linear-tied-f16", "fwd/tiny-dynamic-f32",
+                          "fwd/tiny-gptq4-v1-actorder", "fwd/tiny-gptq2-v2-nogidx"};
+    for (int i = 0; i < 5; i++) {
         char ref[512];
         snprintf(ref, sizeof ref, "%s/ref.safetensors", gq_test_data(tiny[i]));
         check_model(gq_test_data(tiny[i]), ref, 1);
