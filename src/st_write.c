@@ -413,6 +413,24 @@ static int write_index(gq_st_writer *w) {
     return rc;
 }
 
+/* A previous run into the same directory may have left the other layout:
+ * a stale "<base>.safetensors.index.json" would shadow a new single file
+ * (gq_st_open prefers the index), a stale "<base>.safetensors" would shadow
+ * new shards (transformers prefers model.safetensors). Remove it. */
+static void remove_shadowing(const gq_st_writer *w) {
+    size_t n = strlen(w->base) + 32;
+    char *name = gq_malloc(n);
+    snprintf(name, n, w->nsh > 1 ? "%s.safetensors" : "%s.safetensors.index.json", w->base);
+    char *p = gq_path_join(w->dir, name);
+    struct stat sb;
+    if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        gq_warn("%s: removing stale %s from an earlier run (it would shadow the new output)", w->dir, name);
+        unlink(p);
+    }
+    free(p);
+    free(name);
+}
+
 static void remove_temporaries(gq_st_writer *w) {
     for (int s = 0; s < w->nsh; s++) {
         if (w->sh[s].fd >= 0) close(w->sh[s].fd);
@@ -446,6 +464,7 @@ int gq_st_writer_finish(gq_st_writer *w, int *nshards) {
     free(buf);
     if (rc != GQ_OK) return rc;
     remove_temporaries(w);
+    if (!w->single_path) remove_shadowing(w);
     if (w->nsh > 1) rc = write_index(w);
     if (rc != GQ_OK) return rc;
     fsync_dir(w->dir);

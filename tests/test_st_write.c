@@ -405,6 +405,43 @@ static void test_errors(void) {
                "failed writes leave no temporaries: %s", list);
 }
 
+/* Writing a single file where a sharded checkpoint was (and back) removes
+ * the stale index / single file that would shadow the new output. */
+static void test_rewrite_layout(void) {
+    TEST_BEGIN("rewrite layout");
+    char dir[1024], list[1024];
+    snprintf(dir, sizeof dir, "%s/rewrite", tmp);
+    uint8_t b[100] = {0};
+    const int64_t s[1] = {100};
+    for (int round = 0; round < 3; round++) {
+        size_t max = round == 1 ? 0 : 150; /* sharded, single, sharded */
+        gq_st_writer *w = NULL;
+        int nsh = 0;
+        TEST_OK(gq_st_writer_init(&w, dir, "model", max), "init");
+        if (!w) return;
+        gq_log_level lvl = gq_log_get_level();
+        gq_log_set_level(GQ_LOG_ERROR); /* the "removing stale" warning is expected */
+        TEST_OK(gq_st_writer_add(w, "a", GQ_DT_U8, 1, s, b), "add a");
+        TEST_OK(gq_st_writer_add(w, "b", GQ_DT_U8, 1, s, b), "add b");
+        TEST_OK(gq_st_writer_finish(w, &nsh), "finish round %d", round);
+        gq_log_set_level(lvl);
+        gq_st_writer_free(w);
+        TEST_CHECK(nsh == (round == 1 ? 1 : 2), "round %d: %d shards", round, nsh);
+        dir_listing(dir, list, sizeof list);
+        if (round == 1)
+            TEST_CHECK(strcmp(list, "model-00001-of-00002.safetensors model-00002-of-00002.safetensors "
+                                    "model.safetensors") == 0,
+                       "single file replaces the index (old shards stay, unreferenced): %s", list);
+        else
+            TEST_CHECK(strstr(list, "model.safetensors.index.json") && !strstr(list, "model.safetensors "),
+                       "sharded output removes a stale model.safetensors: %s", list);
+        gq_st *st = NULL;
+        TEST_OK(gq_st_open(&st, dir), "open round %d", round);
+        TEST_CHECK(gq_st_nfiles(st) == nsh, "directory opens the new layout (%d files)", gq_st_nfiles(st));
+        gq_st_close(st);
+    }
+}
+
 /* Freeing an unfinished writer removes its temporary data files. */
 static void test_free_unfinished(void) {
     TEST_BEGIN("free unfinished");
@@ -433,6 +470,7 @@ int main(void) {
     test_copy_pycoder();
     test_errors();
     test_free_unfinished();
+    test_rewrite_layout();
     gq_rmtree(tmp);
     return TEST_REPORT();
 }
