@@ -28,6 +28,11 @@
  * AutoGPTQ v1 format (stored value = zero - 1); such a group gets zero 1 and
  * scale = (xmax - xmin) / (maxq - 1), the grid shifted up by one step, which
  * still covers [xmin, xmax]. GQ_ZERO_FREE keeps zero 0 (gptq_v2 output).
+ * With fp16 scales, a scale that would round to 0 becomes the smallest fp16
+ * subnormal (2^-24) and one that would overflow becomes 65504, so every
+ * scale stays finite, positive and exportable; the zero is clamped to
+ * [0, maxq] (rounding the scale can push rint(-xmin/scale) past maxq only
+ * in those clamped cases).
  */
 #ifndef GQ_GPTQ_H
 #define GQ_GPTQ_H
@@ -52,6 +57,8 @@ typedef struct {
     int block_size;    /* 128 */
     gq_zero_policy zero_policy;
     int max_retries;   /* Cholesky retries with growing damping (8) */
+    int scale_f16;     /* 1: round scales to fp16 before use (default); 0: the
+                          unmodified reference semantics (fp32 scales) */
 } gq_gptq_params;
 
 void gq_gptq_params_default(gq_gptq_params *p);
@@ -63,7 +70,7 @@ typedef struct {
     int32_t *zeros;   /* [ngroups][rows], in [0, maxq] (>= 1 under GQ_ZERO_V1) */
     int32_t *g_idx;   /* [cols] group of each input column */
     int32_t *perm;    /* [cols] act-order permutation (NULL without act-order) */
-    float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN) */
+    float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN and the RTN fallback) */
     double loss;      /* sum of row_loss */
     double damp_used; /* relative damping that finally worked */
     int retries;      /* how many times damping was increased */
@@ -80,13 +87,20 @@ void gq_qresult_free(gq_qresult *r);
 
 static inline int gq_maxq(int bits) { return (1 << bits) - 1; }
 
-/* Params for n values x[0], x[stride], ... */
+/* Params for n values x[0], x[stride], ... (fp16 scales, as scale_f16 = 1). */
 void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
                      int32_t *zero);
+/* The same with the fp16 rounding of the scale selectable (scale_f16 0/1). */
+void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                        float *scale, int32_t *zero);
+/* The same from a precomputed range: xmin = min(min(x), 0), xmax =
+ * max(max(x), 0) (values of the other sign are clamped to 0 here too). */
+void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                            float *scale, int32_t *zero);
 /* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
 static inline int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
     float q = __builtin_rintf(x / scale) + (float)zero;
-    if (q < 0.0f) q = 0.0f;
+    if (!(q >= 0.0f)) q = 0.0f; /* also NaN -> 0: never convert NaN to int */
     if (q > (float)maxq) q = (float)maxq;
     return (int)q;
 }
@@ -102,7 +116,11 @@ void gq_qresult_dequant(const gq_qresult *r, float *W);
  * H [cols][cols] symmetric (only the upper triangle, j >= i, is read); it is
  * destroyed. A Cholesky failure is retried with growing damping (logged);
  * after max_retries the module is rounded to nearest, res->fallback = 1 and
- * a warning is logged. NaN/Inf in W or H is GQ_ERR_NUMERIC. */
+ * a warning is logged. NaN/Inf in W or H is GQ_ERR_NUMERIC (W untouched).
+ * *res is initialised here (any previous content is overwritten, not freed);
+ * on error it is left zeroed, so gq_qresult_free(res) is always safe.
+ * Retries multiply the relative damping by 10 (from 0.01 when damp is 0);
+ * res->perm is NULL for RTN (act-order needs H). */
 int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res);
 
 /* The inverse factor step alone, exposed for tests and the CUDA reference:
