@@ -6,6 +6,7 @@ Writes tests/data/tok/ (see the README.md written there):
   llama3ish/tokenizer.json, tokenizer_config.json   small trained byte-level BPE, Llama-3 layout
   metaspace/tokenizer.json, tokenizer_config.json   small trained Metaspace BPE with byte fallback
   golden-<name>.json                                 encode/decode goldens of the tricky strings
+  golden-variants.json                               the same for pipeline variants (patched tokenizer.json)
   pycoder-stdlib.ids.gz, pycoder-stdlib-bos.ids.gz   ids of the whole stdlib text (int32 LE, gzip)
   stdlib-hashes.json                                 count + FNV-1a-64 of the stdlib ids, per tokenizer
 Everything is deterministic (BPE training included); re-running rewrites identical files.
@@ -210,6 +211,75 @@ def golden(tok, name, decode_only=()):
     return cases
 
 
+BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def split(pattern, behavior, invert=False, kind="Regex"):
+    return {"type": "Split", "pattern": {kind: pattern}, "behavior": behavior, "invert": invert}
+
+
+def seq(*pre):
+    return {"type": "Sequence", "pretokenizers": list(pre)}
+
+
+# Pipeline variants: the base tokenizer.json with some top-level keys replaced.
+# They exercise Split behaviours, invert, String patterns, ByteLevel's prefix
+# space, a Regex Replace normalizer, Metaspace schemes and decoder steps.
+VARIANTS = [
+    ("split_removed", "llama3ish", {"pre_tokenizer": seq(split(r"\s+", "Removed"), BL)}),
+    ("split_merged_prev", "llama3ish", {"pre_tokenizer": seq(split(r"\p{P}", "MergedWithPrevious"), BL)}),
+    ("split_merged_next", "llama3ish", {"pre_tokenizer": seq(split(r"\s", "MergedWithNext"), BL)}),
+    ("split_contiguous", "llama3ish", {"pre_tokenizer": seq(split(r"\d", "Contiguous"), BL)}),
+    ("split_invert_removed", "llama3ish", {"pre_tokenizer": seq(split(r"\p{L}+", "Removed", invert=True), BL)}),
+    ("split_string", "llama3ish", {"pre_tokenizer": seq(split(" ", "MergedWithPrevious", kind="String"), BL)}),
+    ("bytelevel_prefix", "llama3ish", {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True,
+                                                         "trim_offsets": True, "use_regex": True}}),
+    ("bytelevel_noregex", "llama3ish", {"pre_tokenizer": BL}),
+    ("replace_regex", "llama3ish", {"normalizer": {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "}}),
+    ("metaspace_always", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {
+            "type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}]}}),
+    ("metaspace_never", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True},
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}}),
+    ("metaspace_legacy", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                      {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                           "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
+                                                         "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}}}),
+    ("sp_normalizer", "metaspace", {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 2, "stop": 1}]}}),
+]
+
+
+def variants():
+    out = []
+    for vname, base, patch in VARIANTS:
+        d = json.load(open(os.path.join(OUT, base, "tokenizer.json"), encoding="utf-8"))
+        d.update(patch)
+        tok = Tokenizer.from_str(json.dumps(d, ensure_ascii=False))
+        cases = []
+        for cname, raw in TRICKY:
+            text = raw.decode("utf-8", "replace")
+            ids = tok.encode(text, add_special_tokens=True).ids
+            if base == "metaspace" and "post_processor" not in patch:
+                ids = [tok.token_to_id("<s>")] + ids  # add_bos_token, see README
+            cases.append({"name": cname, "ids": ids, "decode": tok.decode(ids, skip_special_tokens=False).encode().hex()})
+        out.append({"name": vname, "base": base, "patch": patch, "cases": cases})
+    with open(os.path.join(OUT, "golden-variants.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizers_version": tokenizers.__version__, "texts_hex": [r.hex() for _, r in TRICKY],
+                   "variants": out}, f, separators=(",", ":"), ensure_ascii=False)
+        f.write("\n")
+
+
 def write_ids_gz(path, ids):
     data = struct.pack("<%di" % len(ids), *ids)
     with open(path, "wb") as raw:
@@ -247,6 +317,7 @@ def main():
     golden(ll, "llama2", DECODE_ONLY["llama2"])
     golden(l3, "llama3ish")
     golden(ms, "metaspace", ms_decode)
+    variants()
 
     ids = py.encode(stdlib, add_special_tokens=False).ids
     ids_bos = py.encode(stdlib, add_special_tokens=True).ids
