@@ -250,6 +250,9 @@ VARIANTS = [
                                       {"SpecialToken": {"id": "</s>", "type_id": 0}}],
                            "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
                                                          "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}}}),
+    # no byte fallback: unknown characters become <unk>, fused or not
+    ("unk_fused", "metaspace", {"model.byte_fallback": False}),
+    ("unk_unfused", "metaspace", {"model.byte_fallback": False, "model.fuse_unk": False}),
     ("sp_normalizer", "metaspace", {
         "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
                                                            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
@@ -264,7 +267,11 @@ def variants():
     out = []
     for vname, base, patch in VARIANTS:
         d = json.load(open(os.path.join(OUT, base, "tokenizer.json"), encoding="utf-8"))
-        d.update(patch)
+        for k, v in patch.items():  # "a.b" sets a nested key
+            if "." in k:
+                d[k.split(".")[0]][k.split(".")[1]] = v
+            else:
+                d[k] = v
         tok = Tokenizer.from_str(json.dumps(d, ensure_ascii=False))
         cases = []
         for cname, raw in TRICKY:
