@@ -47,6 +47,8 @@ TRICKY = [
     ("combining", "e\u0301 a\u0308 n\u0303 Z\u0351\u036b\u0343a\u0352l\u0350g\u0344o \u0915\u094d\u0937".encode()),
     ("special_inside", b"a<s>b</s>c <s> </s>  <s><s></s><unk>"),
     ("special_only", b"<s>"),
+    ("special_start", b"<s>hello </s>world"),
+    ("llama3_specials", b"<|begin_of_text|>Hello<|eot_id|> <|end_of_text|>x"),
     ("special_like", b"<s <s/> </ s> <S> <<s>>"),
     ("invalid_utf8", b"abc\xff\xfedef \xc3\x28 \xe2\x82\xa1\xe2\x82 x\xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \x80end"),
     ("invalid_tail", b"tail \xe2\x82"),
