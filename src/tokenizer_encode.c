@@ -77,10 +77,10 @@ static int word_char_at(enc_ctx *c, const char *s, size_t n, int before) {
     uint32_t cp;
     size_t off, len;
     if (before) {
-        len = (size_t)gq_utf8_decode_last(s, n, &cp);
+        len = (size_t)gq_uni_decode_last(s, n, &cp);
         off = n - len;
     } else {
-        len = (size_t)gq_utf8_len((uint8_t)s[0]);
+        len = (size_t)gq_uni_len((uint8_t)s[0]);
         if (len > n) len = n;
         off = 0;
     }
@@ -169,7 +169,7 @@ static void split_run(enc_ctx *c, int k, const pcre2_code *re, const char *lit, 
         }
         if (me == ms) { /* empty match: no segment, step one character */
             if (ms >= n) break;
-            from = ms + (size_t)gq_utf8_len((uint8_t)p[ms]);
+            from = ms + (size_t)gq_uni_len((uint8_t)p[ms]);
             continue;
         }
         if (ms > prev) seg_push(c, k, &ns, prev, ms, invert);
@@ -301,7 +301,7 @@ static char *replace_all(const gq_tok_norm *st, const char *s, size_t n, size_t 
         from = me;
         if (me == ms) { /* empty match: keep one character and move on */
             if (ms >= n) break;
-            size_t cl = (size_t)gq_utf8_len((uint8_t)s[ms]);
+            size_t cl = (size_t)gq_uni_len((uint8_t)s[ms]);
             memcpy(out + o, s + ms, cl);
             o += cl;
             from = ms + cl;
@@ -367,13 +367,13 @@ static void split_added(enc_ctx *c, const gq_tok_trie *tr, int normalized_stage,
         size_t st = ms, en = me;
         while (a->lstrip && st > start_off) {
             uint32_t cp;
-            int l = gq_utf8_decode_last(s, st, &cp);
+            int l = gq_uni_decode_last(s, st, &cp);
             if (!gq_uni_is_whitespace(cp)) break;
             st -= (size_t)l;
         }
         while (a->rstrip && en < n) {
             uint32_t cp;
-            int l = gq_utf8_decode(s + en, n - en, &cp);
+            int l = gq_uni_decode(s + en, n - en, &cp);
             if (!gq_uni_is_whitespace(cp)) break;
             en += (size_t)l;
         }
@@ -407,8 +407,8 @@ static void emit_piece(enc_ctx *c, int normalized_stage, const char *p, size_t n
 int gq_tok_encode(const gq_tokenizer *t, const char *text, size_t len, int add_special, gq_ids *out) {
     if (!t || !out || (!text && len)) return gq_err(GQ_ERR_ARG, "gq_tok_encode: NULL argument");
     char *fixed = NULL;
-    if (gq_utf8_valid_prefix(text, len) != len) {
-        fixed = gq_utf8_repair(text, len, &len);
+    if (gq_uni_valid_prefix(text, len) != len) {
+        fixed = gq_uni_repair(text, len, &len);
         text = fixed;
     }
     size_t n0 = out->n;

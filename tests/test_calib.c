@@ -274,6 +274,25 @@ static void test_jsonl_reader(const char *dir) {
     TEST_OK(gq_jsonl_open(&j, path), "open");
     TEST_FAILS(gq_jsonl_next(j, &line, &len, &ln), GQ_ERR_DATA, "lines.jsonl:1: NUL byte");
     gq_jsonl_close(j);
+    /* a truncated gzip file: an I/O error naming the file, not a short read */
+    const char *gz = tmp_path(dir, "cut.jsonl.gz");
+    gzFile z = gzopen(gz, "wb");
+    for (int i = 0; i < 2000; i++) gzprintf(z, "{\"text\": \"line %d of a file that gets cut\"}\n", i);
+    gzclose(z);
+    char *data = NULL;
+    size_t dn = 0;
+    gq_read_file(gz, &data, &dn);
+    f = fopen(gz, "wb");
+    fwrite(data, 1, dn / 2, f);
+    fclose(f);
+    free(data);
+    TEST_OK(gq_jsonl_open(&j, gz), "open truncated gzip");
+    int rc;
+    long lines = 0;
+    while ((rc = gq_jsonl_next(j, &line, &len, &ln)) == 1) lines++;
+    TEST_CHECK(rc == GQ_ERR_IO && strstr(gq_errmsg(), "cut.jsonl.gz:") && lines > 0 && lines < 2000,
+               "truncated gzip: I/O error after %ld lines: %s", lines, gq_errmsg());
+    gq_jsonl_close(j);
 }
 
 int main(void) {
