@@ -278,7 +278,6 @@ static void test_gptq_op(gq_backend *be, int act_order) {
     p.group_size = 32;
     p.act_order = act_order;
     gq_qresult res, ref;
-    gq_qresult_init(&ref, &p, rows, cols);
     float *Wref = gq_malloc(sizeof(float) * (size_t)rows * cols);
     memcpy(Wref, W, sizeof(float) * (size_t)rows * cols);
     TEST_OK(gq_gptq_quantize(&p, Wref, rows, cols, Href, &ref), "direct gq_gptq_quantize");
