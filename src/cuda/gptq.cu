@@ -211,12 +211,13 @@ typedef struct {
 } blk_args;
 
 static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_args a) {
-    extern __shared__ float Hs[]; /* [cnt][GPTQ_BLK]: Hinv[i1 + j][i1 + c], 0 for c >= cnt */
+    extern __shared__ float Hs[]; /* [cnt][GPTQ_BLK]: Hinv[i1 + j][i1 + c] for j <= c < cnt, else 0 */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (a.Hinv) {
         for (int idx = threadIdx.x; idx < a.cnt * GPTQ_BLK; idx += blockDim.x) {
             int j = idx / GPTQ_BLK, c = idx - j * GPTQ_BLK;
-            Hs[idx] = c < a.cnt ? a.Hinv[(size_t)(a.i1 + j) * a.K + a.i1 + c] : 0.0f;
+            /* the strictly lower part of Hinv is never written: keep it out */
+            Hs[idx] = c >= j && c < a.cnt ? a.Hinv[(size_t)(a.i1 + j) * a.K + a.i1 + c] : 0.0f;
         }
     }
     __syncthreads();
@@ -512,6 +513,9 @@ static int factor_with_retries(gq_backend *be, gptq_dev *m, const gq_gptq_params
     double damp = p->damp;
     size_t hd_bytes = (size_t)n * n * sizeof(double); /* fp64 size; the fp32 attempt uses the first half */
     TRY_ALLOC(m->Hd, void *, hd_bytes, "gptq: damped Hessian (fp64)");
+    /* cuSOLVER reads only the column-major lower (= row-major upper)
+     * triangle, which build_hd_kernel writes; clear the rest once anyway */
+    TRY(GQ_CU_OK(cudaMemsetAsync(m->Hd, 0, hd_bytes, c->stream)));
     TRY_ALLOC(m->info, int *, sizeof(int), "gptq: cuSOLVER info");
     TRY(factor_workspace(be, m, n, mode, &wsd, &wsh));
     TRY_ALLOC(m->ws, void *, wsd ? wsd : 16, "gptq: cuSOLVER workspace");
