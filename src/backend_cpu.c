@@ -196,7 +196,7 @@ static int cpu_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, i
     return GQ_OK;
 }
 
-/* backend_cpu_gptq.c, wired in once the gptq module has landed. */
+/* backend_cpu_gptq.c */
 int gq_cpu_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
 
 static const struct gq_backend_i cpu_iface = {
@@ -221,7 +221,7 @@ static const struct gq_backend_i cpu_iface = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .hessian_accum = cpu_hessian_accum,
-    .gptq = NULL,
+    .gptq = gq_cpu_gptq,
     .nll = gq_cpu_nll,
 };
 

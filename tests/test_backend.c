@@ -1,6 +1,7 @@
 /*
  * test_backend.c -- every op of the CPU backend against its scalar _ref
- * (gq/ref.h) on fresh random inputs, plus the backend registry.
+ * (gq/ref.h) on fresh random inputs, the GPTQ op against a direct
+ * gq_gptq_quantize call, plus the backend registry.
  *
  * Each comparison is the relative error ||out - ref|| / ||ref|| over the
  * written elements. Outputs are poisoned with NaN before the op, so an
@@ -23,6 +24,7 @@
 
 #include "backend_cpu.h" /* gq_cpu_expf */
 #include "gq/backend.h"
+#include "gq/gptq.h"
 #include "gq/ref.h"
 #include "test.h"
 
@@ -252,6 +254,50 @@ static void test_nll(gq_backend *be, int T, int d, int vocab, int ldx) {
     free(X), free(W), free(tg), free(logits), free(lref);
 }
 
+/* The GPTQ op is a wrapper: mirror the upper triangle of H, scale it, call
+ * gq_gptq_quantize. Compared with that call made directly on the same
+ * (symmetric, scaled) H: the same code on the same inputs, so the results
+ * must be identical (tolerance 0). The op's H has NaN below the diagonal:
+ * reading it would poison every result. */
+static void test_gptq_op(gq_backend *be, int act_order) {
+    int rows = 24, cols = 64, T = 300;
+    double h_scale = 2.0 / T;
+    float *W = rand_vec((size_t)rows * cols, 0.05f), *X = rand_vec((size_t)T * cols, 1.0f);
+    for (int t = 0; t < T; t++) X[(size_t)t * cols + 5] = 0.0f; /* a dead input column */
+    float *H = gq_calloc((size_t)cols * cols, sizeof(float)), *Href = gq_malloc(sizeof(float) * (size_t)cols * cols);
+    void *dX = dev_from(be, X, (size_t)T * cols);
+    TEST_OK(gq_be_hessian_accum(be, H, dX, cols, T, cols), "hessian for gptq");
+    for (int i = 0; i < cols; i++)
+        for (int j = 0; j < cols; j++) {
+            float u = H[(size_t)(i < j ? i : j) * cols + (i < j ? j : i)]; /* upper triangle */
+            Href[(size_t)i * cols + j] = u * (float)h_scale;
+            if (j < i) H[(size_t)i * cols + j] = NAN;
+        }
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    p.group_size = 32;
+    p.act_order = act_order;
+    gq_qresult res, ref;
+    float *Wref = gq_malloc(sizeof(float) * (size_t)rows * cols);
+    memcpy(Wref, W, sizeof(float) * (size_t)rows * cols);
+    TEST_OK(gq_gptq_quantize(&p, Wref, rows, cols, Href, &ref), "direct gq_gptq_quantize");
+    gq_bweight w;
+    TEST_OK(gq_be_weight_upload(be, &w, W, rows, cols), "upload W for gptq");
+    memset(&res, 0, sizeof res);
+    TEST_OK(gq_be_gptq(be, &p, H, h_scale, &w, &res), "gq_be_gptq (act_order %d)", act_order);
+    float *Wout = gq_malloc(sizeof(float) * (size_t)rows * cols);
+    gq_be_download(be, Wout, w.data, sizeof(float) * (size_t)rows * cols);
+    TEST_CHECK(res.codes && memcmp(res.codes, ref.codes, (size_t)rows * cols) == 0, "gptq op codes identical");
+    TEST_CHECK(memcmp(Wout, Wref, sizeof(float) * (size_t)rows * cols) == 0, "gptq op dequantized W identical");
+    TEST_CHECK(res.loss == ref.loss && isfinite(res.loss) && res.loss > 0, "gptq op loss %g vs %g", res.loss, ref.loss);
+    TEST_CHECK(res.n_dead == 1, "gptq op saw the dead column (n_dead %d)", res.n_dead);
+    gq_qresult_free(&res);
+    gq_qresult_free(&ref);
+    gq_be_weight_free(be, &w);
+    gq_be_release(be, dX);
+    free(W), free(X), free(H), free(Href), free(Wref), free(Wout);
+}
+
 /* ---- the fast exp ------------------------------------------------------------------------ */
 
 static void test_expf(void) {
@@ -341,6 +387,8 @@ static void run_ops(gq_backend *be, const char *mode) {
     test_add(be, 13, 40, 48, 44);
     test_hessian(be, 70, 48, 48);
     test_hessian(be, 33, 40, 56);
+    test_gptq_op(be, 0);
+    test_gptq_op(be, 1);
     test_nll(be, 45, 32, 300, 40); /* several row chunks are not needed; vocab small */
     test_nll(be, 600, 16, 50000, 16); /* vocab 50000: chunks of 83 rows, 8 chunks */
     /* attention: tile 64 by default, so T = 100 and 130 are not multiples of it */
