@@ -265,7 +265,7 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
                     }
                     const float wj = __shfl_sync(GQ_FULL_MASK, w[e], jl);
                     float qv = rintf(__fdiv_rn(wj, scale)) + (float)zero;
-                    qv = qv < 0.0f ? 0.0f : qv;
+                    qv = qv >= 0.0f ? qv : 0.0f; /* also NaN -> 0, as gq_quant_code */
                     qv = qv > (float)a.q.maxq ? (float)a.q.maxq : qv;
                     const int qi = (int)qv;
                     const float dq = __fmul_rn(scale, (float)(qi - zero));
@@ -761,6 +761,26 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     }
     t3 = gq_now();
 
+    /* ---- the losses first: a non-finite one is an error, and W must stay untouched then */
+    res->loss = 0.0;
+    if (m.row_loss) {
+        int bad_row = -1;
+        row_loss = (double *)gq_malloc((size_t)rows * sizeof(double));
+        TRY(gq_be_download(be, row_loss, m.row_loss, (size_t)rows * sizeof(double)));
+        for (int r = 0; r < rows; r++) {
+            res->row_loss[r] = (float)row_loss[r];
+            res->loss += row_loss[r];
+            if (bad_row < 0 && !isfinite(row_loss[r])) bad_row = r;
+        }
+        if (bad_row >= 0) {
+            rc = gq_err(GQ_ERR_NUMERIC,
+                        "gptq: %d x %d module: the error feedback overflowed (row %d has a non-finite loss); the "
+                        "Hessian is too badly conditioned for fp32 (damp %g)",
+                        rows, K, bad_row, p->damp);
+            goto out;
+        }
+    }
+
     /* ---- outputs: unpermute into W->data (fp16) and the codes */
     if (m.invperm) TRY_ALLOC(m.codes_out, uint8_t *, nW, "gptq: unpermuted codes");
     output_kernel<<<grid_for(nW), 256, 0, c->stream>>>((__half *)W->data, m.Wf, m.codes_out, m.codes, rows, K,
@@ -769,16 +789,9 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     TRY(gq_be_download(be, res->codes, m.codes_out ? m.codes_out : m.codes, nW));
     TRY(gq_be_download(be, res->scales, m.scales, (size_t)ngroups * rows * sizeof(float)));
     TRY(gq_be_download(be, res->zeros, m.zeros, (size_t)ngroups * rows * sizeof(int32_t)));
-    res->loss = 0.0;
-    if (m.row_loss) {
-        row_loss = (double *)gq_malloc((size_t)rows * sizeof(double));
-        TRY(gq_be_download(be, row_loss, m.row_loss, (size_t)rows * sizeof(double)));
-        for (int r = 0; r < rows; r++) {
-            res->row_loss[r] = (float)row_loss[r];
-            res->loss += row_loss[r];
-        }
-    }
     res->seconds = gq_now() - t0;
+    gq_debug("gptq (cuda): %d x %d: %.3f s (prep %.3f, inverse factor %.3f, blocks %.3f, output %.3f s), loss %.6g",
+             rows, K, res->seconds, t1 - t0, t2 - t1, t3 - t2, gq_now() - t3, res->loss);
     c->gptq_timing.prep = t1 - t0;
     c->gptq_timing.factor = t2 - t1;
     c->gptq_timing.blocks = t3 - t2;
