@@ -21,6 +21,14 @@
  *     FlashAttention scheme): one more 2^-11 relative term per product.
  *   TOL_F32 = 1e-5: fp32 outputs from exact fp16 products summed in fp32
  *     (hessian, logits, nll), K <= 1024 terms: ~sqrt(K) 2^-24 = 2e-6.
+ *   TOL_MODEL = 1e-2: whole checkpoints (tests/data/pycoder-5m, the tiny
+ *     models of tests/data/fwd) against transformers' fp32 forward: every
+ *     hidden state and the logits after ~10 fp16 roundings per layer (about
+ *     1e-3 per layer, compounding over up to 4 layers); a wrong rope
+ *     pairing, a missing bias or a GQA head off by one moves them by 1e-1..1.
+ *   TOL_PPL = 2e-3: the perplexity of 4 x 256 tokens of pycoder-5m vs
+ *     transformers fp32 (33.7992): fp16 activations move it by a few 1e-4
+ *     (test_ppl.c); a wrong mask or shift moves it by percents.
  *   GPTQ: codes equal on >= 99% of the entries (the GPU and CPU inverse
  *     factors are both fp64 but from different LAPACK blockings, and the
  *     lazy fp32 GEMMs sum in different orders: values within ulps of a
@@ -38,6 +46,9 @@
 
 #include "gq/backend.h"
 #include "gq/gptq.h"
+#include "gq/model.h"
+#include "gq/ppl.h"
+#include "gq/st.h"
 #include "test.h"
 #ifdef GQ_USE_CUDA
 #include "gq/backend_cuda.h"
@@ -46,6 +57,8 @@
 #define TOL_F16 1e-3
 #define TOL_ATT2 2e-3
 #define TOL_F32 1e-5
+#define TOL_MODEL 1e-2
+#define TOL_PPL 2e-3
 
 /* ---- watchdog: a hung kernel must not hang the suite -------------------------------------------- */
 
@@ -607,6 +620,142 @@ static void test_gptq(pair *P) {
     free(W), free(H), free(H2);
 }
 
+/* ---- whole checkpoints vs transformers ------------------------------------------------------------------- */
+
+static float *ref_tensor(gq_st *st, const char *name, int64_t *numel) {
+    const gq_st_tensor *t = gq_st_find(st, name);
+    TEST_CHECK(t != NULL, "reference tensor '%s' present", name);
+    if (!t) return NULL;
+    float *v = gq_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+    TEST_OK(gq_st_read_f32(st, t, v), "read %s", name);
+    *numel = t->numel;
+    return v;
+}
+
+static double rel_l2(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The forward of `dir` on the GPU, layer by layer, against the hidden states
+ * and logits of `ref_path` (tests/ref/gen_forward.py, transformers fp32). */
+static void test_model(gq_backend *be, const char *dir, const char *ref_path) {
+    set_op(dir);
+    gq_model m;
+    gq_st *ref = NULL;
+    TEST_OK(gq_model_open(&m, dir), "open %s", dir);
+    TEST_OK(gq_st_open(&ref, ref_path), "open %s", ref_path);
+    if (!m.st || !ref) {
+        if (m.st) gq_model_close(&m);
+        gq_st_close(ref);
+        return;
+    }
+    const gq_config *c = &m.cfg;
+    const gq_st_tensor *ti = gq_st_find(ref, "ids");
+    TEST_CHECK(ti && ti->dtype == GQ_DT_I32, "%s: ids", ref_path);
+    if (!ti || ti->dtype != GQ_DT_I32) {
+        gq_st_close(ref), gq_model_close(&m);
+        return;
+    }
+    const int32_t *ids = ti->data;
+    const int T = (int)ti->numel, d = c->hidden;
+    int64_t n = 0;
+    float *inv = gq_malloc(sizeof(float) * (size_t)(c->head_dim / 2)), *x = gq_malloc(sizeof(float) * (size_t)T * d);
+    gq_rope_inv_freq(c, T, inv);
+    TEST_OK(gq_model_embed(&m, ids, T, x), "embed");
+    void *dx = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
+    gq_be_upload_f32(be, dx, x, (size_t)T * d);
+    gq_fwd_scratch s;
+    TEST_OK(gq_fwd_scratch_init(be, c, T, &s), "scratch");
+    for (int l = 0; l < c->n_layers; l++) {
+        gq_layer_host h;
+        gq_blayer bl;
+        char name[32];
+        TEST_OK(gq_model_load_layer(&m, l, &h), "%s: load layer %d", dir, l);
+        TEST_OK(gq_blayer_upload(be, c, &h, &bl), "upload layer %d", l);
+        gq_layer_host_free(&h);
+        TEST_OK(gq_fwd_layer(be, c, &bl, dx, T, inv, &s), "%s: forward layer %d on the GPU", dir, l);
+        gq_blayer_free(be, &bl);
+        down(be, x, dx, (size_t)T * d);
+        snprintf(name, sizeof name, "hidden.%d", l + 1);
+        float *hr = ref_tensor(ref, name, &n);
+        if (!hr) continue;
+        double e = rel_l2(x, hr, (size_t)T * d);
+        TEST_CHECK(n == (int64_t)T * d && e <= TOL_MODEL, "%s: layer %d output (%d tokens x %d) rel err %.3g > %g",
+                   dir, l, T, d, e, TOL_MODEL);
+        fprintf(stderr, "  %s layer %d: rel err %.3g vs transformers fp32\n", dir, l, e);
+        free(hr);
+    }
+    float *norm = NULL, *lm = NULL;
+    TEST_OK(gq_model_load_head(&m, &norm, &lm), "load head");
+    gq_bweight wn, wl;
+    TEST_OK(gq_be_weight_upload(be, &wn, norm, 1, d), "upload norm");
+    TEST_OK(gq_be_weight_upload(be, &wl, lm, c->vocab, d), "upload lm_head");
+    TEST_OK(gq_be_rmsnorm(be, s.xn, d, dx, d, T, d, &wn, c->rms_eps), "final norm");
+    float *logits = gq_malloc(sizeof(float) * (size_t)T * c->vocab);
+    int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) tg[t] = t + 1 < T ? ids[t + 1] : -1;
+    double nll = 0;
+    int64_t cnt = 0;
+    TEST_OK(gq_be_nll(be, s.xn, d, T, &wl, tg, &nll, &cnt, logits), "logits");
+    float *lr = ref_tensor(ref, "logits", &n);
+    const gq_st_tensor *tp = gq_st_find(ref, "logit_pos");
+    const int32_t *pos = tp ? tp->data : NULL;
+    const int rows = pos ? (int)tp->numel : T;
+    if (lr && n == (int64_t)rows * c->vocab) {
+        double worst = 0;
+        int wr = 0;
+        for (int r = 0; r < rows; r++) {
+            double e = rel_l2(logits + (size_t)(pos ? pos[r] : r) * c->vocab, lr + (size_t)r * c->vocab,
+                              (size_t)c->vocab);
+            if (!(e <= worst)) worst = e, wr = r;
+        }
+        TEST_CHECK(worst <= TOL_MODEL, "%s: logits worst row %d rel err %.3g > %g", dir, wr, worst, TOL_MODEL);
+        fprintf(stderr, "  %s logits: worst row rel err %.3g vs transformers fp32\n", dir, worst);
+    } else {
+        TEST_CHECK(0, "%s: reference logits: %lld values for %d rows of %d", dir, (long long)n, rows, c->vocab);
+    }
+    free(lr), free(tg), free(logits), free(norm), free(lm), free(x), free(inv);
+    gq_be_weight_free(be, &wn), gq_be_weight_free(be, &wl);
+    gq_fwd_scratch_free(be, &s);
+    gq_be_release(be, dx);
+    gq_st_close(ref);
+    gq_model_close(&m);
+}
+
+/* Perplexity of the first 4 x 256 tokens of the eval text (test_ppl's (b)). */
+static void test_ppl_gpu(gq_backend *be) {
+    set_op("ppl pycoder-5m 4 x 256");
+    gq_model m;
+    gq_st *ref = NULL;
+    TEST_OK(gq_model_open(&m, gq_test_data("pycoder-5m")), "open pycoder-5m");
+    TEST_OK(gq_st_open(&ref, gq_test_data("fwd/pycoder5m_ref.safetensors")), "open the reference");
+    const gq_st_tensor *ti = ref ? gq_st_find(ref, "ppl_ids") : NULL, *tp = ref ? gq_st_find(ref, "ppl") : NULL;
+    if (m.st && ti && tp && ti->numel == 1024) {
+        gq_ppl_opts o;
+        gq_ppl_opts_default(&o);
+        o.seqlen = 256;
+        o.progress = 0;
+        gq_ppl_result r;
+        const double want = *(const double *)tp->data;
+        TEST_OK(gq_ppl_ids(&m, be, ti->data, 1024, &o, &r), "ppl of 4 x 256 on the GPU");
+        if (r.n_windows == 4) {
+            TEST_NEAR(r.ppl, want, TOL_PPL * want, "pycoder-5m ppl of 4 x 256 on the GPU vs transformers fp32");
+            fprintf(stderr, "  pycoder-5m 4 x 256: ppl %.5f on the GPU, transformers fp32 %.5f\n", r.ppl, want);
+        }
+        gq_ppl_result_free(&r);
+    } else {
+        TEST_CHECK(0, "pycoder-5m and its reference perplexity tensors are readable");
+    }
+    gq_st_close(ref);
+    if (m.st) gq_model_close(&m);
+}
+
 /* ---- timing sanity (printed, not asserted) ---------------------------------------------------------------- */
 
 static double timed(gq_backend *be, double t0) {
@@ -714,6 +863,16 @@ static void run_gpu(void) {
     test_attention_v2_limits(&P);
     TEST_BEGIN("cuda gptq");
     test_gptq(&P);
+    TEST_BEGIN("cuda models");
+    test_model(P.gpu, gq_test_data("pycoder-5m"), gq_test_data("fwd/pycoder5m_ref.safetensors"));
+    const char *tiny[] = {"fwd/tiny-llama3-bias-bf16", "fwd/tiny-linear-tied-f16", "fwd/tiny-dynamic-f32",
+                          "fwd/tiny-gptq4-v1-actorder"};
+    for (int i = 0; i < 4; i++) {
+        char ref[512];
+        snprintf(ref, sizeof ref, "%s/ref.safetensors", gq_test_data(tiny[i]));
+        test_model(P.gpu, gq_test_data(tiny[i]), ref);
+    }
+    test_ppl_gpu(P.gpu);
     TEST_BEGIN("cuda timing");
     timing_print(&P);
     gq_backend_free(P.gpu);
