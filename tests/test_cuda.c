@@ -69,6 +69,8 @@ static void on_alarm(int sig) {
     (void)rc;
     _exit(3);
 }
+
+#ifdef GQ_USE_CUDA
 static void set_op(const char *op) {
     snprintf(alarm_msg, sizeof alarm_msg, "TIMEOUT test_cuda: no progress within the time limit in: %s\n", op);
 }
@@ -123,8 +125,6 @@ static void compare(const char *what, const float *got, const float *want, int r
                worst, wi / ld, wi % ld, wi >= 0 ? got[wi] : 0.0, wi >= 0 ? want[wi] : 0.0);
     TEST_CHECK(pad_ok, "%s: wrote into the padding columns %d..%d of its rows", what, width, ld - 1);
 }
-
-#ifdef GQ_USE_CUDA
 
 typedef struct {
     gq_backend *gpu, *cpu;
