@@ -834,6 +834,7 @@ static void run_gpu(void) {
     test_linear(&P, 5, 512, 33, 520, 40, 1, 1); /* K 512, accumulate */
     test_linear(&P, 1, 64, 256, 64, 256, 0, 1);
     test_linear(&P, 300, 1024, 768, 1024, 768, 0, 0);
+    test_linear(&P, 64, 256, 128, 256, 136, 1, 1); /* bias add on 16-byte vectors */
     test_rmsnorm(&P, 33, 96, 96, 96);      /* vectorised path */
     test_rmsnorm(&P, 7, 250, 300, 260);    /* scalar path */
     test_rmsnorm(&P, 5, 4096, 4096, 4096); /* full width */

@@ -115,50 +115,85 @@ int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_d
 
 /* ---- swiglu, add, bias --------------------------------------------------------------------------------------- */
 
-static int flat_grid(size_t n) {
-    size_t b = CEIL_DIV(n, (size_t)256);
-    return (int)(b < 8192 ? (b ? b : 1) : 8192);
+/* 2D launch for row-wise elementwise ops: x covers a row's columns in
+ * chunks of 256 * V, y covers rows (grid-stride when T > 65535). */
+static dim3 rows_grid(int T, int d, int V) {
+    int gx = CEIL_DIV(d, 256 * V);
+    return dim3(gx < 1 ? 1 : gx, T < 65535 ? T : 65535);
 }
 
-/* A[t][i] = silu(g) * u = g / (1 + exp(-g)) * u, g = GU[t][i], u = GU[t][I + i] */
+static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+/* A[t][i] = silu(g) * u = g / (1 + exp(-g)) * u, g = GU[t][i], u = GU[t][I + i];
+ * V = 8: 16-byte accesses (I, lda, ldgu multiples of 8, aligned buffers). */
+template <int V>
 static __global__ void swiglu_kernel(__half *A, int lda, const __half *GU, int ldgu, int T, int I) {
-    const size_t n = (size_t)T * I;
-    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
-        size_t t = k / (size_t)I, i = k - t * I;
-        const __half *gu = GU + t * ldgu;
-        float g = h2f(gu[i]), u = h2f(gu[I + i]);
-        A[t * lda + i] = f2h(g / (1.0f + expf(-g)) * u);
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= I) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        const __half *g = GU + (size_t)t * ldgu + i, *u = g + I;
+        __half *a = A + (size_t)t * lda + i;
+        if (V == 8) {
+            uint4 gr = *(const uint4 *)g, ur = *(const uint4 *)u, out;
+            const __half *gv = (const __half *)&gr, *uv = (const __half *)&ur;
+            __half *ov = (__half *)&out;
+#pragma unroll
+            for (int k = 0; k < 8; k++) ov[k] = f2h(silu_mul(h2f(gv[k]), h2f(uv[k])));
+            *(uint4 *)a = out;
+        } else {
+            *a = f2h(silu_mul(h2f(*g), h2f(*u)));
+        }
     }
 }
 
 int gq_cuda_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I) {
     cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    swiglu_kernel<<<flat_grid((size_t)T * I), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+    const int vec = I % 8 == 0 && gq_cuda_vec16(A, lda, 2) && gq_cuda_vec16(GU, ldgu, 2);
+    if (vec)
+        swiglu_kernel<8><<<rows_grid(T, I, 8), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+    else
+        swiglu_kernel<1><<<rows_grid(T, I, 1), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
 }
 
-/* Y[t][j] += X[t][j] (X = NULL: Y[t][j] += b[j]) */
-static __global__ void add_kernel(__half *Y, int ldy, const __half *X, int ldx, const __half *b, int T, int d) {
-    const size_t n = (size_t)T * d;
-    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
-        size_t t = k / (size_t)d, j = k - t * d;
-        float v = X ? h2f(X[t * ldx + j]) : h2f(b[j]);
-        __half *y = Y + t * ldy + j;
-        *y = f2h(h2f(*y) + v);
+/* Y[t][j] += X[t][j] (ldx = 0: the same row X[j] for every t, the bias add);
+ * V = 8: 16-byte accesses. */
+template <int V>
+static __global__ void add_kernel(__half *Y, int ldy, const __half *X, int ldx, int T, int d) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (j >= d) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        __half *y = Y + (size_t)t * ldy + j;
+        const __half *x = X + (size_t)t * ldx + j;
+        if (V == 8) {
+            uint4 yr = *(const uint4 *)y, xr = *(const uint4 *)x;
+            __half *yv = (__half *)&yr;
+            const __half *xv = (const __half *)&xr;
+#pragma unroll
+            for (int k = 0; k < 8; k++) yv[k] = f2h(h2f(yv[k]) + h2f(xv[k]));
+            *(uint4 *)y = yr;
+        } else {
+            *y = f2h(h2f(*y) + h2f(*x));
+        }
     }
 }
 
-int gq_cuda_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
+static int launch_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
     cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    add_kernel<<<flat_grid((size_t)T * d), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, NULL, T, d);
+    const int vec = d % 8 == 0 && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(X, ldx, 2);
+    if (vec)
+        add_kernel<8><<<rows_grid(T, d, 8), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
+    else
+        add_kernel<1><<<rows_grid(T, d, 1), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
 }
 
+int gq_cuda_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
+    return launch_add(be, Y, ldy, X, ldx, T, d);
+}
+
 int gq_cuda_add_bias(gq_backend *be, void *Y, int ldy, int T, int N, const void *bias) {
-    cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    add_kernel<<<flat_grid((size_t)T * N), 256, 0, s>>>((__half *)Y, ldy, NULL, 0, (const __half *)bias, T, N);
-    CUDA_CHECK_LAUNCH();
-    return GQ_OK;
+    return launch_add(be, Y, ldy, bias, 0, T, N);
 }
