@@ -159,10 +159,14 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     if (!x || !attn || !xn || !qkv || !gu || !act || !H) die("allocating activations");
     {
         float *chunk = gq_malloc(sizeof(float) * (size_t)S * h);
-        uint64_t s = 99;
         for (int i = 0; i < nsamples; i++) {
-            for (size_t k = 0; k < (size_t)S * h; k++)
-                chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641f - 1.7320508f; /* sd 1 */
+#pragma omp parallel
+            {
+                uint64_t s = 99 + 1000003ull * (uint64_t)i + 7919ull * (uint64_t)thread_id();
+#pragma omp for schedule(static)
+                for (size_t k = 0; k < (size_t)S * h; k++) /* uniform, sd 1 */
+                    chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
+            }
             CK(gq_be_upload_f32(be, (char *)x + gq_be_act_bytes(be, (size_t)i * S * h), chunk, (size_t)S * h),
                "upload x");
         }
