@@ -859,6 +859,8 @@ static void run_gpu(void) {
         test_attention(&P, v, 517, 517, 2, 1, 128, 0);   /* odd T, 9 key tiles */
     }
     test_attention(&P, 0, 1100, 1100, 2, 2, 64, 0); /* auto: v2 */
+    test_attention(&P, 2, 16384, 16384, 2, 1, 128, 0); /* the longest supported prefill */
+    test_attention(&P, 0, 1, 16384, 4, 1, 128, 0);     /* decode against a 16384-key cache (v1) */
     test_attention(&P, 1, 40, 40, 3, 3, 32, 8);     /* hd 32: v1 only */
     test_attention(&P, 1, 40, 40, 2, 1, 96, 0);     /* hd 96 */
     test_attention_v2_limits(&P);
