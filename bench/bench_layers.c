@@ -4,7 +4,7 @@
  * random fp16 weights (std 0.02), random activations, nsamples x seqlen
  * calibration tokens, int4 group 128 sym GPTQ of all seven linears.
  *
- * Per layer (as src/pipeline.c does it):
+ * Each layer runs through gq_qlayer_run, the very code of `gq quantize`:
  *   A  per sequence: rmsnorm1 -> Hessian (K = hidden); GPTQ of stacked q/k/v
  *   B  per sequence: rmsnorm1, qkv linear, rope q and k, attention -> kept
  *      [tokens][nh hd] -> Hessian (K = nh hd); GPTQ of o
@@ -30,6 +30,7 @@
 
 #include "gq/backend.h"
 #include "gq/gptq.h"
+#include "gq/qlayer.h"
 #ifdef GQ_USE_CUDA
 #include "gq/backend_cuda.h"
 #endif
@@ -117,18 +118,9 @@ static flops count_flops(const shape *sh, int nsamples, int seqlen) {
 /* ---- one layer ------------------------------------------------------------------------------------------ */
 
 typedef struct {
-    gq_bweight qkv, o, gu, down, ln1, ln2;
-} layer_w;
-
-typedef struct {
-    double fwd, solve, factor, blocks;
+    double fwd, solve;
     size_t peak;
 } layer_time;
-
-static double now_sync(gq_backend *be) {
-    CK(gq_be_sync(be), "sync");
-    return gq_now();
-}
 
 static int cmp_d(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
@@ -138,25 +130,27 @@ static int cmp_d(const void *x, const void *y) {
 static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen) {
     const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, hd = h / nh, S = seqlen;
     const int qd = (nh + 2 * nkv) * hd, ad = nh * hd;
-    const size_t N = (size_t)nsamples * seqlen;
-    const int Kmax = I > h ? (I > ad ? I : ad) : (h > ad ? h : ad);
     char b1[32], b2[32];
     fprintf(stderr, "%s: hidden %d, inter %d, heads %d/%d x %d, %d x %d tokens, %d layers (1 warm-up)\n", sh->name,
             h, I, nh, nkv, hd, nsamples, seqlen, layers);
+    gq_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.arch, sizeof cfg.arch, "LlamaForCausalLM");
+    cfg.hidden = h, cfg.intermediate = I, cfg.n_layers = layers, cfg.n_heads = nh, cfg.n_kv_heads = nkv;
+    cfg.head_dim = hd, cfg.vocab = 32000, cfg.max_pos = seqlen, cfg.rms_eps = 1e-5f, cfg.rope_theta = 10000.0;
+    cfg.dtype = GQ_DT_F16;
 
     /* host weights (fp16, std 0.02), generated once, uploaded per layer */
     uint16_t *hq = rand_f16((size_t)qd * h, 0.02f, 1), *ho = rand_f16((size_t)h * ad, 0.02f, 2);
     uint16_t *hgu = rand_f16((size_t)2 * I * h, 0.02f, 3), *hdn = rand_f16((size_t)h * I, 0.02f, 4);
-    float *ones = gq_malloc(sizeof(float) * (size_t)h), *inv = gq_malloc(sizeof(float) * (size_t)(hd / 2));
+    float *ones = gq_malloc(sizeof(float) * (size_t)h);
     for (int i = 0; i < h; i++) ones[i] = 1.0f;
-    for (int i = 0; i < hd / 2; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
 
-    /* activations: x [N][h] (h kept in place), attn [N][ad], per-sequence scratch */
-    void *x = gq_be_alloc(be, gq_be_act_bytes(be, N * h)), *attn = gq_be_alloc(be, gq_be_act_bytes(be, N * ad));
-    void *xn = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)S * h)), *qkv = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)S * qd));
-    void *gu = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)S * 2 * I)), *act = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)S * I));
-    float *H = gq_be_alloc(be, sizeof(float) * (size_t)Kmax * Kmax);
-    if (!x || !attn || !xn || !qkv || !gu || !act || !H) die("allocating activations");
+    /* the calibration activations of the quantization driver, random (sd 1) */
+    int *len = gq_malloc(sizeof(int) * (size_t)nsamples);
+    for (int i = 0; i < nsamples; i++) len[i] = S;
+    gq_qlayer q;
+    CK(gq_qlayer_init(&q, be, &cfg, nsamples, len), "allocating activations");
     {
         float *chunk = gq_malloc(sizeof(float) * (size_t)S * h);
         for (int i = 0; i < nsamples; i++) {
@@ -167,100 +161,44 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
                 for (size_t k = 0; k < (size_t)S * h; k++) /* uniform, sd 1 */
                     chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
             }
-            CK(gq_be_upload_f32(be, (char *)x + gq_be_act_bytes(be, (size_t)i * S * h), chunk, (size_t)S * h),
-               "upload x");
+            CK(gq_be_upload_f32(be, gq_qlayer_x(&q, i), chunk, (size_t)S * h), "upload x");
         }
         free(chunk);
     }
-#define ACT(buf, rows, width) ((char *)(buf) + gq_be_act_bytes(be, (size_t)(rows) * (width)))
 
     gq_gptq_params p;
     gq_gptq_params_default(&p); /* int4, group 128, sym, damp 0.01, block 128 */
-    const double hs = 2.0 / nsamples;
     layer_time *lt = gq_calloc((size_t)layers, sizeof *lt);
     for (int l = 0; l < layers; l++) {
-        layer_w w;
+        gq_blayer w;
+        memset(&w, 0, sizeof w);
         CK(gq_be_weight_upload_raw(be, &w.qkv, hq, GQ_DT_F16, qd, h), "upload qkv");
         CK(gq_be_weight_upload_raw(be, &w.o, ho, GQ_DT_F16, h, ad), "upload o");
         CK(gq_be_weight_upload_raw(be, &w.gu, hgu, GQ_DT_F16, 2 * I, h), "upload gu");
         CK(gq_be_weight_upload_raw(be, &w.down, hdn, GQ_DT_F16, h, I), "upload down");
         CK(gq_be_weight_upload(be, &w.ln1, ones, 1, h), "upload ln1");
         CK(gq_be_weight_upload(be, &w.ln2, ones, 1, h), "upload ln2");
-        double fwd = 0, solve = 0, factor = 0, blocks = 0, t0;
-        gq_qresult res;
-        gq_bweight *solve_w[4] = {&w.qkv, &w.o, &w.gu, &w.down};
-        const int solve_k[4] = {h, ad, h, I};
-        for (int stage = 0; stage < 5; stage++) {
-            t0 = now_sync(be);
-            if (stage < 4)
-                CK(gq_be_memset0(be, H, sizeof(float) * (size_t)solve_k[stage] * solve_k[stage]), "memset H");
-            for (int i = 0; i < nsamples; i++) {
-                void *xs = ACT(x, (size_t)i * S, h), *as = ACT(attn, (size_t)i * S, ad);
-                switch (stage) {
-                case 0: /* A */
-                    CK(gq_be_rmsnorm(be, xn, h, xs, h, S, h, &w.ln1, 1e-5f), "A rmsnorm1");
-                    CK(gq_be_hessian_accum(be, H, xn, h, S, h), "A hessian");
-                    break;
-                case 1: /* B */
-                    CK(gq_be_rmsnorm(be, xn, h, xs, h, S, h, &w.ln1, 1e-5f), "B rmsnorm1");
-                    CK(gq_be_linear(be, qkv, qd, xn, h, S, &w.qkv, NULL, 0), "B qkv");
-                    CK(gq_be_rope(be, qkv, qd, S, nh, hd, 0, inv), "B rope q");
-                    CK(gq_be_rope(be, (char *)qkv + gq_be_act_bytes(be, (size_t)nh * hd), qd, S, nkv, hd, 0, inv), "B rope k");
-                    CK(gq_be_attention(be, as, ad, qkv, qd, (char *)qkv + gq_be_act_bytes(be, (size_t)nh * hd), qd,
-                                       (char *)qkv + gq_be_act_bytes(be, (size_t)(nh + nkv) * hd), qd, S, S, nh, nkv, hd),
-                       "B attention");
-                    CK(gq_be_hessian_accum(be, H, as, ad, S, ad), "B hessian");
-                    break;
-                case 2: /* C */
-                    CK(gq_be_linear(be, xs, h, as, ad, S, &w.o, NULL, 1), "C o + residual");
-                    CK(gq_be_rmsnorm(be, xn, h, xs, h, S, h, &w.ln2, 1e-5f), "C rmsnorm2");
-                    CK(gq_be_hessian_accum(be, H, xn, h, S, h), "C hessian");
-                    break;
-                case 3: /* D */
-                    CK(gq_be_rmsnorm(be, xn, h, xs, h, S, h, &w.ln2, 1e-5f), "D rmsnorm2");
-                    CK(gq_be_linear(be, gu, 2 * I, xn, h, S, &w.gu, NULL, 0), "D gu");
-                    CK(gq_be_swiglu(be, act, I, gu, 2 * I, S, I), "D swiglu");
-                    CK(gq_be_hessian_accum(be, H, act, I, S, I), "D hessian");
-                    break;
-                default: /* E */
-                    CK(gq_be_rmsnorm(be, xn, h, xs, h, S, h, &w.ln2, 1e-5f), "E rmsnorm2");
-                    CK(gq_be_linear(be, gu, 2 * I, xn, h, S, &w.gu, NULL, 0), "E gu");
-                    CK(gq_be_swiglu(be, act, I, gu, 2 * I, S, I), "E swiglu");
-                    CK(gq_be_linear(be, xs, h, act, I, S, &w.down, NULL, 1), "E down + residual");
-                    break;
-                }
-            }
-            fwd += now_sync(be) - t0;
-            if (stage == 4) break;
-            t0 = gq_now();
-            CK(gq_be_gptq(be, &p, H, hs, solve_w[stage], &res), "gptq");
-            solve += now_sync(be) - t0;
-#ifdef GQ_USE_CUDA
-            gq_cuda_gptq_timing gt;
-            if (gq_backend_is_gpu(be) && gq_cuda_last_gptq_timing(be, &gt) == GQ_OK) {
-                factor += gt.factor;
-                blocks += gt.blocks;
-            }
-#endif
-            if (res.fallback) fprintf(stderr, "  warning: solve %d fell back to RTN\n", stage);
-            gq_qresult_free(&res);
+        gq_qresult res[GQ_LIN_COUNT];
+        double st0 = q.t_stages, so0 = q.t_solve;
+        CK(gq_qlayer_run(&q, l, &w, &p, res), "quantizing the layer");
+        for (int k = 0; k < GQ_LIN_COUNT; k++) {
+            if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", gq_linear_names[k]);
+            gq_qresult_free(&res[k]);
         }
-        lt[l] = (layer_time){fwd, solve, factor, blocks, gq_be_peak_bytes(be)};
-        fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s (factor %.3f, blocks %.3f), total %.3f s, peak %s\n",
-                l, l == 0 && layers > 1 ? " (warm-up)" : "", fwd, solve, factor, blocks, fwd + solve,
+        lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be)};
+        fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s, total %.3f s, peak %s\n", l,
+                l == 0 && layers > 1 ? " (warm-up)" : "", lt[l].fwd, lt[l].solve, lt[l].fwd + lt[l].solve,
                 gq_fmt_bytes(b1, sizeof b1, (double)lt[l].peak));
-        gq_be_weight_free(be, &w.qkv), gq_be_weight_free(be, &w.o), gq_be_weight_free(be, &w.gu);
-        gq_be_weight_free(be, &w.down), gq_be_weight_free(be, &w.ln1), gq_be_weight_free(be, &w.ln2);
+        gq_blayer_free(be, &w);
     }
-#undef ACT
 
     /* medians of the measured layers */
     int first = layers > 1 ? 1 : 0, n = layers - first;
-    double *v = gq_malloc(sizeof(double) * (size_t)n), med[4];
-    for (int k = 0; k < 4; k++) {
+    double *v = gq_malloc(sizeof(double) * (size_t)n), med[3];
+    for (int k = 0; k < 3; k++) {
         for (int i = 0; i < n; i++) {
             const layer_time *t = &lt[first + i];
-            v[i] = k == 0 ? t->fwd : k == 1 ? t->solve : k == 2 ? t->fwd + t->solve : t->factor;
+            v[i] = k == 0 ? t->fwd : k == 1 ? t->solve : t->fwd + t->solve;
         }
         qsort(v, (size_t)n, sizeof *v, cmp_d);
         med[k] = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
@@ -273,8 +211,8 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     printf("  %-22s %10s %10s %10s %10s\n", "", "gq", "reference", "speed-up", "floor");
     printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "forward + Hessian", med[0], sh->ref_fwd,
            sh->ref_fwd > 0 ? sh->ref_fwd / med[0] : 0, floor_fwd);
-    printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs   (of which inverse factors %.3f s)\n", "GPTQ solve", med[1],
-           sh->ref_solve, sh->ref_solve > 0 ? sh->ref_solve / med[1] : 0, floor_solve, med[3]);
+    printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "GPTQ solve", med[1], sh->ref_solve,
+           sh->ref_solve > 0 ? sh->ref_solve / med[1] : 0, floor_solve);
     printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "total per layer", med[2], sh->ref_total,
            sh->ref_total > 0 ? sh->ref_total / med[2] : 0, floor_fwd + floor_solve);
     printf("  %-22s %10s %8.1fGiB\n", "peak device memory", gq_fmt_bytes(b2, sizeof b2, (double)peak), sh->ref_mem);
@@ -283,10 +221,9 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
            (f.gemm16 + f.attn16 + f.hess16) * 1e-12, f.gemm16 * 1e-12, f.attn16 * 1e-12, f.hess16 * 1e-12,
            GEMM16_RATE * 1e-12, f.solve32 * 1e-12, f.chol64 * 1e-12, FP32_RATE * 1e-12);
     fflush(stdout);
-    free(v), free(lt);
-    gq_be_release(be, x), gq_be_release(be, attn), gq_be_release(be, xn), gq_be_release(be, qkv);
-    gq_be_release(be, gu), gq_be_release(be, act), gq_be_release(be, H);
-    free(hq), free(ho), free(hgu), free(hdn), free(ones), free(inv);
+    free(v), free(lt), free(len);
+    gq_qlayer_free(&q);
+    free(hq), free(ho), free(hgu), free(hdn), free(ones);
 }
 
 static int arg_int(const char *s, const char *name, int lo, int hi) {
