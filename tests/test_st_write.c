@@ -442,6 +442,44 @@ static void test_rewrite_layout(void) {
     }
 }
 
+/* Thousands of tensors (a 7B checkpoint has ~300, 70B ~700): the writer's
+ * name hash and the reader's sorted index find every one. */
+static void test_many(void) {
+    TEST_BEGIN("many tensors");
+    enum { N = 5000 };
+    char dir[1024], name[64];
+    snprintf(dir, sizeof dir, "%s/many", tmp);
+    gq_st_writer *w = NULL;
+    TEST_OK(gq_st_writer_init(&w, dir, "model", 40000), "init");
+    if (!w) return;
+    int fails = 0;
+    for (int i = 0; i < N; i++) {
+        int32_t v[3] = {i, -i, i * 7};
+        const int64_t shape[1] = {3};
+        snprintf(name, sizeof name, "model.layers.%d.w", i);
+        fails += gq_st_writer_add(w, name, GQ_DT_I32, 1, shape, v) != GQ_OK;
+    }
+    TEST_CHECK(fails == 0, "%d adds failed", fails);
+    TEST_FAILS(gq_st_writer_add(w, "model.layers.4321.w", GQ_DT_I32, 1, (const int64_t[]){1}, name), GQ_ERR_ARG,
+               "added twice");
+    int nsh = 0;
+    TEST_OK(gq_st_writer_finish(w, &nsh), "finish");
+    gq_st_writer_free(w);
+    TEST_CHECK(nsh == 2, "60000 bytes in 40000-byte shards: 2 shards, got %d", nsh);
+    gq_st *st = NULL;
+    TEST_OK(gq_st_open(&st, dir), "open");
+    int found = 0;
+    for (int i = 0; st && i < N; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.w", i);
+        const gq_st_tensor *t = gq_st_find(st, name);
+        int32_t v[3];
+        if (t) memcpy(v, t->data, sizeof v);
+        found += t && v[0] == i && v[1] == -i && v[2] == i * 7;
+    }
+    TEST_CHECK(found == N, "all %d tensors found with their values (%d)", N, found);
+    gq_st_close(st);
+}
+
 /* Freeing an unfinished writer removes its temporary data files. */
 static void test_free_unfinished(void) {
     TEST_BEGIN("free unfinished");
@@ -471,6 +509,7 @@ int main(void) {
     test_errors();
     test_free_unfinished();
     test_rewrite_layout();
+    test_many();
     gq_rmtree(tmp);
     return TEST_REPORT();
 }
