@@ -391,7 +391,7 @@ static void run_ops(gq_backend *be, const char *mode) {
     test_gptq_op(be, 1);
     test_nll(be, 45, 32, 300, 40); /* several row chunks are not needed; vocab small */
     test_nll(be, 600, 16, 50000, 16); /* vocab 50000: chunks of 83 rows, 8 chunks */
-    /* attention: tile 64 by default, so T = 100 and 130 are not multiples of it */
+    /* attention: tiles of head_dim rows (at least 32) by default; T = 100, 130, 200 are not multiples */
     test_attention(be, mode, 100, 100, 4, 4, 32, 0);    /* MHA */
     test_attention(be, mode, 100, 100, 4, 2, 32, 0);    /* GQA, 2 heads per kv head */
     test_attention(be, mode, 130, 130, 8, 2, 16, 8);    /* GQA 4, strided */
