@@ -4,6 +4,7 @@
 # libgfortran) into .gqdeps.tar.xz, for a GPU machine that lacks them and
 # cannot reach a package registry. bench/gpu.sh unpacks it when needed.
 set -e
+repo=$(pwd)
 tmp=$(mktemp -d)
 cd "$tmp"
 apt-get download libopenblas0-openmp libopenblas-openmp-dev liblapacke liblapacke-dev libjansson4 libjansson-dev \
@@ -15,7 +16,8 @@ find . -name '*.a' -delete
 rm -rf usr/share usr/bin usr/lib/x86_64-linux-gnu/pkgconfig usr/lib/x86_64-linux-gnu/openblas-openmp/cmake \
     usr/lib/x86_64-linux-gnu/openblas-openmp/pkgconfig usr/lib/x86_64-linux-gnu/libz.so
 ln -s libz.so.1 usr/lib/x86_64-linux-gnu/libz.so
-cd - >/dev/null
-tar cJf "$OLDPWD/.gqdeps.tar.xz" -C root usr
+cd "$tmp"
+tar cJf "$repo/.gqdeps.tar.xz" -C root usr
+cd "$repo"
 rm -rf "$tmp"
-ls -la "$OLDPWD/.gqdeps.tar.xz"
+ls -la .gqdeps.tar.xz
