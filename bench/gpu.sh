@@ -26,7 +26,7 @@ run() {
     timeout "$lim" "$@" > "$OUT/$name.log" 2>&1
     rc=$?
     t1=$(date +%s.%N)
-    say "$(printf '%-28s rc=%-3d %7.1f s' "$name" "$rc" "$(echo "$t1 - $t0" | bc)")"
+    say "$(printf '%-28s rc=%-3d %7.1f s' "$name" "$rc" "$(awk "BEGIN{print $t1 - $t0}")")"
     return $rc
 }
 ppl_of() { grep -h '^ppl = ' "$OUT/$1.log" | awk '{print $3}'; }
@@ -59,7 +59,7 @@ step_unit() {
 
 step_layers() {
     for s in 7b 34b 70b; do
-        run "layers_$s" 240 ./build/bench/bench_layers --shape "$s" --layers 3
+        GQ_LOG=debug run "layers_$s" 240 ./build/bench/bench_layers --shape "$s" --layers 3
         grep -A 8 "^$s on" "$OUT/layers_$s.log" | tee -a "$SUMMARY"
     done
 }

@@ -86,10 +86,26 @@ void gq_abort_impl(const char *file, int line, const char *fmt, ...) {
 /* ---- logging ------------------------------------------------------------ */
 
 static gq_log_level log_level = GQ_LOG_INFO;
-void gq_log_set_level(gq_log_level lvl) { log_level = lvl; }
+static int log_env_read;
+void gq_log_set_level(gq_log_level lvl) {
+    log_level = lvl;
+    log_env_read = 1;
+}
 gq_log_level gq_log_get_level(void) { return log_level; }
 
+/* GQ_LOG=error|warn|info|debug sets the initial level. */
+static void log_env(void) {
+    const char *e = getenv("GQ_LOG");
+    log_env_read = 1;
+    if (!e) return;
+    if (!strcmp(e, "error")) log_level = GQ_LOG_ERROR;
+    else if (!strcmp(e, "warn")) log_level = GQ_LOG_WARN;
+    else if (!strcmp(e, "info")) log_level = GQ_LOG_INFO;
+    else if (!strcmp(e, "debug")) log_level = GQ_LOG_DEBUG;
+}
+
 void gq_log(gq_log_level lvl, const char *fmt, ...) {
+    if (!log_env_read) log_env();
     if (lvl > log_level) return;
     va_list ap;
     if (lvl == GQ_LOG_WARN) fputs("warning: ", stderr);
