@@ -82,7 +82,8 @@ step_m30() {
 
 step_e2e() {
     S=bench-models/synth-7b
-    [ -d "$S" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b "$S"
+    [ -d bench-models/pycoder-30m ] || python3 bench/modelpack.py unpack .m30pack bench-models/pycoder-30m
+    [ -d "$S" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer bench-models/pycoder-30m "$S"
     sync
     run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
     grep -E '^(done in|layer (1|2|16|32)/)' "$OUT/e2e_7b.log" | tee -a "$SUMMARY"
