@@ -10,15 +10,18 @@ ex=.git/info/exclude
 case "$1" in
 hide)
     [ -z "$(git status --porcelain --untracked-files=no)" ] || { echo "commit first"; exit 1; }
+    echo "# device-tree: begin" >> "$ex"
     for d in tests/data/*; do
         [ "$d" = tests/data/text ] && continue
         git rm -r -q --cached "$d"
-        echo "/$d  # device-tree" >> "$ex"
+        echo "/$d" >> "$ex"
     done
+    echo "# device-tree: end" >> "$ex"
     ;;
 restore)
     git reset -q HEAD -- tests/data
-    grep -v '# device-tree$' "$ex" > "$ex.tmp" && mv "$ex.tmp" "$ex"
+    awk '/^# device-tree: begin/ {skip = 1} !skip {print} /^# device-tree: end/ {skip = 0}' "$ex" > "$ex.tmp"
+    mv "$ex.tmp" "$ex"
     git status --short | head
     ;;
 *) echo "usage: $0 hide|restore"; exit 2 ;;
