@@ -20,14 +20,14 @@ CALIB=calib/python-sitepackages.jsonl
 say() { echo "$*" | tee -a "$SUMMARY"; }
 # run NAME TIMEOUT CMD...: run with a time limit, log to $OUT/NAME.log
 run() {
-    name=$1 lim=$2
+    _name=$1 _lim=$2
     shift 2
-    t0=$(date +%s.%N)
-    timeout "$lim" "$@" > "$OUT/$name.log" 2>&1
-    rc=$?
-    t1=$(date +%s.%N)
-    say "$(printf '%-28s rc=%-3d %7.1f s' "$name" "$rc" "$(awk "BEGIN{print $t1 - $t0}")")"
-    return $rc
+    _t0=$(date +%s.%N)
+    timeout "$_lim" "$@" > "$OUT/$_name.log" 2>&1
+    _rc=$?
+    _t1=$(date +%s.%N)
+    say "$(printf '%-28s rc=%-3d %7.1f s' "$_name" "$_rc" "$(awk "BEGIN{print $_t1 - $_t0}")")"
+    return $_rc
 }
 ppl_of() { grep -h '^ppl = ' "$OUT/$1.log" | awk '{print $3}'; }
 
