@@ -154,18 +154,18 @@ static void test_basics(gq_backend *be) {
     TEST_CHECK(gq_be_act_bytes(be, 10) == 20, "act bytes");
     TEST_CHECK(gq_be_free_bytes(be) > 0, "free bytes");
 
-    /* raw bytes over three staging chunks (16 MiB each) plus an odd tail */
-    size_t nb = ((size_t)40 << 20) + 3;
+    /* raw bytes over three staging chunks (64 MiB each) plus an odd tail */
+    size_t nb = ((size_t)160 << 20) + 3;
     uint8_t *a = gq_malloc(nb), *b = gq_malloc(nb);
     for (size_t i = 0; i < nb; i++) a[i] = (uint8_t)(rng_next() >> 56);
     size_t peak0 = gq_be_peak_bytes(be);
     void *d = gq_be_alloc(be, nb);
-    TEST_CHECK(d != NULL, "alloc 40 MiB: %s", gq_errmsg());
+    TEST_CHECK(d != NULL, "alloc 160 MiB: %s", gq_errmsg());
     TEST_CHECK(gq_be_peak_bytes(be) == peak0 + nb, "peak bytes %zu after a %zu-byte alloc, expected %zu", gq_be_peak_bytes(be), nb,
                peak0 + nb);
-    TEST_OK(gq_be_upload(be, d, a, nb), "upload 40 MiB + 3");
+    TEST_OK(gq_be_upload(be, d, a, nb), "upload 160 MiB + 3");
     memset(b, 0, nb);
-    TEST_OK(gq_be_download(be, b, d, nb), "download 40 MiB + 3");
+    TEST_OK(gq_be_download(be, b, d, nb), "download 160 MiB + 3");
     size_t first = nb;
     for (size_t i = 0; i < nb && first == nb; i++)
         if (a[i] != b[i]) first = i;
@@ -179,7 +179,7 @@ static void test_basics(gq_backend *be) {
     free(a), free(b);
 
     /* f32 -> f16 -> f32 over 2.5 chunks: round to nearest even, as gq_round_f16 */
-    size_t n = (size_t)10 << 20;
+    size_t n = (size_t)40 << 20;
     float *x = gq_malloc(n * sizeof(float)), *y = gq_malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = (float)(rng_normal() * pow(2.0, (int)(rng_next() % 40) - 25));
     const float special[] = {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, -70000.0f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
