@@ -242,22 +242,21 @@ static int check_options(const gq_quant_opts *o, const gq_config *c) {
     const gq_gptq_params *p = &o->gptq;
     if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
         return gq_err(GQ_ERR_ARG, "--bits: expected 2, 3, 4 or 8, got %d", p->bits);
-    if (p->group_size != -1 && (p->group_size <= 0 || p->group_size % 8))
-        return gq_err(GQ_ERR_ARG, "--group-size: expected -1 or a positive multiple of 8, got %d", p->group_size);
+    if (p->group_size != -1 && p->group_size <= 0)
+        return gq_err(GQ_ERR_ARG, "--group-size: expected -1 (one group per row) or a positive size, got %d",
+                      p->group_size);
     if (o->nsamples <= 0 || o->seqlen <= 1)
         return gq_err(GQ_ERR_ARG, "--nsamples %d / --seqlen %d: expected positive values (seqlen >= 2)", o->nsamples,
                       o->seqlen);
-    if (!(p->damp > 0) || p->damp > 10)
-        return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
+    if (!(p->damp > 0) || p->damp > 10) return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
+    if (p->block_size <= 0) return gq_err(GQ_ERR_ARG, "--block-size: expected a positive size, got %d", p->block_size);
     if (p->static_groups && p->group_size == -1)
         return gq_err(GQ_ERR_ARG, "--static-groups needs a group size (got --group-size -1)");
-    int dims[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
-    for (int i = 0; i < 3; i++) {
-        if (gq_pack_check(dims[i], dims[i], p->bits)) return gq_err_prefix("model %s", o->model_dir);
-        if (p->group_size > 0 && dims[i] % p->group_size)
-            return gq_err(GQ_ERR_UNSUPPORTED, "--group-size %d does not divide the input width %d of a linear layer",
-                          p->group_size, dims[i]);
-    }
+    /* packing: every linear's input and output widths must fill whole int32 words */
+    const int dims[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            if (gq_pack_check(dims[i], dims[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
     return GQ_OK;
 }
 
