@@ -439,6 +439,10 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
                       "Hessian is too badly conditioned for fp32 (damp %g)",
                       rows, cols, bad_row, p->damp);
     }
+    if (p->out_f16 && !p->scale_f16) { /* fp16 scales out, W dequantized with them */
+        gq_qresult_round_scales(res);
+        gq_qresult_dequant(res, W);
+    }
     gq_debug("gptq: %d x %d: %.3f s (inverse factor %.3f s, column loop %.3f s), loss %.6g", rows, cols,
              res->seconds, t_fact, t_solve, res->loss);
     return GQ_OK;

@@ -26,7 +26,8 @@ void gq_gptq_params_default(gq_gptq_params *p) {
     p->block_size = 128;
     p->zero_policy = GQ_ZERO_V1;
     p->max_retries = 8;
-    p->scale_f16 = 1;
+    p->scale_f16 = 0;
+    p->out_f16 = 1;
 }
 
 /* ---- result container ---------------------------------------------------- */
@@ -92,6 +93,10 @@ static float round_scale_f16(float s) {
     if (h == 0.0f) return F16_TINY;
     if (isinf(h)) return F16_MAX;
     return h;
+}
+
+void gq_qresult_round_scales(gq_qresult *r) {
+    for (size_t i = 0; i < (size_t)r->ngroups * r->rows; i++) r->scales[i] = round_scale_f16(r->scales[i]);
 }
 
 void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,

@@ -558,7 +558,7 @@ static void test_gptq(pair *P) {
     gptq_case(P, "per-channel", &p, W, rows, K, H, hs, 0);
     p.group_size = 128, p.bits = 3;
     gptq_case(P, "3-bit", &p, W, rows, K, H, hs, 0);
-    p.bits = 2, p.zero_policy = GQ_ZERO_FREE, p.scale_f16 = 0;
+    p.bits = 2, p.zero_policy = GQ_ZERO_FREE, p.scale_f16 = 0, p.out_f16 = 0;
     gptq_case(P, "2-bit, free zeros, fp32 scales", &p, W, rows, K, H, hs, 0);
     gq_gptq_params_default(&p);
     p.bits = 8, p.block_size = 64, p.group_size = 96, p.sym = 0; /* groups across blocks, not aligned */

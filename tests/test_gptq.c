@@ -227,6 +227,7 @@ static void run_fixture(const char *prob, const char *cas) {
     p.bits = o.bits, p.group_size = o.group_size, p.sym = o.sym, p.act_order = o.act_order;
     p.static_groups = o.static_groups, p.zero_policy = o.zero_policy ? GQ_ZERO_FREE : GQ_ZERO_V1;
     p.scale_f16 = o.scale_f16, p.block_size = o.block_size, p.damp = o.damp;
+    p.out_f16 = 0; /* the fixtures hold the solve's own (fp32 or fp16) scales */
     const int rows = in.rows, cols = in.cols;
     int ndead = 0; /* H is destroyed by the solve: find the dead columns first */
     char *dead = calloc((size_t)cols, 1);
@@ -416,7 +417,7 @@ static void test_retry_and_fallback(void) {
     const int rows = 16, cols = 64;
     gq_gptq_params p;
     gq_gptq_params_default(&p);
-    TEST_CHECK(p.max_retries == 8 && p.scale_f16 == 1 && p.damp == 0.01, "defaults: 8 retries, fp16 scales, 0.01");
+    TEST_CHECK(p.max_retries == 8 && p.scale_f16 == 0 && p.out_f16 == 1 && p.damp == 0.01, "defaults: 8 retries, fp32 scales in the solve, fp16 out, 0.01");
     p.group_size = 32;
     p.sym = 0;
     float *W0 = random_w(rows, cols), *W = malloc((size_t)rows * cols * sizeof(float));

@@ -303,15 +303,29 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
 
 /* W16[r][c] = fp16(Wf[r][inv[c]]), codes_out[r][c] = codes[r][inv[c]] (inv
  * NULL: identity, codes_out NULL: codes are not moved). */
+/* W16 (original column order) from the working copy, or -- sc != NULL --
+ * dequantized from the codes with the (fp16-rounded) scales sc / zeros zr of
+ * group gcol[permuted column]. */
 static __global__ void output_kernel(__half *W16, const float *Wf, uint8_t *codes_out, const uint8_t *codes, int rows,
-                                     int K, const int32_t *inv) {
+                                     int K, const int32_t *inv, const float *sc, const int32_t *zr,
+                                     const int32_t *gcol) {
     const size_t n = (size_t)rows * K;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
-        size_t r = idx / (size_t)K, c = idx - r * K;
-        size_t src = r * K + (inv ? (size_t)inv[c] : c);
-        W16[idx] = __float2half_rn(Wf[src]);
+        size_t r = idx / (size_t)K, c = idx - r * K, pc = inv ? (size_t)inv[c] : c;
+        size_t src = r * K + pc;
+        if (sc) {
+            size_t g = (size_t)gcol[pc] * rows + r;
+            W16[idx] = __float2half_rn(sc[g] * (float)((int)codes[src] - zr[g]));
+        } else {
+            W16[idx] = __float2half_rn(Wf[src]);
+        }
         if (codes_out) codes_out[idx] = codes[src];
     }
+}
+
+static __global__ void round_scales_kernel(float *s, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s[i] = round_scale_f16(s[i]);
 }
 
 /* ---- host side ---------------------------------------------------------------------------------------------------- */
@@ -602,6 +616,7 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     uint8_t *dead = NULL;
     double *row_loss = NULL, mean = 0.0;
     int fallback = 0, ngroups = 0;
+    const int round_out = p->out_f16 && !p->scale_f16;
     size_t smem = 0;
 
     /* ---- checks: non-finite W, then H (scaled, upper), and diag(H) */
@@ -787,8 +802,14 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
 
     /* ---- outputs: unpermute into W->data (fp16) and the codes */
     if (m.invperm) TRY_ALLOC(m.codes_out, uint8_t *, nW, "gptq: unpermuted codes");
+    /* fp32 scales in the solve (the reference's semantics), fp16 scales in the checkpoint: round them and
+     * rebuild W from the codes, so the forward that follows sees what the checkpoint will hold */
+    if (round_out) {
+        round_scales_kernel<<<grid_for((size_t)ngroups * rows), 256, 0, c->stream>>>(m.scales, (size_t)ngroups * rows);
+        TRY(GQ_CU_OK(cudaGetLastError()));
+    }
     output_kernel<<<grid_for(nW), 256, 0, c->stream>>>((__half *)W->data, m.Wf, m.codes_out, m.codes, rows, K,
-                                                       m.invperm);
+                                                       m.invperm, round_out ? m.scales : NULL, m.zeros, m.gcol);
     TRY(GQ_CU_OK(cudaGetLastError()));
     TRY(gq_be_download(be, res->codes, m.codes_out ? m.codes_out : m.codes, nW));
     TRY(gq_be_download(be, res->scales, m.scales, (size_t)ngroups * rows * sizeof(float)));
