@@ -48,6 +48,7 @@ struct gq_backend {
     int is_gpu;
     gq_dtype act_dtype;
     size_t bytes_in_use, peak_bytes; /* maintained by backend.c for alloc/release */
+    struct gq_alloc_table *allocs;    /* backend.c: size of each live allocation (NULL at construction) */
 };
 
 /* Constructors of the backends (backend_cpu.c, cuda/backend_cuda.cu). */

@@ -28,6 +28,11 @@
  * AutoGPTQ v1 format (stored value = zero - 1); such a group gets zero 1 and
  * scale = (xmax - xmin) / (maxq - 1), the grid shifted up by one step, which
  * still covers [xmin, xmax]. GQ_ZERO_FREE keeps zero 0 (gptq_v2 output).
+ * With fp16 scales, a scale that would round to 0 becomes the smallest fp16
+ * subnormal (2^-24) and one that would overflow becomes 65504, so every
+ * scale stays finite, positive and exportable; the zero is clamped to
+ * [0, maxq] (rounding the scale can push rint(-xmin/scale) past maxq only
+ * in those clamped cases).
  */
 #ifndef GQ_GPTQ_H
 #define GQ_GPTQ_H
@@ -52,6 +57,8 @@ typedef struct {
     int block_size;    /* 128 */
     gq_zero_policy zero_policy;
     int max_retries;   /* Cholesky retries with growing damping (8) */
+    int scale_f16;     /* 1: round scales to fp16 before use (default); 0: the
+                          unmodified reference semantics (fp32 scales) */
 } gq_gptq_params;
 
 void gq_gptq_params_default(gq_gptq_params *p);
@@ -80,9 +87,16 @@ void gq_qresult_free(gq_qresult *r);
 
 static inline int gq_maxq(int bits) { return (1 << bits) - 1; }
 
-/* Params for n values x[0], x[stride], ... */
+/* Params for n values x[0], x[stride], ... (fp16 scales, as scale_f16 = 1). */
 void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
                      int32_t *zero);
+/* The same with the fp16 rounding of the scale selectable (scale_f16 0/1). */
+void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                        float *scale, int32_t *zero);
+/* The same from a precomputed range: xmin = min(min(x), 0), xmax =
+ * max(max(x), 0) (values of the other sign are clamped to 0 here too). */
+void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                            float *scale, int32_t *zero);
 /* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
 static inline int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
     float q = __builtin_rintf(x / scale) + (float)zero;

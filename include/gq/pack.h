@@ -32,8 +32,9 @@ typedef struct {
     int32_t *g_idx;                /* [cols] */
 } gq_packed;
 
-static inline int gq_pack_qw_rows(int cols, int bits) { return cols / 32 * bits; }
-static inline int gq_pack_qz_cols(int rows, int bits) { return rows / 32 * bits; }
+/* Exact for every shape gq_pack_check accepts (K a multiple of 32 / bits). */
+static inline int gq_pack_qw_rows(int cols, int bits) { return (int)((int64_t)cols * bits / 32); }
+static inline int gq_pack_qz_cols(int rows, int bits) { return (int)((int64_t)rows * bits / 32); }
 
 /* Check that rows/cols can be packed at this width; GQ_ERR_UNSUPPORTED
  * naming the shape otherwise. */

@@ -1,0 +1,343 @@
+/*
+ * backend.c -- the backend registry (gq_backend_init picks and constructs a
+ * backend from a device spec) and the public gq_be_* wrappers, which check
+ * their arguments once for every backend, then dispatch through the vtable
+ * (backend_impl.h). This is the only file with #ifdef GQ_USE_CUDA.
+ *
+ * The wrappers also keep the allocation statistics: every buffer goes
+ * through gq_be_alloc / gq_be_release, which record its size in a small
+ * open-addressing hash table keyed by pointer, so gq_be_peak_bytes works the
+ * same on every backend. A backend is used from one thread at a time.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+
+#ifdef GQ_USE_CUDA
+int gq_cuda_device_count(void); /* cuda/backend_cuda.cu */
+#endif
+
+/* ---- allocation table ---------------------------------------------------------- */
+
+struct gq_alloc_table {
+    uintptr_t *key; /* [cap]: 0 = empty, 1 = deleted, else the pointer */
+    size_t *size;   /* [cap] */
+    size_t cap, used; /* used counts live + deleted slots */
+};
+
+static size_t ptr_hash(uintptr_t p, size_t cap) {
+    uint64_t h = (uint64_t)p * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+static void table_put(struct gq_alloc_table *t, uintptr_t p, size_t n);
+
+static void table_grow(struct gq_alloc_table *t) {
+    struct gq_alloc_table old = *t;
+    t->cap = old.cap ? old.cap * 2 : 64;
+    t->key = gq_calloc(t->cap, sizeof *t->key);
+    t->size = gq_calloc(t->cap, sizeof *t->size);
+    t->used = 0;
+    for (size_t i = 0; i < old.cap; i++)
+        if (old.key[i] > 1) table_put(t, old.key[i], old.size[i]);
+    free(old.key);
+    free(old.size);
+}
+
+static void table_put(struct gq_alloc_table *t, uintptr_t p, size_t n) {
+    if ((t->used + 1) * 4 > t->cap * 3) table_grow(t);
+    size_t i = ptr_hash(p, t->cap);
+    while (t->key[i] > 1) i = (i + 1) & (t->cap - 1);
+    if (t->key[i] == 0) t->used++;
+    t->key[i] = p;
+    t->size[i] = n;
+}
+
+/* Remove p; returns its size, or (size_t)-1 if p is not a live allocation. */
+static size_t table_take(struct gq_alloc_table *t, uintptr_t p) {
+    if (!t || !t->cap) return (size_t)-1;
+    size_t i = ptr_hash(p, t->cap);
+    while (t->key[i] != 0) {
+        if (t->key[i] == p) {
+            t->key[i] = 1;
+            return t->size[i];
+        }
+        i = (i + 1) & (t->cap - 1);
+    }
+    return (size_t)-1;
+}
+
+static void table_free(struct gq_alloc_table *t) {
+    if (!t) return;
+    free(t->key);
+    free(t->size);
+    free(t);
+}
+
+/* ---- registry ----------------------------------------------------------------- */
+
+int gq_backend_cuda_compiled(void) {
+#ifdef GQ_USE_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Parse "cuda" / "cuda:N"; returns the device index or -1. */
+static int parse_cuda_spec(const char *spec) {
+    if (!strcmp(spec, "cuda")) return 0;
+    if (strncmp(spec, "cuda:", 5) != 0 || !spec[5]) return -1;
+    long v = 0;
+    for (const char *p = spec + 5; *p; p++) {
+        if (*p < '0' || *p > '9' || v > 1000) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return (int)v;
+}
+
+static int init_cpu(gq_backend **out, const char *why) {
+    int rc = gq_backend_cpu_init(out);
+    if (rc == GQ_OK) gq_info("backend: %s (%s)", (*out)->name, why);
+    return rc;
+}
+
+int gq_backend_init(gq_backend **out, const char *spec) {
+    *out = NULL;
+    if (!spec || !strcmp(spec, "auto")) {
+#ifdef GQ_USE_CUDA
+        int n = gq_cuda_device_count();
+        if (n > 0) {
+            int rc = gq_backend_cuda_init(out, 0);
+            if (rc == GQ_OK) {
+                gq_info("backend: %s (auto: %d CUDA device%s found, using cuda:0)", (*out)->name, n,
+                        n == 1 ? "" : "s");
+                return GQ_OK;
+            }
+            gq_warn("backend: auto: CUDA device 0 failed to start (%s); falling back to the CPU", gq_errmsg());
+            return init_cpu(out, "auto: CUDA failed to start");
+        }
+        return init_cpu(out, "auto: gq has CUDA support but no CUDA device was found");
+#else
+        return init_cpu(out, "auto: gq was built without CUDA");
+#endif
+    }
+    if (!strcmp(spec, "cpu")) return init_cpu(out, "requested with --device cpu");
+    int dev = parse_cuda_spec(spec);
+    if (dev < 0)
+        return gq_err(GQ_ERR_ARG, "device '%s': expected cpu, cuda, cuda:N (N = 0, 1, ...) or auto", spec);
+#ifdef GQ_USE_CUDA
+    int n = gq_cuda_device_count();
+    if (dev >= n)
+        return gq_err(GQ_ERR_DEVICE, "device '%s': %d CUDA device%s present (valid: cuda:0 .. cuda:%d)", spec, n,
+                      n == 1 ? "" : "s", n - 1);
+    int rc = gq_backend_cuda_init(out, dev);
+    if (rc != GQ_OK) return gq_err_prefix("device '%s'", spec);
+    gq_info("backend: %s (requested with --device %s)", (*out)->name, spec);
+    return GQ_OK;
+#else
+    return gq_err(GQ_ERR_UNSUPPORTED,
+                  "device '%s': this gq was built without CUDA support (rebuild with nvcc on PATH, make CUDA=1)",
+                  spec);
+#endif
+}
+
+void gq_backend_free(gq_backend *be) {
+    if (!be) return;
+    table_free(be->allocs);
+    be->allocs = NULL;
+    be->iface->free(be);
+}
+
+const char *gq_backend_name(const gq_backend *be) { return be->name; }
+int gq_backend_is_gpu(const gq_backend *be) { return be->is_gpu; }
+gq_dtype gq_backend_act_dtype(const gq_backend *be) { return be->act_dtype; }
+size_t gq_be_peak_bytes(const gq_backend *be) { return be->peak_bytes; }
+size_t gq_be_free_bytes(const gq_backend *be) { return be->iface->free_bytes ? be->iface->free_bytes(be) : 0; }
+
+/* An op the backend does not provide. */
+static int missing(const gq_backend *be, const char *op) {
+    return gq_err(GQ_ERR_UNSUPPORTED, "backend %s does not implement %s", be->name, op);
+}
+#define NEED(op)                                   \
+    do {                                           \
+        if (!be->iface->op) return missing(be, #op); \
+    } while (0)
+
+/* ---- buffers ------------------------------------------------------------------- */
+
+void *gq_be_alloc(gq_backend *be, size_t bytes) {
+    void *p = be->iface->alloc(be, bytes);
+    if (!p) return NULL; /* the backend recorded GQ_ERR_NOMEM */
+    if (!be->allocs) be->allocs = gq_calloc(1, sizeof *be->allocs);
+    table_put(be->allocs, (uintptr_t)p, bytes);
+    be->bytes_in_use += bytes;
+    if (be->bytes_in_use > be->peak_bytes) be->peak_bytes = be->bytes_in_use;
+    return p;
+}
+
+void gq_be_release(gq_backend *be, void *p) {
+    if (!p) return;
+    size_t n = table_take(be->allocs, (uintptr_t)p);
+    GQ_ASSERT(n != (size_t)-1 && "gq_be_release of a pointer not from gq_be_alloc");
+    be->bytes_in_use -= n;
+    be->iface->release(be, p);
+}
+
+size_t gq_be_act_bytes(const gq_backend *be, size_t n_elems) { return n_elems * gq_dtype_size(be->act_dtype); }
+
+int gq_be_upload(gq_backend *be, void *dst, const void *src, size_t bytes) {
+    return bytes ? be->iface->upload(be, dst, src, bytes) : GQ_OK;
+}
+int gq_be_download(gq_backend *be, void *dst, const void *src, size_t bytes) {
+    return bytes ? be->iface->download(be, dst, src, bytes) : GQ_OK;
+}
+int gq_be_memset0(gq_backend *be, void *dst, size_t bytes) {
+    return bytes ? be->iface->memset0(be, dst, bytes) : GQ_OK;
+}
+int gq_be_upload_f32(gq_backend *be, void *dst_act, const float *src, size_t n) {
+    return n ? be->iface->upload_f32(be, dst_act, src, n) : GQ_OK;
+}
+int gq_be_download_f32(gq_backend *be, float *dst, const void *src_act, size_t n) {
+    return n ? be->iface->download_f32(be, dst, src_act, n) : GQ_OK;
+}
+int gq_be_copy_act(gq_backend *be, void *dst, const void *src, size_t n) {
+    return n ? be->iface->copy_act(be, dst, src, n) : GQ_OK;
+}
+int gq_be_sync(gq_backend *be) { return be->iface->sync(be); }
+
+/* ---- weights -------------------------------------------------------------------- */
+
+int gq_be_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols) {
+    memset(w, 0, sizeof *w);
+    if (rows <= 0 || cols <= 0)
+        return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
+    NEED(weight_upload);
+    return be->iface->weight_upload(be, w, src, rows, cols);
+}
+
+int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols) {
+    memset(w, 0, sizeof *w);
+    if (rows <= 0 || cols <= 0)
+        return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
+    if (dt != GQ_DT_F32 && dt != GQ_DT_F16 && dt != GQ_DT_BF16)
+        return gq_err(GQ_ERR_ARG, "weight upload: dtype %s, expected F32, F16 or BF16", gq_dtype_name(dt));
+    NEED(weight_upload_raw);
+    return be->iface->weight_upload_raw(be, w, src, dt, rows, cols);
+}
+
+void gq_be_weight_free(gq_backend *be, gq_bweight *w) {
+    if (!w) return;
+    if (w->data) be->iface->weight_free(be, w);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- forward ops ----------------------------------------------------------------- */
+
+/* Leading dimension check shared by the ops: ld >= width >= 1. */
+static int check_ld(const char *op, const char *what, int ld, int width) {
+    if (width < 1 || ld < width)
+        return gq_err(GQ_ERR_ARG, "%s: %s has leading dimension %d for %d columns", op, what, ld, width);
+    return GQ_OK;
+}
+#define CHECK(x)                      \
+    do {                              \
+        int rc_ = (x);                \
+        if (rc_ != GQ_OK) return rc_; \
+    } while (0)
+
+int gq_be_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
+                 const gq_bweight *bias, int accumulate) {
+    if (T < 0) return gq_err(GQ_ERR_ARG, "linear: T = %d", T);
+    CHECK(check_ld("linear", "X", ldx, W->cols));
+    CHECK(check_ld("linear", "Y", ldy, W->rows));
+    if (bias && !bias->data) bias = NULL;
+    if (bias && bias->rows * bias->cols != W->rows)
+        return gq_err(GQ_ERR_ARG, "linear: bias has %d elements for %d outputs", bias->rows * bias->cols, W->rows);
+    if (T == 0) return GQ_OK;
+    NEED(linear);
+    return be->iface->linear(be, Y, ldy, X, ldx, T, W, bias, accumulate);
+}
+
+int gq_be_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
+                  float eps) {
+    CHECK(check_ld("rmsnorm", "X", ldx, d));
+    CHECK(check_ld("rmsnorm", "Y", ldy, d));
+    if (w->rows * w->cols != d)
+        return gq_err(GQ_ERR_ARG, "rmsnorm: weight has %d elements for width %d", w->rows * w->cols, d);
+    if (T <= 0) return T < 0 ? gq_err(GQ_ERR_ARG, "rmsnorm: T = %d", T) : GQ_OK;
+    NEED(rmsnorm);
+    return be->iface->rmsnorm(be, Y, ldy, X, ldx, T, d, w, eps);
+}
+
+int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
+               const float *inv_freq) {
+    if (head_dim < 2 || head_dim % 2 || n_heads < 1 || pos0 < 0)
+        return gq_err(GQ_ERR_ARG, "rope: head_dim %d (must be even), n_heads %d, pos0 %d", head_dim, n_heads, pos0);
+    CHECK(check_ld("rope", "X", ld, n_heads * head_dim));
+    if (T <= 0) return T < 0 ? gq_err(GQ_ERR_ARG, "rope: T = %d", T) : GQ_OK;
+    NEED(rope);
+    return be->iface->rope(be, X, ld, T, n_heads, head_dim, pos0, inv_freq);
+}
+
+int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
+                    const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
+    if (n_heads < 1 || n_kv < 1 || n_heads % n_kv || head_dim < 1)
+        return gq_err(GQ_ERR_ARG, "attention: n_heads %d must be a positive multiple of n_kv %d (head_dim %d)",
+                      n_heads, n_kv, head_dim);
+    if (Tq < 0 || Tq > Tk)
+        return gq_err(GQ_ERR_ARG, "attention: %d queries for %d keys (need 0 <= Tq <= Tk)", Tq, Tk);
+    CHECK(check_ld("attention", "Q", ldq, n_heads * head_dim));
+    CHECK(check_ld("attention", "O", ldo, n_heads * head_dim));
+    CHECK(check_ld("attention", "K", ldk, n_kv * head_dim));
+    CHECK(check_ld("attention", "V", ldv, n_kv * head_dim));
+    if (Tq == 0) return GQ_OK;
+    NEED(attention);
+    return be->iface->attention(be, O, ldo, Q, ldq, K, ldk, V, ldv, Tq, Tk, n_heads, n_kv, head_dim);
+}
+
+int gq_be_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I) {
+    CHECK(check_ld("swiglu", "A", lda, I));
+    CHECK(check_ld("swiglu", "GU", ldgu, 2 * I));
+    if (T <= 0) return T < 0 ? gq_err(GQ_ERR_ARG, "swiglu: T = %d", T) : GQ_OK;
+    NEED(swiglu);
+    return be->iface->swiglu(be, A, lda, GU, ldgu, T, I);
+}
+
+int gq_be_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
+    CHECK(check_ld("add", "X", ldx, d));
+    CHECK(check_ld("add", "Y", ldy, d));
+    if (T <= 0) return T < 0 ? gq_err(GQ_ERR_ARG, "add: T = %d", T) : GQ_OK;
+    NEED(add);
+    return be->iface->add(be, Y, ldy, X, ldx, T, d);
+}
+
+/* ---- calibration and quantization ops ------------------------------------------------ */
+
+int gq_be_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, int T, int K) {
+    CHECK(check_ld("hessian_accum", "X", ldx, K));
+    if (T <= 0) return T < 0 ? gq_err(GQ_ERR_ARG, "hessian_accum: T = %d", T) : GQ_OK;
+    NEED(hessian_accum);
+    return be->iface->hessian_accum(be, H, X, ldx, T, K);
+}
+
+int gq_be_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W,
+               gq_qresult *res) {
+    if (!W->data || W->rows < 1 || W->cols < 1) return gq_err(GQ_ERR_ARG, "gptq: empty weight");
+    NEED(gptq);
+    return be->iface->gptq(be, p, H, h_scale, W, res);
+}
+
+int gq_be_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
+              double *nll_sum, int64_t *count, float *logits_out) {
+    CHECK(check_ld("nll", "X", ldx, Wlm->cols));
+    if (T < 0) return gq_err(GQ_ERR_ARG, "nll: T = %d", T);
+    for (int t = 0; t < T; t++)
+        if (targets[t] >= Wlm->rows)
+            return gq_err(GQ_ERR_ARG, "nll: target %d at position %d is outside the vocabulary of %d", targets[t], t,
+                          Wlm->rows);
+    if (T == 0) return GQ_OK;
+    NEED(nll);
+    return be->iface->nll(be, X, ldx, T, Wlm, targets, nll_sum, count, logits_out);
+}

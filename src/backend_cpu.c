@@ -1,0 +1,257 @@
+/*
+ * backend_cpu.c -- the CPU backend: fp32 activations in host memory,
+ * OpenBLAS sgemm/ssyrk for the matrix products, OpenMP for the elementwise
+ * ops. Attention and the NLL head are in backend_cpu_attn.c, the GPTQ op in
+ * backend_cpu_gptq.c.
+ *
+ * Threading: OpenBLAS (OpenMP build) runs multithreaded when called outside
+ * an OpenMP parallel region and single-threaded inside one, so the ops below
+ * call sgemm from serial code and use `#pragma omp parallel for` only around
+ * their own loops.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cpu.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static void cpu_free(gq_backend *be) {
+    free(be->ctx);
+    free(be);
+}
+
+/* ---- buffers ----------------------------------------------------------------------- */
+
+static void *cpu_alloc(gq_backend *be, size_t bytes) {
+    void *p = NULL;
+    size_t n = bytes ? (bytes + 63) / 64 * 64 : 64;
+    if (n < bytes || posix_memalign(&p, 64, n) != 0) {
+        char b[32];
+        gq_err(GQ_ERR_NOMEM, "cpu backend: cannot allocate %s (%zu bytes)", gq_fmt_bytes(b, sizeof b, (double)bytes),
+               bytes);
+        return NULL;
+    }
+    return p;
+}
+
+static void cpu_release(gq_backend *be, void *p) { free(p); }
+
+static int cpu_copy(gq_backend *be, void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+    return GQ_OK;
+}
+
+static int cpu_memset0(gq_backend *be, void *dst, size_t bytes) {
+    memset(dst, 0, bytes);
+    return GQ_OK;
+}
+
+static int cpu_upload_f32(gq_backend *be, void *dst, const float *src, size_t n) {
+    memcpy(dst, src, n * sizeof(float));
+    return GQ_OK;
+}
+
+static int cpu_download_f32(gq_backend *be, float *dst, const void *src, size_t n) {
+    memcpy(dst, src, n * sizeof(float));
+    return GQ_OK;
+}
+
+static int cpu_copy_act(gq_backend *be, void *dst, const void *src, size_t n) {
+    memmove(dst, src, n * sizeof(float));
+    return GQ_OK;
+}
+
+static int cpu_sync(gq_backend *be) { return GQ_OK; }
+
+/* ---- weights ---------------------------------------------------------------------- */
+
+static int weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols) {
+    size_t n;
+    if (!gq_mul_size((size_t)rows, (size_t)cols * sizeof(float), &n))
+        return gq_err(GQ_ERR_ARG, "weight [%d, %d] is too large", rows, cols);
+    w->data = gq_be_alloc(be, n);
+    if (!w->data) return GQ_ERR_NOMEM;
+    w->rows = rows;
+    w->cols = cols;
+    w->dtype = GQ_DT_F32;
+    return GQ_OK;
+}
+
+static int cpu_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols) {
+    int rc = weight_alloc(be, w, rows, cols);
+    if (rc == GQ_OK) memcpy(w->data, src, (size_t)rows * cols * sizeof(float));
+    return rc;
+}
+
+static int cpu_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols) {
+    int rc = weight_alloc(be, w, rows, cols);
+    if (rc == GQ_OK) gq_to_f32(w->data, src, dt, (size_t)rows * cols);
+    return rc;
+}
+
+static void cpu_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, w->data); }
+
+/* ---- forward ops ------------------------------------------------------------------- */
+
+static int cpu_linear(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx, int T, const gq_bweight *W,
+                      const gq_bweight *bias, int accumulate) {
+    float *Y = Yv;       /* [T][ldy] */
+    const float *X = Xv; /* [T][ldx] */
+    int N = W->rows;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, W->cols, 1.0f, X, ldx, (const float *)W->data,
+                W->cols, accumulate ? 1.0f : 0.0f, Y, ldy);
+    if (bias) {
+        const float *b = bias->data; /* [N] */
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float *y = Y + (size_t)t * ldy;
+#pragma omp simd
+            for (int j = 0; j < N; j++) y[j] += b[j];
+        }
+    }
+    return GQ_OK;
+}
+
+static int cpu_rmsnorm(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx, int T, int d, const gq_bweight *w,
+                       float eps) {
+    float *Y = Yv;
+    const float *X = Xv, *g = w->data;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *x = X + (size_t)t * ldx;
+        float *y = Y + (size_t)t * ldy;
+        double ss = 0; /* the mean of squares in double: HF's fp32 mean is within an ulp of it */
+#pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+        float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
+#pragma omp simd
+        for (int i = 0; i < d; i++) y[i] = (x[i] * inv) * g[i]; /* HF order: weight * (x * rsqrt) */
+    }
+    return GQ_OK;
+}
+
+static int cpu_rope(gq_backend *be, void *Xv, int ld, int T, int n_heads, int head_dim, int pos0,
+                    const float *inv_freq) {
+    float *X = Xv;
+    int half = head_dim / 2;
+#pragma omp parallel
+    {
+        float *cs = gq_malloc(sizeof(float) * (size_t)head_dim); /* [half] cos, then [half] sin */
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float pos = (float)(pos0 + t);
+            for (int i = 0; i < half; i++) {
+                float ang = pos * inv_freq[i]; /* fp32 product, as torch */
+                cs[i] = cosf(ang);
+                cs[half + i] = sinf(ang);
+            }
+            for (int h = 0; h < n_heads; h++) {
+                float *x = X + (size_t)t * ld + (size_t)h * head_dim;
+#pragma omp simd
+                for (int i = 0; i < half; i++) {
+                    float x1 = x[i], x2 = x[i + half], c = cs[i], s = cs[half + i];
+                    x[i] = x1 * c - x2 * s;
+                    x[i + half] = x2 * c + x1 * s;
+                }
+            }
+        }
+        free(cs);
+    }
+    return GQ_OK;
+}
+
+static int cpu_swiglu(gq_backend *be, void *Av, int lda, const void *GUv, int ldgu, int T, int I) {
+    float *A = Av;
+    const float *GU = GUv;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *g = GU + (size_t)t * ldgu, *u = g + I;
+        float *a = A + (size_t)t * lda;
+#pragma omp simd
+        for (int i = 0; i < I; i++) a[i] = g[i] / (1.0f + gq_cpu_expf(-g[i])) * u[i];
+    }
+    return GQ_OK;
+}
+
+static int cpu_add(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx, int T, int d) {
+    float *Y = Yv;
+    const float *X = Xv;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *y = Y + (size_t)t * ldy;
+        const float *x = X + (size_t)t * ldx;
+#pragma omp simd
+        for (int i = 0; i < d; i++) y[i] += x[i];
+    }
+    return GQ_OK;
+}
+
+static int cpu_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, int T, int K) {
+    /* H[K][K] upper triangle += X^T X, X [T][ldx] */
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, K, T, 1.0f, (const float *)X, ldx, 1.0f, H, K);
+    return GQ_OK;
+}
+
+/* backend_cpu_gptq.c */
+int gq_cpu_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
+
+static const struct gq_backend_i cpu_iface = {
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .memset0 = cpu_memset0,
+    .upload_f32 = cpu_upload_f32,
+    .download_f32 = cpu_download_f32,
+    .copy_act = cpu_copy_act,
+    .sync = cpu_sync,
+    .free_bytes = NULL,
+    .weight_upload = cpu_weight_upload,
+    .weight_upload_raw = cpu_weight_upload_raw,
+    .weight_free = cpu_weight_free,
+    .linear = cpu_linear,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = gq_cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .hessian_accum = cpu_hessian_accum,
+    .gptq = gq_cpu_gptq,
+    .nll = gq_cpu_nll,
+};
+
+/* Integer from the environment (benchmark knobs), or def. */
+static int env_int(const char *name, int def, int lo, int hi) {
+    const char *s = getenv(name);
+    if (!s || !*s) return def;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end || errno || v < lo || v > hi) {
+        gq_warn("%s=%s ignored: expected an integer in [%d, %d]", name, s, lo, hi);
+        return def;
+    }
+    return (int)v;
+}
+
+int gq_backend_cpu_init(gq_backend **out) {
+    gq_backend *be = gq_calloc(1, sizeof *be);
+    gq_cpu_ctx *c = gq_calloc(1, sizeof *c);
+    c->threads = gq_get_threads();
+    c->attn_tile = env_int("GQ_CPU_ATTN_TILE", 64, 1, 4096);
+    const char *m = getenv("GQ_CPU_ATTN");
+    c->attn_mode = m && !strcmp(m, "blas") ? GQ_CPU_ATTN_BLAS : GQ_CPU_ATTN_TASKS;
+    be->iface = &cpu_iface;
+    be->ctx = c;
+    be->is_gpu = 0;
+    be->act_dtype = GQ_DT_F32;
+    snprintf(be->name, sizeof be->name, "cpu (OpenBLAS %s, %d thread%s)", openblas_get_corename(), c->threads,
+             c->threads == 1 ? "" : "s");
+    *out = be;
+    return GQ_OK;
+}

@@ -1,0 +1,148 @@
+/*
+ * quant.c -- the group-wise min-max integer quantizer (the scalar reference,
+ * IST-DASLab/gptq quant.py `Quantizer.find_params` / `quantize`), the
+ * quantizer result container and its dequantization.
+ *
+ * Everything is float arithmetic in the order torch does it, so that the
+ * codes match a torch run bit for bit: scale = (xmax - xmin) / maxq as one
+ * float division, zero = rint(-xmin / scale), q = clamp(rint(x / scale) +
+ * zero, 0, maxq) with rint = round half to even.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gq/gptq.h"
+
+void gq_gptq_params_default(gq_gptq_params *p) {
+    memset(p, 0, sizeof *p);
+    p->method = GQ_METHOD_GPTQ;
+    p->bits = 4;
+    p->group_size = 128;
+    p->sym = 1;
+    p->act_order = 0;
+    p->static_groups = 0;
+    p->damp = 0.01;
+    p->block_size = 128;
+    p->zero_policy = GQ_ZERO_V1;
+    p->max_retries = 8;
+    p->scale_f16 = 1;
+}
+
+/* ---- result container ---------------------------------------------------- */
+
+static int qresult_ngroups(const gq_gptq_params *p, int cols) {
+    if (p->group_size <= 0 || p->group_size >= cols) return 1;
+    return (cols + p->group_size - 1) / p->group_size;
+}
+
+static void *alloc_array(size_t n, size_t elem) {
+    size_t bytes;
+    GQ_ASSERT(gq_mul_size(n, elem, &bytes));
+    return gq_calloc(bytes ? bytes : 1, 1);
+}
+
+void gq_qresult_init(gq_qresult *r, const gq_gptq_params *p, int rows, int cols) {
+    GQ_ASSERT(rows > 0 && cols > 0);
+    memset(r, 0, sizeof *r);
+    r->rows = rows;
+    r->cols = cols;
+    r->ngroups = qresult_ngroups(p, cols);
+    r->codes = alloc_array((size_t)rows * (size_t)cols, 1);           /* [rows][cols] */
+    r->scales = alloc_array((size_t)r->ngroups * (size_t)rows, sizeof(float));   /* [ngroups][rows] */
+    r->zeros = alloc_array((size_t)r->ngroups * (size_t)rows, sizeof(int32_t)); /* [ngroups][rows] */
+    r->g_idx = alloc_array((size_t)cols, sizeof(int32_t));            /* [cols] */
+    if (p->act_order && p->method == GQ_METHOD_GPTQ) r->perm = alloc_array((size_t)cols, sizeof(int32_t));
+    r->row_loss = alloc_array((size_t)rows, sizeof(float)); /* [rows] */
+    r->damp_used = p->damp;
+}
+
+void gq_qresult_free(gq_qresult *r) {
+    if (!r) return;
+    free(r->codes);
+    free(r->scales);
+    free(r->zeros);
+    free(r->g_idx);
+    free(r->perm);
+    free(r->row_loss);
+    memset(r, 0, sizeof *r);
+}
+
+void gq_qresult_dequant(const gq_qresult *r, float *W) {
+    const int rows = r->rows, cols = r->cols;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < rows; n++) {
+        const uint8_t *q = r->codes + (size_t)n * cols;
+        float *w = W + (size_t)n * cols;
+        for (int k = 0; k < cols; k++) {
+            size_t gi = (size_t)r->g_idx[k] * rows + n;
+            w[k] = gq_dequant(q[k], r->scales[gi], r->zeros[gi]);
+        }
+    }
+}
+
+/* ---- quantizer params ------------------------------------------------------ */
+
+/* Smallest positive (subnormal) and largest finite fp16 values. */
+#define F16_TINY 5.9604644775390625e-08f /* 2^-24 */
+#define F16_MAX 65504.0f
+
+static float round_scale_f16(float s) {
+    float h = gq_round_f16(s);
+    if (h == 0.0f) return F16_TINY;
+    if (isinf(h)) return F16_MAX;
+    return h;
+}
+
+void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                            float *scale, int32_t *zero) {
+    const int maxq = gq_maxq(bits);
+    if (xmin > 0.0f) xmin = 0.0f;
+    if (xmax < 0.0f) xmax = 0.0f;
+    if (sym) {
+        /* quant.py: xmax = max(|xmin|, xmax); xmin = -xmax only where xmin < 0,
+         * so an all-non-negative row keeps xmin = 0 (range [0, xmax] on a
+         * grid centred at maxq/2 + 1/2: the positive half is clipped). */
+        float a = fabsf(xmin);
+        if (a > xmax) xmax = a;
+        if (xmin < 0.0f) xmin = -xmax;
+    }
+    if (xmin == 0.0f && xmax == 0.0f) {
+        xmin = -1.0f;
+        xmax = 1.0f;
+    }
+    float s = (xmax - xmin) / (float)maxq;
+    if (scale_f16) s = round_scale_f16(s);
+    float z;
+    if (sym) {
+        z = (float)((maxq + 1) / 2);
+    } else {
+        z = rintf(-xmin / s);
+        if (z == 0.0f && zp == GQ_ZERO_V1) {
+            /* v1 stores zero - 1: shift the grid up one step instead. */
+            s = (xmax - xmin) / (float)(maxq - 1);
+            if (scale_f16) s = round_scale_f16(s);
+            z = 1.0f;
+        }
+    }
+    if (z < 0.0f) z = 0.0f;
+    if (z > (float)maxq) z = (float)maxq;
+    *scale = s;
+    *zero = (int32_t)z;
+}
+
+void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                        float *scale, int32_t *zero) {
+    float mn = 0.0f, mx = 0.0f; /* min(min(x), 0), max(max(x), 0) */
+    for (int i = 0; i < n; i++) {
+        float v = x[(size_t)i * (size_t)stride];
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
+    }
+    gq_quant_params_minmax(mn, mx, bits, sym, zp, scale_f16, scale, zero);
+}
+
+void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
+                     int32_t *zero) {
+    gq_quant_params_ex(x, n, stride, bits, sym, zp, 1, scale, zero);
+}
