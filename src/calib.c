@@ -1,0 +1,307 @@
+/*
+ * calib.c -- calibration data: a streaming JSONL reader (zlib's gzopen reads
+ * plain and gzip files alike) and the token windows fed to quantization.
+ *
+ * Lines are read with gzgets into a buffer that grows to the longest line,
+ * so a file is never loaded whole and lines may be of any length. Line
+ * numbers count every line, blank ones included, so errors name the line an
+ * editor shows.
+ *
+ * Records: {"text": s} or {"question": q, "answer": a} (text = q followed
+ * directly by a); "text" wins when both forms are present. In SAMPLE
+ * windowing a record is "shorter than min_tokens" when its text encodes to
+ * fewer than min_tokens tokens (BOS not counted).
+ */
+#include "gq/calib.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+/* ---- JSONL stream ---- */
+
+struct gq_jsonl {
+    gzFile f;
+    char *path;
+    char *buf;
+    size_t cap;
+    long lineno;
+};
+
+int gq_jsonl_open(gq_jsonl **out, const char *path) {
+    *out = NULL;
+    gzFile f = gzopen(path, "rb");
+    if (!f) return gq_err(GQ_ERR_IO, "%s: cannot open", path);
+    gzbuffer(f, 1 << 17);
+    gq_jsonl *j = gq_calloc(1, sizeof *j);
+    j->f = f;
+    j->path = gq_strdup(path);
+    j->cap = 1 << 16;
+    j->buf = gq_malloc(j->cap);
+    *out = j;
+    return GQ_OK;
+}
+
+const char *gq_jsonl_path(const gq_jsonl *j) { return j->path; }
+
+void gq_jsonl_close(gq_jsonl *j) {
+    if (!j) return;
+    if (j->f) gzclose(j->f);
+    free(j->path);
+    free(j->buf);
+    free(j);
+}
+
+/* Read one physical line (without its "\n") into j->buf; 1, 0 at EOF, <0. */
+static int read_line(gq_jsonl *j, size_t *len) {
+    size_t n = 0;
+    for (;;) {
+        if (j->cap - n < 2) {
+            j->cap *= 2;
+            j->buf = gq_realloc(j->buf, j->cap);
+        }
+        size_t room = j->cap - n;
+        if (room > (size_t)1 << 30) room = (size_t)1 << 30; /* gzgets takes an int */
+        char *r = gzgets(j->f, j->buf + n, (int)room);
+        if (!r) {
+            int zerr;
+            const char *msg = gzerror(j->f, &zerr);
+            if (zerr != Z_OK && zerr != Z_STREAM_END)
+                return gq_err(GQ_ERR_IO, "%s:%ld: read error: %s", j->path, j->lineno + 1, msg);
+            if (n == 0) return 0; /* clean end of file */
+            break;                /* last line without "\n" */
+        }
+        /* gzgets stops after "\n", at the end of the file or when the
+         * buffer is full; a shorter result without "\n" before the end of
+         * the file means a NUL byte, which JSON text cannot contain */
+        size_t got = strlen(j->buf + n);
+        n += got;
+        if (n > 0 && j->buf[n - 1] == '\n') break;
+        if (gzeof(j->f)) break;
+        if (got < room - 1)
+            return gq_err(GQ_ERR_DATA, "%s:%ld: NUL byte in the line (not JSON text)", j->path, j->lineno + 1);
+    }
+    if (n > 0 && j->buf[n - 1] == '\n') n--;
+    if (n > 0 && j->buf[n - 1] == '\r') n--;
+    j->buf[n] = 0;
+    j->lineno++;
+    *len = n;
+    return 1;
+}
+
+int gq_jsonl_next(gq_jsonl *j, const char **line, size_t *len, long *lineno) {
+    for (;;) {
+        size_t n = 0;
+        int rc = read_line(j, &n);
+        if (rc <= 0) return rc;
+        size_t i = 0;
+        while (i < n && (j->buf[i] == ' ' || j->buf[i] == '\t' || j->buf[i] == '\r')) i++;
+        if (i == n) continue; /* blank */
+        *line = j->buf;
+        *len = n;
+        if (lineno) *lineno = j->lineno;
+        return 1;
+    }
+}
+
+/* ---- records ---- */
+
+enum { REC_NOT_JSON = -2, REC_NOT_OBJECT = -1, REC_NEITHER = 0, REC_TEXT = 1, REC_QA = 2, REC_BAD_TYPE = 3 };
+
+/* Parse one line; on failure writes the reason into why. */
+static int parse_record(const char *line, size_t len, char **out, size_t *out_len, char *why, size_t why_cap) {
+    json_error_t je;
+    *out = NULL;
+    *out_len = 0;
+    json_t *o = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!o) {
+        snprintf(why, why_cap, "not valid JSON: %s (column %d)", je.text, je.column);
+        return REC_NOT_JSON;
+    }
+    int rc;
+    if (!json_is_object(o)) {
+        static const char *names[] = {"an object", "an array", "a string", "a number", "a number", "true", "false", "null"};
+        snprintf(why, why_cap, "expected a JSON object, got %s", names[json_typeof(o)]);
+        rc = REC_NOT_OBJECT;
+        goto done;
+    }
+    json_t *t = json_object_get(o, "text"), *q = json_object_get(o, "question"), *a = json_object_get(o, "answer");
+    if (t) {
+        if (!json_is_string(t)) {
+            snprintf(why, why_cap, "\"text\" is not a string");
+            rc = REC_BAD_TYPE;
+            goto done;
+        }
+        *out_len = json_string_length(t);
+        *out = gq_malloc(*out_len + 1);
+        memcpy(*out, json_string_value(t), *out_len + 1);
+        rc = REC_TEXT;
+        goto done;
+    }
+    if (q && a) {
+        if (!json_is_string(q) || !json_is_string(a)) {
+            snprintf(why, why_cap, "\"question\" and \"answer\" must be strings");
+            rc = REC_BAD_TYPE;
+            goto done;
+        }
+        size_t ql = json_string_length(q), al = json_string_length(a);
+        *out = gq_malloc(ql + al + 1);
+        memcpy(*out, json_string_value(q), ql);
+        memcpy(*out + ql, json_string_value(a), al + 1);
+        *out_len = ql + al;
+        rc = REC_QA;
+        goto done;
+    }
+    snprintf(why, why_cap, "expected {\"text\": ...} or {\"question\": ..., \"answer\": ...}, found neither");
+    rc = REC_NEITHER;
+done:
+    json_decref(o);
+    return rc;
+}
+
+int gq_calib_record_text(const char *line, size_t len, char **out, size_t *out_len) {
+    char why[256];
+    int rc = parse_record(line, len, out, out_len, why, sizeof why);
+    if (rc == REC_NOT_JSON || rc == REC_NOT_OBJECT) return -1;
+    if (rc == REC_BAD_TYPE) return 0;
+    return rc;
+}
+
+/* ---- calibration set ---- */
+
+void gq_calib_opts_default(gq_calib_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->nsamples = 128;
+    o->seqlen = 2048;
+    o->windowing = GQ_WIN_AUTO;
+    o->min_tokens = 32;
+}
+
+void gq_calib_free(gq_calib_set *s) {
+    if (!s) return;
+    free(s->seq);
+    free(s->len);
+    free(s->ids);
+    memset(s, 0, sizeof *s);
+}
+
+static const char *win_name(gq_windowing w) {
+    return w == GQ_WIN_CONCAT ? "concat" : w == GQ_WIN_SAMPLE ? "sample" : "auto";
+}
+
+int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opts *o) {
+    memset(out, 0, sizeof *out);
+    if (!o->path) return gq_err(GQ_ERR_ARG, "calibration: no file given");
+    if (o->nsamples < 1 || o->seqlen < 1 || o->min_tokens < 0)
+        return gq_err(GQ_ERR_ARG, "calibration: expected nsamples >= 1, seqlen >= 1, min_tokens >= 0, got %d, %d, %d",
+                      o->nsamples, o->seqlen, o->min_tokens);
+    size_t total;
+    if (!gq_mul_size((size_t)o->nsamples, (size_t)o->seqlen, &total) || total > ((size_t)1 << 34) / sizeof(int32_t))
+        return gq_err(GQ_ERR_ARG, "calibration: %d x %d tokens is too many", o->nsamples, o->seqlen);
+    gq_jsonl *j;
+    int rc = gq_jsonl_open(&j, o->path);
+    if (rc) return rc;
+
+    gq_windowing win = o->windowing;
+    int32_t bos = gq_tok_bos(tok), eos = gq_tok_eos(tok);
+    gq_ids stream = {0}, enc = {0};
+    int *lens = gq_calloc((size_t)o->nsamples, sizeof *lens);
+    int nseq = 0;
+    long n_records = 0, n_bad = 0, n_short = 0;
+    const char *line;
+    size_t len;
+    long lineno;
+    /* read until the windows are full or the file ends */
+    while (rc == GQ_OK) {
+        if (win == GQ_WIN_CONCAT && stream.n >= total) break;
+        if (win == GQ_WIN_SAMPLE && nseq == o->nsamples) break;
+        int r = gq_jsonl_next(j, &line, &len, &lineno);
+        if (r < 0) {
+            rc = r;
+            break;
+        }
+        if (r == 0) break;
+        char *text, why[300];
+        size_t tl;
+        int kind = parse_record(line, len, &text, &tl, why, sizeof why);
+        if (kind != REC_TEXT && kind != REC_QA) {
+            if (o->skip_bad) {
+                n_bad++;
+                gq_debug("%s:%ld: skipped: %s", o->path, lineno, why);
+                continue;
+            }
+            rc = gq_err(GQ_ERR_DATA, "%s:%ld: %s", o->path, lineno, why);
+            break;
+        }
+        if (win == GQ_WIN_AUTO) win = kind == REC_TEXT ? GQ_WIN_CONCAT : GQ_WIN_SAMPLE;
+        n_records++;
+        enc.n = 0;
+        rc = gq_tok_encode(tok, text, tl, 0, &enc);
+        free(text);
+        if (rc) {
+            gq_err_prefix("%s:%ld", o->path, lineno);
+            break;
+        }
+        if (win == GQ_WIN_CONCAT) {
+            if (bos >= 0) gq_ids_push(&stream, bos);
+            gq_ids_append(&stream, enc.v, enc.n);
+            if (eos >= 0) gq_ids_push(&stream, eos);
+        } else {
+            if (enc.n < (size_t)o->min_tokens) {
+                n_short++;
+                continue;
+            }
+            size_t k = (bos >= 0) + enc.n;
+            if (k > (size_t)o->seqlen) k = (size_t)o->seqlen;
+            if (bos >= 0) gq_ids_push(&stream, bos);
+            gq_ids_append(&stream, enc.v, k - (bos >= 0));
+            lens[nseq++] = (int)k;
+        }
+    }
+    gq_jsonl_close(j);
+    gq_ids_free(&enc);
+    if (rc == GQ_OK) {
+        if (win == GQ_WIN_AUTO) win = GQ_WIN_CONCAT; /* no usable record at all */
+        if (win == GQ_WIN_CONCAT) {
+            size_t have = stream.n / (size_t)o->seqlen;
+            if (have < (size_t)o->nsamples) {
+                rc = gq_err(GQ_ERR_DATA,
+                            "%s: too little calibration data: %d windows of %d tokens requested, but its %ld records "
+                            "give %zu tokens, %zu windows (%ld bad lines skipped)",
+                            o->path, o->nsamples, o->seqlen, n_records, stream.n, have, n_bad);
+            } else {
+                nseq = o->nsamples;
+                for (int i = 0; i < nseq; i++) lens[i] = o->seqlen;
+                stream.n = total;
+            }
+        } else if (nseq < o->nsamples) {
+            rc = gq_err(GQ_ERR_DATA,
+                        "%s: too little calibration data: %d sequences requested, but its %ld records give only %d "
+                        "with at least %d tokens (%ld shorter, %ld bad lines skipped)",
+                        o->path, o->nsamples, n_records, nseq, o->min_tokens, n_short, n_bad);
+        }
+    }
+    if (rc) {
+        gq_ids_free(&stream);
+        free(lens);
+        return rc;
+    }
+    out->n = nseq;
+    out->ids = gq_realloc(stream.v, (stream.n ? stream.n : 1) * sizeof *stream.v);
+    out->len = lens;
+    out->seq = gq_malloc((size_t)nseq * sizeof *out->seq);
+    size_t off = 0;
+    for (int i = 0; i < nseq; i++) {
+        out->seq[i] = out->ids + off;
+        off += (size_t)lens[i];
+    }
+    out->n_tokens = (int64_t)off;
+    out->windowing = win;
+    out->n_records = n_records;
+    out->n_bad = n_bad;
+    out->n_short = n_short;
+    gq_info("calibration: %d %s sequences, %lld tokens from %ld records of %s%s", nseq, win_name(win),
+            (long long)off, n_records, o->path, n_bad ? " (bad lines skipped)" : "");
+    return GQ_OK;
+}

@@ -1,0 +1,161 @@
+/* unicode.c -- UTF-8 validation/repair, code point decoding, White_Space,
+ * and the GPT-2 byte-level byte <-> code point map. */
+#include "unicode.h"
+
+#include <string.h>
+
+#include "gq/common.h"
+
+/* Length of the valid sequence at s[0..n) (1..4), or, if ill-formed, minus
+ * the length of its maximal subpart (-1..-3): the bytes that one U+FFFD
+ * replaces. Table 3-7 of the Unicode standard (well-formed byte sequences). */
+static int utf8_seq(const unsigned char *s, size_t n) {
+    unsigned char b = s[0];
+    if (b < 0x80) return 1;
+    int len;
+    unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
+    if (b >= 0xC2 && b <= 0xDF) len = 2;
+    else if (b == 0xE0) len = 3, lo = 0xA0;
+    else if (b >= 0xE1 && b <= 0xEC) len = 3;
+    else if (b == 0xED) len = 3, hi = 0x9F;
+    else if (b >= 0xEE && b <= 0xEF) len = 3;
+    else if (b == 0xF0) len = 4, lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3) len = 4;
+    else if (b == 0xF4) len = 4, hi = 0x8F;
+    else return -1;
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n) return -i;
+        unsigned char c = s[i];
+        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
+        if (c < l || c > h) return -i;
+    }
+    return len;
+}
+
+size_t gq_utf8_valid_prefix(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        /* ASCII fast path, 8 bytes at a time */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ull) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        int k = utf8_seq(s + i, n - i);
+        if (k < 0) return i;
+        i += (size_t)k;
+    }
+    return n;
+}
+
+char *gq_utf8_repair(const char *str, size_t n, size_t *out_n) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t cap = n * 3 + 1, o = 0; /* worst case: each byte -> 3-byte U+FFFD */
+    char *out = gq_malloc(cap);
+    size_t i = 0;
+    while (i < n) {
+        int k = utf8_seq(s + i, n - i);
+        if (k > 0) {
+            memcpy(out + o, s + i, (size_t)k);
+            o += (size_t)k;
+            i += (size_t)k;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += (size_t)(-k);
+        }
+    }
+    out[o] = 0;
+    *out_n = o;
+    return out;
+}
+
+int gq_utf8_decode(const char *str, size_t n, uint32_t *cp) {
+    const unsigned char *s = (const unsigned char *)str;
+    unsigned char b = s[0];
+    int len = gq_utf8_len(b);
+    if ((size_t)len > n) len = 1;
+    switch (len) {
+    case 1: *cp = b; break;
+    case 2: *cp = ((uint32_t)(b & 0x1F) << 6) | (s[1] & 0x3F); break;
+    case 3: *cp = ((uint32_t)(b & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F); break;
+    default:
+        *cp = ((uint32_t)(b & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
+              ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+    }
+    return len;
+}
+
+int gq_utf8_decode_last(const char *str, size_t n, uint32_t *cp) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = n - 1;
+    while (i > 0 && n - i < 4 && (s[i] & 0xC0) == 0x80) i--;
+    gq_utf8_decode(str + i, n - i, cp);
+    return (int)(n - i);
+}
+
+int gq_utf8_encode(uint32_t cp, char *out) {
+    unsigned char *o = (unsigned char *)out;
+    if (cp < 0x80) {
+        o[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (unsigned char)(0xC0 | (cp >> 6));
+        o[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | (cp >> 12));
+        o[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (unsigned char)(0xF0 | (cp >> 18));
+    o[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+int gq_uni_is_whitespace(uint32_t c) {
+    /* PropList.txt White_Space: 25 code points */
+    if (c <= 0x20) return c == 0x20 || (c >= 0x09 && c <= 0x0D);
+    if (c < 0x85) return 0;
+    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
+           c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+/* GPT-2 bytes_to_unicode: the printable bytes '!'..'~', 0xA1..0xAC and
+ * 0xAE..0xFF map to themselves; the other 68 bytes, in increasing order, map
+ * to U+0100, U+0101, ... */
+static int bl_printable(unsigned b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+}
+
+uint32_t gq_bytelevel_char(unsigned char b) {
+    if (bl_printable(b)) return b;
+    unsigned k = 0; /* number of non-printable bytes below b */
+    for (unsigned x = 0; x < b; x++) k += !bl_printable(x);
+    return 0x100 + k;
+}
+
+int gq_bytelevel_byte(uint32_t cp) {
+    if (cp < 0x100) return bl_printable(cp) ? (int)cp : -1;
+    if (cp >= 0x100 + 68) return -1;
+    unsigned k = cp - 0x100;
+    for (unsigned x = 0; x < 256; x++) {
+        if (!bl_printable(x)) {
+            if (k == 0) return (int)x;
+            k--;
+        }
+    }
+    return -1;
+}

@@ -1,0 +1,46 @@
+/*
+ * unicode.h (private) -- the few UTF-8 and Unicode facts the tokenizer needs.
+ *
+ * Invalid UTF-8 is repaired the way Python's bytes.decode("utf-8",
+ * errors="replace") and Rust's String::from_utf8_lossy do it: every maximal
+ * subpart of an ill-formed sequence (a lone bad byte, or the valid prefix of
+ * a truncated sequence) becomes one U+FFFD.
+ */
+#ifndef GQ_UNICODE_H
+#define GQ_UNICODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Length of the longest valid UTF-8 prefix of s[0..n). n if all valid. */
+size_t gq_utf8_valid_prefix(const char *s, size_t n);
+
+/* Copy s[0..n) with each maximal ill-formed subpart replaced by U+FFFD into
+ * a newly allocated buffer (NUL-terminated); returns it, length in *out_n. */
+char *gq_utf8_repair(const char *s, size_t n, size_t *out_n);
+
+/* Decode one code point from valid UTF-8 (caller guarantees validity and
+ * n >= 1); returns its byte length and stores the code point in *cp. */
+int gq_utf8_decode(const char *s, size_t n, uint32_t *cp);
+
+/* Decode the code point that ends at s[n-1] (valid UTF-8, n >= 1). */
+int gq_utf8_decode_last(const char *s, size_t n, uint32_t *cp);
+
+/* Encode cp into out (at least 4 bytes); returns the byte length. */
+int gq_utf8_encode(uint32_t cp, char *out);
+
+/* Byte length of the UTF-8 sequence starting with lead byte b (1 for
+ * continuation / invalid bytes, so scanning always advances). */
+static inline int gq_utf8_len(unsigned char b) {
+    return b < 0xC0 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+}
+
+/* Unicode White_Space property (Rust char::is_whitespace). */
+int gq_uni_is_whitespace(uint32_t cp);
+
+/* The GPT-2 byte-level map: byte -> code point ("Ġ" = U+0120 for ' '), and
+ * the inverse (code point -> byte, -1 if not in the map). */
+uint32_t gq_bytelevel_char(unsigned char b);
+int gq_bytelevel_byte(uint32_t cp);
+
+#endif /* GQ_UNICODE_H */
