@@ -31,6 +31,26 @@ PROMPTS = [
 ]
 
 
+def warper_cases():
+    """Kept-token sets of transformers' Temperature/TopK/TopP warpers (in
+    that order, as generate applies them) on small random logit vectors."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for k, (temp, top_k, top_p) in enumerate([(1.0, 0, 0.9), (0.7, 0, 0.5), (1.3, 10, 0.95), (1.0, 5, 1.0),
+                                              (0.5, 0, 0.99), (1.0, 1, 1.0), (2.0, 40, 0.3)]):
+        logits = (torch.randn(1, 64, generator=g) * (1 + k)).float()
+        x = TemperatureLogitsWarper(temp)(None, logits.clone())
+        if top_k:
+            x = TopKLogitsWarper(top_k)(None, x)
+        if top_p < 1.0:
+            x = TopPLogitsWarper(top_p)(None, x)
+        kept = [i for i in range(64) if x[0, i] != -float("inf")]
+        out.append({"temperature": temp, "top_k": top_k, "top_p": top_p, "logits": logits[0].tolist(), "kept": kept})
+    return out
+
+
 def main():
     model_dir, out = sys.argv[1], sys.argv[2]
     n_new = int(sys.argv[3]) if len(sys.argv) > 3 else 48
@@ -43,27 +63,33 @@ def main():
         ids = tok(p, return_tensors="pt").input_ids
         with torch.no_grad():
             g = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                               max_new_tokens=n_new, output_scores=True,
+                               max_new_tokens=n_new, output_scores=True, output_logits=True,
                                return_dict_in_generate=True, pad_token_id=model.config.eos_token_id)
         new = g.sequences[0, ids.shape[1]:].tolist()
         margins = []
         for s in g.scores:
             top = torch.topk(s[0].float(), 2).values
             margins.append(float(top[0] - top[1]))
-        # logits of the first generated position and of the last one, for
-        # a direct check of the decode path (first 16 vocab entries + argmax)
+        # raw logits of the first generated position (after prefill) and of
+        # the last one (after the KV-cache decode steps): the 8 largest
+        top = []
+        for k in (0, len(g.logits) - 1):
+            v, i = torch.topk(g.logits[k][0].float(), 8)
+            top.append({"step": k, "ids": i.tolist(), "logits": [float(x) for x in v]})
         cases.append({
             "prompt": p,
             "prompt_ids": ids[0].tolist(),
             "new_ids": new,
             "finish": "eos" if new and new[-1] == model.config.eos_token_id else "length",
             "min_margin": min(margins),
+            "top_logits": top,
             "margins": margins,
             "text": tok.decode(new),
         })
         print(f"{len(ids[0])} prompt tokens -> {len(new)} new, min margin {min(margins):.4g}: {tok.decode(new)[:60]!r}")
     doc = {
         "generator": "tests/ref/gen_generate.py",
+        "warpers": warper_cases(),
         "model": model_dir.rstrip("/").split("/")[-1],
         "dtype": "float32",
         "max_new_tokens": n_new,
