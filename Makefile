@@ -130,7 +130,7 @@ $(BIN): $(BUILD)/obj/main.o $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/test.h $(LIB)
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(LIB) $(LDLIBS)
@@ -148,8 +148,8 @@ bench: info $(BIN) $(BENCH_BINS)
 # libFuzzer build of the safetensors reader (clang): make fuzz; see tests/fuzz/README.md
 fuzz:
 	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude -Isrc $(BLAS_CFLAGS) \
-	  tests/fuzz/fuzz_st.c src/st.c src/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Isrc $(BLAS_CFLAGS) \
+	  tests/fuzz/fuzz_st.c src/st_read.c src/st_write.c src/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -10,14 +10,21 @@ static const char *const supported_archs[] = {"LlamaForCausalLM", "MistralForCau
 
 static const char *json_type_name(const json_t *v) {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
     }
     return "?";
 }
@@ -63,8 +70,7 @@ static int get_bool(const json_t *o, const char *key, int *out, const char *wher
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return GQ_OK;
     if (!json_is_boolean(v))
-        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected true or false, got %s", where, key,
-                      json_type_name(v));
+        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected true or false, got %s", where, key, json_type_name(v));
     *out = json_is_true(v);
     return GQ_OK;
 }
@@ -75,8 +81,7 @@ static int parse_rope_scaling(gq_config *c, const json_t *rs, const char *where)
     json_t *t = json_object_get(rs, "rope_type");
     if (!t) t = json_object_get(rs, "type");
     if (t && !json_is_string(t))
-        return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling.rope_type: expected a string, got %s", where,
-                      json_type_name(t));
+        return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling.rope_type: expected a string, got %s", where, json_type_name(t));
     type = t ? json_string_value(t) : "default";
     c->rope_factor = 1.0;
     if ((rc = get_num(rs, "factor", &c->rope_factor, 0, where))) return rc;
@@ -94,8 +99,8 @@ static int parse_rope_scaling(gq_config *c, const json_t *rs, const char *where)
         if ((rc = get_num(rs, "high_freq_factor", &c->rope_high_freq_factor, 1, where))) return rc;
         if ((rc = get_int(rs, "original_max_position_embeddings", &c->rope_orig_max_pos, 1, where))) return rc;
         if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-            return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: high_freq_factor %g must exceed low_freq_factor %g",
-                          where, c->rope_high_freq_factor, c->rope_low_freq_factor);
+            return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: high_freq_factor %g must exceed low_freq_factor %g", where,
+                          c->rope_high_freq_factor, c->rope_low_freq_factor);
     } else {
         return gq_err(GQ_ERR_UNSUPPORTED,
                       "%s: rope_scaling type \"%s\" is not supported (supported: none, linear, dynamic, llama3)", where,
@@ -118,12 +123,15 @@ static int parse_dtype(gq_config *c, const json_t *root, const char *where) {
     if (!json_is_string(v))
         return gq_err(GQ_ERR_FORMAT, "%s: torch_dtype: expected a string, got %s", where, json_type_name(v));
     const char *s = json_string_value(v);
-    if (!strcmp(s, "float16") || !strcmp(s, "half")) c->dtype = GQ_DT_F16;
-    else if (!strcmp(s, "bfloat16")) c->dtype = GQ_DT_BF16;
-    else if (!strcmp(s, "float32") || !strcmp(s, "float")) c->dtype = GQ_DT_F32;
+    if (!strcmp(s, "float16") || !strcmp(s, "half"))
+        c->dtype = GQ_DT_F16;
+    else if (!strcmp(s, "bfloat16"))
+        c->dtype = GQ_DT_BF16;
+    else if (!strcmp(s, "float32") || !strcmp(s, "float"))
+        c->dtype = GQ_DT_F32;
     else
-        return gq_err(GQ_ERR_UNSUPPORTED, "%s: torch_dtype \"%s\" is not supported (float16, bfloat16, float32)",
-                      where, s);
+        return gq_err(GQ_ERR_UNSUPPORTED, "%s: torch_dtype \"%s\" is not supported (float16, bfloat16, float32)", where,
+                      s);
     return GQ_OK;
 }
 
@@ -141,7 +149,8 @@ static int parse_quant(gq_config *c, const json_t *q, const char *where) {
     qc->damp_percent = 0.01;
     if ((rc = get_int(q, "bits", &qc->bits, 1, where))) return rc;
     json_t *g = json_object_get(q, "group_size");
-    if (json_is_integer(g)) qc->group_size = (int)json_integer_value(g);
+    if (json_is_integer(g))
+        qc->group_size = (int)json_integer_value(g);
     else if (g && !json_is_null(g))
         return gq_err(GQ_ERR_FORMAT, "%s: quantization_config.group_size: expected an integer, got %s", where,
                       json_type_name(g));
@@ -154,8 +163,9 @@ static int parse_quant(gq_config *c, const json_t *q, const char *where) {
     if (!f) f = json_object_get(q, "format");
     snprintf(qc->format, sizeof qc->format, "%s", json_is_string(f) ? json_string_value(f) : "gptq");
     if (strcmp(qc->format, "gptq") && strcmp(qc->format, "gptq_v2"))
-        return gq_err(GQ_ERR_UNSUPPORTED, "%s: quantization_config.checkpoint_format \"%s\" is not supported (gptq, gptq_v2)",
-                      where, qc->format);
+        return gq_err(GQ_ERR_UNSUPPORTED,
+                      "%s: quantization_config.checkpoint_format \"%s\" is not supported (gptq, gptq_v2)", where,
+                      qc->format);
     if (qc->bits != 2 && qc->bits != 3 && qc->bits != 4 && qc->bits != 8)
         return gq_err(GQ_ERR_UNSUPPORTED, "%s: quantization_config.bits %d is not supported (2, 3, 4, 8)", where,
                       qc->bits);
@@ -171,7 +181,8 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     int rc = GQ_OK;
     memset(c, 0, sizeof *c);
     json_t *root = json_loadb(text, len, 0, &je);
-    if (!root) return gq_err(GQ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
+    if (!root)
+        return gq_err(GQ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
     if (!json_is_object(root)) {
         rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", where, json_type_name(root));
         goto done;
@@ -185,9 +196,12 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         arch = json_string_value(json_array_get(archs, 0));
     if (!arch && json_is_string(mt)) {
         const char *m = json_string_value(mt);
-        if (!strcmp(m, "llama")) arch = "LlamaForCausalLM";
-        else if (!strcmp(m, "mistral")) arch = "MistralForCausalLM";
-        else arch = m;
+        if (!strcmp(m, "llama"))
+            arch = "LlamaForCausalLM";
+        else if (!strcmp(m, "mistral"))
+            arch = "MistralForCausalLM";
+        else
+            arch = m;
     }
     if (!arch) {
         rc = gq_err(GQ_ERR_FORMAT, "%s: neither \"architectures\" nor \"model_type\" says what the model is", where);
@@ -198,8 +212,8 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         if (!strcmp(arch, supported_archs[i])) ok = 1;
     if (!ok) {
         rc = gq_err(GQ_ERR_UNSUPPORTED,
-                    "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM)",
-                    where, arch);
+                    "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM)", where,
+                    arch);
         goto done;
     }
     snprintf(c->arch, sizeof c->arch, "%s", arch);
@@ -214,7 +228,8 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     json_t *sw = json_object_get(root, "sliding_window");
     if (sw && !json_is_null(sw))
         gq_warn("%s: sliding_window is set; gq attends over the whole sequence (exact for sequences up to the "
-                "window)", where);
+                "window)",
+                where);
 
     if ((rc = get_int(root, "hidden_size", &c->hidden, 1, where))) goto done;
     if ((rc = get_int(root, "intermediate_size", &c->intermediate, 1, where))) goto done;
@@ -227,8 +242,10 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     if ((rc = get_int(root, "max_position_embeddings", &c->max_pos, 0, where))) goto done;
     if (c->hidden <= 0 || c->intermediate <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         c->vocab <= 0) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, vocab %d)",
-                    where, c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab);
+        rc = gq_err(
+            GQ_ERR_FORMAT,
+            "%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, vocab %d)",
+            where, c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab);
         goto done;
     }
     c->head_dim = c->hidden / c->n_heads;
@@ -268,7 +285,8 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     json_t *rs = json_object_get(root, "rope_scaling");
     if (rs && !json_is_null(rs)) {
         if (!json_is_object(rs)) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: expected an object or null, got %s", where, json_type_name(rs));
+            rc = gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: expected an object or null, got %s", where,
+                        json_type_name(rs));
             goto done;
         }
         if ((rc = parse_rope_scaling(c, rs, where))) goto done;
@@ -292,7 +310,8 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         json_t *e;
         json_array_foreach(eos, i, e) {
             if (!json_is_integer(e)) {
-                rc = gq_err(GQ_ERR_FORMAT, "%s: eos_token_id[%zu]: expected an integer, got %s", where, i, json_type_name(e));
+                rc = gq_err(GQ_ERR_FORMAT, "%s: eos_token_id[%zu]: expected an integer, got %s", where, i,
+                            json_type_name(e));
                 goto done;
             }
             if (c->n_eos < 8) c->eos_ids[c->n_eos++] = (int)json_integer_value(e);
@@ -331,10 +350,14 @@ int gq_config_load(gq_config *c, const char *path) {
 
 static const char *rope_name(gq_rope_type t) {
     switch (t) {
-    case GQ_ROPE_LINEAR: return "linear";
-    case GQ_ROPE_DYNAMIC: return "dynamic";
-    case GQ_ROPE_LLAMA3: return "llama3";
-    default: return "none";
+    case GQ_ROPE_LINEAR:
+        return "linear";
+    case GQ_ROPE_DYNAMIC:
+        return "dynamic";
+    case GQ_ROPE_LLAMA3:
+        return "llama3";
+    default:
+        return "none";
     }
 }
 

@@ -275,6 +275,22 @@ static void solve(const solve_ctx *c) {
 
 /* ---- the driver --------------------------------------------------------- */
 
+/* Wt [cols][rows] = W[:, perm]^T, in 64 x 64 tiles so that both the reads
+ * and the writes stay within a few cache lines per row. */
+static void transpose_permuted(const float *W, int rows, int cols, const int32_t *perm, float *Wt) {
+    enum { T = 64 };
+    const int ntc = (cols + T - 1) / T, ntr = (rows + T - 1) / T;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < ntc * ntr; t++) {
+        int j0 = (t / ntr) * T, r0 = (t % ntr) * T;
+        int j1 = j0 + T < cols ? j0 + T : cols, r1 = r0 + T < rows ? r0 + T : rows;
+        for (int r = r0; r < r1; r++) {
+            const float *src = W + (size_t)r * cols;
+            for (int j = j0; j < j1; j++) Wt[(size_t)j * rows + r] = src[perm ? perm[j] : j];
+        }
+    }
+}
+
 /* Factor the damped Hessian, retrying with 10x damping. On success Hinv
  * (f32, upper, [cols][cols]) is written over H; returns 0, or 1 when every
  * attempt failed (H untouched). */
@@ -379,15 +395,10 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         }
     }
 
-    /* Wt [cols][rows] = W[:, perm]^T */
     c.Wt = gq_malloc_aligned((size_t)rows * cols * sizeof(float));
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < cols; j++) {
-        int oc = perm ? perm[j] : j;
-        float *dst = c.Wt + (size_t)j * rows;
-        for (int r = 0; r < rows; r++) dst[r] = W[(size_t)r * cols + oc];
-    }
+    transpose_permuted(W, rows, cols, perm, c.Wt);
 
+    double t_fact = gq_now();
     if (gptq) {
         if (factor_with_retries(p, H, diag, perm, cols, res) == 0) {
             c.Hinv = H;
@@ -400,7 +411,10 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         }
     }
 
+    t_fact = gq_now() - t_fact;
+    double t_solve = gq_now();
     solve(&c);
+    t_solve = gq_now() - t_solve;
 
     /* g_idx: the group of each original column. */
     for (int j = 0; j < cols; j++) {
@@ -408,13 +422,24 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         res->g_idx[oc] = group_of(&c, j);
     }
     res->loss = 0.0;
+    int bad_row = -1;
     for (int r = 0; r < rows; r++) {
         res->row_loss[r] = (float)c.row_loss[r];
         res->loss += c.row_loss[r];
+        if (bad_row < 0 && !isfinite(c.row_loss[r])) bad_row = r;
     }
     gq_free_aligned(c.Wt);
     free(c.row_loss);
     free(diag);
     res->seconds = gq_now() - t0;
+    if (bad_row >= 0) {
+        gq_qresult_free(res);
+        return gq_err(GQ_ERR_NUMERIC,
+                      "gptq: %d x %d module: the error feedback overflowed (row %d has a non-finite loss); the "
+                      "Hessian is too badly conditioned for fp32 (damp %g)",
+                      rows, cols, bad_row, p->damp);
+    }
+    gq_debug("gptq: %d x %d: %.3f s (inverse factor %.3f s, column loop %.3f s), loss %.6g", rows, cols,
+             res->seconds, t_fact, t_solve, res->loss);
     return GQ_OK;
 }

@@ -58,7 +58,7 @@ static size_t initial_symbols(const gq_tokenizer *t, gq_tok_bpe_scratch *s, cons
             cl = 1;
             id = t->sym1[(uint8_t)w[i]];
         } else {
-            cl = (size_t)gq_utf8_len((uint8_t)w[i]);
+            cl = (size_t)gq_uni_len((uint8_t)w[i]);
             if (cl > n - i) cl = n - i;
             id = cl == 1 ? t->sym1[(uint8_t)w[i]] : gq_tok_strmap_get(&t->model, w + i, cl);
         }
@@ -75,7 +75,7 @@ static size_t initial_symbols(const gq_tokenizer *t, gq_tok_bpe_scratch *s, cons
             const char *cb = w + i;
             size_t nb = cl;
             if (t->byte_level) {
-                nb = (size_t)gq_utf8_encode(gq_bytelevel_char((uint8_t)w[i]), buf);
+                nb = (size_t)gq_uni_encode(gq_uni_bytelevel_char((uint8_t)w[i]), buf);
                 cb = buf;
             }
             int ok = 1;

@@ -87,8 +87,8 @@ static void dec_bytelevel(strlist *in, strlist *out) {
         int ok = 1;
         for (size_t j = 0; j < t->n && ok;) {
             uint32_t cp;
-            j += (size_t)gq_utf8_decode(t->s + j, t->n - j, &cp);
-            int by = gq_bytelevel_byte(cp);
+            j += (size_t)gq_uni_decode(t->s + j, t->n - j, &cp);
+            int by = gq_uni_bytelevel_byte(cp);
             if (by < 0) ok = 0;
             else {
                 char c = (char)by;
@@ -101,7 +101,7 @@ static void dec_bytelevel(strlist *in, strlist *out) {
         }
     }
     size_t n;
-    char *fixed = gq_utf8_repair(b.p ? b.p : "", b.n, &n);
+    char *fixed = gq_uni_repair(b.p ? b.p : "", b.n, &n);
     sl_push(out, fixed, n);
     free(fixed);
     free(b.p);
@@ -119,7 +119,7 @@ static void dec_bytefallback(strlist *in, strlist *out) {
             continue;
         }
         if (run) {
-            if (gq_utf8_valid_prefix(b.p, b.n) == b.n) sl_push(out, b.p, b.n);
+            if (gq_uni_valid_prefix(b.p, b.n) == b.n) sl_push(out, b.p, b.n);
             else
                 for (size_t k = 0; k < run; k++) sl_push(out, "\xEF\xBF\xBD", 3);
             b.n = 0;
@@ -132,12 +132,12 @@ static void dec_bytefallback(strlist *in, strlist *out) {
 
 static void dec_metaspace(const gq_tok_dec *d, strlist *in, strlist *out) {
     char rep[4];
-    size_t rl = (size_t)gq_utf8_encode(d->cp, rep);
+    size_t rl = (size_t)gq_uni_encode(d->cp, rep);
     for (size_t i = 0; i < in->n; i++) {
         buf b = {0};
         const str *t = &in->v[i];
         for (size_t j = 0; j < t->n;) {
-            size_t cl = (size_t)gq_utf8_len((uint8_t)t->s[j]);
+            size_t cl = (size_t)gq_uni_len((uint8_t)t->s[j]);
             if (cl > t->n - j) cl = t->n - j;
             if (cl == rl && memcmp(t->s + j, rep, rl) == 0) {
                 if (!(i == 0 && d->prepend != GQ_PREPEND_NEVER)) buf_put(&b, " ", 1);
@@ -157,7 +157,7 @@ static void dec_replace(const gq_tok_dec *d, strlist *in, strlist *out) {
         const str *t = &in->v[i];
         size_t j = 0;
         while (j < t->n) {
-            const char *hit = d->a_len ? memmem(t->s + j, t->n - j, d->a, d->a_len) : NULL;
+            const char *hit = d->a_len ? gq_tok_find_bytes(t->s + j, t->n - j, d->a, d->a_len) : NULL;
             if (!hit) break;
             buf_put(&b, t->s + j, (size_t)(hit - (t->s + j)));
             buf_put(&b, d->b, d->b_len);
@@ -171,7 +171,7 @@ static void dec_replace(const gq_tok_dec *d, strlist *in, strlist *out) {
 
 static void dec_strip(const gq_tok_dec *d, strlist *in, strlist *out) {
     char cs[4];
-    size_t cl = (size_t)gq_utf8_encode(d->cp, cs);
+    size_t cl = (size_t)gq_uni_encode(d->cp, cs);
     for (size_t i = 0; i < in->n; i++) {
         const char *s = in->v[i].s;
         size_t a = 0, e = in->v[i].n;

@@ -77,10 +77,10 @@ static int word_char_at(enc_ctx *c, const char *s, size_t n, int before) {
     uint32_t cp;
     size_t off, len;
     if (before) {
-        len = (size_t)gq_utf8_decode_last(s, n, &cp);
+        len = (size_t)gq_uni_decode_last(s, n, &cp);
         off = n - len;
     } else {
-        len = (size_t)gq_utf8_len((uint8_t)s[0]);
+        len = (size_t)gq_uni_len((uint8_t)s[0]);
         if (len > n) len = n;
         off = 0;
     }
@@ -103,15 +103,7 @@ static seg *seg_push(enc_ctx *c, int k, size_t *n, size_t s, size_t e, int m) {
 
 /* ---- model ---- */
 
-static void model_word(enc_ctx *c, const char *w, size_t n) {
-    const gq_tokenizer *t = c->t;
-    if (t->ignore_merges) {
-        int32_t id = gq_tok_strmap_get(&t->model, w, n);
-        if (id >= 0) {
-            gq_ids_push(c->out, id);
-            return;
-        }
-    }
+static void bpe_cached(enc_ctx *c, const char *w, size_t n) {
     size_t k;
     if (n <= CACHE_MAX_WORD) {
         const int32_t *ids = gq_tok_cache_get(&c->cache, w, n, &k);
@@ -121,8 +113,35 @@ static void model_word(enc_ctx *c, const char *w, size_t n) {
         }
     }
     size_t before = c->out->n;
-    gq_tok_bpe_word(t, &c->bpe, w, n, GQ_BPE_AUTO, c->out);
+    gq_tok_bpe_word(c->t, &c->bpe, w, n, GQ_BPE_AUTO, c->out);
     if (n <= CACHE_MAX_WORD) gq_tok_cache_put(&c->cache, w, n, c->out->v + before, c->out->n - before);
+}
+
+static void model_word(enc_ctx *c, const char *w, size_t n) {
+    const gq_tokenizer *t = c->t;
+    if (t->ignore_merges) {
+        int32_t id = gq_tok_strmap_get(&t->model, w, n);
+        if (id >= 0) {
+            gq_ids_push(c->out, id);
+            return;
+        }
+    }
+    if (t->sp_split && n > CACHE_MAX_WORD) {
+        /* cut before each "▁" that follows another character (see sp_split) */
+        size_t start = 0, i = 1;
+        const char *hit;
+        while (i < n && (hit = gq_tok_find_bytes(w + i, n - i, "\xE2\x96\x81", 3)) != NULL) {
+            size_t at = (size_t)(hit - w);
+            if (at < 3 || memcmp(w + at - 3, "\xE2\x96\x81", 3) != 0) {
+                bpe_cached(c, w + start, at - start);
+                start = at;
+            }
+            i = at + 3;
+        }
+        bpe_cached(c, w + start, n - start);
+        return;
+    }
+    bpe_cached(c, w, n);
 }
 
 /* ---- pre-tokenizers ---- */
@@ -143,14 +162,14 @@ static void split_run(enc_ctx *c, int k, const pcre2_code *re, const char *lit, 
             }
             if (!rc) break;
         } else {
-            const char *hit = lit_len ? memmem(p + from, n - from, lit, lit_len) : NULL;
+            const char *hit = lit_len ? gq_tok_find_bytes(p + from, n - from, lit, lit_len) : NULL;
             if (!hit) break;
             ms = (size_t)(hit - p);
             me = ms + lit_len;
         }
         if (me == ms) { /* empty match: no segment, step one character */
             if (ms >= n) break;
-            from = ms + (size_t)gq_utf8_len((uint8_t)p[ms]);
+            from = ms + (size_t)gq_uni_len((uint8_t)p[ms]);
             continue;
         }
         if (ms > prev) seg_push(c, k, &ns, prev, ms, invert);
@@ -268,7 +287,7 @@ static char *replace_all(const gq_tok_norm *st, const char *s, size_t n, size_t 
                 ms = ov[0], me = ov[1], found = 1;
             }
         } else if (st->a_len && from < n) {
-            const char *hit = memmem(s + from, n - from, st->a, st->a_len);
+            const char *hit = gq_tok_find_bytes(s + from, n - from, st->a, st->a_len);
             if (hit) ms = (size_t)(hit - s), me = ms + st->a_len, found = 1;
         }
         size_t keep_to = found ? ms : n;
@@ -282,7 +301,7 @@ static char *replace_all(const gq_tok_norm *st, const char *s, size_t n, size_t 
         from = me;
         if (me == ms) { /* empty match: keep one character and move on */
             if (ms >= n) break;
-            size_t cl = (size_t)gq_utf8_len((uint8_t)s[ms]);
+            size_t cl = (size_t)gq_uni_len((uint8_t)s[ms]);
             memcpy(out + o, s + ms, cl);
             o += cl;
             from = ms + cl;
@@ -348,13 +367,13 @@ static void split_added(enc_ctx *c, const gq_tok_trie *tr, int normalized_stage,
         size_t st = ms, en = me;
         while (a->lstrip && st > start_off) {
             uint32_t cp;
-            int l = gq_utf8_decode_last(s, st, &cp);
+            int l = gq_uni_decode_last(s, st, &cp);
             if (!gq_uni_is_whitespace(cp)) break;
             st -= (size_t)l;
         }
         while (a->rstrip && en < n) {
             uint32_t cp;
-            int l = gq_utf8_decode(s + en, n - en, &cp);
+            int l = gq_uni_decode(s + en, n - en, &cp);
             if (!gq_uni_is_whitespace(cp)) break;
             en += (size_t)l;
         }
@@ -388,8 +407,8 @@ static void emit_piece(enc_ctx *c, int normalized_stage, const char *p, size_t n
 int gq_tok_encode(const gq_tokenizer *t, const char *text, size_t len, int add_special, gq_ids *out) {
     if (!t || !out || (!text && len)) return gq_err(GQ_ERR_ARG, "gq_tok_encode: NULL argument");
     char *fixed = NULL;
-    if (gq_utf8_valid_prefix(text, len) != len) {
-        fixed = gq_utf8_repair(text, len, &len);
+    if (gq_uni_valid_prefix(text, len) != len) {
+        fixed = gq_uni_repair(text, len, &len);
         text = fixed;
     }
     size_t n0 = out->n;

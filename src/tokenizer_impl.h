@@ -18,6 +18,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <string.h>
 
 #include "gq/tokenizer.h"
 
@@ -92,6 +93,20 @@ void gq_tok_trie_free(gq_tok_trie *tr);
 void gq_tok_trie_add(gq_tok_trie *tr, const char *s, size_t n, int32_t tok);
 /* Longest token starting at s[0..n): its index (length in *len), or -1. */
 int32_t gq_tok_trie_longest(const gq_tok_trie *tr, const char *s, size_t n, size_t *len);
+
+/* First occurrence of needle (nn >= 1 bytes) in h[0..hn), or NULL. memchr
+ * based: reads only up to the match (memmem may scan its whole haystack,
+ * which is quadratic when called repeatedly on a long text). */
+static inline const char *gq_tok_find_bytes(const char *h, size_t hn, const char *needle, size_t nn) {
+    const char *end = h + hn;
+    while ((size_t)(end - h) >= nn) {
+        const char *p = memchr(h, (unsigned char)needle[0], (size_t)(end - h) - nn + 1);
+        if (!p) return NULL;
+        if (memcmp(p + 1, needle + 1, nn - 1) == 0) return p;
+        h = p + 1;
+    }
+    return NULL;
+}
 
 /* ---- chunked arena: pointers stay valid until reset/free ---- */
 
@@ -180,6 +195,12 @@ struct gq_tokenizer {
     gq_tok_pairmap merges;
     int byte_level;
     int byte_fallback, fuse_unk, ignore_merges;
+    /* No vocab piece has "▁" right after another character, and "▁" is a
+     * piece: no merge can cross a boundary "x|▁", so a long word may be cut
+     * there and its parts merged (and cached) separately -- same result.
+     * Makes SentencePiece-style files without a pre-tokenizer (Llama-2:
+     * the whole text is one word) as fast as pre-tokenized ones. */
+    int sp_split;
     int32_t unk;
     int32_t sym1[256];     /* id of the one-byte model key, -1 if none */
     int32_t fallback[256]; /* id of "<0xNN>", -1 if none */

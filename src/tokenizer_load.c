@@ -23,6 +23,7 @@
 #include "unicode.h"
 
 #define MAX_VOCAB (1 << 24)
+#define SP_SPACE "\xE2\x96\x81" /* U+2581 "▁" */
 
 static const char *GPT2_RE =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -185,9 +186,9 @@ static int parse_replacement(gq_tokenizer *t, const char *where, json_t *o, uint
     int rc;
     if ((rc = jstr(t->path, where, o, "replacement", &s, &len))) return rc;
     if (!s) s = "\xE2\x96\x81", len = 3; /* U+2581 */
-    if (len == 0 || len > 4 || gq_utf8_valid_prefix(s, len) != len || (size_t)gq_utf8_len((uint8_t)s[0]) != len)
+    if (len == 0 || len > 4 || gq_uni_valid_prefix(s, len) != len || (size_t)gq_uni_len((uint8_t)s[0]) != len)
         return gq_err(GQ_ERR_FORMAT, "%s: %s.replacement: expected one character, got '%s'", t->path, where, s);
-    gq_utf8_decode(s, len, cp);
+    gq_uni_decode(s, len, cp);
     return GQ_OK;
 }
 
@@ -243,7 +244,7 @@ static int parse_pre(gq_tokenizer *t, json_t *n) {
         uint32_t cp;
         st->kind = GQ_PRE_METASPACE;
         if ((rc = parse_replacement(t, "pre_tokenizer Metaspace", n, &cp))) return rc;
-        st->repl_len = gq_utf8_encode(cp, st->repl);
+        st->repl_len = gq_uni_encode(cp, st->repl);
         if ((rc = parse_prepend_scheme(t, "pre_tokenizer Metaspace", n, &st->prepend))) return rc;
         if ((rc = jbool(t->path, "pre_tokenizer Metaspace", n, "split", 1, &st->split))) return rc;
         t->n_pre++;
@@ -308,9 +309,9 @@ static int parse_decoder(gq_tokenizer *t, json_t *n) {
         json_t *a = json_object_get(n, "start"), *b = json_object_get(n, "stop");
         st->kind = GQ_DEC_STRIP;
         if ((rc = jstr(t->path, "decoder Strip", n, "content", &c, &len))) return rc;
-        if (!c || !len || (size_t)gq_utf8_len((uint8_t)c[0]) != len)
+        if (!c || !len || (size_t)gq_uni_len((uint8_t)c[0]) != len)
             return gq_err(GQ_ERR_FORMAT, "%s: decoder Strip.content: expected one character", t->path);
-        gq_utf8_decode(c, len, &st->cp);
+        gq_uni_decode(c, len, &st->cp);
         if (!is_int(a) || !is_int(b) || int_val(a) < 0 || int_val(b) < 0 ||
             int_val(a) > 1000000 || int_val(b) > 1000000)
             return gq_err(GQ_ERR_FORMAT, "%s: decoder Strip: expected integer \"start\" and \"stop\" >= 0", t->path);
@@ -417,8 +418,8 @@ static int bytelevel_key(const char *s, size_t n, char *out, size_t *out_n) {
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        i += (size_t)gq_utf8_decode(s + i, n - i, &cp);
-        int b = gq_bytelevel_byte(cp);
+        i += (size_t)gq_uni_decode(s + i, n - i, &cp);
+        int b = gq_uni_bytelevel_byte(cp);
         if (b < 0) return 0;
         out[o++] = (char)b;
     }
@@ -529,6 +530,19 @@ static void build_model_keys(gq_tokenizer *t) {
         if (bytelevel_key(k, kn, buf, &on)) gq_tok_strmap_put(&t->model, buf, on, t->pieces.val[e]);
     }
     free(buf);
+    t->sp_split = !t->byte_level && gq_tok_strmap_get(&t->model, SP_SPACE, 3) >= 0;
+    for (size_t e = 0; e < t->model.n && t->sp_split; e++) {
+        const char *k = t->model.keys + t->model.koff[e], *hit;
+        size_t kn = t->model.klen[e], from = 1;
+        while (from < kn && (hit = gq_tok_find_bytes(k + from, kn - from, SP_SPACE, 3)) != NULL) {
+            size_t at = (size_t)(hit - k);
+            if (at < 3 || memcmp(k + at - 3, SP_SPACE, 3) != 0) {
+                t->sp_split = 0;
+                break;
+            }
+            from = at + 3;
+        }
+    }
     for (int b = 0; b < 256; b++) {
         char c = (char)b, name[8];
         t->sym1[b] = (t->byte_level || b < 0x80) ? gq_tok_strmap_get(&t->model, &c, 1) : -1;

@@ -41,6 +41,8 @@ void gq_tok_strmap_init(gq_tok_strmap *m, size_t expect) {
     size_t cap = pow2_at_least(expect * 2 + 1);
     m->slots = gq_calloc(cap, sizeof *m->slots);
     m->mask = cap - 1;
+    m->keys_cap = 1024;
+    m->keys = gq_malloc(m->keys_cap);
 }
 
 void gq_tok_strmap_free(gq_tok_strmap *m) {

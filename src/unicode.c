@@ -32,7 +32,7 @@ static int utf8_seq(const unsigned char *s, size_t n) {
     return len;
 }
 
-size_t gq_utf8_valid_prefix(const char *str, size_t n) {
+size_t gq_uni_valid_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0;
     while (i < n) {
@@ -55,7 +55,7 @@ size_t gq_utf8_valid_prefix(const char *str, size_t n) {
     return n;
 }
 
-char *gq_utf8_repair(const char *str, size_t n, size_t *out_n) {
+char *gq_uni_repair(const char *str, size_t n, size_t *out_n) {
     const unsigned char *s = (const unsigned char *)str;
     size_t cap = n * 3 + 1, o = 0; /* worst case: each byte -> 3-byte U+FFFD */
     char *out = gq_malloc(cap);
@@ -77,10 +77,10 @@ char *gq_utf8_repair(const char *str, size_t n, size_t *out_n) {
     return out;
 }
 
-int gq_utf8_decode(const char *str, size_t n, uint32_t *cp) {
+int gq_uni_decode(const char *str, size_t n, uint32_t *cp) {
     const unsigned char *s = (const unsigned char *)str;
     unsigned char b = s[0];
-    int len = gq_utf8_len(b);
+    int len = gq_uni_len(b);
     if ((size_t)len > n) len = 1;
     switch (len) {
     case 1: *cp = b; break;
@@ -93,15 +93,15 @@ int gq_utf8_decode(const char *str, size_t n, uint32_t *cp) {
     return len;
 }
 
-int gq_utf8_decode_last(const char *str, size_t n, uint32_t *cp) {
+int gq_uni_decode_last(const char *str, size_t n, uint32_t *cp) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = n - 1;
     while (i > 0 && n - i < 4 && (s[i] & 0xC0) == 0x80) i--;
-    gq_utf8_decode(str + i, n - i, cp);
+    gq_uni_decode(str + i, n - i, cp);
     return (int)(n - i);
 }
 
-int gq_utf8_encode(uint32_t cp, char *out) {
+int gq_uni_encode(uint32_t cp, char *out) {
     unsigned char *o = (unsigned char *)out;
     if (cp < 0x80) {
         o[0] = (unsigned char)cp;
@@ -140,14 +140,14 @@ static int bl_printable(unsigned b) {
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
 }
 
-uint32_t gq_bytelevel_char(unsigned char b) {
+uint32_t gq_uni_bytelevel_char(unsigned char b) {
     if (bl_printable(b)) return b;
     unsigned k = 0; /* number of non-printable bytes below b */
     for (unsigned x = 0; x < b; x++) k += !bl_printable(x);
     return 0x100 + k;
 }
 
-int gq_bytelevel_byte(uint32_t cp) {
+int gq_uni_bytelevel_byte(uint32_t cp) {
     if (cp < 0x100) return bl_printable(cp) ? (int)cp : -1;
     if (cp >= 0x100 + 68) return -1;
     unsigned k = cp - 0x100;

@@ -13,25 +13,25 @@
 #include <stdint.h>
 
 /* Length of the longest valid UTF-8 prefix of s[0..n). n if all valid. */
-size_t gq_utf8_valid_prefix(const char *s, size_t n);
+size_t gq_uni_valid_prefix(const char *s, size_t n);
 
 /* Copy s[0..n) with each maximal ill-formed subpart replaced by U+FFFD into
  * a newly allocated buffer (NUL-terminated); returns it, length in *out_n. */
-char *gq_utf8_repair(const char *s, size_t n, size_t *out_n);
+char *gq_uni_repair(const char *s, size_t n, size_t *out_n);
 
 /* Decode one code point from valid UTF-8 (caller guarantees validity and
  * n >= 1); returns its byte length and stores the code point in *cp. */
-int gq_utf8_decode(const char *s, size_t n, uint32_t *cp);
+int gq_uni_decode(const char *s, size_t n, uint32_t *cp);
 
 /* Decode the code point that ends at s[n-1] (valid UTF-8, n >= 1). */
-int gq_utf8_decode_last(const char *s, size_t n, uint32_t *cp);
+int gq_uni_decode_last(const char *s, size_t n, uint32_t *cp);
 
 /* Encode cp into out (at least 4 bytes); returns the byte length. */
-int gq_utf8_encode(uint32_t cp, char *out);
+int gq_uni_encode(uint32_t cp, char *out);
 
 /* Byte length of the UTF-8 sequence starting with lead byte b (1 for
  * continuation / invalid bytes, so scanning always advances). */
-static inline int gq_utf8_len(unsigned char b) {
+static inline int gq_uni_len(unsigned char b) {
     return b < 0xC0 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
 }
 
@@ -40,7 +40,7 @@ int gq_uni_is_whitespace(uint32_t cp);
 
 /* The GPT-2 byte-level map: byte -> code point ("Ġ" = U+0120 for ' '), and
  * the inverse (code point -> byte, -1 if not in the map). */
-uint32_t gq_bytelevel_char(unsigned char b);
-int gq_bytelevel_byte(uint32_t cp);
+uint32_t gq_uni_bytelevel_char(unsigned char b);
+int gq_uni_bytelevel_byte(uint32_t cp);
 
 #endif /* GQ_UNICODE_H */

@@ -241,10 +241,10 @@ static void test_too_little(const gq_tokenizer *tok) {
 static void test_jsonl_reader(const char *dir) {
     const char *path = tmp_path(dir, "lines.jsonl");
     size_t big = 300000; /* longer than the initial 64 KiB buffer */
-    char *s = malloc(big + 64);
-    strcpy(s, "{\"text\": \"");
-    memset(s + 10, 'x', big);
-    strcpy(s + 10 + big, "\"}\r\n");
+    char *s = gq_malloc(big + 64);
+    memset(s, 'x', big + 64);
+    memcpy(s, "{\"text\": \"", 10);
+    memcpy(s + 10 + big, "\"}\r\n", 5); /* with its NUL */
     FILE *f = fopen(path, "wb");
     fputs("\n  \n{\"text\": \"a\"}\r\n", f); /* lines 1-3 */
     fputs(s, f);                           /* line 4 */
@@ -273,6 +273,25 @@ static void test_jsonl_reader(const char *dir) {
     fclose(f);
     TEST_OK(gq_jsonl_open(&j, path), "open");
     TEST_FAILS(gq_jsonl_next(j, &line, &len, &ln), GQ_ERR_DATA, "lines.jsonl:1: NUL byte");
+    gq_jsonl_close(j);
+    /* a truncated gzip file: an I/O error naming the file, not a short read */
+    const char *gz = tmp_path(dir, "cut.jsonl.gz");
+    gzFile z = gzopen(gz, "wb");
+    for (int i = 0; i < 2000; i++) gzprintf(z, "{\"text\": \"line %d of a file that gets cut\"}\n", i);
+    gzclose(z);
+    char *data = NULL;
+    size_t dn = 0;
+    gq_read_file(gz, &data, &dn);
+    f = fopen(gz, "wb");
+    fwrite(data, 1, dn / 2, f);
+    fclose(f);
+    free(data);
+    TEST_OK(gq_jsonl_open(&j, gz), "open truncated gzip");
+    int rc;
+    long lines = 0;
+    while ((rc = gq_jsonl_next(j, &line, &len, &ln)) == 1) lines++;
+    TEST_CHECK(rc == GQ_ERR_IO && strstr(gq_errmsg(), "cut.jsonl.gz:") && lines > 0 && lines < 2000,
+               "truncated gzip: I/O error after %ld lines: %s", lines, gq_errmsg());
     gq_jsonl_close(j);
 }
 

@@ -575,9 +575,9 @@ int main(void) {
     test_shapes();
     static const char *a_cases[] = {"g128_sym",     "g128_asym",     "g32_asym",     "act_g128_asym",
                                     "actstatic_g128_asym", "perchan_asym", "b3_g128_asym", "b8_g128_asym",
-                                    "rtn_g128_sym", "rtn_g128_asym", "ref_g128_asym"};
+                                    "rtn_g128_sym", "rtn_g128_asym", "ref_g128_asym", "static_g128_asym"};
     static const char *b_cases[] = {"g32_asym",     "act_g128_sym",  "actstatic_g128_asym",
-                                    "b3_g128_asym", "act_g100_asym", "perchan_sym_ref"};
+                                    "b3_g128_asym", "act_g100_asym", "perchan_sym_ref", "b2_g64_asym"};
     for (size_t i = 0; i < sizeof a_cases / sizeof *a_cases; i++) run_fixture("a", a_cases[i]);
     for (size_t i = 0; i < sizeof b_cases / sizeof *b_cases; i++) run_fixture("b", b_cases[i]);
     return TEST_REPORT();

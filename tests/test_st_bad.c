@@ -252,42 +252,90 @@ static void test_dirs(void) {
     expect_bad("does-not-exist.index.json", GQ_ERR_IO, "cannot open");
 }
 
-/* tests/data/st_fuzz/: inputs that crashed (or hung) the fuzzer before a fix.
- * Each must now open cleanly or fail with a format error; if it opens, every
- * float tensor converts (or reports a numeric error) without crashing. */
+/* tests/data/st_fuzz/: inputs found by fuzzing (see its README.md; none
+ * ever crashed the reader). MANIFEST.tsv records, per file, the status and
+ * message (after "<path>: ") of the reader when it was added: the outcome
+ * must stay the same. A file not in the manifest (a future crasher) must
+ * open or fail with a format error naming the file. An opened file is
+ * walked like the fuzz target does (read_f32 every float tensor). */
+typedef struct {
+    char name[256];
+    int rc;
+    char msg[1024];
+} fuzz_expect;
+
+static int load_manifest(const char *path, fuzz_expect **out) {
+    char *txt = NULL;
+    if (gq_read_file(path, &txt, NULL) != GQ_OK) return 0;
+    int n = 0;
+    fuzz_expect *ex = NULL;
+    for (char *line = strtok(txt, "\n"); line; line = strtok(NULL, "\n")) {
+        char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
+        if (line[0] == '#' || !t2) continue;
+        ex = gq_realloc(ex, sizeof *ex * (size_t)(n + 1));
+        snprintf(ex[n].name, sizeof ex[n].name, "%.*s", (int)(t1 - line), line);
+        ex[n].rc = atoi(t1 + 1);
+        snprintf(ex[n].msg, sizeof ex[n].msg, "%s", t2 + 1);
+        n++;
+    }
+    free(txt);
+    *out = ex;
+    return n;
+}
+
 static void test_fuzz_corpus(void) {
     TEST_BEGIN("fuzz corpus");
     const char *dir = gq_test_data("st_fuzz");
+    fuzz_expect *ex = NULL;
+    int nex = load_manifest(st_path(dir, "MANIFEST.tsv"), &ex);
     DIR *d = opendir(dir);
     if (!d) {
         TEST_SKIP("%s not found", dir);
+        free(ex);
         return;
     }
     struct dirent *e;
-    int n = 0;
+    int n = 0, matched = 0;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || strcmp(e->d_name, "README.md") == 0) continue;
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "README.md") == 0 || strcmp(e->d_name, "MANIFEST.tsv") == 0)
+            continue;
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         gq_st *st = NULL;
         gq_err_clear();
         int rc = gq_st_open(&st, path);
+        char got[1100];
         if (rc == GQ_OK) {
+            snprintf(got, sizeof got, "tensors=%d", gq_st_count(st));
             for (int i = 0; i < gq_st_count(st); i++) {
                 const gq_st_tensor *t = gq_st_at(st, i);
                 float *buf = gq_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
                 gq_st_read_f32(st, t, buf);
                 free(buf);
             }
+        } else {
+            TEST_CHECK(st_msg_starts_with(path), "%s: message starts with the path: %s", e->d_name, gq_errmsg());
+            snprintf(got, sizeof got, "%s", gq_errmsg() + (st_msg_starts_with(path) ? strlen(path) + 2 : 0));
         }
-        TEST_CHECK(rc == GQ_OK || (rc == GQ_ERR_FORMAT && st_msg_starts_with(path)),
-                   "%s: opens or fails with a format error naming the file (rc %d: %s)", e->d_name, rc,
-                   gq_errmsg());
+        const fuzz_expect *want = NULL;
+        for (int k = 0; k < nex; k++)
+            if (strcmp(ex[k].name, e->d_name) == 0) want = &ex[k];
+        if (want) {
+            /* JSON syntax errors: only the prefix (jansson's wording may vary). */
+            int ok = rc == want->rc && strncmp(got, want->msg, strlen(want->msg)) == 0;
+            TEST_CHECK(ok, "%s: status %d \"%s\", expected %d \"%s\"", e->d_name, rc, got, want->rc, want->msg);
+            matched++;
+        } else {
+            TEST_CHECK(rc == GQ_OK || rc == GQ_ERR_FORMAT, "%s: opens or fails with a format error (rc %d: %s)",
+                       e->d_name, rc, gq_errmsg());
+        }
         gq_st_close(st);
         n++;
     }
     closedir(d);
-    TEST_CHECK(n > 0, "st_fuzz corpus is not empty (%d files)", n);
+    TEST_CHECK(n > 0 && matched == nex, "every manifest entry present (%d files, %d of %d in the manifest)", n,
+               matched, nex);
+    free(ex);
 }
 
 int main(void) {

@@ -36,7 +36,7 @@ static inline void st_write_raw(const char *path, const char *header, uint64_t h
 
 /* Path dir/name in a static rotation of buffers (8 live at once). */
 static inline const char *st_path(const char *dir, const char *name) {
-    static char bufs[8][1024];
+    static char bufs[8][4096];
     static int k;
     char *b = bufs[k++ & 7];
     snprintf(b, sizeof bufs[0], "%s/%s", dir, name);

@@ -70,7 +70,7 @@ typedef struct {
     int32_t *zeros;   /* [ngroups][rows], in [0, maxq] (>= 1 under GQ_ZERO_V1) */
     int32_t *g_idx;   /* [cols] group of each input column */
     int32_t *perm;    /* [cols] act-order permutation (NULL without act-order) */
-    float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN) */
+    float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN and the RTN fallback) */
     double loss;      /* sum of row_loss */
     double damp_used; /* relative damping that finally worked */
     int retries;      /* how many times damping was increased */
@@ -100,7 +100,7 @@ void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_p
 /* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
 static inline int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
     float q = __builtin_rintf(x / scale) + (float)zero;
-    if (q < 0.0f) q = 0.0f;
+    if (!(q >= 0.0f)) q = 0.0f; /* also NaN -> 0: never convert NaN to int */
     if (q > (float)maxq) q = (float)maxq;
     return (int)q;
 }
@@ -116,7 +116,11 @@ void gq_qresult_dequant(const gq_qresult *r, float *W);
  * H [cols][cols] symmetric (only the upper triangle, j >= i, is read); it is
  * destroyed. A Cholesky failure is retried with growing damping (logged);
  * after max_retries the module is rounded to nearest, res->fallback = 1 and
- * a warning is logged. NaN/Inf in W or H is GQ_ERR_NUMERIC. */
+ * a warning is logged. NaN/Inf in W or H is GQ_ERR_NUMERIC (W untouched).
+ * *res is initialised here (any previous content is overwritten, not freed);
+ * on error it is left zeroed, so gq_qresult_free(res) is always safe.
+ * Retries multiply the relative damping by 10 (from 0.01 when damp is 0);
+ * res->perm is NULL for RTN (act-order needs H). */
 int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res);
 
 /* The inverse factor step alone, exposed for tests and the CUDA reference:

@@ -42,7 +42,10 @@ typedef struct {
     int64_t shape[GQ_ST_MAX_DIMS];
     int64_t numel;
     size_t nbytes;
-    const void *data; /* into the read-only mapping */
+    const void *data; /* into the read-only mapping; aligned to the dtype size
+                       * in files whose header length is a multiple of 8 (as
+                       * every reference writer pads it); gq_st_read_f32
+                       * copes with unaligned data */
     int file;         /* index of the shard holding it */
 } gq_st_tensor;
 
@@ -55,13 +58,15 @@ int gq_st_open(gq_st **out, const char *path);
 void gq_st_close(gq_st *st); /* NULL is a no-op */
 
 int gq_st_count(const gq_st *st);
-const gq_st_tensor *gq_st_at(const gq_st *st, int i); /* in file order, shard by shard */
+const gq_st_tensor *gq_st_at(const gq_st *st, int i); /* in file order (by data offset), shard by shard */
 const gq_st_tensor *gq_st_find(const gq_st *st, const char *name); /* NULL if absent */
 
 int gq_st_nfiles(const gq_st *st);
 const char *gq_st_file_path(const gq_st *st, int i);
 size_t gq_st_file_size(const gq_st *st, int i);
-/* __metadata__ of the first file (value or NULL); and of the index "metadata". */
+/* __metadata__ of the first file (value or NULL); and of the index "metadata"
+ * (non-string values as JSON text, e.g. total_size "13477093376"; a key of
+ * the first file wins over the same index key). */
 const char *gq_st_meta(const gq_st *st, const char *key);
 int gq_st_meta_count(const gq_st *st);
 const char *gq_st_meta_key(const gq_st *st, int i);
@@ -75,8 +80,9 @@ int gq_st_read_f32(const gq_st *st, const gq_st_tensor *t, float *dst);
  * streaming a big checkpoint layer by layer). Harmless if it fails. */
 void gq_st_release(const gq_st *st, const gq_st_tensor *t);
 
-/* Check a tensor's dtype class and shape; error names file + tensor and
- * says "expected [a, b], got [c, d]". Pass ndim and dims; -1 = any. */
+/* Check a tensor's shape (not its dtype: see t->dtype); error names file +
+ * tensor and says "expected shape [a, b], got [c, d]". Pass ndim and dims;
+ * ndim -1 = any shape, dims[i] -1 = any size (printed as "*"). */
 int gq_st_check_shape(const gq_st *st, const gq_st_tensor *t, int ndim, const int64_t *dims);
 
 /* ---- writer ------------------------------------------------------------- */
@@ -86,13 +92,16 @@ int gq_st_check_shape(const gq_st *st, const gq_st_tensor *t, int ndim, const in
  * finish() writes each shard as "<base>.safetensors" (one shard) or
  * "<base>-0000i-of-0000n.safetensors" plus "<base>.safetensors.index.json",
  * each first under a temporary name and renamed when complete. Tensors are
- * placed in each shard sorted by dtype size (descending) then name, as the
- * reference writer does, so every tensor is aligned. __metadata__ always
+ * placed in each shard sorted by dtype size (descending) then name (the
+ * reference writer sorts by dtype, then name: the same order unless two
+ * dtypes of one size meet), so every tensor is aligned. __metadata__ always
  * contains "format": "pt".
  */
 typedef struct gq_st_writer gq_st_writer;
 
-/* max_shard_bytes == 0: never shard. */
+/* max_shard_bytes == 0: never shard. `dir` is created if missing. Bad
+ * arguments (duplicate name, byte size overflow, format != "pt") are
+ * GQ_ERR_ARG, file system failures GQ_ERR_IO; both name the tensor/file. */
 int gq_st_writer_init(gq_st_writer **out, const char *dir, const char *base, size_t max_shard_bytes);
 int gq_st_writer_set_meta(gq_st_writer *w, const char *key, const char *value);
 /* Copies `data` (nbytes = numel * dtype size). Duplicate names are an error. */

@@ -45,7 +45,8 @@ void gq_tok_free(gq_tokenizer *t);
 /* Encode len bytes of UTF-8 text, appending ids to out. add_special applies
  * the post-processor (the BOS of Llama tokenizers). Invalid UTF-8 is handled
  * the way `tokenizers` handles it after Python's decode with errors=replace
- * (each bad byte becomes U+FFFD). */
+ * (each bad byte -- precisely, each maximal ill-formed subsequence, such as
+ * a truncated multi-byte sequence -- becomes one U+FFFD). */
 int gq_tok_encode(const gq_tokenizer *t, const char *text, size_t len, int add_special, gq_ids *out);
 
 /* Decode ids to a newly allocated NUL-terminated string (byte-level and

@@ -6,6 +6,7 @@ Writes tests/data/tok/ (see the README.md written there):
   llama3ish/tokenizer.json, tokenizer_config.json   small trained byte-level BPE, Llama-3 layout
   metaspace/tokenizer.json, tokenizer_config.json   small trained Metaspace BPE with byte fallback
   golden-<name>.json                                 encode/decode goldens of the tricky strings
+  golden-variants.json                               the same for pipeline variants (patched tokenizer.json)
   pycoder-stdlib.ids.gz, pycoder-stdlib-bos.ids.gz   ids of the whole stdlib text (int32 LE, gzip)
   stdlib-hashes.json                                 count + FNV-1a-64 of the stdlib ids, per tokenizer
 Everything is deterministic (BPE training included); re-running rewrites identical files.
@@ -46,6 +47,8 @@ TRICKY = [
     ("combining", "e\u0301 a\u0308 n\u0303 Z\u0351\u036b\u0343a\u0352l\u0350g\u0344o \u0915\u094d\u0937".encode()),
     ("special_inside", b"a<s>b</s>c <s> </s>  <s><s></s><unk>"),
     ("special_only", b"<s>"),
+    ("special_start", b"<s>hello </s>world"),
+    ("llama3_specials", b"<|begin_of_text|>Hello<|eot_id|> <|end_of_text|>x"),
     ("special_like", b"<s <s/> </ s> <S> <<s>>"),
     ("invalid_utf8", b"abc\xff\xfedef \xc3\x28 \xe2\x82\xa1\xe2\x82 x\xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \x80end"),
     ("invalid_tail", b"tail \xe2\x82"),
@@ -72,6 +75,9 @@ DECODE_ONLY = {
     "llama2": [[1, 15043, 2], [29871, 13], [243, 162, 155, 131], [243, 162, 155], [228, 1, 228], [0, 0, 29892],
                [1, 1, 29871], [259, 1678, 259], [31849, 243, 29896]],
     "metaspace": None,  # filled in below from piece names
+    # byte-level: partial UTF-8 sequences (from_utf8_lossy), specials, a token outside the byte map
+    "pycoder": [[171], [171, 123], [129, 67, 129], [1, 2, 0], [171, 123, 1, 121], [223, 223, 1, 223]],
+    "llama3ish": [[171, 123], [2000, 39, 2001], [2003, 2004, 2005], [158, 226, 2002, 103]],
 }
 
 
@@ -210,6 +216,82 @@ def golden(tok, name, decode_only=()):
     return cases
 
 
+BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def split(pattern, behavior, invert=False, kind="Regex"):
+    return {"type": "Split", "pattern": {kind: pattern}, "behavior": behavior, "invert": invert}
+
+
+def seq(*pre):
+    return {"type": "Sequence", "pretokenizers": list(pre)}
+
+
+# Pipeline variants: the base tokenizer.json with some top-level keys replaced.
+# They exercise Split behaviours, invert, String patterns, ByteLevel's prefix
+# space, a Regex Replace normalizer, Metaspace schemes and decoder steps.
+VARIANTS = [
+    ("split_removed", "llama3ish", {"pre_tokenizer": seq(split(r"\s+", "Removed"), BL)}),
+    ("split_merged_prev", "llama3ish", {"pre_tokenizer": seq(split(r"\p{P}", "MergedWithPrevious"), BL)}),
+    ("split_merged_next", "llama3ish", {"pre_tokenizer": seq(split(r"\s", "MergedWithNext"), BL)}),
+    ("split_contiguous", "llama3ish", {"pre_tokenizer": seq(split(r"\d", "Contiguous"), BL)}),
+    ("split_invert_removed", "llama3ish", {"pre_tokenizer": seq(split(r"\p{L}+", "Removed", invert=True), BL)}),
+    ("split_string", "llama3ish", {"pre_tokenizer": seq(split(" ", "MergedWithPrevious", kind="String"), BL)}),
+    ("bytelevel_prefix", "llama3ish", {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True,
+                                                         "trim_offsets": True, "use_regex": True}}),
+    ("bytelevel_noregex", "llama3ish", {"pre_tokenizer": BL}),
+    ("replace_regex", "llama3ish", {"normalizer": {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "}}),
+    ("metaspace_always", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {
+            "type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}]}}),
+    ("metaspace_never", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True},
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}}),
+    ("metaspace_legacy", "metaspace", {
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                      {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                           "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
+                                                         "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}}}),
+    # no byte fallback: unknown characters become <unk>, fused or not
+    ("unk_fused", "metaspace", {"model.byte_fallback": False}),
+    ("unk_unfused", "metaspace", {"model.byte_fallback": False, "model.fuse_unk": False}),
+    ("sp_normalizer", "metaspace", {
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 2, "stop": 1}]}}),
+]
+
+
+def variants():
+    out = []
+    for vname, base, patch in VARIANTS:
+        d = json.load(open(os.path.join(OUT, base, "tokenizer.json"), encoding="utf-8"))
+        for k, v in patch.items():  # "a.b" sets a nested key
+            if "." in k:
+                d[k.split(".")[0]][k.split(".")[1]] = v
+            else:
+                d[k] = v
+        tok = Tokenizer.from_str(json.dumps(d, ensure_ascii=False))
+        cases = []
+        for cname, raw in TRICKY:
+            text = raw.decode("utf-8", "replace")
+            ids = tok.encode(text, add_special_tokens=True).ids
+            if base == "metaspace" and "post_processor" not in patch:
+                ids = [tok.token_to_id("<s>")] + ids  # add_bos_token, see README
+            cases.append({"name": cname, "ids": ids, "decode": tok.decode(ids, skip_special_tokens=False).encode().hex()})
+        out.append({"name": vname, "base": base, "patch": patch, "cases": cases})
+    with open(os.path.join(OUT, "golden-variants.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizers_version": tokenizers.__version__, "texts_hex": [r.hex() for _, r in TRICKY],
+                   "variants": out}, f, separators=(",", ":"), ensure_ascii=False)
+        f.write("\n")
+
+
 def write_ids_gz(path, ids):
     data = struct.pack("<%di" % len(ids), *ids)
     with open(path, "wb") as raw:
@@ -243,10 +325,11 @@ def main():
         ["<0xE2>", "<0x82>", "<0xAC>"], ["<0xE2>", "<0x82>"], ["<0xE2>", "<0x82>", "▁a"], ["<s>", "▁def", "<0x41>"], ["▁def", "<s>", "▁x"],
         ["<unk>", "<unk>"], ["▁"], ["▁", "▁"])]
     assert all(i is not None for ids in ms_decode for i in ids), ms_decode
-    golden(py, "pycoder")
+    golden(py, "pycoder", DECODE_ONLY["pycoder"])
     golden(ll, "llama2", DECODE_ONLY["llama2"])
-    golden(l3, "llama3ish")
+    golden(l3, "llama3ish", DECODE_ONLY["llama3ish"])
     golden(ms, "metaspace", ms_decode)
+    variants()
 
     ids = py.encode(stdlib, add_special_tokens=False).ids
     ids_bos = py.encode(stdlib, add_special_tokens=True).ids

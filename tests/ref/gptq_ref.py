@@ -265,6 +265,7 @@ CASES = {
         "rtn_g128_sym": cfg(method="rtn", sym=1),
         "rtn_g128_asym": cfg(method="rtn"),
         "ref_g128_asym": cfg(scale_f16=0, zero_v1=0),
+        "static_g128_asym": cfg(static_groups=1),
     },
     "b": {
         "g32_asym": cfg(group_size=32),
@@ -273,6 +274,7 @@ CASES = {
         "b3_g128_asym": cfg(bits=3),
         "act_g100_asym": cfg(act_order=1, group_size=100),
         "perchan_sym_ref": cfg(group_size=-1, sym=1, scale_f16=0, zero_v1=0),
+        "b2_g64_asym": cfg(bits=2, group_size=64),
     },
 }
 

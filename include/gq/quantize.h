@@ -1,0 +1,74 @@
+/*
+ * gq/quantize.h -- the quantization driver behind `gq quantize`.
+ *
+ * One decoder layer at a time: the calibration activations of all samples
+ * stay on the backend; per layer, in true-sequential order
+ *   [q,k,v] -> [o] -> [gate,up] -> [down],
+ * the inputs of each group are collected into one shared Hessian (q/k/v see
+ * the same input, so do gate/up: their rows are stacked and solved with one
+ * factorization), the group is quantized, and later groups are fed through
+ * the already quantized modules; finally the layer outputs are recomputed
+ * with the quantized layer and become the next layer's inputs.
+ *
+ * Output directory (AutoGPTQ v1 layout, gptq-reference.md §2): sharded
+ * safetensors with index, config.json with quantization_config,
+ * quantize_config.json, tokenizer files, gq_report.json. Work in progress
+ * lives in "<out>.partial/" (one safetensors file per finished layer plus
+ * state.json), so --resume continues after the last finished layer; the
+ * final directory is assembled under "<out>.tmp.<pid>" and renamed to <out>.
+ */
+#ifndef GQ_QUANTIZE_H
+#define GQ_QUANTIZE_H
+
+#include "gq/calib.h"
+#include "gq/gptq.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *model_dir;
+    const char *out_dir;
+    const char *calib_path;
+    const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
+    gq_gptq_params gptq;
+    int nsamples, seqlen;
+    gq_windowing windowing;
+    int min_tokens;
+    int skip_bad;
+    int force, resume;
+    int v2;                 /* write checkpoint_format gptq_v2 (true zeros) */
+    double max_shard_mb;    /* 0: one file */
+    int threads;
+    int max_layers;         /* testing: stop after this many layers (0 = all) */
+} gq_quant_opts;
+
+void gq_quant_opts_default(gq_quant_opts *o);
+
+/* Per linear module. */
+typedef struct {
+    int layer;
+    char name[32];          /* "self_attn.q_proj" */
+    int rows, cols;
+    double loss, damp, seconds;
+    int retries, fallback, n_dead;
+} gq_module_report;
+
+typedef struct {
+    int n_modules;
+    gq_module_report *modules;
+    double t_load, t_forward, t_hessian, t_solve, t_export, t_total;
+    size_t peak_rss, peak_device;
+    int n_fallback;
+    int64_t n_calib_tokens;
+    int layers_resumed;
+} gq_quant_report;
+
+int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep);
+void gq_quant_report_free(gq_quant_report *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_QUANTIZE_H */

@@ -1,0 +1,114 @@
+/* cmd_inspect.c -- `gq inspect PATH`: what a checkpoint or safetensors file holds. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmds.h"
+#include "gq/cli.h"
+#include "gq/config.h"
+#include "gq/export.h"
+#include "gq/st.h"
+
+static void print_bytes(const char *label, double b) {
+    char s[32];
+    printf("%-14s %s (%.0f bytes)\n", label, gq_fmt_bytes(s, sizeof s, b), b);
+}
+
+int gq_cmd_inspect(int argc, char **argv) {
+    int show_tensors = 0;
+    gq_opt opts[] = {
+        {"tensors", GQ_OPT_FLAG, &show_tensors, "list every tensor (name, dtype, shape, file)", NULL, 0, 0},
+    };
+    const char *pos[1];
+    int npos = 0;
+    const char *syn = "PATH  (a checkpoint directory, a .safetensors file or an index .json)";
+    int rc = gq_opts_parse("inspect", syn, opts, 1, argc, argv, pos, 1, &npos);
+    if (rc) return rc;
+    if (npos != 1) {
+        gq_opts_usage(stderr, "inspect", syn, opts, 1);
+        return gq_err(GQ_ERR_ARG, "gq inspect: expected one PATH");
+    }
+    const char *path = pos[0];
+    if (!gq_path_exists(path)) return gq_err(GQ_ERR_IO, "%s: no such file or directory", path);
+
+    printf("%-14s %s\n", "path", path);
+    /* config.json (directory only) */
+    gq_config cfg;
+    int have_cfg = 0;
+    if (gq_is_dir(path)) {
+        char *cp = gq_path_join(path, "config.json");
+        if (gq_path_exists(cp)) {
+            rc = gq_config_load(&cfg, cp);
+            if (rc) {
+                free(cp);
+                return rc;
+            }
+            have_cfg = 1;
+            char s[512];
+            gq_config_summary(&cfg, s, sizeof s);
+            printf("%-14s %s\n", "architecture", s);
+            printf("%-14s %lld (from config.json)\n", "expected params", (long long)gq_config_param_count(&cfg));
+        } else {
+            printf("%-14s none (no config.json)\n", "architecture");
+        }
+        free(cp);
+    }
+
+    gq_st *st = NULL;
+    if ((rc = gq_st_open(&st, path))) return rc;
+    int n = gq_st_count(st);
+    int64_t count_by[GQ_DT_COUNT] = {0}, elems_by[GQ_DT_COUNT] = {0};
+    int64_t params = 0, quant_linears = 0;
+    double bytes = 0;
+    for (int i = 0; i < n; i++) {
+        const gq_st_tensor *t = gq_st_at(st, i);
+        count_by[t->dtype]++;
+        elems_by[t->dtype] += t->numel;
+        bytes += (double)t->nbytes;
+        size_t ln = strlen(t->name);
+        if (ln > 8 && !strcmp(t->name + ln - 8, ".qweight")) quant_linears++;
+        if (t->dtype == GQ_DT_F16 || t->dtype == GQ_DT_BF16 || t->dtype == GQ_DT_F32 || t->dtype == GQ_DT_F64)
+            params += t->numel;
+    }
+    printf("%-14s %d\n", "tensors", n);
+    for (int d = 0; d < GQ_DT_COUNT; d++)
+        if (count_by[d])
+            printf("  %-12s %lld tensors, %lld elements\n", gq_dtype_name((gq_dtype)d), (long long)count_by[d],
+                   (long long)elems_by[d]);
+    printf("%-14s %lld\n", "float params", (long long)params);
+    print_bytes("tensor bytes", bytes);
+    printf("%-14s %d\n", "files", gq_st_nfiles(st));
+    for (int f = 0; f < gq_st_nfiles(st); f++) {
+        char s[32];
+        printf("  %s (%s)\n", gq_st_file_path(st, f), gq_fmt_bytes(s, sizeof s, (double)gq_st_file_size(st, f)));
+    }
+    for (int i = 0; i < gq_st_meta_count(st); i++) {
+        const char *k = gq_st_meta_key(st, i);
+        printf("%-14s %s = %s\n", i ? "" : "metadata", k, gq_st_meta(st, k));
+    }
+    if (have_cfg && cfg.has_quant) {
+        const gq_qconfig *q = &cfg.quant;
+        printf("%-14s GPTQ %d-bit, group size %d, %s, desc_act %s, static_groups %s, damp %g, format %s; "
+               "%lld quantized linears\n",
+               "quantization", q->bits, q->group_size, q->sym ? "symmetric" : "asymmetric",
+               q->desc_act ? "true" : "false", q->static_groups ? "true" : "false", q->damp_percent, q->format,
+               (long long)quant_linears);
+    } else if (quant_linears) {
+        printf("%-14s %lld tensors named *.qweight but no quantization_config in config.json\n", "quantization",
+               (long long)quant_linears);
+    } else {
+        printf("%-14s none\n", "quantization");
+    }
+    if (show_tensors) {
+        for (int i = 0; i < n; i++) {
+            const gq_st_tensor *t = gq_st_at(st, i);
+            char shp[128];
+            int len = snprintf(shp, sizeof shp, "[");
+            for (int d = 0; d < t->ndim; d++)
+                len += snprintf(shp + len, sizeof shp - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            snprintf(shp + len, sizeof shp - len, "]");
+            printf("  %-60s %-5s %-20s %s\n", t->name, gq_dtype_name(t->dtype), shp, gq_st_file_path(st, t->file));
+        }
+    }
+    gq_st_close(st);
+    return GQ_OK;
+}

@@ -1,0 +1,12 @@
+/* cmds.h (private) -- the subcommands. Each takes the arguments after its
+ * name and returns GQ_OK, 1 (--help was printed) or a negative gq_status
+ * with gq_errmsg() set; main() turns that into the exit code. */
+#ifndef GQ_CMDS_H
+#define GQ_CMDS_H
+
+int gq_cmd_quantize(int argc, char **argv);
+int gq_cmd_ppl(int argc, char **argv);
+int gq_cmd_inspect(int argc, char **argv);
+int gq_cmd_tokenize(int argc, char **argv);
+
+#endif /* GQ_CMDS_H */

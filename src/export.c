@@ -1,0 +1,327 @@
+/* export.c -- per-layer packed files and the final AutoGPTQ checkpoint. */
+#include "gq/export.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GQ_VERSION "0.1.0"
+
+static const char *const copied_files[] = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+};
+
+char *gq_export_layer_path(const char *partial_dir, int layer) {
+    char name[64];
+    snprintf(name, sizeof name, "layer-%05d.safetensors", layer);
+    return gq_path_join(partial_dir, name);
+}
+
+void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
+    GQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r->rows);
+    memset(o, 0, sizeof *o);
+    o->rows = n;
+    o->cols = r->cols;
+    o->ngroups = r->ngroups;
+    o->codes = gq_malloc((size_t)n * r->cols);
+    memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    o->scales = gq_malloc((size_t)r->ngroups * n * sizeof(float));
+    o->zeros = gq_malloc((size_t)r->ngroups * n * sizeof(int32_t));
+    for (int g = 0; g < r->ngroups; g++) {
+        memcpy(o->scales + (size_t)g * n, r->scales + (size_t)g * r->rows + r0, (size_t)n * sizeof(float));
+        memcpy(o->zeros + (size_t)g * n, r->zeros + (size_t)g * r->rows + r0, (size_t)n * sizeof(int32_t));
+    }
+    o->g_idx = gq_malloc((size_t)r->cols * sizeof(int32_t));
+    memcpy(o->g_idx, r->g_idx, (size_t)r->cols * sizeof(int32_t));
+    if (r->perm) {
+        o->perm = gq_malloc((size_t)r->cols * sizeof(int32_t));
+        memcpy(o->perm, r->perm, (size_t)r->cols * sizeof(int32_t));
+    }
+    o->row_loss = gq_malloc((size_t)n * sizeof(float));
+    memcpy(o->row_loss, r->row_loss + r0, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) o->loss += o->row_loss[i];
+    o->damp_used = r->damp_used;
+    o->retries = r->retries;
+    o->fallback = r->fallback;
+    o->n_dead = r->n_dead;
+    o->seconds = r->seconds;
+}
+
+/* ---- layer files ------------------------------------------------------------ */
+
+static void tensor_name(char *buf, size_t cap, int layer, gq_linear_id id, const char *suffix) {
+    snprintf(buf, cap, "model.layers.%d.%s.%s", layer, gq_linear_names[id], suffix);
+}
+
+int gq_export_layer_file(const char *path, const gq_model *m, int layer, const gq_qresult *res, int bits, int v2) {
+    (void)m;
+    gq_packed pk[GQ_LIN_COUNT];
+    gq_st_item items[GQ_LIN_COUNT * 4];
+    char names[GQ_LIN_COUNT * 4][128];
+    int n = 0, rc = GQ_OK, npk = 0;
+    memset(pk, 0, sizeof pk);
+    for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) {
+        const gq_qresult *r = &res[k];
+        rc = gq_pack(r, bits, v2, &pk[k]);
+        if (rc) {
+            gq_err_prefix("layer %d %s", layer, gq_linear_names[k]);
+            break;
+        }
+        npk++;
+        const char *suf[4] = {"qweight", "qzeros", "scales", "g_idx"};
+        const void *data[4] = {pk[k].qweight, pk[k].qzeros, pk[k].scales, pk[k].g_idx};
+        gq_dtype dt[4] = {GQ_DT_I32, GQ_DT_I32, GQ_DT_F16, GQ_DT_I32};
+        int64_t shp[4][2] = {{gq_pack_qw_rows(r->cols, bits), r->rows},
+                             {r->ngroups, gq_pack_qz_cols(r->rows, bits)},
+                             {r->ngroups, r->rows},
+                             {r->cols, 0}};
+        for (int j = 0; j < 4; j++) {
+            tensor_name(names[n], sizeof names[n], layer, (gq_linear_id)k, suf[j]);
+            memset(&items[n], 0, sizeof items[n]);
+            items[n].name = names[n];
+            items[n].dtype = dt[j];
+            items[n].ndim = j == 3 ? 1 : 2;
+            items[n].shape[0] = shp[j][0];
+            items[n].shape[1] = shp[j][1];
+            items[n].data = data[j];
+            n++;
+        }
+    }
+    if (!rc) {
+        const char *meta[] = {"gq_layer", "1"};
+        rc = gq_st_write_file(path, items, n, meta, 1);
+    }
+    for (int k = 0; k < npk; k++) gq_packed_free(&pk[k]);
+    return rc;
+}
+
+static int get_tensor(const gq_st *st, const char *path, const char *name, gq_dtype dt, int64_t d0, int64_t d1,
+                      const void **data) {
+    const gq_st_tensor *t = gq_st_find(st, name);
+    if (!t) return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' is missing", path, name);
+    int64_t dims[2] = {d0, d1};
+    if (t->dtype != dt)
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': expected dtype %s, got %s", path, name, gq_dtype_name(dt),
+                      gq_dtype_name(t->dtype));
+    int rc = gq_st_check_shape(st, t, d1 > 0 ? 2 : 1, dims);
+    if (rc) return rc;
+    *data = t->data;
+    return GQ_OK;
+}
+
+int gq_export_load_layer_file(const char *path, const gq_model *m, int layer, int bits, int v2, gq_layer_host *h) {
+    gq_st *st = NULL;
+    int rc = gq_st_open(&st, path);
+    if (rc) return rc;
+    const gq_config *c = &m->cfg;
+    int nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
+    int rows[GQ_LIN_COUNT] = {nq, nkv, nkv, c->hidden, c->intermediate, c->intermediate, c->hidden};
+    int cols[GQ_LIN_COUNT] = {c->hidden, c->hidden, c->hidden, nq, c->hidden, c->hidden, c->intermediate};
+    for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) {
+        gq_packed p;
+        memset(&p, 0, sizeof p);
+        p.bits = bits;
+        p.rows = rows[k];
+        p.cols = cols[k];
+        p.v2 = v2;
+        char nm[160];
+        const void *qw, *qz, *sc, *gi;
+        tensor_name(nm, sizeof nm, layer, (gq_linear_id)k, "g_idx");
+        rc = get_tensor(st, path, nm, GQ_DT_I32, p.cols, 0, &gi);
+        if (rc) break;
+        /* ngroups from the scales tensor */
+        tensor_name(nm, sizeof nm, layer, (gq_linear_id)k, "scales");
+        const gq_st_tensor *ts = gq_st_find(st, nm);
+        if (!ts || ts->ndim != 2) {
+            rc = gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' is missing or not 2-d", path, nm);
+            break;
+        }
+        p.ngroups = (int)ts->shape[0];
+        if ((rc = get_tensor(st, path, nm, GQ_DT_F16, p.ngroups, p.rows, &sc))) break;
+        tensor_name(nm, sizeof nm, layer, (gq_linear_id)k, "qweight");
+        if ((rc = get_tensor(st, path, nm, GQ_DT_I32, gq_pack_qw_rows(p.cols, bits), p.rows, &qw))) break;
+        tensor_name(nm, sizeof nm, layer, (gq_linear_id)k, "qzeros");
+        if ((rc = get_tensor(st, path, nm, GQ_DT_I32, p.ngroups, gq_pack_qz_cols(p.rows, bits), &qz))) break;
+        p.qweight = (int32_t *)qw;
+        p.qzeros = (int32_t *)qz;
+        p.scales = (uint16_t *)sc;
+        p.g_idx = (int32_t *)gi;
+        rc = gq_packed_dequant(&p, h->w[k]);
+        if (rc) gq_err_prefix("%s: layer %d %s", path, layer, gq_linear_names[k]);
+    }
+    gq_st_close(st);
+    return rc;
+}
+
+/* ---- final directory ---------------------------------------------------------- */
+
+static json_t *quant_config(const gq_quant_opts *o) {
+    const gq_gptq_params *p = &o->gptq;
+    int desc_act = p->act_order && !p->static_groups;
+    json_t *meta = json_pack("{s:[s], s:s, s:b, s:b, s:s, s:i, s:i, s:i}", "quantizer", "gq:" GQ_VERSION, "method",
+                             p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "act_order", p->act_order, "static_groups",
+                             p->static_groups, "zero_policy",
+                             o->v2    ? "true zeros (gptq_v2)"
+                             : p->sym ? "symmetric"
+                                      : "v1: zero 0 shifted to 1",
+                             "nsamples", o->nsamples, "seqlen", o->seqlen, "block_size", p->block_size);
+    return json_pack("{s:i, s:i, s:f, s:b, s:b, s:b, s:b, s:s, s:s, s:s, s:b, s:o}", "bits", p->bits, "group_size",
+                     p->group_size, "damp_percent", p->damp, "desc_act", desc_act, "static_groups", p->static_groups,
+                     "sym", p->sym, "true_sequential", 1, "model_file_base_name", "model", "quant_method", "gptq",
+                     "checkpoint_format", o->v2 ? "gptq_v2" : "gptq", "lm_head", 0, "meta", meta);
+}
+
+char *gq_export_quant_config_json(const gq_quant_opts *o, int indent) {
+    json_t *q = quant_config(o);
+    char *s = json_dumps(q, JSON_INDENT(indent) | JSON_PRESERVE_ORDER);
+    json_decref(q);
+    return s;
+}
+
+static int write_json(const char *dir, const char *name, json_t *j) {
+    char *path = gq_path_join(dir, name);
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    size_t n = strlen(s);
+    s = gq_realloc(s, n + 2);
+    s[n] = '\n';
+    s[n + 1] = 0;
+    int rc = gq_write_file_atomic(path, s, n + 1);
+    free(s);
+    free(path);
+    return rc;
+}
+
+static int write_configs(const gq_model *m, const gq_quant_opts *o, const char *dir) {
+    char *src = gq_path_join(m->dir, "config.json");
+    json_error_t je;
+    json_t *cfg = json_load_file(src, JSON_PRESERVE_ORDER, &je);
+    if (!cfg) {
+        int rc = gq_err(GQ_ERR_FORMAT, "%s: %s", src, je.text);
+        free(src);
+        return rc;
+    }
+    free(src);
+    json_object_set_new(cfg, "quantization_config", quant_config(o));
+    int rc = write_json(dir, "config.json", cfg);
+    json_decref(cfg);
+    if (rc) return rc;
+    json_t *q = quant_config(o);
+    rc = write_json(dir, "quantize_config.json", q);
+    json_decref(q);
+    return rc;
+}
+
+static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
+    const gq_gptq_params *p = &o->gptq;
+    json_t *mods = json_array();
+    double loss = 0;
+    for (int i = 0; i < r->n_modules; i++) {
+        const gq_module_report *m = &r->modules[i];
+        char name[96];
+        snprintf(name, sizeof name, "model.layers.%d.%s", m->layer, m->name);
+        json_array_append_new(mods, json_pack("{s:s, s:i, s:i, s:f, s:f, s:i, s:b, s:i, s:f}", "module", name, "rows",
+                                              m->rows, "cols", m->cols, "loss", m->loss, "damp", m->damp, "retries",
+                                              m->retries, "fallback_rtn", m->fallback, "dead_columns", m->n_dead,
+                                              "solve_seconds", m->seconds));
+        loss += m->loss;
+    }
+    json_t *settings =
+        json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f, s:i, s:i, s:i, s:s}", "model", o->model_dir,
+                  "calib", o->calib_path, "device", o->device ? o->device : "auto", "method",
+                  p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "bits", p->bits, "group_size", p->group_size, "sym",
+                  p->sym, "act_order", p->act_order, "static_groups", p->static_groups, "damp", p->damp, "block_size",
+                  p->block_size, "nsamples", o->nsamples, "seqlen", o->seqlen, "format", o->v2 ? "gptq_v2" : "gptq");
+    json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "load", r->t_load, "forward", r->t_forward, "hessian",
+                          r->t_hessian, "solve", r->t_solve, "export", r->t_export, "total", r->t_total);
+    return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:o}", "quantizer", "gq " GQ_VERSION, "settings",
+                     settings, "calibration_tokens", (json_int_t)r->n_calib_tokens, "modules_quantized", r->n_modules,
+                     "total_loss", loss, "rtn_fallbacks", r->n_fallback, "seconds", t, "peak_host_bytes",
+                     (json_int_t)r->peak_rss, "peak_device_bytes", (json_int_t)r->peak_device, "modules", mods);
+}
+
+static int is_quantized_weight(const char *name, int *layer, int *id) {
+    int l, n = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &n) != 1 || n == 0) return 0;
+    const char *rest = name + n;
+    for (int k = 0; k < GQ_LIN_COUNT; k++) {
+        size_t len = strlen(gq_linear_names[k]);
+        if (!strncmp(rest, gq_linear_names[k], len) && !strcmp(rest + len, ".weight")) {
+            *layer = l;
+            *id = k;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
+                     const gq_quant_report *rep) {
+    gq_st_writer *w = NULL;
+    size_t shard = o->max_shard_mb > 0 ? (size_t)(o->max_shard_mb * 1024 * 1024) : 0;
+    int rc = gq_st_writer_init(&w, dir, "model", shard);
+    if (rc) return rc;
+    char buf[64];
+    const gq_gptq_params *p = &o->gptq;
+    gq_st_writer_set_meta(w, "quantizer", "gq " GQ_VERSION);
+    snprintf(buf, sizeof buf, "%d", p->bits);
+    gq_st_writer_set_meta(w, "gptq_bits", buf);
+    snprintf(buf, sizeof buf, "%d", p->group_size);
+    gq_st_writer_set_meta(w, "gptq_group_size", buf);
+    gq_st_writer_set_meta(w, "gptq_desc_act", p->act_order && !p->static_groups ? "True" : "False");
+    snprintf(buf, sizeof buf, "%g", p->damp);
+    gq_st_writer_set_meta(w, "gptq_damp_percent", buf);
+    gq_st_writer_set_meta(w, "gptq_checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
+    gq_st_writer_set_meta(w, "gptq_quant_method", "gptq");
+
+    /* unquantized tensors, copied byte for byte */
+    int n = gq_st_count(m->st);
+    for (int i = 0; i < n && !rc; i++) {
+        const gq_st_tensor *t = gq_st_at(m->st, i);
+        int l, id;
+        if (is_quantized_weight(t->name, &l, &id)) continue;
+        rc = gq_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+        gq_st_release(m->st, t);
+    }
+    /* quantized tensors from the layer files */
+    for (int l = 0; l < m->cfg.n_layers && !rc; l++) {
+        char *path = gq_export_layer_path(partial_dir, l);
+        gq_st *ls = NULL;
+        rc = gq_st_open(&ls, path);
+        for (int i = 0; !rc && i < gq_st_count(ls); i++) {
+            const gq_st_tensor *t = gq_st_at(ls, i);
+            rc = gq_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+        }
+        gq_st_close(ls);
+        free(path);
+    }
+    int nshards = 0;
+    if (!rc) rc = gq_st_writer_finish(w, &nshards);
+    gq_st_writer_free(w);
+    if (rc) return rc;
+    if ((rc = write_configs(m, o, dir))) return rc;
+    for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files && !rc; i++) {
+        char *src = gq_path_join(m->dir, copied_files[i]);
+        if (gq_path_exists(src)) {
+            char *dst = gq_path_join(dir, copied_files[i]);
+            rc = gq_copy_file(src, dst);
+            free(dst);
+        }
+        free(src);
+    }
+    if (rc) return rc;
+    json_t *rj = report_json(o, rep);
+    rc = write_json(dir, "gq_report.json", rj);
+    json_decref(rj);
+    if (!rc)
+        gq_info("wrote %s: %d safetensors shard%s, config.json + quantize_config.json, report gq_report.json", dir,
+                nshards, nshards == 1 ? "" : "s");
+    return rc;
+}

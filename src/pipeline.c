@@ -1,0 +1,593 @@
+/* pipeline.c -- the layer-by-layer quantization driver (gq/quantize.h). */
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gq/backend.h"
+#include "gq/export.h"
+#include "gq/model.h"
+#include "gq/quantize.h"
+#include "gq/tokenizer.h"
+
+void gq_quant_opts_default(gq_quant_opts *o) {
+    memset(o, 0, sizeof *o);
+    gq_gptq_params_default(&o->gptq);
+    o->device = "auto";
+    o->nsamples = 128;
+    o->seqlen = 2048;
+    o->windowing = GQ_WIN_AUTO;
+    o->min_tokens = 32;
+    o->max_shard_mb = 4096;
+}
+
+void gq_quant_report_free(gq_quant_report *r) {
+    if (!r) return;
+    free(r->modules);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- run state -------------------------------------------------------------- */
+
+typedef struct {
+    const gq_quant_opts *o;
+    gq_quant_report *rep;
+    gq_model m;
+    gq_backend *be;
+    gq_calib_set cs;
+    int n_seq;
+    int64_t *off; /* [n_seq] token offset of each sequence */
+    int T_max;
+    int width;   /* columns of the activation buffers: max(hidden, nh*hd) */
+    void *X, *Y; /* [n_tokens][width] activations: layer input, stage buffer */
+    void *tmp;   /* [T_max][hidden] */
+    gq_fwd_scratch s;
+    float *inv_freq; /* per sequence length: recomputed when needed */
+    char *partial;   /* "<out>.partial" */
+    double t_stages; /* layer stages, Hessian accumulation included */
+} run_t;
+
+static void *act_at(run_t *r, void *base, int64_t tok) {
+    size_t esz = gq_be_act_bytes(r->be, 1);
+    return (char *)base + (size_t)tok * (size_t)r->width * esz;
+}
+
+/* Report a module (or a stacked group split into modules). */
+static void add_module(run_t *r, int layer, gq_linear_id id, const gq_qresult *res, int row0, int rows, double secs) {
+    gq_quant_report *rep = r->rep;
+    rep->modules = gq_realloc(rep->modules, (size_t)(rep->n_modules + 1) * sizeof *rep->modules);
+    gq_module_report *mr = &rep->modules[rep->n_modules++];
+    memset(mr, 0, sizeof *mr);
+    mr->layer = layer;
+    snprintf(mr->name, sizeof mr->name, "%s", gq_linear_names[id]);
+    mr->rows = rows;
+    mr->cols = res->cols;
+    double loss = 0;
+    for (int i = 0; i < rows; i++) loss += res->row_loss[row0 + i];
+    mr->loss = loss;
+    mr->damp = res->damp_used;
+    mr->retries = res->retries;
+    mr->fallback = res->fallback;
+    mr->n_dead = res->n_dead;
+    mr->seconds = secs;
+    if (res->fallback) rep->n_fallback++;
+}
+
+/* ---- fingerprint for --resume ------------------------------------------------- */
+
+static char *fingerprint(const run_t *r) {
+    const gq_quant_opts *o = r->o;
+    const gq_gptq_params *p = &o->gptq;
+    struct stat st;
+    long long csize = 0, cmtime = 0;
+    if (stat(o->calib_path, &st) == 0) {
+        csize = (long long)st.st_size;
+        cmtime = (long long)st.st_mtime;
+    }
+    json_t *j =
+        json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}", "model",
+                  o->model_dir, "calib", o->calib_path, "calib_size", csize, "calib_mtime", cmtime, "nsamples",
+                  o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method", (int)p->method, "bits",
+                  p->bits, "group_size", p->group_size, "sym", p->sym, "act_order", p->act_order, "damp", p->damp,
+                  "static_groups", p->static_groups, "zero_policy", (int)p->zero_policy, "v2", o->v2, "block_size",
+                  p->block_size, "calib_tokens", (json_int_t)r->cs.n_tokens);
+    char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(j);
+    return s;
+}
+
+static int read_state(const char *partial, const char *fp, int *done) {
+    char *path = gq_path_join(partial, "state.json");
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    int rc = GQ_OK;
+    *done = 0;
+    if (!j) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: cannot read resume state: %s", path, je.text);
+        goto out;
+    }
+    json_t *f = json_object_get(j, "fingerprint");
+    json_t *d = json_object_get(j, "layers_done");
+    if (!json_is_string(f) || !json_is_integer(d)) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected \"fingerprint\" and \"layers_done\"", path);
+        goto out;
+    }
+    if (strcmp(json_string_value(f), fp) != 0) {
+        rc = gq_err(GQ_ERR_ARG,
+                    "%s: the interrupted run used other settings or inputs; expected %s, found %s "
+                    "(run without --resume to start over)",
+                    path, fp, json_string_value(f));
+        goto out;
+    }
+    *done = (int)json_integer_value(d);
+out:
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
+static int write_state(const char *partial, const char *fp, int done) {
+    char *path = gq_path_join(partial, "state.json");
+    json_t *j = json_pack("{s:s, s:i}", "fingerprint", fp, "layers_done", done);
+    char *s = json_dumps(j, JSON_INDENT(2));
+    int rc = gq_write_file_atomic(path, s, strlen(s));
+    free(s);
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
+/* ---- stages ----------------------------------------------------------------------- */
+
+static const float *rope_for(run_t *r, int T) {
+    gq_rope_inv_freq(&r->m.cfg, T, r->inv_freq);
+    return r->inv_freq;
+}
+
+static int hess_accum(run_t *r, float *H, const void *X, int ld, int T, int K) {
+    double t0 = gq_now();
+    int rc = gq_be_hessian_accum(r->be, H, X, ld, T, K);
+    if (!rc && gq_backend_is_gpu(r->be)) rc = gq_be_sync(r->be);
+    r->rep->t_hessian += gq_now() - t0;
+    return rc;
+}
+
+static float *hess_alloc(run_t *r, int K) {
+    size_t bytes = (size_t)K * K * sizeof(float);
+    float *H = gq_be_alloc(r->be, bytes);
+    if (H && gq_be_memset0(r->be, H, bytes)) {
+        gq_be_release(r->be, H);
+        return NULL;
+    }
+    return H;
+}
+
+static int solve(run_t *r, int layer, const char *what, float *H, gq_bweight *W, gq_qresult *res, double *secs) {
+    double t0 = gq_now();
+    int rc = gq_be_gptq(r->be, &r->o->gptq, H, 2.0 / (double)r->n_seq, W, res);
+    *secs = gq_now() - t0;
+    r->rep->t_solve += *secs;
+    if (rc) return gq_err_prefix("layer %d %s", layer, what);
+    if (res->fallback)
+        gq_warn("layer %d %s: Cholesky failed even with damping %g; quantized by rounding to nearest", layer, what,
+                res->damp_used);
+    return GQ_OK;
+}
+
+/* Quantize one layer on the backend (quant = 1; res[GQ_LIN_COUNT] receives
+ * per-module results) or only run it (quant = 0: a layer restored by
+ * --resume, through the very same operations so the outputs are bitwise
+ * those of the original run). X holds its inputs; afterwards X holds its
+ * outputs (X and Y are swapped). */
+static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res) {
+    const gq_config *c = &r->m.cfg;
+    gq_backend *be = r->be;
+    int hid = c->hidden, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim, I = c->intermediate;
+    int ldqkv = nq + 2 * nkv;
+    gq_fwd_scratch *s = &r->s;
+    gq_qresult g;
+    float *H = NULL;
+    double t0, secs;
+    int rc = GQ_OK;
+
+    /* [q, k, v]: inputs are rmsnorm1(x) */
+    if (quant && !(H = hess_alloc(r, hid))) return gq_err_prefix("layer %d: Hessian", l);
+    t0 = gq_now();
+    for (int i = 0; i < r->n_seq && quant && !rc; i++) {
+        int T = r->cs.len[i];
+        rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
+        if (!rc) rc = hess_accum(r, H, s->xn, hid, T, hid);
+    }
+    r->t_stages += gq_now() - t0;
+    if (quant) {
+        if (!rc) rc = solve(r, l, "self_attn.q_proj/k_proj/v_proj", H, &bl->qkv, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, nq, &res[GQ_LIN_Q]);
+        gq_qresult_slice(&g, nq, nkv, &res[GQ_LIN_K]);
+        gq_qresult_slice(&g, nq + nkv, nkv, &res[GQ_LIN_V]);
+        add_module(r, l, GQ_LIN_Q, &g, 0, nq, secs);
+        add_module(r, l, GQ_LIN_K, &g, nq, nkv, secs);
+        add_module(r, l, GQ_LIN_V, &g, nq + nkv, nkv, secs);
+        gq_qresult_free(&g);
+    }
+
+    /* [o]: inputs are the attention outputs (kept in Y) */
+    if (quant && !(H = hess_alloc(r, nq))) return gq_err_prefix("layer %d: Hessian", l);
+    t0 = gq_now();
+    for (int i = 0; i < r->n_seq && !rc; i++) {
+        int T = r->cs.len[i];
+        void *ya = act_at(r, r->Y, r->off[i]);
+        const float *inv = rope_for(r, T);
+        rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
+        if (!rc) rc = gq_be_linear(be, s->qkv, ldqkv, s->xn, hid, T, &bl->qkv, bl->b_qkv.data ? &bl->b_qkv : NULL, 0);
+        if (!rc) rc = gq_be_rope(be, s->qkv, ldqkv, T, c->n_heads, c->head_dim, 0, inv);
+        if (!rc)
+            rc = gq_be_rope(be, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq), ldqkv, T, c->n_kv_heads, c->head_dim,
+                            0, inv);
+        if (!rc)
+            rc = gq_be_attention(be, ya, r->width, s->qkv, ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq),
+                                 ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)(nq + nkv)), ldqkv, T, T,
+                                 c->n_heads, c->n_kv_heads, c->head_dim);
+        if (!rc && quant) rc = hess_accum(r, H, ya, r->width, T, nq);
+    }
+    r->t_stages += gq_now() - t0;
+    if (quant) {
+        if (!rc) rc = solve(r, l, "self_attn.o_proj", H, &bl->o, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_O]);
+        add_module(r, l, GQ_LIN_O, &g, 0, hid, secs);
+        gq_qresult_free(&g);
+    }
+
+    /* [gate, up]: h = x + o(attn) replaces attn in Y; inputs rmsnorm2(h) */
+    if (quant && !(H = hess_alloc(r, hid))) return gq_err_prefix("layer %d: Hessian", l);
+    t0 = gq_now();
+    for (int i = 0; i < r->n_seq && !rc; i++) {
+        int T = r->cs.len[i];
+        void *ya = act_at(r, r->Y, r->off[i]);
+        void *xa = act_at(r, r->X, r->off[i]);
+        rc = gq_be_linear(be, r->tmp, hid, ya, r->width, T, &bl->o, bl->b_o.data ? &bl->b_o : NULL, 0);
+        if (!rc) rc = gq_be_copy_act(be, ya, xa, (size_t)T * r->width);
+        if (!rc) rc = gq_be_add(be, ya, r->width, r->tmp, hid, T, hid);
+        if (!rc) rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
+        if (!rc && quant) rc = hess_accum(r, H, s->xn, hid, T, hid);
+    }
+    r->t_stages += gq_now() - t0;
+    if (quant) {
+        if (!rc) rc = solve(r, l, "mlp.gate_proj/up_proj", H, &bl->gu, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, I, &res[GQ_LIN_GATE]);
+        gq_qresult_slice(&g, I, I, &res[GQ_LIN_UP]);
+        add_module(r, l, GQ_LIN_GATE, &g, 0, I, secs);
+        add_module(r, l, GQ_LIN_UP, &g, I, I, secs);
+        gq_qresult_free(&g);
+    }
+
+    /* [down]: inputs swiglu(gate, up) of the quantized gate/up */
+    if (quant && !(H = hess_alloc(r, I))) return gq_err_prefix("layer %d: Hessian", l);
+    t0 = gq_now();
+    for (int i = 0; i < r->n_seq && quant && !rc; i++) {
+        int T = r->cs.len[i];
+        void *ya = act_at(r, r->Y, r->off[i]);
+        rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
+        if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bl->b_gu.data ? &bl->b_gu : NULL, 0);
+        if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
+        if (!rc) rc = hess_accum(r, H, s->act, I, T, I);
+    }
+    r->t_stages += gq_now() - t0;
+    if (quant) {
+        if (!rc) rc = solve(r, l, "mlp.down_proj", H, &bl->down, &g, &secs);
+        gq_be_release(be, H);
+        if (rc) return rc;
+        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_DOWN]);
+        add_module(r, l, GQ_LIN_DOWN, &g, 0, hid, secs);
+        gq_qresult_free(&g);
+    }
+
+    /* outputs of the quantized layer: y = h + down(swiglu(gu(rmsnorm2(h)))) */
+    t0 = gq_now();
+    for (int i = 0; i < r->n_seq && !rc; i++) {
+        int T = r->cs.len[i];
+        void *ya = act_at(r, r->Y, r->off[i]);
+        rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
+        if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bl->b_gu.data ? &bl->b_gu : NULL, 0);
+        if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
+        if (!rc) rc = gq_be_linear(be, ya, r->width, s->act, I, T, &bl->down, bl->b_down.data ? &bl->b_down : NULL, 1);
+    }
+    if (!rc) rc = gq_be_sync(be);
+    r->t_stages += gq_now() - t0;
+    if (rc) return gq_err_prefix("layer %d forward", l);
+    void *t = r->X;
+    r->X = r->Y;
+    r->Y = t;
+    return GQ_OK;
+}
+
+/* ---- setup ------------------------------------------------------------------------ */
+
+static int embed_calibration(run_t *r) {
+    const gq_config *c = &r->m.cfg;
+    int rc = GQ_OK;
+    float *buf = gq_malloc((size_t)r->T_max * r->width * sizeof(float));
+    memset(buf, 0, (size_t)r->T_max * r->width * sizeof(float));
+    float *e = gq_malloc((size_t)r->T_max * c->hidden * sizeof(float));
+    for (int i = 0; i < r->n_seq && !rc; i++) {
+        int T = r->cs.len[i];
+        rc = gq_model_embed(&r->m, r->cs.seq[i], T, e);
+        if (rc) {
+            gq_err_prefix("calibration sample %d", i);
+            break;
+        }
+        for (int t = 0; t < T; t++)
+            memcpy(buf + (size_t)t * r->width, e + (size_t)t * c->hidden, c->hidden * sizeof(float));
+        rc = gq_be_upload_f32(r->be, act_at(r, r->X, r->off[i]), buf, (size_t)T * r->width);
+    }
+    free(e);
+    free(buf);
+    return rc;
+}
+
+static void print_settings(const gq_quant_opts *o) {
+    const gq_gptq_params *p = &o->gptq;
+    gq_info("gq quantize: effective settings");
+    gq_info("  %-16s %s", "model", o->model_dir);
+    gq_info("  %-16s %s", "out", o->out_dir);
+    gq_info("  %-16s %s", "calib", o->calib_path);
+    gq_info("  %-16s %s", "method", p->method == GQ_METHOD_RTN ? "rtn" : "gptq");
+    gq_info("  %-16s %d", "bits", p->bits);
+    gq_info("  %-16s %d", "group-size", p->group_size);
+    gq_info("  %-16s %s", "scheme", p->sym ? "sym (zero = 2^(bits-1))" : "asym (zero points)");
+    gq_info("  %-16s %s", "act-order", p->act_order ? "yes" : "no");
+    gq_info("  %-16s %s", "static-groups", p->static_groups ? "yes" : "no");
+    gq_info("  %-16s %g", "damp", p->damp);
+    gq_info("  %-16s %d", "block-size", p->block_size);
+    gq_info("  %-16s %d x %d (%s)", "calibration", o->nsamples, o->seqlen,
+            o->windowing == GQ_WIN_CONCAT   ? "concat"
+            : o->windowing == GQ_WIN_SAMPLE ? "sample"
+                                            : "auto");
+    gq_info("  %-16s %s", "format", o->v2 ? "gptq_v2 (true zeros)" : "gptq (AutoGPTQ v1)");
+    gq_info("  %-16s %s", "order", "true-sequential [q,k,v] -> [o] -> [gate,up] -> [down]");
+    gq_info("  %-16s %s", "device", o->device ? o->device : "auto");
+    gq_info("  %-16s %d", "threads", gq_get_threads());
+    gq_info("  %-16s %s", "resume", o->resume ? "yes" : "no");
+}
+
+static int prepare_output(run_t *r, int *layers_done, char **fp) {
+    const gq_quant_opts *o = r->o;
+    *layers_done = 0;
+    if (gq_path_exists(o->out_dir) && !o->force)
+        return gq_err(GQ_ERR_EXISTS, "%s: output already exists (use --force to replace it)", o->out_dir);
+    size_t n = strlen(o->out_dir);
+    while (n > 1 && o->out_dir[n - 1] == '/') n--;
+    r->partial = gq_malloc(n + 16);
+    snprintf(r->partial, n + 16, "%.*s.partial", (int)n, o->out_dir);
+    *fp = fingerprint(r);
+    if (gq_is_dir(r->partial)) {
+        if (o->resume) {
+            int rc = read_state(r->partial, *fp, layers_done);
+            if (rc) return rc;
+            gq_info("resuming: %d of %d layers already quantized in %s", *layers_done, r->m.cfg.n_layers, r->partial);
+            return GQ_OK;
+        }
+        gq_info("removing the unfinished run in %s (use --resume to continue it instead)", r->partial);
+        int rc = gq_rmtree(r->partial);
+        if (rc) return rc;
+    } else if (o->resume) {
+        gq_info("--resume: nothing to resume in %s, starting from layer 0", r->partial);
+    }
+    int rc = gq_mkdirs(r->partial);
+    if (!rc) rc = write_state(r->partial, *fp, 0);
+    return rc;
+}
+
+static int finish_output(run_t *r) {
+    const gq_quant_opts *o = r->o;
+    char tmp[4096], old[4096];
+    size_t n = strlen(o->out_dir);
+    while (n > 1 && o->out_dir[n - 1] == '/') n--;
+    snprintf(tmp, sizeof tmp, "%.*s.tmp.%d", (int)n, o->out_dir, (int)getpid());
+    snprintf(old, sizeof old, "%.*s.old.%d", (int)n, o->out_dir, (int)getpid());
+    gq_rmtree(tmp);
+    int rc = gq_mkdirs(tmp);
+    if (!rc) rc = gq_export_finish(&r->m, o, r->partial, tmp, r->rep);
+    if (rc) {
+        gq_rmtree(tmp);
+        return rc;
+    }
+    int had_old = gq_path_exists(o->out_dir);
+    if (had_old && rename(o->out_dir, old) != 0)
+        return gq_err(GQ_ERR_IO, "%s: cannot move the old output aside: %s (new output left in %s)", o->out_dir,
+                      strerror(errno), tmp);
+    if (rename(tmp, o->out_dir) != 0)
+        return gq_err(GQ_ERR_IO, "%s: cannot rename %s to it: %s", o->out_dir, tmp, strerror(errno));
+    if (had_old) gq_rmtree(old);
+    gq_rmtree(r->partial);
+    return GQ_OK;
+}
+
+static int alloc_buffers(run_t *r) {
+    const gq_config *c = &r->m.cfg;
+    int nq = c->n_heads * c->head_dim;
+    r->width = c->hidden > nq ? c->hidden : nq;
+    r->n_seq = r->cs.n;
+    r->off = gq_malloc((size_t)r->n_seq * sizeof *r->off);
+    int64_t tok = 0;
+    r->T_max = 0;
+    for (int i = 0; i < r->n_seq; i++) {
+        r->off[i] = tok;
+        tok += r->cs.len[i];
+        if (r->cs.len[i] > r->T_max) r->T_max = r->cs.len[i];
+    }
+    size_t bytes = gq_be_act_bytes(r->be, (size_t)tok * r->width);
+    char b[32];
+    gq_info("calibration activations: %d sequences, %lld tokens, 2 x %s on %s", r->n_seq, (long long)tok,
+            gq_fmt_bytes(b, sizeof b, (double)bytes), gq_backend_name(r->be));
+    r->X = gq_be_alloc(r->be, bytes);
+    r->Y = r->X ? gq_be_alloc(r->be, bytes) : NULL;
+    r->tmp = r->Y ? gq_be_alloc(r->be, gq_be_act_bytes(r->be, (size_t)r->T_max * r->width)) : NULL;
+    if (!r->tmp) return gq_err_prefix("allocating calibration activations");
+    r->inv_freq = gq_malloc((size_t)c->head_dim / 2 * sizeof(float));
+    return gq_fwd_scratch_init(r->be, c, r->T_max, &r->s);
+}
+
+static void free_run(run_t *r) {
+    if (r->be) {
+        gq_fwd_scratch_free(r->be, &r->s);
+        gq_be_release(r->be, r->X);
+        gq_be_release(r->be, r->Y);
+        gq_be_release(r->be, r->tmp);
+        gq_backend_free(r->be);
+    }
+    gq_calib_free(&r->cs);
+    gq_model_close(&r->m);
+    free(r->off);
+    free(r->inv_freq);
+    free(r->partial);
+}
+
+static int check_options(const gq_quant_opts *o, const gq_config *c) {
+    const gq_gptq_params *p = &o->gptq;
+    if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
+        return gq_err(GQ_ERR_ARG, "--bits: expected 2, 3, 4 or 8, got %d", p->bits);
+    if (p->group_size != -1 && (p->group_size <= 0 || p->group_size % 8))
+        return gq_err(GQ_ERR_ARG, "--group-size: expected -1 or a positive multiple of 8, got %d", p->group_size);
+    if (o->nsamples <= 0 || o->seqlen <= 1)
+        return gq_err(GQ_ERR_ARG, "--nsamples %d / --seqlen %d: expected positive values (seqlen >= 2)", o->nsamples,
+                      o->seqlen);
+    if (!(p->damp > 0) || p->damp > 10)
+        return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
+    if (p->static_groups && p->group_size == -1)
+        return gq_err(GQ_ERR_ARG, "--static-groups needs a group size (got --group-size -1)");
+    int dims[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
+    for (int i = 0; i < 3; i++) {
+        if (gq_pack_check(dims[i], dims[i], p->bits)) return gq_err_prefix("model %s", o->model_dir);
+        if (p->group_size > 0 && dims[i] % p->group_size)
+            return gq_err(GQ_ERR_UNSUPPORTED, "--group-size %d does not divide the input width %d of a linear layer",
+                          p->group_size, dims[i]);
+    }
+    return GQ_OK;
+}
+
+int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
+    run_t r;
+    memset(&r, 0, sizeof r);
+    memset(rep, 0, sizeof *rep);
+    r.o = o;
+    r.rep = rep;
+    double t_start = gq_now();
+    char *fp = NULL;
+    gq_tokenizer *tok = NULL;
+    int layers_done = 0, rc;
+
+    print_settings(o);
+    if ((rc = gq_model_open(&r.m, o->model_dir))) goto out;
+    char summary[512];
+    gq_config_summary(&r.m.cfg, summary, sizeof summary);
+    gq_info("model: %s", summary);
+    if (r.m.quantized) {
+        rc = gq_err(GQ_ERR_ARG, "%s: this checkpoint is already quantized (quantization_config in config.json)",
+                    o->model_dir);
+        goto out;
+    }
+    if ((rc = check_options(o, &r.m.cfg))) goto out;
+    if ((rc = gq_tok_load(&tok, o->model_dir))) goto out;
+    gq_calib_opts co;
+    gq_calib_opts_default(&co);
+    co.path = o->calib_path;
+    co.nsamples = o->nsamples;
+    co.seqlen = o->seqlen;
+    co.windowing = o->windowing;
+    co.min_tokens = o->min_tokens;
+    co.skip_bad = o->skip_bad;
+    rc = gq_calib_load(&r.cs, tok, &co);
+    gq_tok_free(tok);
+    if (rc) goto out;
+    if (r.cs.n_bad) gq_warn("%s: skipped %ld bad lines (--skip-bad)", o->calib_path, r.cs.n_bad);
+    gq_info("calibration: %d sequences, %lld tokens (%s windowing) from %s", r.cs.n, (long long)r.cs.n_tokens,
+            r.cs.windowing == GQ_WIN_CONCAT ? "concat" : "sample", o->calib_path);
+    rep->n_calib_tokens = r.cs.n_tokens;
+    if ((rc = prepare_output(&r, &layers_done, &fp))) goto out;
+    if ((rc = gq_backend_init(&r.be, o->device))) goto out;
+    if ((rc = alloc_buffers(&r))) goto out;
+    double t0 = gq_now();
+    if ((rc = embed_calibration(&r))) goto out;
+    rep->t_load += gq_now() - t0;
+    rep->layers_resumed = layers_done;
+
+    int n_layers = r.m.cfg.n_layers;
+    int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
+    double t_layers = gq_now();
+    for (int l = 0; l < stop; l++) {
+        gq_layer_host h;
+        gq_blayer bl;
+        memset(&bl, 0, sizeof bl);
+        t0 = gq_now();
+        rc = gq_model_load_layer(&r.m, l, &h);
+        if (rc) goto out;
+        char *lpath = gq_export_layer_path(r.partial, l);
+        int resumed = l < layers_done;
+        if (resumed) rc = gq_export_load_layer_file(lpath, &r.m, l, o->gptq.bits, o->v2, &h);
+        if (!rc) rc = gq_blayer_upload(r.be, &r.m.cfg, &h, &bl);
+        gq_layer_host_free(&h);
+        rep->t_load += gq_now() - t0;
+        if (!rc && resumed) {
+            rc = run_layer(&r, l, &bl, 0, NULL);
+            gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
+        } else if (!rc) {
+            gq_qresult res[GQ_LIN_COUNT];
+            memset(res, 0, sizeof res);
+            int m0 = rep->n_modules;
+            rc = run_layer(&r, l, &bl, 1, res);
+            if (!rc) {
+                t0 = gq_now();
+                rc = gq_export_layer_file(lpath, &r.m, l, res, o->gptq.bits, o->v2);
+                if (!rc) rc = write_state(r.partial, fp, l + 1);
+                rep->t_export += gq_now() - t0;
+            }
+            for (int k = 0; k < GQ_LIN_COUNT; k++) gq_qresult_free(&res[k]);
+            if (!rc) {
+                char eta[96], line[512];
+                int len = 0;
+                for (int k = m0; k < rep->n_modules; k++) {
+                    const gq_module_report *mr = &rep->modules[k];
+                    const char *nm = strchr(mr->name, '.') ? strchr(mr->name, '.') + 1 : mr->name;
+                    len += snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss,
+                                    mr->fallback ? " (RTN fallback)" : "");
+                    if (len >= (int)sizeof line) break;
+                }
+                gq_eta_str(eta, sizeof eta, l + 1 - layers_done, stop - layers_done, t_layers);
+                gq_info("layer %d/%d | loss%s | %s", l + 1, n_layers, line, eta);
+            }
+        }
+        gq_blayer_free(r.be, &bl);
+        free(lpath);
+        if (rc) goto out;
+    }
+    if (stop < n_layers) {
+        gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
+        goto out;
+    }
+    rep->t_forward = r.t_stages - rep->t_hessian;
+    rep->peak_rss = gq_peak_rss();
+    rep->peak_device = gq_be_peak_bytes(r.be);
+    rep->t_total = gq_now() - t_start;
+    /* free the activations before assembling the output */
+    gq_fwd_scratch_free(r.be, &r.s);
+    gq_be_release(r.be, r.X);
+    gq_be_release(r.be, r.Y);
+    gq_be_release(r.be, r.tmp);
+    r.X = r.Y = r.tmp = NULL;
+    t0 = gq_now();
+    rc = finish_output(&r);
+    rep->t_export += gq_now() - t0;
+    rep->t_total = gq_now() - t_start;
+out:
+    free(fp);
+    free_run(&r);
+    return rc;
+}
