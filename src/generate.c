@@ -233,8 +233,8 @@ static int layer_decode(gq_gen *g, int l, const int *slots, const int *pos, int 
     TRY(gq_be_linear(be, g->qkv, ld, g->xn, d, B, &bl->qkv, opt(&bl->b_qkv), 0)); /* [B][q | k | v] */
     for (int r = 0; r < B; r++) {
         void *q = at(g, g->qkv, (size_t)r * ld), *k = at(g, q, (size_t)nq), *v = at(g, q, (size_t)(nq + kvd));
-        TRY(gq_be_rope(be, q, ld, 1, c->n_heads, c->head_dim, pos[r], g->inv_freq));
-        TRY(gq_be_rope(be, k, ld, 1, c->n_kv_heads, c->head_dim, pos[r], g->inv_freq));
+        /* q and k heads are adjacent in the row: one call rotates both */
+        TRY(gq_be_rope(be, q, ld, 1, c->n_heads + c->n_kv_heads, c->head_dim, pos[r], g->inv_freq));
         TRY(gq_be_copy_act(be, kv_at(g, g->kc, slots[r], l, pos[r]), k, (size_t)kvd));
         TRY(gq_be_copy_act(be, kv_at(g, g->vc, slots[r], l, pos[r]), v, (size_t)kvd));
         TRY(gq_be_attention(be, at(g, g->attn, (size_t)r * nq), nq, q, ld, kv_at(g, g->kc, slots[r], l, 0), kvd,

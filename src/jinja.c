@@ -87,6 +87,19 @@ static void nvec_drop(nvec *v) {
     free(v->kw);
 }
 
+#define MAX_DEPTH 200
+
+/* Bound the parser's recursion (and so the evaluator's): a hostile template
+ * nesting thousands of brackets, "not"s or blocks fails instead of
+ * overflowing the stack. */
+static int enter(jparser *p) {
+    if (++p->depth > MAX_DEPTH) {
+        PERR(p, GQ_ERR_UNSUPPORTED, p->tok[p->pos].off, "nested more than %d levels deep", MAX_DEPTH);
+        return 0;
+    }
+    return 1;
+}
+
 static jnode *parse_expr(jparser *p);
 static jnode *parse_or(jparser *p);
 static jnode *parse_unary(jparser *p, int with_filter);
@@ -379,7 +392,8 @@ static jnode *parse_unary(jparser *p, int with_filter) {
     if (tok_is(t, T_OP, "-") || tok_is(t, T_OP, "+")) {
         p->pos++;
         nd = node(p, tok_is(t, T_OP, "-") ? JN_NEG : JN_POS, t->off);
-        nd->a = parse_unary(p, 0);
+        nd->a = enter(p) ? parse_unary(p, 0) : NULL;
+        p->depth--;
         if (!nd->a) return NULL;
     } else {
         nd = parse_primary(p);
@@ -489,7 +503,8 @@ static jnode *parse_not(jparser *p) {
     if (is_name(p, "not")) {
         jnode *nd = node(p, JN_NOT, cur(p)->off);
         p->pos++;
-        nd->a = parse_not(p);
+        nd->a = enter(p) ? parse_not(p) : NULL;
+        p->depth--;
         return nd->a ? nd : NULL;
     }
     return parse_compare(p);
@@ -519,7 +534,15 @@ static jnode *parse_or(jparser *p) {
     return l;
 }
 
+static jnode *parse_expr_inner(jparser *p);
+
 static jnode *parse_expr(jparser *p) {
+    jnode *r = enter(p) ? parse_expr_inner(p) : NULL;
+    p->depth--;
+    return r;
+}
+
+static jnode *parse_expr_inner(jparser *p) {
     jnode *l = parse_or(p);
     while (l && is_name(p, "if")) {
         jnode *nd = node(p, JN_COND, cur(p)->off);
@@ -644,7 +667,15 @@ static jnode *parse_set(jparser *p, size_t off) {
 static const char *const unsupported_stmts[] = {"macro", "call", "filter", "block", "extends", "include", "import",
                                                 "from", "raw", "with", "autoescape", "do", "endset", "trans"};
 
+static jnode *parse_statement_inner(jparser *p);
+
 static jnode *parse_statement(jparser *p) {
+    jnode *r = enter(p) ? parse_statement_inner(p) : NULL;
+    p->depth--;
+    return r;
+}
+
+static jnode *parse_statement_inner(jparser *p) {
     jtok *begin = cur(p);
     p->pos++;
     jtok *t = cur(p);

@@ -141,6 +141,7 @@ typedef struct {
     jarena *arena;
     int pos;        /* parser cursor */
     int loop_depth;
+    int depth;      /* recursion depth of the parser (bounded) */
     int err;        /* first error status */
 } jparser;
 

@@ -157,8 +157,70 @@ static void check_errors(void) {
     render_fails("{{ 9223372036854775807 + 1 }}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "overflow");
 }
 
+/* Every prefix of every golden template parses or fails cleanly (no crash,
+ * no leak under ASan), and what parses renders or fails cleanly. */
+static void check_truncated(void) {
+    TEST_BEGIN("truncated templates");
+    char *text;
+    size_t len;
+    if (gq_read_file(gq_test_data("gen/jinja.json"), &text, &len)) return;
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    size_t i, parsed = 0, failed = 0, bad_status = 0;
+    json_t *t;
+    json_array_foreach(json_object_get(doc, "templates"), i, t) {
+        const char *src = json_string_value(json_object_get(t, "template"));
+        char *ctx = json_dumps(json_object_get(json_array_get(json_object_get(t, "cases"), 0), "context"), JSON_COMPACT);
+        size_t n = strlen(src);
+        for (size_t k = 0; k < n; k++) {
+            gq_jinja *tp = NULL;
+            int rc = gq_jinja_parse(&tp, src, k, "prefix");
+            if (rc) {
+                failed++;
+                bad_status += rc != GQ_ERR_FORMAT && rc != GQ_ERR_UNSUPPORTED;
+                bad_status += strncmp(gq_errmsg(), "prefix:", 7) != 0;
+                continue;
+            }
+            parsed++;
+            char *out = NULL;
+            rc = gq_jinja_render(tp, ctx, &out, NULL);
+            bad_status += rc != GQ_OK && rc != GQ_ERR_DATA && rc != GQ_ERR_UNSUPPORTED;
+            free(out);
+            gq_jinja_free(tp);
+        }
+        free(ctx);
+    }
+    json_decref(doc);
+    TEST_CHECK(parsed > 300 && failed > 1000, "prefixes: %zu parse, %zu fail", parsed, failed);
+    TEST_CHECK(bad_status == 0, "every failure is a format/unsupported/data error naming the template (%zu not)", bad_status);
+    /* nesting is bounded instead of overflowing the stack */
+    size_t deep = 100000;
+    char *s = gq_malloc(4 * deep + 16);
+    size_t k = 0;
+    memcpy(s, "{{ ", 3);
+    k = 3;
+    for (size_t j = 0; j < deep; j++) memcpy(s + k + 4 * j, "not ", 4);
+    k += 4 * deep;
+    memcpy(s + k, "x }}", 4);
+    gq_jinja *tp = NULL;
+    TEST_FAILS(gq_jinja_parse(&tp, s, k + 4, "deep"), GQ_ERR_UNSUPPORTED, "nested more than 200 levels");
+    k = 0;
+    for (size_t j = 0; j < 300; j++) {
+        memcpy(s + k, "{% if x %}", 10);
+        k += 10;
+    }
+    TEST_FAILS(gq_jinja_parse(&tp, s, k, "deep"), GQ_ERR_UNSUPPORTED, "nested more than 200 levels");
+    k = 3;
+    memcpy(s, "{{ ", 3);
+    for (size_t j = 0; j < 300; j++) s[k++] = '-';
+    memcpy(s + k, "1 }}", 4);
+    TEST_FAILS(gq_jinja_parse(&tp, s, k + 4, "deep"), GQ_ERR_UNSUPPORTED, "nested more than 200 levels");
+    free(s);
+}
+
 int main(void) {
     check_golden();
+    check_truncated();
     check_chat_api();
     check_errors();
     return TEST_REPORT();
