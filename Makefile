@@ -105,6 +105,11 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/*.c)
 
+# Rebuild everything when the flags change (CUDA=0 <-> CUDA=1, SAN, DEBUG).
+FLAGS_FILE := $(BUILD)/.flags
+FLAGS_NOW := $(CC) $(CFLAGS) $(USE_CUDA) $(CUDA_ARCH)
+$(shell mkdir -p $(BUILD) && (echo '$(FLAGS_NOW)' | cmp -s - $(FLAGS_FILE) || echo '$(FLAGS_NOW)' > $(FLAGS_FILE)))
+
 .PHONY: all test bench clean info fuzz
 all: info $(BIN)
 
@@ -112,12 +117,12 @@ info:
 	@echo "gq build: $(BUILD)/  ($(CC), $(BLAS_MSG), LAPACKE, jansson, PCRE2, zlib)"
 	@echo "  $(CUDA_MSG)"
 
-$(BUILD)/obj/%.o: src/%.c
+$(BUILD)/obj/%.o: src/%.c $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/obj/cuda/%.o: src/cuda/%.cu
+$(BUILD)/obj/cuda/%.o: src/cuda/%.cu $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC  $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@

@@ -9,6 +9,14 @@
  * formed once per shape with cblas_ssyrk; W ~ N(0, 0.02)-like uniform. The
  * solve destroys H and W, so each repetition starts from fresh copies
  * (the copy is not timed). Prints the median of `reps` (default 3) runs.
+ *
+ * Measured on the 2-core dev box (AMD EPYC, OpenBLAS 0.3 OpenMP, Haswell
+ * kernels), which was shared with other jobs (load 4-12), so only roughly:
+ *   4096 x 4096:   7.2 s single run at load ~4 (factor 5.0 s, loop 2.0 s);
+ *                  median of 3 at load 6-12: 16.1 s
+ *   11008 x 4096: 63.6 s single run at load ~4 (factor 56.0 s, loop 7.5 s);
+ *                  median of 3 at load 6-12: 83.7 s
+ * The fp64 potrf + potri + potrf dominates (~75-90 %).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -243,7 +243,7 @@ int gq_backend_cpu_init(gq_backend **out) {
     gq_backend *be = gq_calloc(1, sizeof *be);
     gq_cpu_ctx *c = gq_calloc(1, sizeof *c);
     c->threads = gq_get_threads();
-    c->attn_tile = env_int("GQ_CPU_ATTN_TILE", 64, 1, 4096);
+    c->attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 0, 4096); /* 0: head_dim rows */
     const char *m = getenv("GQ_CPU_ATTN");
     c->attn_mode = m && !strcmp(m, "blas") ? GQ_CPU_ATTN_BLAS : GQ_CPU_ATTN_TASKS;
     be->iface = &cpu_iface;

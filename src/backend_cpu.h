@@ -20,7 +20,7 @@ typedef enum {
 typedef struct {
     int threads;
     gq_cpu_attn_mode attn_mode; /* GQ_CPU_ATTN=tasks|blas (benchmarks), default tasks */
-    int attn_tile;              /* query rows per attention tile (GQ_CPU_ATTN_TILE, default 64) */
+    int attn_tile;              /* query rows per attention tile (GQ_CPU_ATTN_TILE; 0 = head_dim, clamped to 32..256) */
 } gq_cpu_ctx;
 
 /*

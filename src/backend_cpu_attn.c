@@ -9,11 +9,15 @@
  * each row (max subtracted, fp32) is followed by O_tile = P V[0:nk] and a
  * division by the row sums. Scratch is one [tile][Tk] buffer per thread.
  *
- * Two schedules (GQ_CPU_ATTN, measured by bench/bench_forward.c):
+ * Two schedules (GQ_CPU_ATTN, measured by bench/bench_forward.c on this
+ * 2-core machine at T = 2048, idle):
  *   tasks (default): `omp parallel for` over the (head, tile) tasks, heaviest
- *     tiles first, each task's two sgemms single-threaded;
+ *     tiles first, each task's two sgemms single-threaded: pycoder-5m shape
+ *     12.0 ms (179 GFLOP/s), Llama-7B shape 185 ms (186 GFLOP/s);
  *   blas: tasks one after another, multithreaded sgemm, rows of the softmax
- *     in parallel.
+ *     in parallel: 13.6-14.8 ms (145-158 GFLOP/s) and 186-202 ms; under
+ *     contention from other processes it collapses (5-10x slower: a barrier
+ *     per sgemm), tasks does not.
  */
 #include <stdlib.h>
 
@@ -72,9 +76,13 @@ static void attn_task(const attn_args *a, int h, int i0, int nq, float *S, float
 int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk, const void *V,
                      int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
     const gq_cpu_ctx *c = be->ctx;
+    /* tile: bench_forward on 2 Zen 5 cores at T = 2048 was fastest with 64 rows for head_dim 64
+     * (pycoder-5m: 179 GFLOP/s vs 175 at 128) and 128-256 for head_dim 128 (Llama-7B: 186 vs
+     * 171 at 64), i.e. about head_dim rows */
+    int tile = c->attn_tile > 0 ? c->attn_tile : head_dim < 32 ? 32 : head_dim > 256 ? 256 : head_dim;
     attn_args a = {.Q = Q, .K = K, .V = V, .O = O, .ldq = ldq, .ldk = ldk, .ldv = ldv, .ldo = ldo, .Tq = Tq,
                    .Tk = Tk, .n_heads = n_heads, .group = n_heads / n_kv, .hd = head_dim,
-                   .tile = c->attn_tile < Tq ? c->attn_tile : Tq, .scale = (float)(1.0 / sqrt((double)head_dim))};
+                   .tile = tile < Tq ? tile : Tq, .scale = (float)(1.0 / sqrt((double)head_dim))};
     int ntiles = (Tq + a.tile - 1) / a.tile;
     size_t scratch = (size_t)a.tile * (size_t)Tk; /* S [tile][Tk] */
 

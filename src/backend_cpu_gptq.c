@@ -21,6 +21,6 @@ int gq_cpu_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scal
 #pragma omp parallel for schedule(dynamic, 16)
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++) H[(size_t)i * n + j] = H[(size_t)j * n + i];
-    gq_qresult_init(res, p, W->rows, n);
+    memset(res, 0, sizeof *res); /* gq_gptq_quantize allocates it (after its argument checks) */
     return gq_gptq_quantize(p, (float *)W->data, W->rows, n, H, res);
 }

@@ -110,10 +110,13 @@ int gq_cmd_ppl(int argc, char **argv) {
         return rc;
     if (threads > 0) gq_set_threads(threads);
 
-    fprintf(stderr, "gq ppl\n");
-    for (int i = 0; i < O_COUNT; i++)
-        if (opts[i].type != OPT_FLAG) fprintf(stderr, "  %-12s %s\n", opts[i].name, val[i]);
-    if (threads == 0) fprintf(stderr, "  %-12s (%d threads)\n", "", gq_get_threads());
+    fprintf(stderr, "gq ppl settings:\n");
+    for (int i = 0; i < O_COUNT; i++) {
+        if (opts[i].type == OPT_FLAG) continue;
+        fprintf(stderr, "%-12s = %s", opts[i].name, val[i]);
+        if (i == O_THREADS && threads == 0) fprintf(stderr, " (all cores: %d)", gq_get_threads());
+        fprintf(stderr, "\n");
+    }
 
     char *text = NULL;
     size_t len = 0;

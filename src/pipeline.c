@@ -9,6 +9,7 @@
 #include "gq/backend.h"
 #include "gq/export.h"
 #include "gq/model.h"
+#include "gq/qlayer.h"
 #include "gq/quantize.h"
 #include "gq/tokenizer.h"
 
@@ -37,41 +38,26 @@ typedef struct {
     gq_model m;
     gq_backend *be;
     gq_calib_set cs;
-    int n_seq;
-    int64_t *off; /* [n_seq] token offset of each sequence */
-    int T_max;
-    int width;   /* columns of the activation buffers: max(hidden, nh*hd) */
-    void *X, *Y; /* [n_tokens][width] activations: layer input, stage buffer */
-    void *tmp;   /* [T_max][hidden] */
-    gq_fwd_scratch s;
-    float *inv_freq; /* per sequence length: recomputed when needed */
-    char *partial;   /* "<out>.partial" */
-    double t_stages; /* layer stages, Hessian accumulation included */
+    gq_qlayer q;
+    char *partial; /* "<out>.partial" */
 } run_t;
 
-static void *act_at(run_t *r, void *base, int64_t tok) {
-    size_t esz = gq_be_act_bytes(r->be, 1);
-    return (char *)base + (size_t)tok * (size_t)r->width * esz;
-}
-
-/* Report a module (or a stacked group split into modules). */
-static void add_module(run_t *r, int layer, gq_linear_id id, const gq_qresult *res, int row0, int rows, double secs) {
+/* Report a module. */
+static void add_module(run_t *r, int layer, gq_linear_id id, const gq_qresult *res) {
     gq_quant_report *rep = r->rep;
     rep->modules = gq_realloc(rep->modules, (size_t)(rep->n_modules + 1) * sizeof *rep->modules);
     gq_module_report *mr = &rep->modules[rep->n_modules++];
     memset(mr, 0, sizeof *mr);
     mr->layer = layer;
     snprintf(mr->name, sizeof mr->name, "%s", gq_linear_names[id]);
-    mr->rows = rows;
+    mr->rows = res->rows;
     mr->cols = res->cols;
-    double loss = 0;
-    for (int i = 0; i < rows; i++) loss += res->row_loss[row0 + i];
-    mr->loss = loss;
+    mr->loss = res->loss;
     mr->damp = res->damp_used;
     mr->retries = res->retries;
     mr->fallback = res->fallback;
     mr->n_dead = res->n_dead;
-    mr->seconds = secs;
+    mr->seconds = res->seconds;
     if (res->fallback) rep->n_fallback++;
 }
 
@@ -139,196 +125,21 @@ static int write_state(const char *partial, const char *fp, int done) {
     return rc;
 }
 
-/* ---- stages ----------------------------------------------------------------------- */
-
-static const float *rope_for(run_t *r, int T) {
-    gq_rope_inv_freq(&r->m.cfg, T, r->inv_freq);
-    return r->inv_freq;
-}
-
-static int hess_accum(run_t *r, float *H, const void *X, int ld, int T, int K) {
-    double t0 = gq_now();
-    int rc = gq_be_hessian_accum(r->be, H, X, ld, T, K);
-    if (!rc && gq_backend_is_gpu(r->be)) rc = gq_be_sync(r->be);
-    r->rep->t_hessian += gq_now() - t0;
-    return rc;
-}
-
-static float *hess_alloc(run_t *r, int K) {
-    size_t bytes = (size_t)K * K * sizeof(float);
-    float *H = gq_be_alloc(r->be, bytes);
-    if (H && gq_be_memset0(r->be, H, bytes)) {
-        gq_be_release(r->be, H);
-        return NULL;
-    }
-    return H;
-}
-
-static int solve(run_t *r, int layer, const char *what, float *H, gq_bweight *W, gq_qresult *res, double *secs) {
-    double t0 = gq_now();
-    int rc = gq_be_gptq(r->be, &r->o->gptq, H, 2.0 / (double)r->n_seq, W, res);
-    *secs = gq_now() - t0;
-    r->rep->t_solve += *secs;
-    if (rc) return gq_err_prefix("layer %d %s", layer, what);
-    if (res->fallback)
-        gq_warn("layer %d %s: Cholesky failed even with damping %g; quantized by rounding to nearest", layer, what,
-                res->damp_used);
-    return GQ_OK;
-}
-
-/* Quantize one layer on the backend (quant = 1; res[GQ_LIN_COUNT] receives
- * per-module results) or only run it (quant = 0: a layer restored by
- * --resume, through the very same operations so the outputs are bitwise
- * those of the original run). X holds its inputs; afterwards X holds its
- * outputs (X and Y are swapped). */
-static int run_layer(run_t *r, int l, gq_blayer *bl, int quant, gq_qresult *res) {
-    const gq_config *c = &r->m.cfg;
-    gq_backend *be = r->be;
-    int hid = c->hidden, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim, I = c->intermediate;
-    int ldqkv = nq + 2 * nkv;
-    gq_fwd_scratch *s = &r->s;
-    gq_qresult g;
-    float *H = NULL;
-    double t0, secs;
-    int rc = GQ_OK;
-
-    /* [q, k, v]: inputs are rmsnorm1(x) */
-    if (quant && !(H = hess_alloc(r, hid))) return gq_err_prefix("layer %d: Hessian", l);
-    t0 = gq_now();
-    for (int i = 0; i < r->n_seq && quant && !rc; i++) {
-        int T = r->cs.len[i];
-        rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
-        if (!rc) rc = hess_accum(r, H, s->xn, hid, T, hid);
-    }
-    r->t_stages += gq_now() - t0;
-    if (quant) {
-        if (!rc) rc = solve(r, l, "self_attn.q_proj/k_proj/v_proj", H, &bl->qkv, &g, &secs);
-        gq_be_release(be, H);
-        if (rc) return rc;
-        gq_qresult_slice(&g, 0, nq, &res[GQ_LIN_Q]);
-        gq_qresult_slice(&g, nq, nkv, &res[GQ_LIN_K]);
-        gq_qresult_slice(&g, nq + nkv, nkv, &res[GQ_LIN_V]);
-        add_module(r, l, GQ_LIN_Q, &g, 0, nq, secs);
-        add_module(r, l, GQ_LIN_K, &g, nq, nkv, secs);
-        add_module(r, l, GQ_LIN_V, &g, nq + nkv, nkv, secs);
-        gq_qresult_free(&g);
-    }
-
-    /* [o]: inputs are the attention outputs (kept in Y) */
-    if (quant && !(H = hess_alloc(r, nq))) return gq_err_prefix("layer %d: Hessian", l);
-    t0 = gq_now();
-    for (int i = 0; i < r->n_seq && !rc; i++) {
-        int T = r->cs.len[i];
-        void *ya = act_at(r, r->Y, r->off[i]);
-        const float *inv = rope_for(r, T);
-        rc = gq_be_rmsnorm(be, s->xn, hid, act_at(r, r->X, r->off[i]), r->width, T, hid, &bl->ln1, c->rms_eps);
-        if (!rc) rc = gq_be_linear(be, s->qkv, ldqkv, s->xn, hid, T, &bl->qkv, bl->b_qkv.data ? &bl->b_qkv : NULL, 0);
-        if (!rc) rc = gq_be_rope(be, s->qkv, ldqkv, T, c->n_heads, c->head_dim, 0, inv);
-        if (!rc)
-            rc = gq_be_rope(be, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq), ldqkv, T, c->n_kv_heads, c->head_dim,
-                            0, inv);
-        if (!rc)
-            rc = gq_be_attention(be, ya, r->width, s->qkv, ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)nq),
-                                 ldqkv, (char *)s->qkv + gq_be_act_bytes(be, (size_t)(nq + nkv)), ldqkv, T, T,
-                                 c->n_heads, c->n_kv_heads, c->head_dim);
-        if (!rc && quant) rc = hess_accum(r, H, ya, r->width, T, nq);
-    }
-    r->t_stages += gq_now() - t0;
-    if (quant) {
-        if (!rc) rc = solve(r, l, "self_attn.o_proj", H, &bl->o, &g, &secs);
-        gq_be_release(be, H);
-        if (rc) return rc;
-        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_O]);
-        add_module(r, l, GQ_LIN_O, &g, 0, hid, secs);
-        gq_qresult_free(&g);
-    }
-
-    /* [gate, up]: h = x + o(attn) replaces attn in Y; inputs rmsnorm2(h) */
-    if (quant && !(H = hess_alloc(r, hid))) return gq_err_prefix("layer %d: Hessian", l);
-    t0 = gq_now();
-    for (int i = 0; i < r->n_seq && !rc; i++) {
-        int T = r->cs.len[i];
-        void *ya = act_at(r, r->Y, r->off[i]);
-        void *xa = act_at(r, r->X, r->off[i]);
-        rc = gq_be_linear(be, r->tmp, hid, ya, r->width, T, &bl->o, bl->b_o.data ? &bl->b_o : NULL, 0);
-        if (!rc) rc = gq_be_copy_act(be, ya, xa, (size_t)T * r->width);
-        if (!rc) rc = gq_be_add(be, ya, r->width, r->tmp, hid, T, hid);
-        if (!rc) rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
-        if (!rc && quant) rc = hess_accum(r, H, s->xn, hid, T, hid);
-    }
-    r->t_stages += gq_now() - t0;
-    if (quant) {
-        if (!rc) rc = solve(r, l, "mlp.gate_proj/up_proj", H, &bl->gu, &g, &secs);
-        gq_be_release(be, H);
-        if (rc) return rc;
-        gq_qresult_slice(&g, 0, I, &res[GQ_LIN_GATE]);
-        gq_qresult_slice(&g, I, I, &res[GQ_LIN_UP]);
-        add_module(r, l, GQ_LIN_GATE, &g, 0, I, secs);
-        add_module(r, l, GQ_LIN_UP, &g, I, I, secs);
-        gq_qresult_free(&g);
-    }
-
-    /* [down]: inputs swiglu(gate, up) of the quantized gate/up */
-    if (quant && !(H = hess_alloc(r, I))) return gq_err_prefix("layer %d: Hessian", l);
-    t0 = gq_now();
-    for (int i = 0; i < r->n_seq && quant && !rc; i++) {
-        int T = r->cs.len[i];
-        void *ya = act_at(r, r->Y, r->off[i]);
-        rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
-        if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bl->b_gu.data ? &bl->b_gu : NULL, 0);
-        if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
-        if (!rc) rc = hess_accum(r, H, s->act, I, T, I);
-    }
-    r->t_stages += gq_now() - t0;
-    if (quant) {
-        if (!rc) rc = solve(r, l, "mlp.down_proj", H, &bl->down, &g, &secs);
-        gq_be_release(be, H);
-        if (rc) return rc;
-        gq_qresult_slice(&g, 0, hid, &res[GQ_LIN_DOWN]);
-        add_module(r, l, GQ_LIN_DOWN, &g, 0, hid, secs);
-        gq_qresult_free(&g);
-    }
-
-    /* outputs of the quantized layer: y = h + down(swiglu(gu(rmsnorm2(h)))) */
-    t0 = gq_now();
-    for (int i = 0; i < r->n_seq && !rc; i++) {
-        int T = r->cs.len[i];
-        void *ya = act_at(r, r->Y, r->off[i]);
-        rc = gq_be_rmsnorm(be, s->xn, hid, ya, r->width, T, hid, &bl->ln2, c->rms_eps);
-        if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bl->b_gu.data ? &bl->b_gu : NULL, 0);
-        if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
-        if (!rc) rc = gq_be_linear(be, ya, r->width, s->act, I, T, &bl->down, bl->b_down.data ? &bl->b_down : NULL, 1);
-    }
-    if (!rc) rc = gq_be_sync(be);
-    r->t_stages += gq_now() - t0;
-    if (rc) return gq_err_prefix("layer %d forward", l);
-    void *t = r->X;
-    r->X = r->Y;
-    r->Y = t;
-    return GQ_OK;
-}
-
 /* ---- setup ------------------------------------------------------------------------ */
 
 static int embed_calibration(run_t *r) {
-    const gq_config *c = &r->m.cfg;
     int rc = GQ_OK;
-    float *buf = gq_malloc((size_t)r->T_max * r->width * sizeof(float));
-    memset(buf, 0, (size_t)r->T_max * r->width * sizeof(float));
-    float *e = gq_malloc((size_t)r->T_max * c->hidden * sizeof(float));
-    for (int i = 0; i < r->n_seq && !rc; i++) {
+    float *e = gq_malloc((size_t)r->q.T_max * r->m.cfg.hidden * sizeof(float));
+    for (int i = 0; i < r->cs.n && !rc; i++) {
         int T = r->cs.len[i];
         rc = gq_model_embed(&r->m, r->cs.seq[i], T, e);
         if (rc) {
             gq_err_prefix("calibration sample %d", i);
             break;
         }
-        for (int t = 0; t < T; t++)
-            memcpy(buf + (size_t)t * r->width, e + (size_t)t * c->hidden, c->hidden * sizeof(float));
-        rc = gq_be_upload_f32(r->be, act_at(r, r->X, r->off[i]), buf, (size_t)T * r->width);
+        rc = gq_be_upload_f32(r->be, gq_qlayer_x(&r->q, i), e, (size_t)T * r->m.cfg.hidden);
     }
     free(e);
-    free(buf);
     return rc;
 }
 
@@ -411,42 +222,19 @@ static int finish_output(run_t *r) {
 }
 
 static int alloc_buffers(run_t *r) {
-    const gq_config *c = &r->m.cfg;
-    int nq = c->n_heads * c->head_dim;
-    r->width = c->hidden > nq ? c->hidden : nq;
-    r->n_seq = r->cs.n;
-    r->off = gq_malloc((size_t)r->n_seq * sizeof *r->off);
-    int64_t tok = 0;
-    r->T_max = 0;
-    for (int i = 0; i < r->n_seq; i++) {
-        r->off[i] = tok;
-        tok += r->cs.len[i];
-        if (r->cs.len[i] > r->T_max) r->T_max = r->cs.len[i];
-    }
-    size_t bytes = gq_be_act_bytes(r->be, (size_t)tok * r->width);
+    int rc = gq_qlayer_init(&r->q, r->be, &r->m.cfg, r->cs.n, r->cs.len);
+    if (rc) return rc;
     char b[32];
-    gq_info("calibration activations: %d sequences, %lld tokens, 2 x %s on %s", r->n_seq, (long long)tok,
-            gq_fmt_bytes(b, sizeof b, (double)bytes), gq_backend_name(r->be));
-    r->X = gq_be_alloc(r->be, bytes);
-    r->Y = r->X ? gq_be_alloc(r->be, bytes) : NULL;
-    r->tmp = r->Y ? gq_be_alloc(r->be, gq_be_act_bytes(r->be, (size_t)r->T_max * r->width)) : NULL;
-    if (!r->tmp) return gq_err_prefix("allocating calibration activations");
-    r->inv_freq = gq_malloc((size_t)c->head_dim / 2 * sizeof(float));
-    return gq_fwd_scratch_init(r->be, c, r->T_max, &r->s);
+    gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", r->cs.n, (long long)r->q.n_tokens,
+            gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(&r->q)), gq_backend_name(r->be));
+    return GQ_OK;
 }
 
 static void free_run(run_t *r) {
-    if (r->be) {
-        gq_fwd_scratch_free(r->be, &r->s);
-        gq_be_release(r->be, r->X);
-        gq_be_release(r->be, r->Y);
-        gq_be_release(r->be, r->tmp);
-        gq_backend_free(r->be);
-    }
+    gq_qlayer_free(&r->q);
+    gq_backend_free(r->be);
     gq_calib_free(&r->cs);
     gq_model_close(&r->m);
-    free(r->off);
-    free(r->inv_freq);
     free(r->partial);
 }
 
@@ -536,13 +324,14 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         gq_layer_host_free(&h);
         rep->t_load += gq_now() - t0;
         if (!rc && resumed) {
-            rc = run_layer(&r, l, &bl, 0, NULL);
+            rc = gq_qlayer_run(&r.q, l, &bl, &o->gptq, NULL);
             gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
         } else if (!rc) {
             gq_qresult res[GQ_LIN_COUNT];
             memset(res, 0, sizeof res);
             int m0 = rep->n_modules;
-            rc = run_layer(&r, l, &bl, 1, res);
+            rc = gq_qlayer_run(&r.q, l, &bl, &o->gptq, res);
+            for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) add_module(&r, l, (gq_linear_id)k, &res[k]);
             if (!rc) {
                 t0 = gq_now();
                 rc = gq_export_layer_file(lpath, &r.m, l, res, o->gptq.bits, o->v2);
@@ -572,16 +361,14 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
         goto out;
     }
-    rep->t_forward = r.t_stages - rep->t_hessian;
+    rep->t_hessian = r.q.t_hessian;
+    rep->t_solve = r.q.t_solve;
+    rep->t_forward = r.q.t_stages - r.q.t_hessian;
     rep->peak_rss = gq_peak_rss();
     rep->peak_device = gq_be_peak_bytes(r.be);
     rep->t_total = gq_now() - t_start;
     /* free the activations before assembling the output */
-    gq_fwd_scratch_free(r.be, &r.s);
-    gq_be_release(r.be, r.X);
-    gq_be_release(r.be, r.Y);
-    gq_be_release(r.be, r.tmp);
-    r.X = r.Y = r.tmp = NULL;
+    gq_qlayer_free(&r.q);
     t0 = gq_now();
     rc = finish_output(&r);
     rep->t_export += gq_now() - t0;

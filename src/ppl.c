@@ -48,8 +48,10 @@ static void state_free(ppl_state *st) {
 }
 
 /* Windows run at once: on the CPU one per thread (each op single-threaded
- * inside, so no barrier per op: measured 1.4-1.7x faster than running the
- * windows one by one with multithreaded ops on 2 cores); on a GPU one.
+ * inside, so no barrier per op). On 2 idle cores both schedules take the
+ * same time (32 windows of pycoder-5m: 4.9-5.6 s vs 5.0-5.1 s); with other
+ * processes on the machine, one window per thread was 1.4x faster and used
+ * 40% less CPU (multithreaded ops spin at their barriers). On a GPU one.
  * GQ_PPL_PARALLEL=ops forces the one-by-one schedule (for comparisons). */
 static int parallel_windows(gq_backend *be) {
     const char *par = getenv("GQ_PPL_PARALLEL");

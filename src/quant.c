@@ -146,3 +146,33 @@ void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_ze
                      int32_t *zero) {
     gq_quant_params_ex(x, n, stride, bits, sym, zp, 1, scale, zero);
 }
+
+void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
+    GQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r->rows);
+    memset(o, 0, sizeof *o);
+    o->rows = n;
+    o->cols = r->cols;
+    o->ngroups = r->ngroups;
+    o->codes = gq_malloc((size_t)n * r->cols);
+    memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    o->scales = gq_malloc((size_t)r->ngroups * n * sizeof(float));
+    o->zeros = gq_malloc((size_t)r->ngroups * n * sizeof(int32_t));
+    for (int g = 0; g < r->ngroups; g++) {
+        memcpy(o->scales + (size_t)g * n, r->scales + (size_t)g * r->rows + r0, (size_t)n * sizeof(float));
+        memcpy(o->zeros + (size_t)g * n, r->zeros + (size_t)g * r->rows + r0, (size_t)n * sizeof(int32_t));
+    }
+    o->g_idx = gq_malloc((size_t)r->cols * sizeof(int32_t));
+    memcpy(o->g_idx, r->g_idx, (size_t)r->cols * sizeof(int32_t));
+    if (r->perm) {
+        o->perm = gq_malloc((size_t)r->cols * sizeof(int32_t));
+        memcpy(o->perm, r->perm, (size_t)r->cols * sizeof(int32_t));
+    }
+    o->row_loss = gq_malloc((size_t)n * sizeof(float));
+    memcpy(o->row_loss, r->row_loss + r0, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) o->loss += o->row_loss[i];
+    o->damp_used = r->damp_used;
+    o->retries = r->retries;
+    o->fallback = r->fallback;
+    o->n_dead = r->n_dead;
+    o->seconds = r->seconds;
+}

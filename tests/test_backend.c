@@ -278,7 +278,6 @@ static void test_gptq_op(gq_backend *be, int act_order) {
     p.group_size = 32;
     p.act_order = act_order;
     gq_qresult res, ref;
-    gq_qresult_init(&ref, &p, rows, cols);
     float *Wref = gq_malloc(sizeof(float) * (size_t)rows * cols);
     memcpy(Wref, W, sizeof(float) * (size_t)rows * cols);
     TEST_OK(gq_gptq_quantize(&p, Wref, rows, cols, Href, &ref), "direct gq_gptq_quantize");
@@ -325,7 +324,7 @@ static void test_registry(void) {
     TEST_FAILS(gq_backend_init(&be, "cuda:x"), GQ_ERR_ARG, "'cuda:x'");
     TEST_FAILS(gq_backend_init(&be, "cuda:"), GQ_ERR_ARG, "'cuda:'");
     if (!gq_backend_cuda_compiled()) {
-        TEST_FAILS(gq_backend_init(&be, "cuda:0"), GQ_ERR_UNSUPPORTED, "built without CUDA");
+        TEST_FAILS(gq_backend_init(&be, "cuda:0"), GQ_ERR_UNSUPPORTED, "has no CUDA backend");
     } else {
         TEST_SKIP("cuda-not-compiled error: this build has CUDA");
     }
@@ -392,7 +391,7 @@ static void run_ops(gq_backend *be, const char *mode) {
     test_gptq_op(be, 1);
     test_nll(be, 45, 32, 300, 40); /* several row chunks are not needed; vocab small */
     test_nll(be, 600, 16, 50000, 16); /* vocab 50000: chunks of 83 rows, 8 chunks */
-    /* attention: tile 64 by default, so T = 100 and 130 are not multiples of it */
+    /* attention: tiles of head_dim rows (at least 32) by default; T = 100, 130, 200 are not multiples */
     test_attention(be, mode, 100, 100, 4, 4, 32, 0);    /* MHA */
     test_attention(be, mode, 100, 100, 4, 2, 32, 0);    /* GQA, 2 heads per kv head */
     test_attention(be, mode, 130, 130, 8, 2, 16, 8);    /* GQA 4, strided */

@@ -257,6 +257,20 @@ static void make_ckpt(const char *dir, int mutate) {
     free(p);
 }
 
+/* Dynamic NTK scaling applies only beyond max_position_embeddings: at 16 and
+ * 32 tokens (<= 32) the frequencies are the plain ones, bit for bit. */
+static void test_dynamic_short(void) {
+    gq_config c;
+    TEST_OK(gq_config_load(&c, gq_test_data("fwd/tiny-dynamic-f32")), "dynamic config");
+    float a[8], b[8], e[8];
+    gq_rope_inv_freq(&c, 16, a);
+    gq_rope_inv_freq(&c, 32, b);
+    for (int i = 0; i < 8; i++) e[i] = 1.0f / powf((float)c.rope_theta, (float)(2 * i) / 16.0f);
+    TEST_CHECK(!memcmp(a, e, sizeof a) && !memcmp(b, e, sizeof b), "dynamic rope unscaled up to max_pos");
+    gq_rope_inv_freq(&c, 33, a);
+    TEST_CHECK(a[0] == 1.0f && a[7] < e[7], "dynamic rope scaled beyond max_pos (%g < %g)", a[7], e[7]);
+}
+
 static void test_errors(void) {
     const char *dir = gq_test_tmpdir("fwd");
     gq_model m;
@@ -349,6 +363,7 @@ int main(void) {
         snprintf(ref, sizeof ref, "%s/ref.safetensors", gq_test_data(tiny[i]));
         check_model(gq_test_data(tiny[i]), ref, 1);
     }
+    test_dynamic_short();
     test_errors();
     return TEST_REPORT();
 }

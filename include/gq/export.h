@@ -42,9 +42,6 @@ char *gq_export_layer_path(const char *partial_dir, int layer);
 /* The quantization_config object as JSON text (newly allocated). */
 char *gq_export_quant_config_json(const gq_quant_opts *o, int indent);
 
-/* Slice rows [r0, r0 + n) of a result into out (allocated). */
-void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *out);
-
 #ifdef __cplusplus
 }
 #endif

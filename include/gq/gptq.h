@@ -82,6 +82,8 @@ typedef struct {
 /* Allocate result arrays for rows x cols (ngroups from the params). */
 void gq_qresult_init(gq_qresult *r, const gq_gptq_params *p, int rows, int cols);
 void gq_qresult_free(gq_qresult *r);
+/* Copy rows [r0, r0 + n) of a result into out (newly allocated). */
+void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *out);
 
 /* ---- quantizer (scalar reference) ---------------------------------------- */
 

@@ -12,7 +12,9 @@
  * The computation is layer-major over chunks of windows: a chunk's
  * activations stay on the backend while each layer is loaded once and run
  * over every window of the chunk, so memory is one chunk of activations plus
- * one layer; the chunk size comes from a memory budget.
+ * one layer; the chunk size comes from a memory budget. On the CPU backend
+ * the windows of a chunk run in parallel, one per thread, each op
+ * single-threaded inside (no barrier per op); on a GPU one after another.
  */
 #ifndef GQ_PPL_H
 #define GQ_PPL_H

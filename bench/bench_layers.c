@@ -1,0 +1,272 @@
+/*
+ * bench_layers.c -- full-size synthetic decoder layers through the stage
+ * sequence of the quantization pipeline, on any backend (CUDA by default):
+ * random fp16 weights (std 0.02), random activations, nsamples x seqlen
+ * calibration tokens, int4 group 128 sym GPTQ of all seven linears.
+ *
+ * Each layer runs through gq_qlayer_run, the very code of `gq quantize`:
+ *   A  per sequence: rmsnorm1 -> Hessian (K = hidden); GPTQ of stacked q/k/v
+ *   B  per sequence: rmsnorm1, qkv linear, rope q and k, attention -> kept
+ *      [tokens][nh hd] -> Hessian (K = nh hd); GPTQ of o
+ *   C  per sequence: h = x + o(attn) (kept, in place of x), rmsnorm2 ->
+ *      Hessian (K = hidden); GPTQ of stacked gate/up
+ *   D  per sequence: rmsnorm2, gate/up linear, swiglu -> Hessian (K = inter);
+ *      GPTQ of down
+ *   E  per sequence: out = h + down(swiglu(gu(rmsnorm2(h)))) (in place)
+ * "forward + Hessian" is stages A-E without the solves; "solve" the four
+ * gq_be_gptq calls (including their result downloads). Layer 0 is a
+ * warm-up; the table shows the median of the others, the reference's
+ * numbers (IST-DASLab/gptq on an H100, /work/shared/docs/reference-
+ * results.md) and the arithmetic floor of each part.
+ *
+ *   bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N] [--nsamples N]
+ *                [--seqlen N] [--device cuda|cpu|auto]
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gq/backend.h"
+#include "gq/gptq.h"
+#include "gq/qlayer.h"
+#ifdef GQ_USE_CUDA
+#include "gq/backend_cuda.h"
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+static int thread_id(void) { return omp_get_thread_num(); }
+#else
+static int thread_id(void) { return 0; }
+#endif
+
+typedef struct {
+    const char *name;
+    int hidden, inter, nh, nkv;
+    /* reference (H100, 128 x 2048): s/layer, forward + Hessian, solve, GiB */
+    double ref_total, ref_fwd, ref_solve, ref_mem;
+} shape;
+
+static const shape shapes[] = {
+    {"7b", 4096, 11008, 32, 32, 12.2, 3.7, 8.5, 6.3},
+    {"34b", 8192, 22016, 64, 8, 29.1, 13.1, 16.1, 16.8},
+    {"70b", 8192, 28672, 64, 8, 36.1, 17.3, 18.7, 21.4},
+    {"tiny", 256, 688, 4, 2, 0, 0, 0, 0},
+};
+
+#define GEMM16_RATE 700e12 /* fp16 tensor-core GEMMs, fp32 accumulate */
+#define FP32_RATE 50e12    /* fp32 (no TF32) and fp64 GEMM-bound solve work */
+
+static int die(const char *what) {
+    fprintf(stderr, "bench_layers: %s: %s\n", what, gq_errmsg());
+    exit(1);
+}
+#define CK(x, what)                         \
+    do {                                    \
+        if ((x) != GQ_OK) die(what);        \
+    } while (0)
+
+/* ---- random data ------------------------------------------------------------------------------------- */
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* n fp16 values, uniform with standard deviation sd (threads: one stream each). */
+static uint16_t *rand_f16(size_t n, float sd, uint64_t seed) {
+    uint16_t *v = gq_malloc(n * sizeof(uint16_t));
+    const float a = sd * 1.7320508f; /* uniform [-a, a] has sd a / sqrt(3) */
+#pragma omp parallel
+    {
+        uint64_t s = seed ^ (0x1234567ull * (uint64_t)(thread_id() + 1));
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float u = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+            v[i] = gq_f32_to_f16(a * u);
+        }
+    }
+    return v;
+}
+
+/* ---- flops -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double gemm16, hess16, attn16, solve32, chol64;
+} flops;
+
+static flops count_flops(const shape *sh, int nsamples, int seqlen) {
+    const double T = (double)nsamples * seqlen, h = sh->hidden, I = sh->inter, hd = (double)sh->hidden / sh->nh;
+    const double q = (sh->nh + 2.0 * sh->nkv) * hd, a = sh->nh * hd;
+    flops f;
+    /* B: qkv, C: o, D: gu, E: gu + down */
+    f.gemm16 = 2.0 * T * (h * q + a * h + 2.0 * h * 2.0 * I + I * h);
+    /* causal attention: QK^T and PV, half of 2 S^2 hd each, per head and sequence */
+    f.attn16 = 2.0 * (double)seqlen * seqlen * hd * sh->nh * nsamples;
+    /* upper-triangle Hessians T K^2 (a full X^T X is 2 T K^2) */
+    f.hess16 = T * (h * h + a * a + h * h + I * I);
+    /* lazy block updates ~ rows K^2 and in-block rank-1 updates rows K 128 */
+    f.solve32 = q * h * h + h * a * a + 2.0 * I * h * h + h * I * I + 128.0 * (q * h + h * a + 2.0 * I * h + h * I);
+    /* potrf + trtri: 2/3 K^3 per factorization */
+    f.chol64 = 2.0 / 3.0 * (h * h * h + a * a * a + h * h * h + I * I * I);
+    return f;
+}
+
+/* ---- one layer ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    double fwd, solve;
+    size_t peak;
+} layer_time;
+
+static int cmp_d(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen) {
+    const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, hd = h / nh, S = seqlen;
+    const int qd = (nh + 2 * nkv) * hd, ad = nh * hd;
+    char b1[32], b2[32];
+    fprintf(stderr, "%s: hidden %d, inter %d, heads %d/%d x %d, %d x %d tokens, %d layers (1 warm-up)\n", sh->name,
+            h, I, nh, nkv, hd, nsamples, seqlen, layers);
+    gq_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.arch, sizeof cfg.arch, "LlamaForCausalLM");
+    cfg.hidden = h, cfg.intermediate = I, cfg.n_layers = layers, cfg.n_heads = nh, cfg.n_kv_heads = nkv;
+    cfg.head_dim = hd, cfg.vocab = 32000, cfg.max_pos = seqlen, cfg.rms_eps = 1e-5f, cfg.rope_theta = 10000.0;
+    cfg.dtype = GQ_DT_F16;
+
+    /* host weights (fp16, std 0.02), generated once, uploaded per layer */
+    uint16_t *hq = rand_f16((size_t)qd * h, 0.02f, 1), *ho = rand_f16((size_t)h * ad, 0.02f, 2);
+    uint16_t *hgu = rand_f16((size_t)2 * I * h, 0.02f, 3), *hdn = rand_f16((size_t)h * I, 0.02f, 4);
+    float *ones = gq_malloc(sizeof(float) * (size_t)h);
+    for (int i = 0; i < h; i++) ones[i] = 1.0f;
+
+    /* the calibration activations of the quantization driver, random (sd 1) */
+    int *len = gq_malloc(sizeof(int) * (size_t)nsamples);
+    for (int i = 0; i < nsamples; i++) len[i] = S;
+    gq_qlayer q;
+    CK(gq_qlayer_init(&q, be, &cfg, nsamples, len), "allocating activations");
+    {
+        float *chunk = gq_malloc(sizeof(float) * (size_t)S * h);
+        for (int i = 0; i < nsamples; i++) {
+#pragma omp parallel
+            {
+                uint64_t s = 99 + 1000003ull * (uint64_t)i + 7919ull * (uint64_t)thread_id();
+#pragma omp for schedule(static)
+                for (size_t k = 0; k < (size_t)S * h; k++) /* uniform, sd 1 */
+                    chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
+            }
+            CK(gq_be_upload_f32(be, gq_qlayer_x(&q, i), chunk, (size_t)S * h), "upload x");
+        }
+        free(chunk);
+    }
+
+    gq_gptq_params p;
+    gq_gptq_params_default(&p); /* int4, group 128, sym, damp 0.01, block 128 */
+    layer_time *lt = gq_calloc((size_t)layers, sizeof *lt);
+    for (int l = 0; l < layers; l++) {
+        gq_blayer w;
+        memset(&w, 0, sizeof w);
+        CK(gq_be_weight_upload_raw(be, &w.qkv, hq, GQ_DT_F16, qd, h), "upload qkv");
+        CK(gq_be_weight_upload_raw(be, &w.o, ho, GQ_DT_F16, h, ad), "upload o");
+        CK(gq_be_weight_upload_raw(be, &w.gu, hgu, GQ_DT_F16, 2 * I, h), "upload gu");
+        CK(gq_be_weight_upload_raw(be, &w.down, hdn, GQ_DT_F16, h, I), "upload down");
+        CK(gq_be_weight_upload(be, &w.ln1, ones, 1, h), "upload ln1");
+        CK(gq_be_weight_upload(be, &w.ln2, ones, 1, h), "upload ln2");
+        gq_qresult res[GQ_LIN_COUNT];
+        double st0 = q.t_stages, so0 = q.t_solve;
+        CK(gq_qlayer_run(&q, l, &w, &p, res), "quantizing the layer");
+        for (int k = 0; k < GQ_LIN_COUNT; k++) {
+            if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", gq_linear_names[k]);
+            gq_qresult_free(&res[k]);
+        }
+        lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be)};
+        fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s, total %.3f s, peak %s\n", l,
+                l == 0 && layers > 1 ? " (warm-up)" : "", lt[l].fwd, lt[l].solve, lt[l].fwd + lt[l].solve,
+                gq_fmt_bytes(b1, sizeof b1, (double)lt[l].peak));
+        gq_blayer_free(be, &w);
+    }
+
+    /* medians of the measured layers */
+    int first = layers > 1 ? 1 : 0, n = layers - first;
+    double *v = gq_malloc(sizeof(double) * (size_t)n), med[3];
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < n; i++) {
+            const layer_time *t = &lt[first + i];
+            v[i] = k == 0 ? t->fwd : k == 1 ? t->solve : t->fwd + t->solve;
+        }
+        qsort(v, (size_t)n, sizeof *v, cmp_d);
+        med[k] = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    }
+    flops f = count_flops(sh, nsamples, seqlen);
+    double floor_fwd = (f.gemm16 + f.attn16 + f.hess16) / GEMM16_RATE, floor_solve = (f.solve32 + f.chol64) / FP32_RATE;
+    size_t peak = lt[layers - 1].peak;
+    printf("\n%s on %s, %d x %d tokens, int4 g128 sym, median of %d layer%s:\n", sh->name, gq_backend_name(be),
+           nsamples, seqlen, n, n == 1 ? "" : "s");
+    printf("  %-22s %10s %10s %10s %10s\n", "", "gq", "reference", "speed-up", "floor");
+    printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "forward + Hessian", med[0], sh->ref_fwd,
+           sh->ref_fwd > 0 ? sh->ref_fwd / med[0] : 0, floor_fwd);
+    printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "GPTQ solve", med[1], sh->ref_solve,
+           sh->ref_solve > 0 ? sh->ref_solve / med[1] : 0, floor_solve);
+    printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "total per layer", med[2], sh->ref_total,
+           sh->ref_total > 0 ? sh->ref_total / med[2] : 0, floor_fwd + floor_solve);
+    printf("  %-22s %10s %8.1fGiB\n", "peak device memory", gq_fmt_bytes(b2, sizeof b2, (double)peak), sh->ref_mem);
+    printf("  floors: fp16 GEMMs %.1f TFLOP (linears %.1f, attention %.1f, Hessians %.1f) at %.0f TFLOP/s; solve "
+           "%.2f TFLOP fp32 + %.2f TFLOP fp64 at %.0f TFLOP/s\n",
+           (f.gemm16 + f.attn16 + f.hess16) * 1e-12, f.gemm16 * 1e-12, f.attn16 * 1e-12, f.hess16 * 1e-12,
+           GEMM16_RATE * 1e-12, f.solve32 * 1e-12, f.chol64 * 1e-12, FP32_RATE * 1e-12);
+    fflush(stdout);
+    free(v), free(lt), free(len);
+    gq_qlayer_free(&q);
+    free(hq), free(ho), free(hgu), free(hdn), free(ones);
+}
+
+static int arg_int(const char *s, const char *name, int lo, int hi) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < lo || v > hi) {
+        fprintf(stderr, "bench_layers: %s %s: expected an integer in [%d, %d]\n", name, s, lo, hi);
+        exit(2);
+    }
+    return (int)v;
+}
+
+int main(int argc, char **argv) {
+    const char *shape_name = "all", *device = "cuda";
+    int layers = 4, nsamples = 128, seqlen = 2048;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--shape") && v) shape_name = v, i++;
+        else if (!strcmp(a, "--device") && v) device = v, i++;
+        else if (!strcmp(a, "--layers") && v) layers = arg_int(v, a, 1, 1000), i++;
+        else if (!strcmp(a, "--nsamples") && v) nsamples = arg_int(v, a, 1, 100000), i++;
+        else if (!strcmp(a, "--seqlen") && v) seqlen = arg_int(v, a, 1, 65536), i++;
+        else {
+            fprintf(stderr,
+                    "usage: bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N (4)] [--nsamples N (128)]\n"
+                    "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n");
+            return 2;
+        }
+    }
+    gq_backend *be = NULL;
+    if (gq_backend_init(&be, device) != GQ_OK) die("backend");
+    int any = 0;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const shape *sh = &shapes[k];
+        int pick = !strcmp(shape_name, sh->name) || (!strcmp(shape_name, "all") && strcmp(sh->name, "tiny"));
+        if (!pick) continue;
+        any = 1;
+        run_shape(be, sh, layers, nsamples, seqlen);
+    }
+    if (!any) {
+        fprintf(stderr, "bench_layers: unknown shape '%s' (7b, 34b, 70b, all, tiny)\n", shape_name);
+        return 2;
+    }
+    gq_backend_free(be);
+    return 0;
+}

@@ -1,0 +1,76 @@
+/*
+ * gq/backend_cuda.h -- the only CUDA-facing header: plain C, usable from C
+ * and C++. The CUDA backend itself (the .cu files in src/cuda/) is reached through the
+ * generic gq/backend.h interface; this header adds its constructor, device
+ * queries that never fail on a machine without a GPU, and a few knobs for
+ * tests and benchmarks.
+ *
+ * Numerics of the CUDA backend (see docs/cuda-notes.md):
+ *   activations and weights are fp16 in device memory, every product runs
+ *   on the tensor cores with fp32 accumulation (cublasGemmEx,
+ *   CUBLAS_COMPUTE_32F), norms/softmax/rope in fp32; Hessians are fp32;
+ *   the GPTQ solve is fp32 (the inverse factor fp64 by default), with the
+ *   exact per-element operations of gq_gptq_quantize.
+ */
+#ifndef GQ_BACKEND_CUDA_H
+#define GQ_BACKEND_CUDA_H
+
+#include <stddef.h>
+
+#include "gq/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable CUDA devices; 0 when there is no driver, no device or
+ * CUDA fails to initialise (never an error, never aborts). */
+int gq_cuda_device_count(void);
+
+/* Create the CUDA backend on device `device` (0-based). GQ_ERR_DEVICE with
+ * the CUDA error text when the device cannot be used. */
+int gq_backend_cuda_init(gq_backend **out, int device);
+
+/* Device name, total memory, multiprocessors and compute capability of
+ * `device`; GQ_ERR_DEVICE if it does not exist. Any out pointer may be NULL. */
+int gq_cuda_device_info(int device, char *name, size_t name_cap, size_t *total_bytes, int *sm_count, int *cc_major,
+                        int *cc_minor);
+
+/* ---- knobs (tests, benchmarks) --------------------------------------------------- */
+
+/* Attention kernel: 0 = auto (default: the tensor-core kernel v2 where it
+ * applies -- head_dim 64 or 128, leading dimensions multiples of 8,
+ * 16-byte aligned buffers, Tq >= 16 -- the simple kernel v1 otherwise),
+ * 1 = always v1, 2 = always v2 (GQ_ERR_UNSUPPORTED where it does not apply).
+ * The environment variable GQ_CUDA_ATTN=0|1|2 sets the initial value.
+ * Returns the previous setting, or -1 if `be` is not a CUDA backend. */
+int gq_cuda_set_attention_kernel(gq_backend *be, int version);
+
+/* How the GPTQ solve computes the upper Cholesky factor of H^-1:
+ *   GQ_CUDA_HINV_F64 (default): fp64, potrf of the reversed matrix + trtri
+ *     (2/3 n^3 flops; the same factor as the reference chain below);
+ *   GQ_CUDA_HINV_F64_POTRI: fp64, potrf -> potri -> potrf (the reference
+ *     chain, as the CPU path does it; 4/3 n^3 flops);
+ *   GQ_CUDA_HINV_F32_FIRST: the fp32 chain potrf -> potri -> potrf first,
+ *     fp64 (GQ_CUDA_HINV_F64) when fp32 reports "not positive definite".
+ * Damping retries (x10, max_retries) and the RTN fallback follow in every
+ * mode. GQ_CUDA_HINV=f64|potri|f32 sets the initial value. Returns the
+ * previous mode, or -1 if `be` is not a CUDA backend. */
+enum { GQ_CUDA_HINV_F64 = 0, GQ_CUDA_HINV_F64_POTRI = 1, GQ_CUDA_HINV_F32_FIRST = 2 };
+int gq_cuda_set_hinv_mode(gq_backend *be, int mode);
+
+/* Phase times of the last gq_be_gptq on this backend (seconds, host clock
+ * around synchronised phases). */
+typedef struct {
+    double prep;      /* checks, diag download, dead columns, W working copy, params */
+    double factor;    /* damped Hessian build + inverse factor (all attempts) */
+    double blocks;    /* fused block kernels + lazy fp32 GEMM updates */
+    double output;    /* unpermute, fp16 weight write-back, result downloads */
+    int hinv_f64;     /* 1 if the factor that was used was computed in fp64 */
+} gq_cuda_gptq_timing;
+int gq_cuda_last_gptq_timing(const gq_backend *be, gq_cuda_gptq_timing *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_BACKEND_CUDA_H */

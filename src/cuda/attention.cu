@@ -1,0 +1,289 @@
+/*
+ * cuda/attention.cu -- causal grouped-query attention for one sequence on
+ * fp16 Q/K/V with row strides (column slices of one fused qkv buffer), fp32
+ * softmax and accumulation. Query i sits at absolute position Tk - Tq + i
+ * and sees keys 0 .. Tk - Tq + i. Scores are never stored in device memory.
+ *
+ *   v1 (attn_v1_kernel): the simple reference kernel. One warp per (query,
+ *     head): lanes score 32 keys at a time (one key each, fp32 dot), online
+ *     softmax over the chunks, each lane accumulates hd/32 output dims.
+ *     Any head_dim <= 256, any strides. Also the decode path (Tq < 16).
+ *   v2 (attn_v2_kernel<HD>): flash-attention style on the tensor cores
+ *     (mma.sync m16n8k16, fp16 x fp16 -> fp32). A CTA of 4 warps takes 64
+ *     queries of one head; K/V tiles of 64 keys go through shared memory,
+ *     only up to the causal limit of the CTA's last query. Each warp owns
+ *     16 query rows: S = Q K^T stays in registers, the online softmax works
+ *     on the accumulator layout (a row is spread over the 4 threads of a
+ *     quad), and P (rounded to fp16, as FlashAttention does) is reused
+ *     register-for-register as the A operand of O += P V. head_dim 64/128.
+ *
+ * Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for
+ * mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
+ *   A (16x16, row-major): a0a1 = (g, 2t..2t+1), a2a3 = (g+8, 2t..),
+ *                         a4a5 = (g, 2t+8..), a6a7 = (g+8, 2t+8..)
+ *   B (16x8, k x n):      b0b1 = (k = 2t..2t+1, n = g), b2b3 = (k = 2t+8.., n = g)
+ *   C (16x8, fp32):       c0c1 = (g, 2t..2t+1), c2c3 = (g+8, 2t..2t+1)
+ * so the C fragments of two adjacent 8-key tiles of S are exactly the A
+ * fragment of the 16-key slice of P.
+ */
+#include <math.h>
+
+#include "cuda/common.cuh"
+
+/* ---- v1: simple ---------------------------------------------------------------------------------------- */
+
+#define V1_WARPS 4
+#define V1_MAX_HD 256
+
+static __global__ void __launch_bounds__(V1_WARPS * 32)
+    attn_v1_kernel(__half *O, int ldo, const __half *Q, int ldq, const __half *K, int ldk, const __half *V, int ldv,
+                   int Tq, int Tk, int group, int hd, float scale) {
+    __shared__ float qs[V1_WARPS][V1_MAX_HD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * V1_WARPS + warp; /* query row */
+    const int h = blockIdx.y, kvh = h / group;
+    if (i >= Tq) return; /* whole warp; the kernel uses no block barrier */
+    const __half *q = Q + (size_t)i * ldq + (size_t)h * hd;
+    for (int d = lane; d < hd; d += 32) qs[warp][d] = h2f(q[d]);
+    __syncwarp();
+    const int pos = Tk - Tq + i; /* last visible key */
+    const __half *Kh = K + (size_t)kvh * hd, *Vh = V + (size_t)kvh * hd;
+    float o[V1_MAX_HD / 32];
+#pragma unroll
+    for (int e = 0; e < V1_MAX_HD / 32; e++) o[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int k0 = 0; k0 <= pos; k0 += 32) {
+        const int j = k0 + lane;
+        float s = -INFINITY;
+        if (j <= pos) {
+            const __half *kr = Kh + (size_t)j * ldk;
+            float acc = 0.0f;
+            for (int d = 0; d < hd; d++) acc += qs[warp][d] * h2f(kr[d]);
+            s = acc * scale;
+        }
+        /* the first chunk holds key 0, which every query sees: mn is finite */
+        const float mn = fmaxf(m, warp_max(s));
+        const float alpha = expf(m - mn); /* 0 on the first chunk (m = -inf) */
+        const float p = j <= pos ? expf(s - mn) : 0.0f;
+        l = l * alpha + warp_sum(p);
+        m = mn;
+#pragma unroll
+        for (int e = 0; e < V1_MAX_HD / 32; e++) o[e] *= alpha;
+        const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
+        for (int jj = 0; jj < nk; jj++) {
+            const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
+            const __half *vr = Vh + (size_t)(k0 + jj) * ldv;
+#pragma unroll
+            for (int e = 0; e < V1_MAX_HD / 32; e++) {
+                const int d = lane + 32 * e;
+                if (d < hd) o[e] += pj * h2f(vr[d]);
+            }
+        }
+    }
+    __half *orow = O + (size_t)i * ldo + (size_t)h * hd;
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int e = 0; e < V1_MAX_HD / 32; e++) {
+        const int d = lane + 32 * e;
+        if (d < hd) orow[d] = f2h(o[e] * inv);
+    }
+}
+
+/* ---- v2: tensor cores ---------------------------------------------------------------------------------- */
+
+#define V2_BR 64 /* query rows per CTA: 4 warps x 16 */
+#define V2_BC 64 /* keys per tile */
+
+static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats -> fp16 pair, `lo` in the low half (the lower column index). */
+static __device__ __forceinline__ uint32_t pack_f2(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+static __device__ __forceinline__ uint32_t pack_h2(__half lo, __half hi) {
+    return (uint32_t)__half_as_ushort(lo) | ((uint32_t)__half_as_ushort(hi) << 16);
+}
+static __device__ __forceinline__ uint32_t ld_u32(const __half *p) { return *(const uint32_t *)p; }
+
+template <int HD>
+static __global__ void __launch_bounds__(128)
+    attn_v2_kernel(__half *O, int ldo, const __half *Q, int ldq, const __half *K, int ldk, const __half *V, int ldv,
+                   int Tq, int Tk, int group, float scale_log2) {
+    constexpr int LDS = HD + 8; /* padded shared row (halves): conflict-free fragment loads */
+    __shared__ __align__(16) __half Ks[V2_BC * LDS];
+    __shared__ __align__(16) __half Vs[V2_BC * LDS];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int tile = gridDim.x - 1 - blockIdx.x; /* the heaviest (last) query tiles start first */
+    const int h = blockIdx.y, kvh = h / group;
+    const int q0 = tile * V2_BR, off = Tk - Tq;
+    const int ra = q0 + warp * 16 + g, rb = ra + 8; /* this thread's two query rows */
+    /* last key each row sees; rows past Tq (not stored) are clamped in range */
+    const int pa = min(off + ra, Tk - 1), pb = min(off + rb, Tk - 1);
+
+    uint32_t qf[HD / 16][4]; /* A fragments of Q, rows ra/rb, all of head_dim */
+    const __half *Qh = Q + (size_t)h * HD;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        const int col = ks * 16 + 2 * t;
+        qf[ks][0] = ra < Tq ? ld_u32(Qh + (size_t)ra * ldq + col) : 0u;
+        qf[ks][1] = rb < Tq ? ld_u32(Qh + (size_t)rb * ldq + col) : 0u;
+        qf[ks][2] = ra < Tq ? ld_u32(Qh + (size_t)ra * ldq + col + 8) : 0u;
+        qf[ks][3] = rb < Tq ? ld_u32(Qh + (size_t)rb * ldq + col + 8) : 0u;
+    }
+    float oacc[HD / 8][4]; /* O rows ra (0, 1) and rb (2, 3), dims dn*8 + 2t.. */
+#pragma unroll
+    for (int dn = 0; dn < HD / 8; dn++) oacc[dn][0] = oacc[dn][1] = oacc[dn][2] = oacc[dn][3] = 0.0f;
+    float ma = -INFINITY, mb = -INFINITY; /* running max of the raw scores q.k */
+    float la = 0.0f, lb = 0.0f;           /* this thread's part of the row sums */
+
+    const int qlast = min(q0 + V2_BR, Tq) - 1;
+    const int kend = off + qlast + 1; /* keys [0, kend) are needed by this CTA */
+    const int ntiles = CEIL_DIV(kend, V2_BC);
+    const __half *Kh = K + (size_t)kvh * HD, *Vh = V + (size_t)kvh * HD;
+
+    for (int kt = 0; kt < ntiles; kt++) {
+        const int k0 = kt * V2_BC;
+        __syncthreads(); /* every warp is done with the previous tile */
+        for (int idx = tid; idx < V2_BC * (HD / 8); idx += 128) {
+            const int r = idx / (HD / 8), c8 = (idx % (HD / 8)) * 8, key = k0 + r;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0); /* zeros past Tk: no NaN garbage */
+            if (key < Tk) {
+                kv = *(const uint4 *)(Kh + (size_t)key * ldk + c8);
+                vv = *(const uint4 *)(Vh + (size_t)key * ldv + c8);
+            }
+            *(uint4 *)(Ks + r * LDS + c8) = kv;
+            *(uint4 *)(Vs + r * LDS + c8) = vv;
+        }
+        __syncthreads();
+
+        /* S[16][64] = Q K^T: n-tile nt holds keys k0 + nt*8 .. +8 */
+        float s[V2_BC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < V2_BC / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            const __half *kr = Ks + (nt * 8 + g) * LDS + 2 * t; /* B(k = dim, n = key) = K[key][dim] */
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) mma_16816(s[nt], qf[ks], ld_u32(kr + ks * 16), ld_u32(kr + ks * 16 + 8));
+        }
+
+        /* causal mask and row maxima (a row lives in the 4 threads of a quad) */
+        float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < V2_BC / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = k0 + nt * 8 + 2 * t + e;
+                if (key > pa) s[nt][e] = -INFINITY;
+                if (key > pb) s[nt][2 + e] = -INFINITY;
+                mxa = fmaxf(mxa, s[nt][e]);
+                mxb = fmaxf(mxb, s[nt][2 + e]);
+            }
+        }
+        mxa = fmaxf(mxa, __shfl_xor_sync(GQ_FULL_MASK, mxa, 1));
+        mxa = fmaxf(mxa, __shfl_xor_sync(GQ_FULL_MASK, mxa, 2));
+        mxb = fmaxf(mxb, __shfl_xor_sync(GQ_FULL_MASK, mxb, 1));
+        mxb = fmaxf(mxb, __shfl_xor_sync(GQ_FULL_MASK, mxb, 2));
+        /* tile 0 holds key 0, visible to every row: the new maxima are finite */
+        const float mna = fmaxf(ma, mxa), mnb = fmaxf(mb, mxb);
+        const float alpha_a = exp2f((ma - mna) * scale_log2), alpha_b = exp2f((mb - mnb) * scale_log2);
+        ma = mna;
+        mb = mnb;
+        float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < V2_BC / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                s[nt][e] = exp2f((s[nt][e] - mna) * scale_log2); /* masked: exp2(-inf) = 0 */
+                s[nt][2 + e] = exp2f((s[nt][2 + e] - mnb) * scale_log2);
+                suma += s[nt][e];
+                sumb += s[nt][2 + e];
+            }
+        }
+        la = la * alpha_a + suma;
+        lb = lb * alpha_b + sumb;
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; dn++) {
+            oacc[dn][0] *= alpha_a;
+            oacc[dn][1] *= alpha_a;
+            oacc[dn][2] *= alpha_b;
+            oacc[dn][3] *= alpha_b;
+        }
+
+        /* O[16][HD] += P[16][64] V[64][HD], 16 keys per k-step */
+#pragma unroll
+        for (int kk = 0; kk < V2_BC / 16; kk++) {
+            uint32_t pf[4];
+            pf[0] = pack_f2(s[2 * kk][0], s[2 * kk][1]);         /* row g,   keys 2t..   */
+            pf[1] = pack_f2(s[2 * kk][2], s[2 * kk][3]);         /* row g+8, keys 2t..   */
+            pf[2] = pack_f2(s[2 * kk + 1][0], s[2 * kk + 1][1]); /* row g,   keys 2t+8.. */
+            pf[3] = pack_f2(s[2 * kk + 1][2], s[2 * kk + 1][3]); /* row g+8, keys 2t+8.. */
+            const __half *v0 = Vs + (kk * 16 + 2 * t) * LDS + g; /* B(k = key, n = dim) = V[key][dim] */
+#pragma unroll
+            for (int dn = 0; dn < HD / 8; dn++) {
+                const __half *vp = v0 + dn * 8;
+                mma_16816(oacc[dn], pf, pack_h2(vp[0], vp[LDS]), pack_h2(vp[8 * LDS], vp[9 * LDS]));
+            }
+        }
+    }
+
+    la += __shfl_xor_sync(GQ_FULL_MASK, la, 1);
+    la += __shfl_xor_sync(GQ_FULL_MASK, la, 2);
+    lb += __shfl_xor_sync(GQ_FULL_MASK, lb, 1);
+    lb += __shfl_xor_sync(GQ_FULL_MASK, lb, 2);
+    const float ia = 1.0f / la, ib = 1.0f / lb;
+    __half *Oh = O + (size_t)h * HD;
+#pragma unroll
+    for (int dn = 0; dn < HD / 8; dn++) {
+        const int col = dn * 8 + 2 * t;
+        if (ra < Tq) *(uint32_t *)(Oh + (size_t)ra * ldo + col) = pack_f2(oacc[dn][0] * ia, oacc[dn][1] * ia);
+        if (rb < Tq) *(uint32_t *)(Oh + (size_t)rb * ldo + col) = pack_f2(oacc[dn][2] * ib, oacc[dn][3] * ib);
+    }
+}
+
+/* ---- launcher ------------------------------------------------------------------------------------------- */
+
+int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
+                      const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    const int group = n_heads / n_kv;
+    const int v2_ok = (head_dim == 64 || head_dim == 128) && gq_cuda_vec16(Q, ldq, 2) && gq_cuda_vec16(K, ldk, 2) &&
+                      gq_cuda_vec16(V, ldv, 2) && gq_cuda_vec16(O, ldo, 2);
+    int version = c->attn_version;
+    if (version == 2 && !v2_ok)
+        return gq_err(GQ_ERR_UNSUPPORTED,
+                      "cuda attention v2 (tensor cores) needs head_dim 64 or 128 (got %d), leading dimensions "
+                      "ldq %d, ldk %d, ldv %d, ldo %d that are multiples of 8 and 16-byte aligned buffers",
+                      head_dim, ldq, ldk, ldv, ldo);
+    if (version == 0) version = v2_ok && Tq >= 16 ? 2 : 1;
+    if (n_heads > 65535)
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda attention: %d heads, at most 65535 supported", n_heads);
+    if (version == 1) {
+        if (head_dim > V1_MAX_HD)
+            return gq_err(GQ_ERR_UNSUPPORTED, "cuda attention: head_dim %d, at most %d supported", head_dim,
+                          V1_MAX_HD);
+        dim3 grid(CEIL_DIV(Tq, V1_WARPS), n_heads);
+        attn_v1_kernel<<<grid, V1_WARPS * 32, 0, c->stream>>>(
+            (__half *)O, ldo, (const __half *)Q, ldq, (const __half *)K, ldk, (const __half *)V, ldv, Tq, Tk, group,
+            head_dim, (float)(1.0 / sqrt((double)head_dim)));
+    } else {
+        dim3 grid(CEIL_DIV(Tq, V2_BR), n_heads);
+        const float sl2 = (float)(1.4426950408889634 / sqrt((double)head_dim)); /* log2(e) / sqrt(hd) */
+        if (head_dim == 64)
+            attn_v2_kernel<64><<<grid, 128, 0, c->stream>>>((__half *)O, ldo, (const __half *)Q, ldq,
+                                                            (const __half *)K, ldk, (const __half *)V, ldv, Tq, Tk,
+                                                            group, sl2);
+        else
+            attn_v2_kernel<128><<<grid, 128, 0, c->stream>>>((__half *)O, ldo, (const __half *)Q, ldq,
+                                                             (const __half *)K, ldk, (const __half *)V, ldv, Tq, Tk,
+                                                             group, sl2);
+    }
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}

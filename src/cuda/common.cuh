@@ -1,0 +1,162 @@
+/*
+ * cuda/common.cuh (private) -- shared by the CUDA backend's .cu files: the
+ * backend context, error checks that turn CUDA / cuBLAS / cuSOLVER failures
+ * into gq_status values (library code never aborts on a device error), warp
+ * reductions, fp16 helpers, and the entry points each .cu file provides to
+ * the vtable in backend_cuda.cu.
+ *
+ * Error checks:
+ *   CUDA_CHECK(call), CUBLAS_CHECK(call), CUSOLVER_CHECK(call): on failure
+ *     record GQ_ERR_DEVICE with the stringified call, file:line and the
+ *     library's error text, and `return` that status from the enclosing
+ *     function (which must return int);
+ *   CUDA_CHECK_LAUNCH(): the same for the last kernel launch;
+ *   GQ_CU_OK(call): the status as an expression (for `goto` cleanup paths).
+ */
+#ifndef GQ_CUDA_COMMON_CUH
+#define GQ_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend_impl.h"
+#include "gq/backend_cuda.h"
+}
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+
+int gq_cuda_status(cudaError_t e, const char *call, const char *file, int line);
+int gq_cuda_status(cublasStatus_t e, const char *call, const char *file, int line);
+int gq_cuda_status(cusolverStatus_t e, const char *call, const char *file, int line);
+
+#define GQ_CU_OK(call) gq_cuda_status((call), #call, __FILE__, __LINE__)
+#define GQ_CU_RETURN_IF(call)                   \
+    do {                                        \
+        int cu_rc_ = GQ_CU_OK(call);            \
+        if (cu_rc_ != GQ_OK) return cu_rc_;     \
+    } while (0)
+#define CUDA_CHECK(call) GQ_CU_RETURN_IF(call)
+#define CUBLAS_CHECK(call) GQ_CU_RETURN_IF(call)
+#define CUSOLVER_CHECK(call) GQ_CU_RETURN_IF(call)
+/* After a kernel launch: configuration errors (bad grid, too much shared
+ * memory) show up here; errors during execution show at the next sync. */
+#define CUDA_CHECK_LAUNCH() GQ_CU_RETURN_IF(cudaGetLastError())
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+/* ---- the context ------------------------------------------------------------------------------ */
+
+#define GQ_CUDA_STAGE_BYTES ((size_t)16 << 20) /* one pinned / device staging chunk */
+#define GQ_CUDA_MAX_ROPE_HALF 1024             /* head_dim / 2 limit of rope's inv_freq buffer */
+
+typedef struct {
+    int device;
+    cudaDeviceProp prop;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cusolverDnHandle_t cusolver;
+    cusolverDnParams_t cusolver_params;
+    void *cublas_ws; /* cuBLAS workspace (device) */
+    size_t cublas_ws_bytes;
+    /* double-buffered staging for uploads/downloads: host[k] pinned, dev[k]
+     * device scratch for dtype conversions, ev[k] recorded after the last
+     * stream operation that uses chunk k */
+    void *stage_host[2];
+    void *stage_dev[2];
+    cudaEvent_t stage_ev[2];
+    /* rope: the last inv_freq uploaded (host copy) and its device buffer */
+    float *rope_dev;
+    float rope_host[GQ_CUDA_MAX_ROPE_HALF];
+    int rope_n;
+    /* knobs and statistics */
+    int attn_version;
+    int hinv_mode;
+    gq_cuda_gptq_timing gptq_timing;
+} gq_cuda_ctx;
+
+static inline gq_cuda_ctx *gq_cuda_ctx_of(const gq_backend *be) { return (gq_cuda_ctx *)be->ctx; }
+
+/* ---- device helpers ----------------------------------------------------------------------------- */
+
+#define GQ_FULL_MASK 0xffffffffu
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
+    return v;
+}
+static __device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
+    return v;
+}
+static __device__ __forceinline__ float warp_min(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
+    return v;
+}
+
+/* Block-wide sum of one float per thread (blockDim.x a multiple of 32, at
+ * most 1024); every thread gets the result. Uses 33 floats of shared memory. */
+static __device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float t = lane < nw ? part[lane] : 0.0f;
+        t = warp_sum(t);
+        if (lane == 0) part[32] = t;
+    }
+    __syncthreads();
+    return part[32];
+}
+
+static __device__ __forceinline__ float h2f(__half h) { return __half2float(h); }
+static __device__ __forceinline__ __half f2h(float f) { return __float2half_rn(f); }
+
+/* Is p 16-byte aligned and ld (elements of `elem` bytes) a multiple of 16 bytes? */
+static inline int gq_cuda_vec16(const void *p, long ld, size_t elem) {
+    return ((uintptr_t)p % 16) == 0 && ((size_t)ld * elem) % 16 == 0;
+}
+
+/* ---- entry points of the op files (vtable entries) ---------------------------------------------- */
+
+/* norm_rope.cu */
+int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
+                    float eps);
+int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
+                 const float *inv_freq);
+int gq_cuda_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I);
+int gq_cuda_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d);
+int gq_cuda_add_bias(gq_backend *be, void *Y, int ldy, int T, int N, const void *bias);
+
+/* attention.cu */
+int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
+                      const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim);
+
+/* gptq.cu */
+int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W,
+                 gq_qresult *res);
+
+/* nll.cu */
+int gq_cuda_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
+                double *nll_sum, int64_t *count, float *logits_out);
+
+/* backend_cuda.cu: device scratch through gq_be_alloc (counted in the
+ * backend's peak bytes); NULL with GQ_ERR_NOMEM recorded on failure. */
+void *gq_cuda_scratch(gq_backend *be, size_t bytes, const char *what);
+
+#endif /* GQ_CUDA_COMMON_CUH */

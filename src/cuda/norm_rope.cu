@@ -1,0 +1,199 @@
+/*
+ * cuda/norm_rope.cu -- the elementwise ops of the forward pass on fp16
+ * activations with fp32 math: rmsnorm (one block per row), rope (one block
+ * per token, cos/sin of the token's angles in shared memory), swiglu, add
+ * and the bias add of linear.
+ */
+#include "cuda/common.cuh"
+
+/* ---- rmsnorm ---------------------------------------------------------------------------------------------- */
+
+/* Y[row] = (X[row] * inv_rms) * w; V = 8: 16-byte accesses (d, ld multiples
+ * of 8, aligned buffers), V = 1: scalar. inv_rms = 1 / sqrt(mean(x^2) + eps)
+ * with the mean taken from an fp32 sum and the rest in double, as the CPU
+ * backend does it. */
+template <int V>
+static __global__ void rmsnorm_kernel(__half *Y, int ldy, const __half *X, int ldx, int d, const __half *w,
+                                      float eps) {
+    const __half *x = X + (size_t)blockIdx.x * ldx;
+    __half *y = Y + (size_t)blockIdx.x * ldy;
+    float ss = 0.0f;
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        if (V == 8) {
+            uint4 raw = *(const uint4 *)(x + i);
+            const __half *hv = (const __half *)&raw;
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float v = h2f(hv[k]);
+                ss += v * v;
+            }
+        } else {
+            float v = h2f(x[i]);
+            ss += v * v;
+        }
+    }
+    ss = block_sum(ss);
+    const float inv = (float)(1.0 / sqrt((double)ss / d + (double)eps));
+    for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
+        if (V == 8) {
+            uint4 raw = *(const uint4 *)(x + i), wr = *(const uint4 *)(w + i), out;
+            const __half *hv = (const __half *)&raw, *wv = (const __half *)&wr;
+            __half *ov = (__half *)&out;
+#pragma unroll
+            for (int k = 0; k < 8; k++) ov[k] = f2h((h2f(hv[k]) * inv) * h2f(wv[k]));
+            *(uint4 *)(y + i) = out;
+        } else {
+            y[i] = f2h((h2f(x[i]) * inv) * h2f(w[i]));
+        }
+    }
+}
+
+int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
+                    float eps) {
+    cudaStream_t s = gq_cuda_ctx_of(be)->stream;
+    if (w->dtype != GQ_DT_F16) return gq_err(GQ_ERR_ARG, "cuda rmsnorm: weight must be F16");
+    const int vec = d % 8 == 0 && gq_cuda_vec16(X, ldx, 2) && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(w->data, 0, 2);
+    int threads = vec ? d / 8 : d;
+    threads = threads >= 256 ? 256 : CEIL_DIV(threads, 32) * 32;
+    if (vec)
+        rmsnorm_kernel<8><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
+                                                (const __half *)w->data, eps);
+    else
+        rmsnorm_kernel<1><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
+                                                (const __half *)w->data, eps);
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
+
+/* ---- rope ---------------------------------------------------------------------------------------------------- */
+
+/* One block per token t: angles (pos0 + t) * inv_freq[i] as an fp32 product,
+ * cos/sin (accurate sincosf) into shared memory, then every (head, i) pair
+ * (x[i], x[i + hd/2]) of the token is rotated. */
+static __global__ void rope_kernel(__half *X, int ld, int n_heads, int hd, int pos0, const float *inv_freq) {
+    extern __shared__ float cs[]; /* [half] cos, then [half] sin */
+    const int half = hd / 2;
+    const float pos = (float)(pos0 + (int)blockIdx.x);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float sn, cn;
+        sincosf(pos * inv_freq[i], &sn, &cn);
+        cs[i] = cn;
+        cs[half + i] = sn;
+    }
+    __syncthreads();
+    __half *x = X + (size_t)blockIdx.x * ld;
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+        int h = idx / half, i = idx - h * half;
+        __half *xh = x + (size_t)h * hd;
+        float x1 = h2f(xh[i]), x2 = h2f(xh[i + half]), cn = cs[i], sn = cs[half + i];
+        xh[i] = f2h(x1 * cn - x2 * sn);
+        xh[i + half] = f2h(x2 * cn + x1 * sn);
+    }
+}
+
+int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
+                 const float *inv_freq) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    const int half = head_dim / 2;
+    if (half > GQ_CUDA_MAX_ROPE_HALF)
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda rope: head_dim %d, at most %d supported", head_dim,
+                      2 * GQ_CUDA_MAX_ROPE_HALF);
+    if (c->rope_n != half || memcmp(c->rope_host, inv_freq, (size_t)half * sizeof(float)) != 0) {
+        /* from pageable memory: returns once the source has been staged, so
+         * rope_host may change afterwards */
+        memcpy(c->rope_host, inv_freq, (size_t)half * sizeof(float));
+        CUDA_CHECK(cudaMemcpyAsync(c->rope_dev, c->rope_host, (size_t)half * sizeof(float), cudaMemcpyHostToDevice,
+                                   c->stream));
+        c->rope_n = half;
+    }
+    int threads = n_heads * half >= 256 ? 256 : CEIL_DIV(n_heads * half, 32) * 32;
+    rope_kernel<<<T, threads, (size_t)head_dim * sizeof(float), c->stream>>>((__half *)X, ld, n_heads, head_dim,
+                                                                              pos0, c->rope_dev);
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
+
+/* ---- swiglu, add, bias --------------------------------------------------------------------------------------- */
+
+/* 2D launch for row-wise elementwise ops: x covers a row's columns in
+ * chunks of 256 * V, y covers rows (grid-stride when T > 65535). */
+static dim3 rows_grid(int T, int d, int V) {
+    int gx = CEIL_DIV(d, 256 * V);
+    return dim3(gx < 1 ? 1 : gx, T < 65535 ? T : 65535);
+}
+
+static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+/* A[t][i] = silu(g) * u = g / (1 + exp(-g)) * u, g = GU[t][i], u = GU[t][I + i];
+ * V = 8: 16-byte accesses (I, lda, ldgu multiples of 8, aligned buffers). */
+template <int V>
+static __global__ void swiglu_kernel(__half *A, int lda, const __half *GU, int ldgu, int T, int I) {
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= I) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        const __half *g = GU + (size_t)t * ldgu + i, *u = g + I;
+        __half *a = A + (size_t)t * lda + i;
+        if (V == 8) {
+            uint4 gr = *(const uint4 *)g, ur = *(const uint4 *)u, out;
+            const __half *gv = (const __half *)&gr, *uv = (const __half *)&ur;
+            __half *ov = (__half *)&out;
+#pragma unroll
+            for (int k = 0; k < 8; k++) ov[k] = f2h(silu_mul(h2f(gv[k]), h2f(uv[k])));
+            *(uint4 *)a = out;
+        } else {
+            *a = f2h(silu_mul(h2f(*g), h2f(*u)));
+        }
+    }
+}
+
+int gq_cuda_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I) {
+    cudaStream_t s = gq_cuda_ctx_of(be)->stream;
+    const int vec = I % 8 == 0 && gq_cuda_vec16(A, lda, 2) && gq_cuda_vec16(GU, ldgu, 2);
+    if (vec)
+        swiglu_kernel<8><<<rows_grid(T, I, 8), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+    else
+        swiglu_kernel<1><<<rows_grid(T, I, 1), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
+
+/* Y[t][j] += X[t][j] (ldx = 0: the same row X[j] for every t, the bias add);
+ * V = 8: 16-byte accesses. */
+template <int V>
+static __global__ void add_kernel(__half *Y, int ldy, const __half *X, int ldx, int T, int d) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (j >= d) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        __half *y = Y + (size_t)t * ldy + j;
+        const __half *x = X + (size_t)t * ldx + j;
+        if (V == 8) {
+            uint4 yr = *(const uint4 *)y, xr = *(const uint4 *)x;
+            __half *yv = (__half *)&yr;
+            const __half *xv = (const __half *)&xr;
+#pragma unroll
+            for (int k = 0; k < 8; k++) yv[k] = f2h(h2f(yv[k]) + h2f(xv[k]));
+            *(uint4 *)y = yr;
+        } else {
+            *y = f2h(h2f(*y) + h2f(*x));
+        }
+    }
+}
+
+static int launch_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
+    cudaStream_t s = gq_cuda_ctx_of(be)->stream;
+    const int vec = d % 8 == 0 && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(X, ldx, 2);
+    if (vec)
+        add_kernel<8><<<rows_grid(T, d, 8), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
+    else
+        add_kernel<1><<<rows_grid(T, d, 1), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
+
+int gq_cuda_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
+    return launch_add(be, Y, ldy, X, ldx, T, d);
+}
+
+int gq_cuda_add_bias(gq_backend *be, void *Y, int ldy, int T, int N, const void *bias) {
+    return launch_add(be, Y, ldy, bias, 0, T, N);
+}

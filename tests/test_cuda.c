@@ -1,0 +1,930 @@
+/*
+ * test_cuda.c -- the CUDA backend against the CPU backend (fp32, OpenBLAS)
+ * and gq_gptq_quantize, on fresh random inputs. Without a CUDA device (or
+ * without CUDA compiled in) only the device-less paths run and everything
+ * else is skipped with a message.
+ *
+ * Inputs are rounded to fp16 values first, so both backends see the same
+ * numbers; errors are ||gpu - cpu|| / ||cpu|| over the written elements.
+ * Outputs are poisoned with NaN first: an unwritten element makes the error
+ * NaN (fails), and the columns past the width of strided outputs must still
+ * be NaN afterwards. Every failure prints the op, the shape, the error,
+ * the largest |diff| and where it is.
+ *
+ * Tolerances (fp16 unit roundoff 2^-11 = 4.9e-4; rounding an output to fp16
+ * gives a relative RMS error of about 2^-11 / sqrt(3) = 2.8e-4):
+ *   TOL_F16 = 1e-3: ops with fp16 outputs and fp32 math (rmsnorm, rope,
+ *     swiglu, add, linear, attention v1): one or two fp16 roundings per
+ *     element (~3e-4 .. 4e-4 RMS) plus fp32 rounding (~1e-6); an indexing,
+ *     masking or scaling bug gives errors of order 1.
+ *   TOL_ATT2 = 2e-3: attention v2 also rounds P to fp16 before P V (the
+ *     FlashAttention scheme): one more 2^-11 relative term per product.
+ *   TOL_F32 = 1e-5: fp32 outputs from exact fp16 products summed in fp32
+ *     (hessian, logits, nll), K <= 1024 terms: ~sqrt(K) 2^-24 = 2e-6.
+ *   TOL_MODEL = 1e-2: whole checkpoints (tests/data/pycoder-5m, the tiny
+ *     models of tests/data/fwd) against transformers' fp32 forward: every
+ *     hidden state and the logits after ~10 fp16 roundings per layer (about
+ *     1e-3 per layer, compounding over up to 4 layers); a wrong rope
+ *     pairing, a missing bias or a GQA head off by one moves them by 1e-1..1.
+ *   TOL_PPL = 2e-3: the perplexity of 4 x 256 tokens of pycoder-5m vs
+ *     transformers fp32 (33.7992): fp16 activations move it by a few 1e-4
+ *     (test_ppl.c); a wrong mask or shift moves it by percents.
+ *   GPTQ: codes equal on >= 99% of the entries (the GPU and CPU inverse
+ *     factors are both fp64 but from different LAPACK blockings, and the
+ *     lazy fp32 GEMMs sum in different orders: values within ulps of a
+ *     rounding tie may flip and the error feedback then moves that row a
+ *     little); loss within 3%; per-row/static params, g_idx, perm, dead
+ *     columns, retries and RTN/fallback results exactly equal (same float
+ *     operations on the same inputs).
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gq/backend.h"
+#include "gq/gptq.h"
+#include "gq/model.h"
+#include "gq/ppl.h"
+#include "gq/st.h"
+#include "test.h"
+#ifdef GQ_USE_CUDA
+#include "gq/backend_cuda.h"
+#endif
+
+#define TOL_F16 1e-3
+#define TOL_ATT2 2e-3
+#define TOL_F32 1e-5
+#define TOL_MODEL 1e-2
+#define TOL_PPL 2e-3
+
+/* ---- watchdog: a hung kernel must not hang the suite -------------------------------------------- */
+
+static char alarm_msg[512] = "TIMEOUT test_cuda\n";
+static void on_alarm(int sig) {
+    (void)sig;
+    ssize_t rc = write(2, alarm_msg, strlen(alarm_msg));
+    (void)rc;
+    _exit(3);
+}
+
+#ifdef GQ_USE_CUDA
+static void set_op(const char *op) {
+    snprintf(alarm_msg, sizeof alarm_msg, "TIMEOUT test_cuda: no progress within the time limit in: %s\n", op);
+}
+
+/* ---- random data --------------------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rng_next(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double rng_unif(void) { return (double)(rng_next() >> 11) * 0x1.0p-53; }
+static float rng_normal(void) {
+    double u1 = rng_unif(), u2 = rng_unif();
+    return (float)(sqrt(-2.0 * log(u1 + 1e-300)) * cos(6.283185307179586 * u2));
+}
+/* n fp16-representable floats ~ N(0, sd^2) */
+static float *rand_h(size_t n, float sd) {
+    float *v = gq_malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = gq_round_f16(sd * rng_normal());
+    return v;
+}
+static float *nan_vec(size_t n) {
+    float *v = gq_malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = NAN;
+    return v;
+}
+
+/* ---- comparison ------------------------------------------------------------------------------------- */
+
+/* ||got - want|| / ||want|| over [rows][width] (ld), with the worst element
+ * and a check that the padding columns [width, ld) of got are still NaN. */
+static void compare(const char *what, const float *got, const float *want, int rows, int width, int ld, double tol) {
+    double num = 0, den = 0, worst = -1;
+    long wi = -1;
+    int pad_ok = 1;
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < width; c++) {
+            size_t i = (size_t)r * ld + c;
+            double d = (double)got[i] - want[i];
+            num += d * d;
+            den += (double)want[i] * want[i];
+            if (!(fabs(d) <= worst)) worst = isnan(d) ? INFINITY : fabs(d), wi = (long)i;
+        }
+        for (int c = width; c < ld; c++) pad_ok &= isnan(got[(size_t)r * ld + c]);
+    }
+    double e = den > 0 ? sqrt(num / den) : sqrt(num);
+    TEST_CHECK(e <= tol,
+               "%s: rel err %.3g > tol %.3g; worst |diff| %.3g at [%ld][%ld] (gpu %.7g, cpu %.7g)", what, e, tol,
+               worst, wi / ld, wi % ld, wi >= 0 ? got[wi] : 0.0, wi >= 0 ? want[wi] : 0.0);
+    TEST_CHECK(pad_ok, "%s: wrote into the padding columns %d..%d of its rows", what, width, ld - 1);
+}
+
+typedef struct {
+    gq_backend *gpu, *cpu;
+} pair;
+
+static void *up(gq_backend *be, const float *h, size_t n) {
+    void *d = gq_be_alloc(be, gq_be_act_bytes(be, n));
+    if (d) gq_be_upload_f32(be, d, h, n);
+    return d;
+}
+static void down(gq_backend *be, float *h, const void *d, size_t n) {
+    int rc = gq_be_download_f32(be, h, d, n);
+    if (rc != GQ_OK) {
+        fprintf(stderr, "  download failed: %s\n", gq_errmsg());
+        for (size_t i = 0; i < n; i++) h[i] = NAN;
+    }
+}
+
+/* ---- basics: transfers, conversions, accounting ------------------------------------------------------- */
+
+static void test_basics(gq_backend *be) {
+    set_op("basics");
+    TEST_CHECK(strncmp(gq_backend_name(be), "cuda:", 5) == 0, "name '%s'", gq_backend_name(be));
+    TEST_CHECK(gq_backend_is_gpu(be) && gq_backend_act_dtype(be) == GQ_DT_F16, "a GPU backend with F16 activations");
+    TEST_CHECK(gq_be_act_bytes(be, 10) == 20, "act bytes");
+    TEST_CHECK(gq_be_free_bytes(be) > 0, "free bytes");
+
+    /* raw bytes over three staging chunks (16 MiB each) plus an odd tail */
+    size_t nb = ((size_t)40 << 20) + 3;
+    uint8_t *a = gq_malloc(nb), *b = gq_malloc(nb);
+    for (size_t i = 0; i < nb; i++) a[i] = (uint8_t)(rng_next() >> 56);
+    size_t peak0 = gq_be_peak_bytes(be);
+    void *d = gq_be_alloc(be, nb);
+    TEST_CHECK(d != NULL, "alloc 40 MiB: %s", gq_errmsg());
+    TEST_CHECK(gq_be_peak_bytes(be) == peak0 + nb, "peak bytes %zu after a %zu-byte alloc, expected %zu", gq_be_peak_bytes(be), nb,
+               peak0 + nb);
+    TEST_OK(gq_be_upload(be, d, a, nb), "upload 40 MiB + 3");
+    memset(b, 0, nb);
+    TEST_OK(gq_be_download(be, b, d, nb), "download 40 MiB + 3");
+    size_t first = nb;
+    for (size_t i = 0; i < nb && first == nb; i++)
+        if (a[i] != b[i]) first = i;
+    TEST_CHECK(first == nb, "byte round trip differs first at byte %zu of %zu", first, nb);
+    TEST_OK(gq_be_memset0(be, d, 1000), "memset0");
+    TEST_OK(gq_be_download(be, b, d, 1001), "download");
+    int zeros_ok = b[1000] == a[1000];
+    for (int i = 0; i < 1000; i++) zeros_ok &= b[i] == 0;
+    TEST_CHECK(zeros_ok, "memset0 cleared exactly 1000 bytes");
+    gq_be_release(be, d);
+    free(a), free(b);
+
+    /* f32 -> f16 -> f32 over 2.5 chunks: round to nearest even, as gq_round_f16 */
+    size_t n = (size_t)10 << 20;
+    float *x = gq_malloc(n * sizeof(float)), *y = gq_malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(rng_normal() * pow(2.0, (int)(rng_next() % 40) - 25));
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, -70000.0f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
+                             1e-10f, 1.0009765625f, 1.00048828125f, 1.00146484375f, INFINITY};
+    memcpy(x, special, sizeof special);
+    d = up(be, x, n);
+    down(be, y, d, n);
+    size_t bad = n;
+    for (size_t i = 0; i < n && bad == n; i++) {
+        float want = gq_round_f16(x[i]);
+        if (!(y[i] == want || (isnan(y[i]) && isnan(want))) || signbit(y[i]) != signbit(want)) bad = i;
+    }
+    TEST_CHECK(bad == n, "f32 -> f16 -> f32 differs from gq_round_f16 first at %zu: x %.9g, got %.9g, want %.9g",
+               bad, bad < n ? x[bad] : 0.0, bad < n ? y[bad] : 0.0, bad < n ? gq_round_f16(x[bad]) : 0.0);
+    /* copy_act */
+    void *d2 = gq_be_alloc(be, gq_be_act_bytes(be, 1000));
+    TEST_OK(gq_be_copy_act(be, d2, (char *)d + 2 * 7, 1000), "copy_act");
+    down(be, y, d2, 1000);
+    int copy_ok = 1;
+    for (int i = 0; i < 1000; i++) copy_ok &= y[i] == gq_round_f16(x[7 + i]) || isnan(x[7 + i]);
+    TEST_CHECK(copy_ok, "copy_act moved 1000 elements from offset 7");
+    gq_be_release(be, d2);
+    gq_be_release(be, d);
+
+    /* weights: f32 (RNE), raw f16 (bit exact), raw bf16 (bf16 -> f16 RNE) */
+    const int R = 37, C = 45;
+    uint16_t *h16 = gq_malloc(sizeof(uint16_t) * R * C), *hb = gq_malloc(sizeof(uint16_t) * R * C);
+    for (int i = 0; i < R * C; i++) {
+        h16[i] = gq_f32_to_f16(x[100 + i]);
+        hb[i] = gq_f32_to_bf16(x[5000 + i]);
+    }
+    gq_bweight w;
+    int ok_w = 1, ok_h = 1, ok_b = 1;
+    TEST_OK(gq_be_weight_upload(be, &w, x + 100, R, C), "weight upload f32");
+    TEST_CHECK(w.dtype == GQ_DT_F16 && w.rows == R && w.cols == C, "weights are F16 [%d][%d] on the device", R, C);
+    down(be, y, w.data, (size_t)R * C);
+    for (int i = 0; i < R * C; i++) ok_w &= y[i] == gq_round_f16(x[100 + i]);
+    gq_be_weight_free(be, &w);
+    TEST_OK(gq_be_weight_upload_raw(be, &w, h16, GQ_DT_F16, R, C), "weight upload raw f16");
+    down(be, y, w.data, (size_t)R * C);
+    for (int i = 0; i < R * C; i++) ok_h &= gq_f32_to_f16(y[i]) == h16[i];
+    gq_be_weight_free(be, &w);
+    TEST_OK(gq_be_weight_upload_raw(be, &w, hb, GQ_DT_BF16, R, C), "weight upload raw bf16");
+    down(be, y, w.data, (size_t)R * C);
+    for (int i = 0; i < R * C; i++) ok_b &= y[i] == gq_round_f16(gq_bf16_to_f32(hb[i]));
+    gq_be_weight_free(be, &w);
+    TEST_CHECK(ok_w && ok_h && ok_b, "weight conversions exact: f32 %d, f16 %d, bf16 %d", ok_w, ok_h, ok_b);
+    free(h16), free(hb), free(x), free(y);
+}
+
+/* ---- forward ops vs the CPU backend --------------------------------------------------------------------- */
+
+/* Run the same op on both backends: inputs host arrays (already fp16
+ * values), outputs poisoned, downloaded, compared. */
+static void test_linear(pair *P, int T, int in, int out, int ldx, int ldy, int with_bias, int accumulate) {
+    char what[160];
+    snprintf(what, sizeof what, "linear T=%d in=%d out=%d ldx=%d ldy=%d bias=%d acc=%d", T, in, out, ldx, ldy,
+             with_bias, accumulate);
+    set_op(what);
+    float *X = rand_h((size_t)T * ldx, 1.0f), *W = rand_h((size_t)out * in, 0.05f), *b = rand_h((size_t)out, 1.0f);
+    float *Y0 = nan_vec((size_t)T * ldy), *Yg = nan_vec((size_t)T * ldy), *Yc = nan_vec((size_t)T * ldy);
+    if (accumulate)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < out; j++) Y0[(size_t)t * ldy + j] = gq_round_f16(rng_normal());
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    float *res[2] = {Yg, Yc};
+    for (int k = 0; k < 2; k++) {
+        gq_backend *be = bes[k];
+        gq_bweight w, bw = {0};
+        TEST_OK(gq_be_weight_upload(be, &w, W, out, in), "upload W");
+        if (with_bias) TEST_OK(gq_be_weight_upload(be, &bw, b, 1, out), "upload bias");
+        void *dX = up(be, X, (size_t)T * ldx), *dY = up(be, Y0, (size_t)T * ldy);
+        TEST_OK(gq_be_linear(be, dY, ldy, dX, ldx, T, &w, with_bias ? &bw : NULL, accumulate), "%s", what);
+        down(be, res[k], dY, (size_t)T * ldy);
+        gq_be_weight_free(be, &w), gq_be_weight_free(be, &bw);
+        gq_be_release(be, dX), gq_be_release(be, dY);
+    }
+    compare(what, Yg, Yc, T, out, ldy, TOL_F16);
+    free(X), free(W), free(b), free(Y0), free(Yg), free(Yc);
+}
+
+static void test_rmsnorm(pair *P, int T, int d, int ldx, int ldy) {
+    char what[128];
+    snprintf(what, sizeof what, "rmsnorm T=%d d=%d ldx=%d ldy=%d", T, d, ldx, ldy);
+    set_op(what);
+    float *X = rand_h((size_t)T * ldx, 3.0f), *g = rand_h((size_t)d, 1.0f);
+    float *Y[2] = {nan_vec((size_t)T * ldy), nan_vec((size_t)T * ldy)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        gq_bweight w;
+        TEST_OK(gq_be_weight_upload(bes[k], &w, g, 1, d), "upload norm weight");
+        void *dX = up(bes[k], X, (size_t)T * ldx), *dY = up(bes[k], Y[k], (size_t)T * ldy);
+        TEST_OK(gq_be_rmsnorm(bes[k], dY, ldy, dX, ldx, T, d, &w, 1e-5f), "%s", what);
+        down(bes[k], Y[k], dY, (size_t)T * ldy);
+        gq_be_weight_free(bes[k], &w);
+        gq_be_release(bes[k], dX), gq_be_release(bes[k], dY);
+    }
+    compare(what, Y[0], Y[1], T, d, ldy, TOL_F16);
+    free(X), free(g), free(Y[0]), free(Y[1]);
+}
+
+static void test_rope(pair *P, int T, int nh, int hd, int ld, int pos0) {
+    char what[128];
+    snprintf(what, sizeof what, "rope T=%d heads=%d hd=%d ld=%d pos0=%d", T, nh, hd, ld, pos0);
+    set_op(what);
+    float *X = rand_h((size_t)T * ld, 1.0f), *inv = gq_malloc(sizeof(float) * (size_t)(hd / 2));
+    for (int i = 0; i < hd / 2; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)hd);
+    for (int t = 0; t < T; t++)
+        for (int c = nh * hd; c < ld; c++) X[(size_t)t * ld + c] = NAN;
+    float *Y[2] = {gq_malloc(sizeof(float) * (size_t)T * ld), gq_malloc(sizeof(float) * (size_t)T * ld)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        void *dX = up(bes[k], X, (size_t)T * ld);
+        TEST_OK(gq_be_rope(bes[k], dX, ld, T, nh, hd, pos0, inv), "%s", what);
+        down(bes[k], Y[k], dX, (size_t)T * ld);
+        gq_be_release(bes[k], dX);
+    }
+    compare(what, Y[0], Y[1], T, nh * hd, ld, TOL_F16);
+    free(X), free(inv), free(Y[0]), free(Y[1]);
+}
+
+static void test_swiglu_add(pair *P, int T, int I, int lda, int ldgu) {
+    char what[128];
+    snprintf(what, sizeof what, "swiglu T=%d I=%d lda=%d ldgu=%d", T, I, lda, ldgu);
+    set_op(what);
+    float *GU = rand_h((size_t)T * ldgu, 3.0f), *X = rand_h((size_t)T * ldgu, 1.0f);
+    GU[0] = -100.0f; /* exp(100) overflows: silu must give -0, not NaN */
+    GU[1] = 100.0f;
+    float *A[2] = {nan_vec((size_t)T * lda), nan_vec((size_t)T * lda)};
+    float *S[2] = {nan_vec((size_t)T * lda), nan_vec((size_t)T * lda)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        void *dGU = up(bes[k], GU, (size_t)T * ldgu), *dA = up(bes[k], A[k], (size_t)T * lda);
+        void *dX = up(bes[k], X, (size_t)T * ldgu);
+        TEST_OK(gq_be_swiglu(bes[k], dA, lda, dGU, ldgu, T, I), "%s", what);
+        down(bes[k], A[k], dA, (size_t)T * lda);
+        TEST_OK(gq_be_add(bes[k], dA, lda, dX, ldgu, T, I), "add after %s", what);
+        down(bes[k], S[k], dA, (size_t)T * lda);
+        gq_be_release(bes[k], dGU), gq_be_release(bes[k], dA), gq_be_release(bes[k], dX);
+    }
+    compare(what, A[0], A[1], T, I, lda, TOL_F16);
+    /* add on the GPU: the CPU sum of the GPU's fp16 A and X, rounded once more */
+    for (size_t i = 0; i < (size_t)T * lda; i++) S[1][i] = (i % lda) < (size_t)I ? A[0][i] + X[(i / lda) * ldgu + i % lda] : NAN;
+    snprintf(what, sizeof what, "add T=%d d=%d ldy=%d ldx=%d", T, I, lda, ldgu);
+    compare(what, S[0], S[1], T, I, lda, TOL_F16);
+    free(GU), free(X), free(A[0]), free(A[1]), free(S[0]), free(S[1]);
+}
+
+static void test_hessian(pair *P, int T, int K, int ldx) {
+    char what[128];
+    snprintf(what, sizeof what, "hessian_accum T=%d K=%d ldx=%d (twice, upper triangle)", T, K, ldx);
+    set_op(what);
+    float *X = rand_h((size_t)T * ldx, 1.0f), *H0 = gq_malloc(sizeof(float) * (size_t)K * K);
+    for (int i = 0; i < K; i++) /* a symmetric start, as accumulation over sequences has */
+        for (int j = i; j < K; j++) H0[(size_t)i * K + j] = H0[(size_t)j * K + i] = 10.0f * rng_normal();
+    float *H[2] = {gq_malloc(sizeof(float) * (size_t)K * K), gq_malloc(sizeof(float) * (size_t)K * K)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        void *dX = up(bes[k], X, (size_t)T * ldx);
+        float *dH = gq_be_alloc(bes[k], sizeof(float) * (size_t)K * K);
+        gq_be_upload(bes[k], dH, H0, sizeof(float) * (size_t)K * K);
+        TEST_OK(gq_be_hessian_accum(bes[k], dH, dX, ldx, T, K), "%s", what);
+        TEST_OK(gq_be_hessian_accum(bes[k], dH, dX, ldx, T, K), "%s (2)", what);
+        gq_be_download(bes[k], H[k], dH, sizeof(float) * (size_t)K * K);
+        gq_be_release(bes[k], dX), gq_be_release(bes[k], dH);
+    }
+    for (int i = 0; i < K; i++) /* the contract is the upper triangle: compare only that */
+        for (int j = 0; j < i; j++) H[0][(size_t)i * K + j] = H[1][(size_t)i * K + j] = 0.0f;
+    compare(what, H[0], H[1], K, K, K, TOL_F32);
+    free(X), free(H0), free(H[0]), free(H[1]);
+}
+
+/* Attention on the GPU with kernel `ver` (0 auto, 1, 2) vs the CPU. */
+static void test_attention(pair *P, int ver, int Tq, int Tk, int nh, int nkv, int hd, int pad) {
+    int ldq = nh * hd + pad, ldk = nkv * hd + 2 * pad, ldv = nkv * hd + 3 * pad, ldo = nh * hd + pad;
+    char what[160];
+    snprintf(what, sizeof what, "attention v%d Tq=%d Tk=%d heads=%d/%d hd=%d pad=%d", ver, Tq, Tk, nh, nkv, hd, pad);
+    set_op(what);
+    /* q, k of sd 1.5: scores ~ N(0, 5), peaked softmaxes as in trained models */
+    float *Q = rand_h((size_t)Tq * ldq, 1.5f), *K = rand_h((size_t)Tk * ldk, 1.5f), *V = rand_h((size_t)Tk * ldv, 1.0f);
+    float *O[2] = {nan_vec((size_t)Tq * ldo), nan_vec((size_t)Tq * ldo)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    int old = gq_cuda_set_attention_kernel(P->gpu, ver);
+    for (int k = 0; k < 2; k++) {
+        void *dQ = up(bes[k], Q, (size_t)Tq * ldq), *dK = up(bes[k], K, (size_t)Tk * ldk);
+        void *dV = up(bes[k], V, (size_t)Tk * ldv), *dO = up(bes[k], O[k], (size_t)Tq * ldo);
+        TEST_OK(gq_be_attention(bes[k], dO, ldo, dQ, ldq, dK, ldk, dV, ldv, Tq, Tk, nh, nkv, hd), "%s", what);
+        down(bes[k], O[k], dO, (size_t)Tq * ldo);
+        gq_be_release(bes[k], dQ), gq_be_release(bes[k], dK), gq_be_release(bes[k], dV), gq_be_release(bes[k], dO);
+    }
+    gq_cuda_set_attention_kernel(P->gpu, old);
+    compare(what, O[0], O[1], Tq, nh * hd, ldo, ver == 1 ? TOL_F16 : TOL_ATT2);
+    free(Q), free(K), free(V), free(O[0]), free(O[1]);
+}
+
+static void test_attention_v2_limits(pair *P) {
+    set_op("attention v2 limits");
+    int old = gq_cuda_set_attention_kernel(P->gpu, 2);
+    void *b = gq_be_alloc(P->gpu, 2 * 4096);
+    TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 2, 2, 32), GQ_ERR_UNSUPPORTED,
+               "head_dim 64 or 128 (got 32)");
+    TEST_FAILS(gq_be_attention(P->gpu, b, 132, b, 132, b, 132, b, 132, 4, 4, 2, 2, 64), GQ_ERR_UNSUPPORTED,
+               "multiples of 8");
+    gq_be_release(P->gpu, b);
+    gq_cuda_set_attention_kernel(P->gpu, old);
+    TEST_CHECK(gq_cuda_set_attention_kernel(P->cpu, 1) == -1, "attention knob refuses a CPU backend");
+}
+
+static void test_nll(pair *P, int T, int d, int vocab, int ldx) {
+    char what[128];
+    snprintf(what, sizeof what, "nll T=%d d=%d vocab=%d ldx=%d", T, d, vocab, ldx);
+    set_op(what);
+    float *X = rand_h((size_t)T * ldx, 1.0f), *W = rand_h((size_t)vocab * d, 0.3f);
+    int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) tg[t] = t % 7 == 3 ? -1 : (int32_t)(rng_next() % (uint64_t)vocab);
+    double s[2] = {0, 0}, s2[2] = {0, 0};
+    int64_t n[2] = {0, 0}, n2[2] = {0, 0};
+    float *L[2] = {nan_vec((size_t)T * vocab), nan_vec((size_t)T * vocab)};
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        gq_bweight w;
+        TEST_OK(gq_be_weight_upload(bes[k], &w, W, vocab, d), "upload lm head");
+        void *dX = up(bes[k], X, (size_t)T * ldx);
+        TEST_OK(gq_be_nll(bes[k], dX, ldx, T, &w, tg, &s[k], &n[k], NULL), "%s", what);
+        TEST_OK(gq_be_nll(bes[k], dX, ldx, T, &w, tg, &s2[k], &n2[k], L[k]), "%s with logits", what);
+        gq_be_weight_free(bes[k], &w);
+        gq_be_release(bes[k], dX);
+    }
+    TEST_CHECK(n[0] == n[1] && n2[0] == n[1], "%s: count gpu %lld / %lld, cpu %lld", what, (long long)n[0],
+               (long long)n2[0], (long long)n[1]);
+    TEST_NEAR(s[0], s[1], TOL_F32 * fabs(s[1]), "%s: nll sum gpu vs cpu (rel tol %g)", what, TOL_F32);
+    TEST_NEAR(s2[0], s[1], TOL_F32 * fabs(s[1]), "%s: nll sum with logits_out", what);
+    compare(what, L[0], L[1], T, vocab, vocab, TOL_F32);
+    free(X), free(W), free(tg), free(L[0]), free(L[1]);
+}
+
+/* ---- GPTQ vs gq_gptq_quantize ------------------------------------------------------------------------------ */
+
+/* H = 2/N X^T X (full, fp32) for X [N][K] with correlated neighbouring
+ * columns, per-column scales, and the columns listed in dead[] exactly 0. */
+static float *make_hessian(int K, int N, const int *dead, int ndead) {
+    float *X = gq_malloc(sizeof(float) * (size_t)N * K), *H = gq_calloc((size_t)K * K, sizeof(float));
+    float *sc = gq_malloc(sizeof(float) * (size_t)K);
+    for (int k = 0; k < K; k++) sc[k] = 0.3f + 2.0f * (float)rng_unif();
+    for (int t = 0; t < N; t++) {
+        float prev = 0.0f;
+        for (int k = 0; k < K; k++) {
+            float z = rng_normal();
+            X[(size_t)t * K + k] = sc[k] * (z + 0.6f * prev);
+            prev = z;
+        }
+        for (int i = 0; i < ndead; i++) X[(size_t)t * K + dead[i]] = 0.0f;
+    }
+    for (int t = 0; t < N; t++)
+        for (int i = 0; i < K; i++) {
+            float xi = X[(size_t)t * K + i] * (2.0f / N);
+            if (xi == 0.0f) continue;
+            for (int j = i; j < K; j++) H[(size_t)i * K + j] += xi * X[(size_t)t * K + j];
+        }
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < i; j++) H[(size_t)i * K + j] = H[(size_t)j * K + i];
+    free(X), free(sc);
+    return H;
+}
+
+/* Solve (p, W, H) on the GPU and with gq_gptq_quantize (H scaled by h_scale
+ * in fp32 as the CPU backend does); compare. exact: codes and params must be
+ * identical (RTN, fallback, static params). */
+static void gptq_case(pair *P, const char *name, const gq_gptq_params *p, const float *W, int rows, int K,
+                      const float *H, double h_scale, int exact) {
+    char what[200];
+    snprintf(what, sizeof what, "gptq %s (%d x %d, %d-bit, group %d, %s%s%s%s, block %d)", name, rows, K, p->bits,
+             p->group_size, p->sym ? "sym" : "asym", p->act_order ? ", act-order" : "",
+             p->static_groups ? ", static" : "", p->method == GQ_METHOD_RTN ? ", RTN" : "", p->block_size);
+    set_op(what);
+    const size_t nw = (size_t)rows * K, nh = (size_t)K * K;
+    /* CPU reference */
+    float *Wc = gq_malloc(nw * sizeof(float)), *Hc = NULL;
+    memcpy(Wc, W, nw * sizeof(float));
+    if (H) {
+        Hc = gq_malloc(nh * sizeof(float));
+        for (size_t i = 0; i < nh; i++) Hc[i] = H[i] * (float)h_scale;
+    }
+    gq_qresult rc, rg;
+    memset(&rg, 0, sizeof rg);
+    TEST_OK(gq_gptq_quantize(p, Wc, rows, K, Hc, &rc), "%s: CPU", what);
+    /* GPU */
+    gq_bweight w;
+    float *dH = NULL;
+    TEST_OK(gq_be_weight_upload(P->gpu, &w, W, rows, K), "%s: upload W", what);
+    if (H) {
+        dH = gq_be_alloc(P->gpu, nh * sizeof(float));
+        gq_be_upload(P->gpu, dH, H, nh * sizeof(float));
+    }
+    int st = gq_be_gptq(P->gpu, p, dH, h_scale, &w, &rg);
+    TEST_OK(st, "%s: GPU", what);
+    float *Wg = gq_malloc(nw * sizeof(float));
+    down(P->gpu, Wg, w.data, nw);
+    if (st == GQ_OK && rc.codes) {
+        size_t same = 0, first = nw;
+        for (size_t i = 0; i < nw; i++) {
+            if (rg.codes[i] == rc.codes[i]) same++;
+            else if (first == nw) first = i;
+        }
+        double frac = (double)same / nw;
+        if (exact)
+            TEST_CHECK(same == nw, "%s: codes must be identical: %zu of %zu differ, first at [%zu][%zu] (gpu %d, cpu %d)",
+                       what, nw - same, nw, first / K, first % K, rg.codes[first], rc.codes[first]);
+        else
+            TEST_CHECK(frac >= 0.99, "%s: codes equal on %.4f%% (< 99%%), first difference at [%zu][%zu] (gpu %d, cpu %d)",
+                       what, 100 * frac, first / K, first % K, rg.codes[first], rc.codes[first]);
+        fprintf(stderr, "  %s: codes equal %.4f%%, loss gpu %.6g cpu %.6g, hinv %s\n", what, 100 * frac, rg.loss,
+                rc.loss, rg.fallback ? "-" : "ok");
+        int gi_ok = rg.ngroups == rc.ngroups, perm_ok = (rg.perm == NULL) == (rc.perm == NULL);
+        for (int k = 0; k < K; k++) {
+            gi_ok &= rg.g_idx[k] == rc.g_idx[k];
+            if (rg.perm && rc.perm) perm_ok &= rg.perm[k] == rc.perm[k];
+        }
+        TEST_CHECK(gi_ok && perm_ok, "%s: g_idx equal %d, perm equal %d", what, gi_ok, perm_ok);
+        TEST_CHECK(rg.n_dead == rc.n_dead && rg.fallback == rc.fallback && rg.retries == rc.retries,
+                   "%s: dead %d/%d, fallback %d/%d, retries %d/%d (gpu/cpu)", what, rg.n_dead, rc.n_dead,
+                   rg.fallback, rc.fallback, rg.retries, rc.retries);
+        TEST_NEAR(rg.damp_used, rc.damp_used, 1e-12 * rc.damp_used, "%s: damp used", what);
+        size_t ng = (size_t)rc.ngroups * rows, psame = 0;
+        for (size_t i = 0; i < ng; i++) psame += rg.scales[i] == rc.scales[i] && rg.zeros[i] == rc.zeros[i];
+        if (exact || p->static_groups || p->group_size == -1)
+            TEST_CHECK(psame == ng, "%s: precomputed params must be identical: %zu of %zu differ", what, ng - psame, ng);
+        else
+            TEST_CHECK(psame >= 0.99 * ng, "%s: scales/zeros equal on %zu of %zu (< 99%%)", what, psame, ng);
+        if (p->method == GQ_METHOD_GPTQ && !rc.fallback)
+            TEST_NEAR(rg.loss, rc.loss, 0.03 * rc.loss, "%s: loss within 3%%", what);
+        else
+            TEST_CHECK(rg.loss == 0.0 && rc.loss == 0.0, "%s: no loss without a Hessian factor", what);
+        /* W->data holds the dequantized weights of the GPU's own codes (fp16) */
+        float *Wd = gq_malloc(nw * sizeof(float));
+        gq_qresult_dequant(&rg, Wd);
+        size_t wbad = nw;
+        for (size_t i = 0; i < nw && wbad == nw; i++)
+            if (Wg[i] != gq_round_f16(Wd[i])) wbad = i;
+        TEST_CHECK(wbad == nw, "%s: W->data != fp16(dequant(codes)) first at [%zu][%zu]: %.7g vs %.7g", what,
+                   wbad / K, wbad % K, wbad < nw ? Wg[wbad] : 0.0, wbad < nw ? gq_round_f16(Wd[wbad]) : 0.0);
+        free(Wd);
+    }
+    gq_qresult_free(&rc);
+    gq_qresult_free(&rg);
+    gq_be_weight_free(P->gpu, &w);
+    gq_be_release(P->gpu, dH);
+    free(Wc), free(Hc), free(Wg);
+}
+
+static void test_gptq(pair *P) {
+    const int rows = 96, K = 256;
+    const int dead[] = {5, 77, 200};
+    float *W = rand_h((size_t)rows * K, 0.05f);
+    for (int k = 0; k < K; k++) W[(size_t)1 * K + k] = fabsf(W[(size_t)1 * K + k]); /* row 1 >= 0: zero-policy path */
+    for (int k = 0; k < K; k++) W[(size_t)2 * K + k] = 0.0f;                          /* row 2 all zero: [-1, 1] */
+    float *H = make_hessian(K, 1024, dead, 3);
+    const double hs = 0.5; /* any positive scale: only the loss changes */
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    gptq_case(P, "g128 sym", &p, W, rows, K, H, hs, 0);
+    p.sym = 0, p.group_size = 32;
+    gptq_case(P, "g32 asym", &p, W, rows, K, H, hs, 0);
+    p.group_size = 128, p.act_order = 1;
+    gptq_case(P, "act-order", &p, W, rows, K, H, hs, 0);
+    p.static_groups = 1;
+    gptq_case(P, "act-order + static groups", &p, W, rows, K, H, hs, 0);
+    p.act_order = p.static_groups = 0, p.group_size = -1;
+    gptq_case(P, "per-channel", &p, W, rows, K, H, hs, 0);
+    p.group_size = 128, p.bits = 3;
+    gptq_case(P, "3-bit", &p, W, rows, K, H, hs, 0);
+    p.bits = 2, p.zero_policy = GQ_ZERO_FREE, p.scale_f16 = 0;
+    gptq_case(P, "2-bit, free zeros, fp32 scales", &p, W, rows, K, H, hs, 0);
+    gq_gptq_params_default(&p);
+    p.bits = 8, p.block_size = 64, p.group_size = 96, p.sym = 0; /* groups across blocks, not aligned */
+    gptq_case(P, "8-bit, block 64, group 96", &p, W, rows, K, H, hs, 0);
+    p.method = GQ_METHOD_RTN, p.bits = 4;
+    gptq_case(P, "RTN g96", &p, W, rows, K, NULL, hs, 1);
+
+    /* the three inverse-factor modes */
+    gq_gptq_params_default(&p);
+    p.sym = 0;
+    const char *mode_names[] = {"hinv fp64 trtri", "hinv fp64 potri", "hinv fp32 first"};
+    for (int m = GQ_CUDA_HINV_F64; m <= GQ_CUDA_HINV_F32_FIRST; m++) {
+        int old = gq_cuda_set_hinv_mode(P->gpu, m);
+        gptq_case(P, mode_names[m], &p, W, rows, K, H, hs, 0);
+        gq_cuda_gptq_timing t;
+        TEST_OK(gq_cuda_last_gptq_timing(P->gpu, &t), "timing");
+        TEST_CHECK(t.hinv_f64 == (m != GQ_CUDA_HINV_F32_FIRST), "%s: factor precision fp%d", mode_names[m],
+                   t.hinv_f64 ? 64 : 32);
+        gq_cuda_set_hinv_mode(P->gpu, old);
+    }
+    free(W), free(H);
+
+    /* K not a multiple of the block, odd rows */
+    const int r2 = 37, K2 = 200;
+    W = rand_h((size_t)r2 * K2, 0.05f);
+    H = make_hessian(K2, 800, NULL, 0);
+    gq_gptq_params_default(&p);
+    p.group_size = 64, p.act_order = 1, p.sym = 0;
+    gptq_case(P, "K 200, act-order g64", &p, W, r2, K2, H, 1.0, 0);
+    free(H);
+
+    /* one retry (H = I with pairs coupled by 1.05: damp 0.1 needed), then
+     * H = -I: every retry fails, RTN fallback (identical to the CPU's) */
+    H = gq_calloc((size_t)K2 * K2, sizeof(float));
+    for (int i = 0; i < K2; i++) H[(size_t)i * K2 + i] = 1.0f;
+    for (int i = 0; i + 1 < K2; i += 2) H[(size_t)i * K2 + i + 1] = H[(size_t)(i + 1) * K2 + i] = 1.05f;
+    gq_gptq_params_default(&p);
+    p.group_size = 32;
+    gptq_case(P, "indefinite H, one retry", &p, W, r2, K2, H, 1.0, 0);
+    memset(H, 0, sizeof(float) * (size_t)K2 * K2);
+    for (int i = 0; i < K2; i++) H[(size_t)i * K2 + i] = -1.0f;
+    gptq_case(P, "H = -I, fallback", &p, W, r2, K2, H, 1.0, 1);
+
+    /* input errors: the CPU path's messages */
+    set_op("gptq errors");
+    gq_bweight w;
+    gq_qresult r;
+    float *dH = gq_be_alloc(P->gpu, sizeof(float) * (size_t)K2 * K2);
+    float *H2 = make_hessian(K2, 800, NULL, 0);
+    gq_be_upload(P->gpu, dH, H2, sizeof(float) * (size_t)K2 * K2);
+    W[3 * K2 + 7] = NAN;
+    gq_be_weight_upload(P->gpu, &w, W, r2, K2);
+    gq_gptq_params_default(&p);
+    TEST_FAILS(gq_be_gptq(P->gpu, &p, dH, 1.0, &w, &r), GQ_ERR_NUMERIC, "W[3][7]");
+    gq_be_weight_free(P->gpu, &w);
+    W[3 * K2 + 7] = 0.0f;
+    gq_be_weight_upload(P->gpu, &w, W, r2, K2);
+    float inf = INFINITY;
+    gq_be_upload(P->gpu, dH + 2 * K2 + 5, &inf, sizeof inf);
+    TEST_FAILS(gq_be_gptq(P->gpu, &p, dH, 1.0, &w, &r), GQ_ERR_NUMERIC, "H[2][5]");
+    p.block_size = 256;
+    TEST_FAILS(gq_be_gptq(P->gpu, &p, dH, 1.0, &w, &r), GQ_ERR_UNSUPPORTED, "block size 256");
+    p.block_size = 128, p.bits = 5;
+    TEST_FAILS(gq_be_gptq(P->gpu, &p, dH, 1.0, &w, &r), GQ_ERR_ARG, "got 5");
+    TEST_CHECK(r.codes == NULL, "no result on error");
+    gq_be_weight_free(P->gpu, &w);
+    gq_be_release(P->gpu, dH);
+    free(W), free(H), free(H2);
+}
+
+/* ---- whole checkpoints vs transformers ------------------------------------------------------------------- */
+
+static float *ref_tensor(gq_st *st, const char *name, int64_t *numel) {
+    const gq_st_tensor *t = gq_st_find(st, name);
+    TEST_CHECK(t != NULL, "reference tensor '%s' present", name);
+    if (!t) return NULL;
+    float *v = gq_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+    TEST_OK(gq_st_read_f32(st, t, v), "read %s", name);
+    *numel = t->numel;
+    return v;
+}
+
+static double rel_l2(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The forward of `dir` on the GPU, layer by layer, against the hidden states
+ * and logits of `ref_path` (tests/ref/gen_forward.py, transformers fp32). */
+static void test_model(gq_backend *be, const char *dir, const char *ref_path) {
+    set_op(dir);
+    gq_model m;
+    gq_st *ref = NULL;
+    TEST_OK(gq_model_open(&m, dir), "open %s", dir);
+    TEST_OK(gq_st_open(&ref, ref_path), "open %s", ref_path);
+    if (!m.st || !ref) {
+        if (m.st) gq_model_close(&m);
+        gq_st_close(ref);
+        return;
+    }
+    const gq_config *c = &m.cfg;
+    const gq_st_tensor *ti = gq_st_find(ref, "ids");
+    TEST_CHECK(ti && ti->dtype == GQ_DT_I32, "%s: ids", ref_path);
+    if (!ti || ti->dtype != GQ_DT_I32) {
+        gq_st_close(ref), gq_model_close(&m);
+        return;
+    }
+    const int32_t *ids = ti->data;
+    const int T = (int)ti->numel, d = c->hidden;
+    int64_t n = 0;
+    float *inv = gq_malloc(sizeof(float) * (size_t)(c->head_dim / 2)), *x = gq_malloc(sizeof(float) * (size_t)T * d);
+    gq_rope_inv_freq(c, T, inv);
+    TEST_OK(gq_model_embed(&m, ids, T, x), "embed");
+    void *dx = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
+    gq_be_upload_f32(be, dx, x, (size_t)T * d);
+    gq_fwd_scratch s;
+    TEST_OK(gq_fwd_scratch_init(be, c, T, &s), "scratch");
+    for (int l = 0; l < c->n_layers; l++) {
+        gq_layer_host h;
+        gq_blayer bl;
+        char name[32];
+        TEST_OK(gq_model_load_layer(&m, l, &h), "%s: load layer %d", dir, l);
+        TEST_OK(gq_blayer_upload(be, c, &h, &bl), "upload layer %d", l);
+        gq_layer_host_free(&h);
+        TEST_OK(gq_fwd_layer(be, c, &bl, dx, T, inv, &s), "%s: forward layer %d on the GPU", dir, l);
+        gq_blayer_free(be, &bl);
+        down(be, x, dx, (size_t)T * d);
+        snprintf(name, sizeof name, "hidden.%d", l + 1);
+        float *hr = ref_tensor(ref, name, &n);
+        if (!hr) continue;
+        double e = rel_l2(x, hr, (size_t)T * d);
+        TEST_CHECK(n == (int64_t)T * d && e <= TOL_MODEL, "%s: layer %d output (%d tokens x %d) rel err %.3g > %g",
+                   dir, l, T, d, e, TOL_MODEL);
+        fprintf(stderr, "  %s layer %d: rel err %.3g vs transformers fp32\n", dir, l, e);
+        free(hr);
+    }
+    float *norm = NULL, *lm = NULL;
+    TEST_OK(gq_model_load_head(&m, &norm, &lm), "load head");
+    gq_bweight wn, wl;
+    TEST_OK(gq_be_weight_upload(be, &wn, norm, 1, d), "upload norm");
+    TEST_OK(gq_be_weight_upload(be, &wl, lm, c->vocab, d), "upload lm_head");
+    TEST_OK(gq_be_rmsnorm(be, s.xn, d, dx, d, T, d, &wn, c->rms_eps), "final norm");
+    float *logits = gq_malloc(sizeof(float) * (size_t)T * c->vocab);
+    int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) tg[t] = t + 1 < T ? ids[t + 1] : -1;
+    double nll = 0;
+    int64_t cnt = 0;
+    TEST_OK(gq_be_nll(be, s.xn, d, T, &wl, tg, &nll, &cnt, logits), "logits");
+    float *lr = ref_tensor(ref, "logits", &n);
+    const gq_st_tensor *tp = gq_st_find(ref, "logit_pos");
+    const int32_t *pos = tp ? tp->data : NULL;
+    const int rows = pos ? (int)tp->numel : T;
+    if (lr && n == (int64_t)rows * c->vocab) {
+        double worst = 0;
+        int wr = 0;
+        for (int r = 0; r < rows; r++) {
+            double e = rel_l2(logits + (size_t)(pos ? pos[r] : r) * c->vocab, lr + (size_t)r * c->vocab,
+                              (size_t)c->vocab);
+            if (!(e <= worst)) worst = e, wr = r;
+        }
+        TEST_CHECK(worst <= TOL_MODEL, "%s: logits worst row %d rel err %.3g > %g", dir, wr, worst, TOL_MODEL);
+        fprintf(stderr, "  %s logits: worst row rel err %.3g vs transformers fp32\n", dir, worst);
+    } else {
+        TEST_CHECK(0, "%s: reference logits: %lld values for %d rows of %d", dir, (long long)n, rows, c->vocab);
+    }
+    free(lr), free(tg), free(logits), free(norm), free(lm), free(x), free(inv);
+    gq_be_weight_free(be, &wn), gq_be_weight_free(be, &wl);
+    gq_fwd_scratch_free(be, &s);
+    gq_be_release(be, dx);
+    gq_st_close(ref);
+    gq_model_close(&m);
+}
+
+/* Perplexity of the first 4 x 256 tokens of the eval text (test_ppl's (b)). */
+static void test_ppl_gpu(gq_backend *be) {
+    set_op("ppl pycoder-5m 4 x 256");
+    gq_model m;
+    gq_st *ref = NULL;
+    TEST_OK(gq_model_open(&m, gq_test_data("pycoder-5m")), "open pycoder-5m");
+    TEST_OK(gq_st_open(&ref, gq_test_data("fwd/pycoder5m_ref.safetensors")), "open the reference");
+    const gq_st_tensor *ti = ref ? gq_st_find(ref, "ppl_ids") : NULL, *tp = ref ? gq_st_find(ref, "ppl") : NULL;
+    if (m.st && ti && tp && ti->numel == 1024) {
+        gq_ppl_opts o;
+        gq_ppl_opts_default(&o);
+        o.seqlen = 256;
+        o.progress = 0;
+        gq_ppl_result r;
+        const double want = *(const double *)tp->data;
+        TEST_OK(gq_ppl_ids(&m, be, ti->data, 1024, &o, &r), "ppl of 4 x 256 on the GPU");
+        if (r.n_windows == 4) {
+            TEST_NEAR(r.ppl, want, TOL_PPL * want, "pycoder-5m ppl of 4 x 256 on the GPU vs transformers fp32");
+            fprintf(stderr, "  pycoder-5m 4 x 256: ppl %.5f on the GPU, transformers fp32 %.5f\n", r.ppl, want);
+        }
+        gq_ppl_result_free(&r);
+    } else {
+        TEST_CHECK(0, "pycoder-5m and its reference perplexity tensors are readable");
+    }
+    gq_st_close(ref);
+    if (m.st) gq_model_close(&m);
+}
+
+/* ---- timing sanity (printed, not asserted) ---------------------------------------------------------------- */
+
+static double timed(gq_backend *be, double t0) {
+    gq_be_sync(be);
+    return gq_now() - t0;
+}
+
+static void timing_print(pair *P) {
+    set_op("timing");
+    gq_backend *be = P->gpu;
+    const int T = 2048, d = 4096, I = 11008, K = 4096, rows = 4096;
+    float *x = rand_h((size_t)T * I, 1.0f), *wv = rand_h((size_t)I * d, 0.02f);
+    void *X = up(be, x, (size_t)T * I), *Y = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * I));
+    gq_bweight w;
+    gq_be_weight_upload(be, &w, wv, I, d);
+    float *H = gq_be_alloc(be, sizeof(float) * (size_t)K * K);
+    gq_be_memset0(be, H, sizeof(float) * (size_t)K * K);
+    gq_be_linear(be, Y, I, X, d, T, &w, NULL, 0); /* warm-up */
+    double t0 = gq_now();
+    for (int i = 0; i < 10; i++) gq_be_linear(be, Y, I, X, d, T, &w, NULL, 0);
+    double tl = timed(be, t0) / 10;
+    t0 = gq_now();
+    for (int i = 0; i < 10; i++) gq_be_hessian_accum(be, H, X, d, T, K);
+    double th = timed(be, t0) / 10;
+    double ta[3] = {0, 0, 0};
+    for (int v = 1; v <= 2; v++) { /* 32 heads x 128, T = 2048, causal */
+        int old = gq_cuda_set_attention_kernel(be, v);
+        gq_be_attention(be, Y, 4096, X, 3 * 4096, (char *)X + 2 * 4096, 3 * 4096, (char *)X + 4 * 4096, 3 * 4096,
+                        T / 2, T / 2, 32, 32, 128);
+        t0 = gq_now();
+        gq_be_attention(be, Y, 4096, X, 3 * 4096, (char *)X + 2 * 4096, 3 * 4096, (char *)X + 4 * 4096, 3 * 4096,
+                        T / 2, T / 2, 32, 32, 128);
+        ta[v] = timed(be, t0);
+        gq_cuda_set_attention_kernel(be, old);
+    }
+    gq_be_weight_free(be, &w);
+    gq_bweight wq;
+    gq_be_weight_upload(be, &wq, wv, rows, K);
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    gq_qresult r;
+    t0 = gq_now();
+    int st = gq_be_gptq(be, &p, H, 2.0 / 128, &wq, &r);
+    double tg = gq_now() - t0;
+    gq_cuda_gptq_timing gt = {0};
+    gq_cuda_last_gptq_timing(be, &gt);
+    double attn_flops = 2.0 * 2.0 * (T / 2) * (T / 2) * 128 * 32; /* causal half of 4 T^2 hd per head */
+    fprintf(stderr,
+            "timing (not asserted) on %s:\n"
+            "  linear 2048 x 4096 -> 11008: %.3f ms, %.0f TFLOP/s\n"
+            "  hessian_accum T 2048, K 4096 (upper panels): %.3f ms, %.0f TFLOP/s of the full product\n"
+            "  attention T 1024, 32 heads x 128: v1 %.3f ms, v2 %.3f ms (%.0f TFLOP/s)\n"
+            "  gptq 4096 x 4096 g128: %.3f s (%s; prep %.3f, factor %.3f, blocks %.3f, output %.3f)\n",
+            gq_backend_name(be), 1e3 * tl, 2.0 * T * d * I / tl * 1e-12, 1e3 * th, 2.0 * T * K * K / th * 1e-12,
+            1e3 * ta[1], 1e3 * ta[2], attn_flops / ta[2] * 1e-12, tg, st == GQ_OK ? "ok" : gq_errmsg(), gt.prep,
+            gt.factor, gt.blocks, gt.output);
+    gq_qresult_free(&r);
+    gq_be_weight_free(be, &wq);
+    gq_be_release(be, X), gq_be_release(be, Y), gq_be_release(be, H);
+    free(x), free(wv);
+}
+
+static void run_gpu(void) {
+    pair P = {0};
+    TEST_OK(gq_backend_init(&P.gpu, "cuda:0"), "cuda backend");
+    TEST_OK(gq_backend_init(&P.cpu, "cpu"), "cpu backend");
+    if (!P.gpu || !P.cpu) {
+        gq_backend_free(P.gpu), gq_backend_free(P.cpu);
+        return;
+    }
+    TEST_BEGIN("cuda basics");
+    test_basics(P.gpu);
+    TEST_BEGIN("cuda ops");
+    test_linear(&P, 37, 96, 80, 96, 80, 0, 0);
+    test_linear(&P, 37, 96, 80, 104, 90, 1, 0); /* strided, bias */
+    test_linear(&P, 5, 512, 33, 520, 40, 1, 1); /* K 512, accumulate */
+    test_linear(&P, 1, 64, 256, 64, 256, 0, 1);
+    test_linear(&P, 300, 1024, 768, 1024, 768, 0, 0);
+    test_linear(&P, 64, 256, 128, 256, 136, 1, 1); /* bias add on 16-byte vectors */
+    test_rmsnorm(&P, 33, 96, 96, 96);      /* vectorised path */
+    test_rmsnorm(&P, 7, 250, 300, 260);    /* scalar path */
+    test_rmsnorm(&P, 5, 4096, 4096, 4096); /* full width */
+    test_rope(&P, 29, 3, 32, 3 * 32, 0);
+    test_rope(&P, 17, 2, 128, 300, 16000); /* strided, positions 16000.. */
+    test_swiglu_add(&P, 21, 48, 48, 96);
+    test_swiglu_add(&P, 9, 50, 64, 120);
+    test_hessian(&P, 70, 48, 48);
+    test_hessian(&P, 33, 600, 608); /* three panels */
+    test_nll(&P, 45, 32, 300, 40);
+    test_nll(&P, 600, 16, 50000, 16); /* 2 chunks of 335 rows */
+    TEST_BEGIN("cuda attention");
+    for (int v = 1; v <= 2; v++) {
+        test_attention(&P, v, 100, 100, 4, 4, 64, 0);    /* MHA, T not a multiple of 64 */
+        test_attention(&P, v, 100, 100, 4, 2, 64, 0);    /* GQA 2 */
+        test_attention(&P, v, 130, 130, 8, 2, 128, 8);   /* GQA 4, strided */
+        test_attention(&P, v, 1, 37, 4, 2, 64, 0);       /* decode step */
+        test_attention(&P, v, 1, 1000, 4, 1, 128, 8);    /* decode, one kv head, long cache */
+        test_attention(&P, v, 5, 37, 2, 1, 64, 0);       /* chunked prefill: 5 queries at 32..36 */
+        test_attention(&P, v, 1, 1, 2, 2, 64, 0);        /* a single token */
+        test_attention(&P, v, 300, 1000, 4, 2, 128, 0);  /* chunked prefill, 300 queries */
+        test_attention(&P, v, 517, 517, 2, 1, 128, 0);   /* odd T, 9 key tiles */
+    }
+    test_attention(&P, 0, 1100, 1100, 2, 2, 64, 0); /* auto: v2 */
+    test_attention(&P, 2, 16384, 16384, 2, 1, 128, 0); /* the longest supported prefill */
+    test_attention(&P, 0, 1, 16384, 4, 1, 128, 0);     /* decode against a 16384-key cache (v1) */
+    test_attention(&P, 1, 40, 40, 3, 3, 32, 8);     /* hd 32: v1 only */
+    test_attention(&P, 1, 40, 40, 2, 1, 96, 0);     /* hd 96 */
+    test_attention_v2_limits(&P);
+    TEST_BEGIN("cuda gptq");
+    test_gptq(&P);
+    TEST_BEGIN("cuda models");
+    test_model(P.gpu, gq_test_data("pycoder-5m"), gq_test_data("fwd/pycoder5m_ref.safetensors"));
+    const char *tiny[] = {"fwd/tiny-llama3-bias-bf16", "fwd/tiny-linear-tied-f16", "fwd/tiny-dynamic-f32",
+                          "fwd/tiny-gptq4-v1-actorder"};
+    for (int i = 0; i < 4; i++) {
+        char ref[512];
+        snprintf(ref, sizeof ref, "%s/ref.safetensors", gq_test_data(tiny[i]));
+        test_model(P.gpu, gq_test_data(tiny[i]), ref);
+    }
+    test_ppl_gpu(P.gpu);
+    TEST_BEGIN("cuda timing");
+    timing_print(&P);
+    gq_backend_free(P.gpu);
+    gq_backend_free(P.cpu);
+}
+#endif /* GQ_USE_CUDA */
+
+/* Paths that need no device: the registry and the knobs refuse cleanly. */
+static void test_no_device(void) {
+    TEST_BEGIN("cuda (no device)");
+    gq_backend *be = NULL;
+#ifdef GQ_USE_CUDA
+    int n = gq_cuda_device_count();
+    TEST_CHECK(n >= 0, "device count %d", n);
+    TEST_FAILS(gq_backend_cuda_init(&be, n), GQ_ERR_DEVICE, "present");
+    TEST_CHECK(be == NULL, "no backend on error");
+    TEST_FAILS(gq_cuda_device_info(n, NULL, 0, NULL, NULL, NULL, NULL), GQ_ERR_DEVICE, "present");
+    if (n == 0) TEST_FAILS(gq_backend_init(&be, "cuda"), GQ_ERR_DEVICE, "0 CUDA devices present");
+    TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend");
+    if (be) {
+        TEST_CHECK(gq_cuda_set_attention_kernel(be, 1) == -1 && gq_cuda_set_hinv_mode(be, 0) == -1,
+                   "knobs refuse a CPU backend");
+        gq_cuda_gptq_timing t;
+        TEST_FAILS(gq_cuda_last_gptq_timing(be, &t), GQ_ERR_ARG, "not a CUDA backend");
+    }
+    gq_backend_free(be);
+#else
+    TEST_FAILS(gq_backend_init(&be, "cuda"), GQ_ERR_UNSUPPORTED, "built without CUDA");
+#endif
+}
+
+int main(void) {
+    gq_log_set_level(GQ_LOG_WARN);
+    signal(SIGALRM, on_alarm);
+    alarm(600);
+    test_no_device();
+#ifdef GQ_USE_CUDA
+    if (gq_cuda_device_count() > 0) {
+        char name[256] = "";
+        size_t mem = 0;
+        int sms = 0, ma = 0, mi = 0;
+        gq_cuda_device_info(0, name, sizeof name, &mem, &sms, &ma, &mi);
+        fprintf(stderr, "CUDA device 0: %s, sm_%d%d, %d SMs, %.1f GiB\n", name, ma, mi, sms, mem / 1073741824.0);
+        run_gpu();
+    } else {
+        TEST_SKIP("no CUDA device: GPU tests skipped");
+    }
+#else
+    TEST_SKIP("gq built without CUDA (make CUDA=0 or no nvcc): GPU tests skipped");
+#endif
+    return TEST_REPORT();
+}
