@@ -21,7 +21,7 @@ int gq_cmd_inspect(int argc, char **argv) {
     const char *pos[1];
     int npos = 0;
     const char *syn = "PATH  (a checkpoint directory, a .safetensors file or an index .json)";
-    int rc = gq_opts_parse("inspect", syn, opts, 1, argc, argv, pos, 1, &npos);
+    int rc = gq_opts_parse("inspect", syn, opts, 1, argc - 1, argv + 1, pos, 1, &npos);
     if (rc) return rc;
     if (npos != 1) {
         gq_opts_usage(stderr, "inspect", syn, opts, 1);

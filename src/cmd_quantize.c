@@ -46,7 +46,7 @@ int gq_cmd_quantize(int argc, char **argv) {
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --out DIR [options]";
-    int rc = gq_opts_parse("quantize", syn, opts, n, argc, argv, NULL, 0, NULL);
+    int rc = gq_opts_parse("quantize", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
     if (rc) return rc;
     if (!o.model_dir || !o.out_dir) {
         gq_opts_usage(stderr, "quantize", syn, opts, n);

@@ -9,25 +9,15 @@
  * on one line, space separated. --no-special leaves out the post-processor
  * tokens (BOS). --decode prints the text of a comma-separated id list
  * (--no-special then skips special tokens).
- * argv[0] is the command name. Returns a process exit code.
+ * argv[0] is the command name. Returns a gq_status (1: --help was printed).
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmds.h"
+#include "gq/cli.h"
 #include "gq/tokenizer.h"
-
-static void tokenize_usage(FILE *f) {
-    fprintf(f,
-            "usage: gq tokenize --model DIR [--text FILE | STRING] [--ids] [--no-special]\n"
-            "       gq tokenize --model DIR --decode ID,ID,... [--no-special]\n"
-            "\n"
-            "  --model DIR      model directory with tokenizer.json (or the tokenizer.json file)\n"
-            "  --text FILE      encode the contents of FILE (default: STRING, else stdin)\n"
-            "  --ids            print only the ids, on one line\n"
-            "  --no-special     no BOS/EOS when encoding; skip special tokens when decoding\n"
-            "  --decode LIST    decode comma-separated ids and print the text\n");
-}
 
 static int read_stream(FILE *f, char **data, size_t *len) {
     size_t cap = 1 << 16, n = 0;
@@ -96,44 +86,21 @@ out:
 }
 
 int gq_cmd_tokenize(int argc, char **argv) {
-    const char *model = NULL, *file = NULL, *str = NULL, *decode = NULL;
-    int ids_only = 0, special = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int has_val = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            tokenize_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--model") && has_val) {
-            model = argv[++i];
-        } else if (!strcmp(a, "--text") && has_val) {
-            file = argv[++i];
-        } else if (!strcmp(a, "--decode") && has_val) {
-            decode = argv[++i];
-        } else if (!strcmp(a, "--ids")) {
-            ids_only = 1;
-        } else if (!strcmp(a, "--no-special")) {
-            special = 0;
-        } else if (a[0] == '-' && a[1] == '-') {
-            fprintf(stderr, "gq tokenize: unknown option or missing value: %s\n", a);
-            tokenize_usage(stderr);
-            return 2;
-        } else if (!str) {
-            str = a;
-        } else {
-            fprintf(stderr, "gq tokenize: more than one STRING ('%s')\n", a);
-            return 2;
-        }
-    }
-    if (!model || (file && str)) {
-        fprintf(stderr, "gq tokenize: %s\n", !model ? "--model is required" : "give --text FILE or STRING, not both");
-        tokenize_usage(stderr);
-        return 2;
-    }
-    int rc = run(model, file, str, decode, ids_only, special);
-    if (rc) {
-        fprintf(stderr, "gq tokenize: %s: %s\n", gq_status_name(rc), gq_errmsg());
-        return 1;
-    }
-    return 0;
+    const char *model = NULL, *file = NULL, *decode = NULL, *pos[1] = {NULL};
+    int ids_only = 0, no_special = 0, npos = 0;
+    gq_opt opts[] = {
+        {"model", GQ_OPT_STR, &model, "model directory with tokenizer.json (or the tokenizer.json file)", NULL, 0, 0},
+        {"text", GQ_OPT_STR, &file, "encode the contents of FILE (default: STRING, else stdin)", NULL, 0, 0},
+        {"ids", GQ_OPT_FLAG, &ids_only, "print only the ids, on one line", NULL, 0, 0},
+        {"no-special", GQ_OPT_FLAG, &no_special, "no BOS/EOS when encoding; skip special tokens when decoding", NULL, 0, 0},
+        {"decode", GQ_OPT_STR, &decode, "decode comma-separated ids (1,2,3) and print the text", NULL, 0, 0},
+    };
+    const int n = (int)(sizeof opts / sizeof *opts);
+    const char *syn = "--model DIR [--text FILE | STRING] [--ids] [--no-special]\n"
+                      "       gq tokenize --model DIR --decode ID,ID,... [--no-special]";
+    int rc = gq_opts_parse("tokenize", syn, opts, n, argc - 1, argv + 1, pos, 1, &npos);
+    if (rc) return rc;
+    if (!model) return gq_err(GQ_ERR_ARG, "gq tokenize: --model is required (see gq tokenize --help)");
+    if (file && npos) return gq_err(GQ_ERR_ARG, "gq tokenize: give --text FILE or STRING, not both");
+    return run(model, file, pos[0], decode, ids_only, !no_special);
 }

@@ -1,5 +1,5 @@
-/* cmds.h (private) -- the subcommands. Each takes the arguments after its
- * name and returns GQ_OK, 1 (--help was printed) or a negative gq_status
+/* cmds.h (private) -- the subcommands. Each takes its arguments with
+ * argv[0] = the command's name and returns GQ_OK, 1 (--help was printed) or a negative gq_status
  * with gq_errmsg() set; main() turns that into the exit code. */
 #ifndef GQ_CMDS_H
 #define GQ_CMDS_H

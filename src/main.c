@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], commands[i].name)) continue;
-        int rc = commands[i].run(argc - 2, argv + 2);
+        int rc = commands[i].run(argc - 1, argv + 1);
         if (rc == GQ_OK || rc == 1) return 0;
         fflush(stdout);
         fprintf(stderr, "gq %s: error: %s\n", commands[i].name, gq_errmsg()[0] ? gq_errmsg() : gq_status_name(rc));

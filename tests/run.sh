@@ -29,10 +29,16 @@ for t in "$@" tests/test_*.sh; do
         continue
     fi
     p=$(echo "$res" | cut -d' ' -f2); f=$(echo "$res" | cut -d' ' -f3); s=$(echo "$res" | cut -d' ' -f4)
-    grep -E '^(FAIL|SKIP|CRASH|  )' "$log"
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "FAIL $name exited with status $rc"
         f=1
+    fi
+    if [ "$f" -ne 0 ]; then
+        echo "---- last 80 lines of $name's output:"
+        tail -n 80 "$log"
+        echo "----"
+    else
+        grep -E '^SKIP' "$log"
     fi
     echo "$name: $p passed, $f failed, $s skipped ($((t1 - t0)) s)"
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))

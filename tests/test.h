@@ -45,7 +45,7 @@ static const char *test_name = "test";
         double ta_ = (double)(a), tb_ = (double)(b), tt_ = (double)(tol);               \
         int ok_ = fabs(ta_ - tb_) <= tt_;                                               \
         if (!ok_) {                                                                     \
-            fprintf(stderr, "  got %.9g, expected %.9g, |diff| %.3g > tol %.3g\n", ta_,  \
+            fprintf(stderr, "  | got %.9g, expected %.9g, |diff| %.3g > tol %.3g\n", ta_,  \
                     tb_, fabs(ta_ - tb_), tt_);                                         \
         }                                                                               \
         TEST_CHECK(ok_, __VA_ARGS__);                                                   \
@@ -54,7 +54,7 @@ static const char *test_name = "test";
 #define TEST_OK(status, ...)                                                            \
     do {                                                                                \
         int ts_ = (status);                                                             \
-        if (ts_ != GQ_OK) fprintf(stderr, "  status %d: %s\n", ts_, gq_errmsg());       \
+        if (ts_ != GQ_OK) fprintf(stderr, "  | status %d: %s\n", ts_, gq_errmsg());       \
         TEST_CHECK(ts_ == GQ_OK, __VA_ARGS__);                                          \
     } while (0)
 
@@ -64,7 +64,7 @@ static const char *test_name = "test";
         const char *tm_ = gq_errmsg();                                                  \
         int ok_ = ts_ == (code) && strstr(tm_, (substr)) != NULL;                       \
         if (!ok_)                                                                       \
-            fprintf(stderr, "  status %d (want %d), message \"%s\" (want \"%s\")\n",    \
+            fprintf(stderr, "  | status %d (want %d), message \"%s\" (want \"%s\")\n",    \
                     ts_, (int)(code), tm_, (substr));                                   \
         TEST_CHECK(ok_, "%s fails with %s mentioning \"%s\"", #status,                  \
                    gq_status_name(code), (substr));                                     \

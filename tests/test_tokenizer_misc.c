@@ -13,7 +13,7 @@
 #include "test.h"
 #include "tokenizer_impl.h"
 
-int gq_cmd_tokenize(int argc, char **argv);
+#include "../src/cmds.h"
 
 static char *text;
 static size_t text_len;
@@ -315,9 +315,9 @@ static void test_cmd(void) {
     char *a4[] = {"tokenize", "--model", model, "--decode", "1,6359", "--no-special"};
     TEST_CHECK(run_cmd(a4, 6, out, sizeof out) == 0 && !strcmp(out, "Hel\n"), "--decode --no-special: '%s'", out);
     char *a5[] = {"tokenize", "Hello"};
-    TEST_CHECK(run_cmd(a5, 2, out, sizeof out) == 2, "no --model: usage error (2)");
+    TEST_CHECK(run_cmd(a5, 2, out, sizeof out) == GQ_ERR_ARG, "no --model: usage error");
     char *a6[] = {"tokenize", "--model", model, "--decode", "1,x"};
-    TEST_CHECK(run_cmd(a6, 5, out, sizeof out) == 1, "bad --decode list: error (1)");
+    TEST_CHECK(run_cmd(a6, 5, out, sizeof out) == GQ_ERR_ARG, "bad --decode list: error");
     char *a7[] = {"tokenize", "--model", model, "Hi"};
     TEST_CHECK(run_cmd(a7, 4, out, sizeof out) == 0 && !strcmp(out, "1\t<s>\n42\tH\n75\ti\n"), "id<TAB>piece lines: '%s'",
                out);
