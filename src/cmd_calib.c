@@ -58,7 +58,7 @@ int gq_cmd_calib(int argc, char **argv) {
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --questions FILE --out FILE.jsonl[.gz] [options]";
-    int rc = gq_opts_parse("calib", syn, opts, n, argc, argv, NULL, 0, NULL);
+    int rc = gq_opts_parse("calib", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
     if (rc) return rc;
     if (!o.model_dir || !o.questions || !o.out) {
         gq_opts_usage(stderr, "calib", syn, opts, n);

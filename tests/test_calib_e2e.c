@@ -62,11 +62,12 @@ static int same_set(lines *a, lines *b) {
     return 1;
 }
 
+/* gq_cmd_calib as main() calls it: argv[0] is the command's name */
 static int run_cmd(const char *const *args) {
-    char *argv[40];
-    int n = 0;
-    while (args[n] && n < 39) {
-        argv[n] = (char *)args[n];
+    char *argv[40] = {"calib"};
+    int n = 1;
+    while (args[n - 1] && n < 39) {
+        argv[n] = (char *)args[n - 1];
         n++;
     }
     argv[n] = NULL;
