@@ -252,26 +252,19 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
     } else if (strset_add(&c->answers, ans)) {
         drop(c, index, "duplicate", &c->rep->n_duplicate);
     } else {
-        size_t qn;
-        char *qc = utf8_clean(c->prompt[index], strlen(c->prompt[index]), &qn);
         json_t *r = json_object();
-        json_object_set_new(r, "question", json_stringn(qc, qn));
+        json_object_set_new(r, "question", json_string(c->prompt[index]));
         json_object_set_new(r, "answer", json_stringn(ans, ans_n));
         json_object_set_new(r, "prompt_tokens", json_integer((json_int_t)c->ids[index].n));
         json_object_set_new(r, "answer_tokens", json_integer(m));
         json_object_set_new(r, "index", json_integer(index));
         json_object_set_new(r, "finish", json_string(gq_finish_name(s->finish)));
-        if (strcmp(c->prompt[index], c->q.text[index])) {
-            size_t rn;
-            char *rq = utf8_clean(c->q.text[index], strlen(c->q.text[index]), &rn);
-            json_object_set_new(r, "raw_question", json_stringn(rq, rn));
-            free(rq);
-        }
+        if (strcmp(c->prompt[index], c->q.text[index]))
+            json_object_set_new(r, "raw_question", json_string(c->q.text[index]));
         char *line = json_dumps(r, JSON_COMPACT);
         tbuf_line(&c->rec, line);
         free(line);
         json_decref(r);
-        free(qc);
         c->rep->n_written++;
         c->rep->n_total++;
         if (s->finish == GQ_FINISH_EOS) c->rep->n_eos++;
@@ -336,6 +329,14 @@ static int prepare(run_ctx *c, gq_prompt *pt, const gq_model *m) {
             gq_err_prefix("%s", c->q.where[i]);
             break;
         }
+        /* the texts as they will be stored (valid UTF-8), for records and --resume checks */
+        size_t n;
+        char *t = utf8_clean(c->prompt[i], strlen(c->prompt[i]), &n);
+        free(c->prompt[i]);
+        c->prompt[i] = t;
+        t = utf8_clean(c->q.text[i], strlen(c->q.text[i]), &n);
+        free(c->q.text[i]);
+        c->q.text[i] = t;
         if ((int)c->ids[i].n >= m->cfg.max_pos) {
             c->state[i] = D_TOO_LONG;
             c->rep->n_too_long++;

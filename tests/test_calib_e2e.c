@@ -357,6 +357,19 @@ int main(void) {
     o.resume = 1;
     TEST_FAILS(gq_calib_gen_run(&o, &r), GQ_ERR_DATA, "differs from");
 
+    /* a question with an invalid UTF-8 byte: stored with U+FFFD, and --resume accepts its own file */
+    const char *q3 = tpath("bad-utf8.txt");
+    write_text(q3, "class Caf\xe9Model:\n");
+    base_opts(&o, q3, tpath("U.jsonl"));
+    o.min_answer_tokens = 0;
+    TEST_OK(gq_calib_gen_run(&o, &r), "question with an invalid byte");
+    a = read_lines(tpath("U.jsonl"));
+    TEST_CHECK(a.n == 1 && strstr(a.line[0], "Caf\xef\xbf\xbdModel") != NULL, "stored as U+FFFD: %s", a.n ? a.line[0] : "");
+    lines_free(&a);
+    o.resume = 1;
+    TEST_OK(gq_calib_gen_run(&o, &r), "--resume of that file");
+    TEST_CHECK(r.n_done_before == 1 && r.n_generated == 0, "nothing regenerated");
+
     TEST_BEGIN("seeded sampling");
     base_opts(&o, q, tpath("S1.jsonl"));
     o.sampling.temperature = 0.9;

@@ -14,6 +14,8 @@
  * "question" + "answer" is the text the model saw; "raw_question" (only when
  * it differs from P) is the question of the source file. n counts the prompt
  * ids (with <s> when the model takes one), m the answer ids (eos excluded).
+ * The answer is the decoded ids without special tokens; texts are stored
+ * as valid UTF-8 (an invalid byte becomes U+FFFD, as transformers' decode).
  *
  * Crash safety: records are written in batches (one write, then fsync); a
  * gzip output gets one complete gzip member per batch (concatenated members
@@ -29,7 +31,9 @@
  * answer is only whitespace), "short" (fewer than min_answer_tokens
  * tokens), "degenerate" (gq_answer_degenerate with periods 1..8 covering
  * more than half of the answer), "duplicate" (the same answer text as an
- * earlier kept sample, across resumed runs too). Questions whose prompt does
+ * earlier kept sample, across resumed runs too; with batching, "earlier"
+ * means finished earlier, so which of two identical answers is kept may
+ * depend on --batch, while the set of texts kept does not). Questions whose prompt does
  * not leave room for one token within the model's max positions are skipped
  * ("too long").
  */
