@@ -24,6 +24,7 @@ enum { CTL_NONE = 0, CTL_BREAK, CTL_CONTINUE };
 
 #define MAX_OUTPUT ((size_t)64 << 20)
 #define MAX_RANGE 1000000
+#define MAX_MEMORY ((size_t)256 << 20)
 
 typedef struct frame frame;
 struct frame {
@@ -169,14 +170,14 @@ static jv case_map(jctx *c, jv s, int mode) { /* 1 upper, 2 lower, 3 capitalize 
     return jv_str(o, k);
 }
 
-static jv str_replace(jctx *c, jv s, jv from, jv to, int64_t count) {
+static int str_replace(jctx *c, const jnode *n, jv s, jv from, jv to, int64_t count, jv *out) {
     jbuf b = {0};
     const char *p = s.u.str.s, *e = p + s.u.str.n;
     int64_t done = 0;
     if (!from.u.str.n) { /* Python inserts `to` between code points */
         size_t k;
         size_t *off = cp_offsets(c, p, s.u.str.n, &k);
-        for (size_t i = 0; i <= k; i++) {
+        for (size_t i = 0; i <= k && b.n <= MAX_OUTPUT; i++) {
             if (count < 0 || done < count) {
                 jbuf_put(&b, to.u.str.s, to.u.str.n);
                 done++;
@@ -184,7 +185,7 @@ static jv str_replace(jctx *c, jv s, jv from, jv to, int64_t count) {
             if (i < k) jbuf_put(&b, p + off[i], off[i + 1] - off[i]);
         }
     } else {
-        while (p < e) {
+        while (p < e && b.n <= MAX_OUTPUT) {
             const char *m = (count < 0 || done < count) ? memmem(p, (size_t)(e - p), from.u.str.s, from.u.str.n) : NULL;
             if (!m) break;
             jbuf_put(&b, p, (size_t)(m - p));
@@ -194,9 +195,13 @@ static jv str_replace(jctx *c, jv s, jv from, jv to, int64_t count) {
         }
         jbuf_put(&b, p, (size_t)(e - p));
     }
-    jv r = jv_str(jarena_strndup(c->a, b.p ? b.p : "", b.n), b.n);
+    if (b.n > MAX_OUTPUT) {
+        free(b.p);
+        return eerr(c, n, GQ_ERR_UNSUPPORTED, "replace: result longer than %zu bytes", MAX_OUTPUT);
+    }
+    *out = jv_str(jarena_strndup(c->a, b.p ? b.p : "", b.n), b.n);
     free(b.p);
-    return r;
+    return GQ_OK;
 }
 
 /* ---- iteration -------------------------------------------------------------------------- */
@@ -532,8 +537,7 @@ static int call_method(jctx *c, const jnode *n, int id, jv recv, const jargs *a,
         const jv *a2 = arg(a, 2, NULL);
         if (need_str(c, n, a0, "replace()") || need_str(c, n, a1, "replace()")) return gq_errcode();
         if (a2 && need_int(c, n, a2, "replace() count")) return gq_errcode();
-        *out = str_replace(c, recv, *a0, *a1, a2 ? a2->u.i : -1);
-        return GQ_OK;
+        return str_replace(c, n, recv, *a0, *a1, a2 ? a2->u.i : -1, out);
     }
     case M_GET: {
         if (!a0) return eerr(c, n, GQ_ERR_DATA, "get() needs a key");
@@ -618,6 +622,10 @@ static int apply_filter(jctx *c, const jnode *n, jv v, const jargs *a, jv *out) 
         for (int i = 0; i < l->n; i++) {
             if (i) jbuf_put(&b, sep.u.str.s, sep.u.str.n);
             jv_to_str(&b, l->v[i]);
+            if (b.n > MAX_OUTPUT) {
+                free(b.p);
+                return eerr(c, n, GQ_ERR_UNSUPPORTED, "join: result longer than %zu bytes", MAX_OUTPUT);
+            }
         }
         *out = jv_str(jarena_strndup(c->a, b.p ? b.p : "", b.n), b.n);
         free(b.p);
@@ -655,7 +663,7 @@ static int apply_filter(jctx *c, const jnode *n, jv v, const jargs *a, jv *out) 
         const jv *a1 = arg(a, 1, NULL), *a2 = arg(a, 2, "count");
         if (need_str(c, n, a0, "replace") || need_str(c, n, a1, "replace")) return gq_errcode();
         if (a2 && a2->type != JV_NONE && need_int(c, n, a2, "replace count")) return gq_errcode();
-        *out = str_replace(c, str_of(c, v), *a0, *a1, a2 && a2->type != JV_NONE ? a2->u.i : -1);
+        return str_replace(c, n, str_of(c, v), *a0, *a1, a2 && a2->type != JV_NONE ? a2->u.i : -1, out);
     } else {
         return eerr(c, n, GQ_ERR_UNSUPPORTED, "filter '%.*s' is not supported by gq's Jinja subset", (int)n->len, n->str);
     }
@@ -709,6 +717,8 @@ static int apply_test(jctx *c, const jnode *n, jv v, const jargs *a, int *res) {
 static int binop(jctx *c, const jnode *n, int op, jv l, jv r, jv *out) {
     if (op == JOP_CONCAT) {
         jv a = str_of(c, l), b = str_of(c, r);
+        if (a.u.str.n + b.u.str.n > MAX_OUTPUT)
+            return eerr(c, n, GQ_ERR_UNSUPPORTED, "string longer than %zu bytes", MAX_OUTPUT);
         char *s = jarena_alloc(c->a, a.u.str.n + b.u.str.n + 1);
         memcpy(s, a.u.str.s, a.u.str.n);
         memcpy(s + a.u.str.n, b.u.str.s, b.u.str.n);
@@ -749,6 +759,8 @@ static int binop(jctx *c, const jnode *n, int op, jv l, jv r, jv *out) {
     }
     if (op == JOP_ADD && l.type == JV_STR && r.type == JV_STR) return binop(c, n, JOP_CONCAT, l, r, out);
     if (op == JOP_ADD && l.type == JV_LIST && r.type == JV_LIST) {
+        if (l.u.list->n + r.u.list->n > MAX_RANGE)
+            return eerr(c, n, GQ_ERR_UNSUPPORTED, "list longer than %d items", MAX_RANGE);
         jlist *x = jv_list_new(c->a, l.u.list->n + r.u.list->n);
         for (int i = 0; i < l.u.list->n; i++) jv_list_push(c->a, x, l.u.list->v[i]);
         for (int i = 0; i < r.u.list->n; i++) jv_list_push(c->a, x, r.u.list->v[i]);
@@ -970,6 +982,8 @@ static int render_for(jctx *c, const jnode *n) {
         int rc = render_body(c, n->body, n->nbody);
         c->top = outer;
         if (rc) return rc;
+        if (c->a->total > MAX_MEMORY)
+            return eerr(c, n, GQ_ERR_UNSUPPORTED, "rendering used more than %zu MiB", MAX_MEMORY >> 20);
         int ctl = c->ctl;
         c->ctl = CTL_NONE;
         if (ctl == CTL_BREAK) break;
@@ -1016,6 +1030,8 @@ static int render_body(jctx *c, jnode *const *body, int nbody) {
         default: return eerr(c, n, GQ_ERR_FORMAT, "expression used as a statement");
         }
         if (c->out.n > MAX_OUTPUT) return eerr(c, n, GQ_ERR_UNSUPPORTED, "rendered text exceeds %zu bytes", MAX_OUTPUT);
+        if (c->a->total > MAX_MEMORY)
+            return eerr(c, n, GQ_ERR_UNSUPPORTED, "rendering used more than %zu MiB", MAX_MEMORY >> 20);
     }
     return GQ_OK;
 }

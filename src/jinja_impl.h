@@ -13,6 +13,7 @@
 typedef struct jarena_block jarena_block;
 typedef struct {
     jarena_block *head;
+    size_t total; /* bytes allocated */
 } jarena;
 
 void *jarena_alloc(jarena *a, size_t n); /* zeroed, 16-byte aligned */

@@ -34,6 +34,7 @@ void *jarena_alloc(jarena *a, size_t n) {
     }
     void *p = b->data + b->used;
     b->used += n;
+    a->total += n;
     memset(p, 0, n);
     return p;
 }

@@ -97,7 +97,10 @@ int jv_truthy(jv v) {
     }
 }
 
-int jv_equal(jv a, jv b) {
+/* Python ==; nesting deeper than 200 (only a template building [[[...]]] in a
+ * loop gets there) compares unequal instead of exhausting the stack. */
+static int equal_d(jv a, jv b, int depth) {
+    if (depth > 200) return 0;
     int an = a.type == JV_BOOL || a.type == JV_INT, bn = b.type == JV_BOOL || b.type == JV_INT;
     if (an || bn) return an && bn && a.u.i == b.u.i;
     if (a.type != b.type) return 0;
@@ -108,14 +111,14 @@ int jv_equal(jv a, jv b) {
     case JV_LIST:
         if (a.u.list->n != b.u.list->n) return 0;
         for (int i = 0; i < a.u.list->n; i++)
-            if (!jv_equal(a.u.list->v[i], b.u.list->v[i])) return 0;
+            if (!equal_d(a.u.list->v[i], b.u.list->v[i], depth + 1)) return 0;
         return 1;
     case JV_DICT:
         if (a.u.dict->is_namespace || b.u.dict->is_namespace) return a.u.dict == b.u.dict;
         if (a.u.dict->n != b.u.dict->n) return 0;
         for (int i = 0; i < a.u.dict->n; i++) {
             int j = dict_find_key(b.u.dict, a.u.dict->keys[i]);
-            if (j < 0 || !jv_equal(a.u.dict->vals[i], b.u.dict->vals[j])) return 0;
+            if (j < 0 || !equal_d(a.u.dict->vals[i], b.u.dict->vals[j], depth + 1)) return 0;
         }
         return 1;
     case JV_FUNC: return a.aux == b.aux;
@@ -123,6 +126,8 @@ int jv_equal(jv a, jv b) {
     default: return 0;
     }
 }
+
+int jv_equal(jv a, jv b) { return equal_d(a, b, 0); }
 
 size_t jv_utf8_len(const char *s, size_t n) {
     size_t k = 0;
@@ -199,15 +204,22 @@ static void repr_str(jbuf *b, const char *s, size_t n) {
     jbuf_put(b, &q, 1);
 }
 
-void jv_repr(jbuf *b, jv v) {
+static void to_str_d(jbuf *b, jv v, int depth);
+
+static void repr_d(jbuf *b, jv v, int depth) {
     switch (v.type) {
     case JV_STR: repr_str(b, v.u.str.s, v.u.str.n); break;
     case JV_UNDEF: jbuf_puts(b, "Undefined"); break;
-    default: jv_to_str(b, v);
+    default: to_str_d(b, v, depth);
     }
 }
 
-void jv_to_str(jbuf *b, jv v) {
+/* depth bounds the recursion: a namespace can hold itself ({% set ns.x = ns %}) */
+static void to_str_d(jbuf *b, jv v, int depth) {
+    if (depth > 32 && (v.type == JV_LIST || v.type == JV_DICT)) {
+        jbuf_puts(b, "...");
+        return;
+    }
     switch (v.type) {
     case JV_UNDEF: break;
     case JV_NONE: jbuf_puts(b, "None"); break;
@@ -218,7 +230,7 @@ void jv_to_str(jbuf *b, jv v) {
         jbuf_puts(b, "[");
         for (int i = 0; i < v.u.list->n; i++) {
             if (i) jbuf_puts(b, ", ");
-            jv_repr(b, v.u.list->v[i]);
+            repr_d(b, v.u.list->v[i], depth + 1);
         }
         jbuf_puts(b, "]");
         break;
@@ -226,9 +238,9 @@ void jv_to_str(jbuf *b, jv v) {
         jbuf_puts(b, v.u.dict->is_namespace ? "<Namespace {" : "{");
         for (int i = 0; i < v.u.dict->n; i++) {
             if (i) jbuf_puts(b, ", ");
-            jv_repr(b, v.u.dict->keys[i]);
+            repr_d(b, v.u.dict->keys[i], depth + 1);
             jbuf_puts(b, ": ");
-            jv_repr(b, v.u.dict->vals[i]);
+            repr_d(b, v.u.dict->vals[i], depth + 1);
         }
         jbuf_puts(b, v.u.dict->is_namespace ? "}>" : "}");
         break;
@@ -236,6 +248,9 @@ void jv_to_str(jbuf *b, jv v) {
     case JV_METHOD: jbuf_puts(b, "<built-in method>"); break;
     }
 }
+
+void jv_repr(jbuf *b, jv v) { repr_d(b, v, 0); }
+void jv_to_str(jbuf *b, jv v) { to_str_d(b, v, 0); }
 
 static void json_str(jbuf *b, const char *s, size_t n) {
     jbuf_puts(b, "\"");

@@ -155,6 +155,19 @@ static void check_errors(void) {
     render_fails("{{ x }}", "[1]", GQ_ERR_ARG, "tpl: template variables", "expected a JSON object");
     render_fails("{% set ns.a = 1 %}", "{\"ns\": {}}", GQ_ERR_DATA, "tpl:1:1:", "not a namespace");
     render_fails("{{ 9223372036854775807 + 1 }}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "overflow");
+    /* resource bounds: self-containing namespaces print, runaway growth fails */
+    gq_jinja *t;
+    char *out = NULL;
+    const char *cyc = "{% set ns = namespace(a=1) %}{% set ns.self = ns %}{{ ns }}";
+    TEST_OK(gq_jinja_parse(&t, cyc, strlen(cyc), "tpl"), "parse");
+    TEST_OK(gq_jinja_render(t, "{}", &out, NULL), "a namespace holding itself renders");
+    TEST_CHECK(out && strstr(out, "...") != NULL, "with the recursion cut: %.60s", out ? out : "");
+    free(out);
+    gq_jinja_free(t);
+    render_fails("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "{}",
+                 GQ_ERR_UNSUPPORTED, "tpl:1:", "longer than");
+    render_fails("{% for i in range(1000000) %}{% endfor %}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "more than 256 MiB");
+    render_fails("{{ 'ab' | replace('', 'x' * 60000000) }}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "longer than");
 }
 
 /* Every prefix of every golden template parses or fails cleanly (no crash,
