@@ -35,10 +35,23 @@ ifneq ($(filter-out auto 0 1,$(CUDA)),)
 $(error CUDA must be auto, 0 or 1, got '$(CUDA)')
 endif
 
-# ---- OpenBLAS: prefer the OpenMP build so BLAS and gq share one thread pool.
+# ---- DEPS=PREFIX: headers and libraries unpacked from the Debian packages
+# into PREFIX (e.g. .gqdeps/usr) on a machine without them (the GPU machine).
+DEPS ?=
+ifneq ($(DEPS),)
+DEPS_ABS := $(abspath $(DEPS))
+DEPS_CFLAGS := -I$(DEPS_ABS)/include
+DEPS_LIBS := -L$(DEPS_ABS)/lib/x86_64-linux-gnu -Wl,-rpath,$(DEPS_ABS)/lib/x86_64-linux-gnu
+OPENBLAS_OMP_DIR := $(DEPS_ABS)/lib/x86_64-linux-gnu/openblas-openmp
+OPENBLAS_OMP_INC := $(DEPS_ABS)/include/x86_64-linux-gnu/openblas-openmp
+else
 OPENBLAS_OMP_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+OPENBLAS_OMP_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+endif
+
+# ---- OpenBLAS: prefer the OpenMP build so BLAS and gq share one thread pool.
 ifneq ($(wildcard $(OPENBLAS_OMP_DIR)/libopenblas.so),)
-BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
+BLAS_CFLAGS := -I$(OPENBLAS_OMP_INC)
 BLAS_LIBS   := -L$(OPENBLAS_OMP_DIR) -Wl,--disable-new-dtags -Wl,-rpath,$(OPENBLAS_OMP_DIR) -lopenblas
 BLAS_MSG    := OpenBLAS (OpenMP build)
 else
@@ -52,8 +65,8 @@ ifeq ($(DEBUG),1)
 OPT := -O0 -g
 endif
 
-CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc $(BLAS_CFLAGS)
-LDLIBS := $(BLAS_LIBS) -llapacke -ljansson -lpcre2-8 -lz -lm -fopenmp -lpthread
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc $(BLAS_CFLAGS) $(DEPS_CFLAGS)
+LDLIBS := $(DEPS_LIBS) $(BLAS_LIBS) -llapacke -ljansson -lpcre2-8 -lz -lm -fopenmp -lpthread
 
 ifeq ($(SAN),1)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer

@@ -48,7 +48,7 @@ typedef struct {
 /* Time fn(arg) reps times; median wall. */
 #define TIME(reps, out, stmt)                                                  \
     do {                                                                       \
-        double w_[64], c_[64];                                                 \
+        double w_[64] = {0}, c_[64] = {0};                                     \
         int r_n = (reps) > 64 ? 64 : (reps);                                   \
         for (int r_ = 0; r_ < r_n; r_++) {                                     \
             double t0_ = gq_now(), c0_ = cpu_now();                            \

@@ -86,10 +86,26 @@ void gq_abort_impl(const char *file, int line, const char *fmt, ...) {
 /* ---- logging ------------------------------------------------------------ */
 
 static gq_log_level log_level = GQ_LOG_INFO;
-void gq_log_set_level(gq_log_level lvl) { log_level = lvl; }
+static int log_env_read;
+void gq_log_set_level(gq_log_level lvl) {
+    log_level = lvl;
+    log_env_read = 1;
+}
 gq_log_level gq_log_get_level(void) { return log_level; }
 
+/* GQ_LOG=error|warn|info|debug sets the initial level. */
+static void log_env(void) {
+    const char *e = getenv("GQ_LOG");
+    log_env_read = 1;
+    if (!e) return;
+    if (!strcmp(e, "error")) log_level = GQ_LOG_ERROR;
+    else if (!strcmp(e, "warn")) log_level = GQ_LOG_WARN;
+    else if (!strcmp(e, "info")) log_level = GQ_LOG_INFO;
+    else if (!strcmp(e, "debug")) log_level = GQ_LOG_DEBUG;
+}
+
 void gq_log(gq_log_level lvl, const char *fmt, ...) {
+    if (!log_env_read) log_env();
     if (lvl > log_level) return;
     va_list ap;
     if (lvl == GQ_LOG_WARN) fputs("warning: ", stderr);
@@ -441,33 +457,24 @@ uint16_t gq_f32_to_bf16(float f) {
 float gq_round_f16(float f) { return gq_f16_to_f32(gq_f32_to_f16(f)); }
 
 int64_t gq_to_f32(float *dst, const void *src, gq_dtype dt, size_t n) {
-    int64_t bad = -1;
-    switch (dt) {
-    case GQ_DT_F32: memcpy(dst, src, n * 4); break;
-    case GQ_DT_F16: {
-        const uint16_t *s = src;
-        for (size_t i = 0; i < n; i++) dst[i] = gq_f16_to_f32(s[i]);
-        break;
-    }
-    case GQ_DT_BF16: {
-        const uint16_t *s = src;
-        for (size_t i = 0; i < n; i++) dst[i] = gq_bf16_to_f32(s[i]);
-        break;
-    }
-    case GQ_DT_F64: {
-        const double *s = src;
-        for (size_t i = 0; i < n; i++) dst[i] = (float)s[i];
-        break;
-    }
-    default: GQ_ABORT("gq_to_f32: dtype %s is not a float type", gq_dtype_name(dt));
-    }
+    int64_t bad = INT64_MAX;
+    /* big tensors (a 7B layer is 200M values) convert on every core */
+#pragma omp parallel for schedule(static) reduction(min : bad) if (n > (1u << 20))
     for (size_t i = 0; i < n; i++) {
-        if (!isfinite(dst[i])) {
-            bad = (int64_t)i;
-            break;
+        float v;
+        switch (dt) {
+        case GQ_DT_F32: v = ((const float *)src)[i]; break;
+        case GQ_DT_F16: v = gq_f16_to_f32(((const uint16_t *)src)[i]); break;
+        case GQ_DT_BF16: v = gq_bf16_to_f32(((const uint16_t *)src)[i]); break;
+        case GQ_DT_F64: v = (float)((const double *)src)[i]; break;
+        default: v = 0.0f; break;
         }
+        dst[i] = v;
+        if (!isfinite(v) && (int64_t)i < bad) bad = (int64_t)i;
     }
-    return bad;
+    if (dt != GQ_DT_F32 && dt != GQ_DT_F16 && dt != GQ_DT_BF16 && dt != GQ_DT_F64)
+        GQ_ABORT("gq_to_f32: dtype %s is not a float type", gq_dtype_name(dt));
+    return bad == INT64_MAX ? -1 : bad;
 }
 
 void gq_f32_to_f16_n(uint16_t *dst, const float *src, size_t n) {

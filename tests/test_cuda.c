@@ -21,11 +21,13 @@
  *     FlashAttention scheme): one more 2^-11 relative term per product.
  *   TOL_F32 = 1e-5: fp32 outputs from exact fp16 products summed in fp32
  *     (hessian, logits, nll), K <= 1024 terms: ~sqrt(K) 2^-24 = 2e-6.
- *   TOL_MODEL = 1e-2: whole checkpoints (tests/data/pycoder-5m, the tiny
+ *   TOL_MODEL = 2e-2: whole checkpoints (tests/data/pycoder-5m, the tiny
  *     models of tests/data/fwd) against transformers' fp32 forward: every
  *     hidden state and the logits after ~10 fp16 roundings per layer (about
- *     1e-3 per layer, compounding over up to 4 layers); a wrong rope
- *     pairing, a missing bias or a GQA head off by one moves them by 1e-1..1.
+ *     1e-3 per layer, compounding over up to 4 layers; pycoder-5m measured
+ *     9e-4, the random tiny models up to 1.0e-2 on an H200, whose small
+ *     logits magnify the relative error); a wrong rope pairing, a missing
+ *     bias or a GQA head off by one moves them by 1e-1..1.
  *   TOL_PPL = 2e-3: the perplexity of 4 x 256 tokens of pycoder-5m vs
  *     transformers fp32 (33.7992): fp16 activations move it by a few 1e-4
  *     (test_ppl.c); a wrong mask or shift moves it by percents.
@@ -57,7 +59,7 @@
 #define TOL_F16 1e-3
 #define TOL_ATT2 2e-3
 #define TOL_F32 1e-5
-#define TOL_MODEL 1e-2
+#define TOL_MODEL 2e-2
 #define TOL_PPL 2e-3
 
 /* ---- watchdog: a hung kernel must not hang the suite -------------------------------------------- */
@@ -152,18 +154,18 @@ static void test_basics(gq_backend *be) {
     TEST_CHECK(gq_be_act_bytes(be, 10) == 20, "act bytes");
     TEST_CHECK(gq_be_free_bytes(be) > 0, "free bytes");
 
-    /* raw bytes over three staging chunks (16 MiB each) plus an odd tail */
-    size_t nb = ((size_t)40 << 20) + 3;
+    /* raw bytes over three staging chunks (64 MiB each) plus an odd tail */
+    size_t nb = ((size_t)160 << 20) + 3;
     uint8_t *a = gq_malloc(nb), *b = gq_malloc(nb);
     for (size_t i = 0; i < nb; i++) a[i] = (uint8_t)(rng_next() >> 56);
     size_t peak0 = gq_be_peak_bytes(be);
     void *d = gq_be_alloc(be, nb);
-    TEST_CHECK(d != NULL, "alloc 40 MiB: %s", gq_errmsg());
+    TEST_CHECK(d != NULL, "alloc 160 MiB: %s", gq_errmsg());
     TEST_CHECK(gq_be_peak_bytes(be) == peak0 + nb, "peak bytes %zu after a %zu-byte alloc, expected %zu", gq_be_peak_bytes(be), nb,
                peak0 + nb);
-    TEST_OK(gq_be_upload(be, d, a, nb), "upload 40 MiB + 3");
+    TEST_OK(gq_be_upload(be, d, a, nb), "upload 160 MiB + 3");
     memset(b, 0, nb);
-    TEST_OK(gq_be_download(be, b, d, nb), "download 40 MiB + 3");
+    TEST_OK(gq_be_download(be, b, d, nb), "download 160 MiB + 3");
     size_t first = nb;
     for (size_t i = 0; i < nb && first == nb; i++)
         if (a[i] != b[i]) first = i;
@@ -177,7 +179,7 @@ static void test_basics(gq_backend *be) {
     free(a), free(b);
 
     /* f32 -> f16 -> f32 over 2.5 chunks: round to nearest even, as gq_round_f16 */
-    size_t n = (size_t)10 << 20;
+    size_t n = (size_t)40 << 20;
     float *x = gq_malloc(n * sizeof(float)), *y = gq_malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = (float)(rng_normal() * pow(2.0, (int)(rng_next() % 40) - 25));
     const float special[] = {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, -70000.0f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
@@ -502,7 +504,14 @@ static void gptq_case(pair *P, const char *name, const gq_gptq_params *p, const 
                    rg.fallback, rc.fallback, rg.retries, rc.retries);
         TEST_NEAR(rg.damp_used, rc.damp_used, 1e-12 * rc.damp_used, "%s: damp used", what);
         size_t ng = (size_t)rc.ngroups * rows, psame = 0;
-        for (size_t i = 0; i < ng; i++) psame += rg.scales[i] == rc.scales[i] && rg.zeros[i] == rc.zeros[i];
+        /* fp32 scales (scale_f16 = 0) come from the min/max of working weights that the GPU and the CPU
+         * update with differently ordered fp32 sums: equal within 1e-5 relative (observed: 17 of 192
+         * differ by ulps with identical codes); fp16-rounded scales must be bitwise equal */
+        for (size_t i = 0; i < ng; i++) {
+            int same = p->scale_f16 ? rg.scales[i] == rc.scales[i]
+                                    : fabsf(rg.scales[i] - rc.scales[i]) <= 1e-5f * fabsf(rc.scales[i]);
+            psame += same && rg.zeros[i] == rc.zeros[i];
+        }
         if (exact || p->static_groups || p->group_size == -1)
             TEST_CHECK(psame == ng, "%s: precomputed params must be identical: %zu of %zu differ", what, ng - psame, ng);
         else

@@ -51,7 +51,7 @@ int gq_cuda_set_attention_kernel(gq_backend *be, int version);
  *     (2/3 n^3 flops; the same factor as the reference chain below);
  *   GQ_CUDA_HINV_F64_POTRI: fp64, potrf -> potri -> potrf (the reference
  *     chain, as the CPU path does it; 4/3 n^3 flops);
- *   GQ_CUDA_HINV_F32_FIRST: the fp32 chain potrf -> potri -> potrf first,
+ *   GQ_CUDA_HINV_F32_FIRST: the reversed potrf -> trtri route in fp32 first,
  *     fp64 (GQ_CUDA_HINV_F64) when fp32 reports "not positive definite".
  * Damping retries (x10, max_retries) and the RTN fallback follow in every
  * mode. GQ_CUDA_HINV=f64|potri|f32 sets the initial value. Returns the

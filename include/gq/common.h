@@ -76,7 +76,7 @@ void gq_abort_impl(const char *file, int line, const char *fmt, ...)
 /* ---- logging ----------------------------------------------------------- */
 
 typedef enum { GQ_LOG_ERROR = 0, GQ_LOG_WARN = 1, GQ_LOG_INFO = 2, GQ_LOG_DEBUG = 3 } gq_log_level;
-void gq_log_set_level(gq_log_level lvl); /* default GQ_LOG_INFO */
+void gq_log_set_level(gq_log_level lvl); /* default GQ_LOG_INFO, or $GQ_LOG (error|warn|info|debug) */
 gq_log_level gq_log_get_level(void);
 /* All log output goes to stderr; data results go to stdout. */
 void gq_log(gq_log_level lvl, const char *fmt, ...)

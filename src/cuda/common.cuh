@@ -51,7 +51,7 @@ int gq_cuda_status(cusolverStatus_t e, const char *call, const char *file, int l
 
 /* ---- the context ------------------------------------------------------------------------------ */
 
-#define GQ_CUDA_STAGE_BYTES ((size_t)16 << 20) /* one pinned / device staging chunk */
+#define GQ_CUDA_STAGE_BYTES ((size_t)64 << 20) /* one pinned / device staging chunk */
 #define GQ_CUDA_MAX_ROPE_HALF 1024             /* head_dim / 2 limit of rope's inv_freq buffer */
 
 typedef struct {

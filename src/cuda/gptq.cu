@@ -35,8 +35,8 @@
  * U^T U with U = (J L J)^-1 = J L^-1 J, the same (unique) factor as
  * chol(cholesky_inverse(chol(H)), upper) of the reference, for half the
  * flops (potrf + trtri instead of potrf + potri + potrf). The reference
- * chain itself is GQ_CUDA_HINV_F64_POTRI, and GQ_CUDA_HINV_F32_FIRST runs it
- * in fp32 first. Storage: cuSOLVER works column-major on the symmetric Hd,
+ * chain itself is GQ_CUDA_HINV_F64_POTRI, and GQ_CUDA_HINV_F32_FIRST runs the
+ * reversed route in fp32 first (fp64 when fp32 fails). Storage: cuSOLVER works column-major on the symmetric Hd,
  * so its "lower" triangle is the row-major upper triangle that the kernels
  * here write and read.
  */
@@ -415,10 +415,12 @@ static int factor_once(gq_backend *be, gptq_dev *m, float *H, int n, float s, co
         build_hd_kernel<float><<<grid_for((size_t)n * n), 256, 0, c->stream>>>((float *)m->Hd, H, n, s, m->diag,
                                                                               perm_dev, lambda, rev);
     CUDA_CHECK_LAUNCH();
+    const double tf0 = gq_now();
     CUSOLVER_CHECK(cusolverDnXpotrf(c->cusolver, c->cusolver_params, CUBLAS_FILL_MODE_LOWER, n, dt, m->Hd, n, dt, m->ws,
                                     ws_bytes, ws_host, ws_host_bytes, m->info));
     int rc = d2h_sync(be, &info, m->info, sizeof info);
     if (rc != GQ_OK) return rc;
+    const double tf1 = gq_now();
     if (info > 0)
         return gq_err(GQ_ERR_NOT_PD,
                       "Cholesky of the damped Hessian (%s potrf, step 1 of %d) failed: the leading minor of order %d "
@@ -460,6 +462,8 @@ static int factor_once(gq_backend *be, gptq_dev *m, float *H, int n, float s, co
                           prec, info, n);
         if (info < 0) return gq_err(GQ_ERR_DEVICE, "cusolverDnXtrtri: parameter %d is invalid", -info);
     }
+    gq_debug("gptq (cuda): %d x %d %s inverse factor: potrf %.3f s, %s %.3f s", n, n, prec, tf1 - tf0,
+             potri ? "potri + potrf" : "trtri", gq_now() - tf1);
     if (f64)
         hinv_out_kernel<double><<<grid_for((size_t)n * n), 256, 0, c->stream>>>(H, (const double *)m->Hd, n, rev);
     else
@@ -479,7 +483,7 @@ static int factor_workspace(gq_backend *be, gptq_dev *m, int n, int mode, size_t
                                                    m->Hd, n, dt, &dd, &hh));
         d = dd > d ? dd : d;
         h = hh > h ? hh : h;
-        const int potri = !f64 || mode == GQ_CUDA_HINV_F64_POTRI;
+        const int potri = mode == GQ_CUDA_HINV_F64_POTRI;
         if (potri) {
             int lw = 0;
             if (f64)
@@ -530,7 +534,7 @@ static int factor_with_retries(gq_backend *be, gptq_dev *m, const gq_gptq_params
             res->retries = attempt;
         }
         for (int f64 = mode == GQ_CUDA_HINV_F32_FIRST ? 0 : 1; f64 <= 1 && !ok; f64++) {
-            const int potri = !f64 || mode == GQ_CUDA_HINV_F64_POTRI;
+            const int potri = mode == GQ_CUDA_HINV_F64_POTRI;
             rc = factor_once(be, m, H, n, s, perm_dev, damp * mean, f64, potri, wsd, ws_host, wsh);
             if (rc == GQ_OK) {
                 ok = 1;
