@@ -43,14 +43,14 @@ static int run_once(gq_gen *g, const int32_t *ids, int B, int plen, int nnew, ti
     float *lg = gq_malloc((size_t)B * V * sizeof *lg);
     int *slots = gq_malloc((size_t)B * sizeof *slots);
     int32_t *tok = gq_malloc((size_t)B * sizeof *tok);
-    gq_sampling sp;
-    gq_sampling_default(&sp);
+    gq_gen_sampling sp;
+    gq_gen_sampling_default(&sp);
     double w0 = gq_now(), c0 = cpu_now();
     for (int b = 0; b < B && !rc; b++) {
         gq_gen_slot_reset(g, b);
         slots[b] = b;
         rc = gq_gen_prefill(g, b, ids + (size_t)b * plen, plen, lg);
-        tok[b] = gq_sample(lg, V, &sp, NULL);
+        tok[b] = gq_gen_sample(lg, V, &sp, NULL);
     }
     t->prefill = gq_now() - w0;
     t->cpu_prefill = cpu_now() - c0;
@@ -58,7 +58,7 @@ static int run_once(gq_gen *g, const int32_t *ids, int B, int plen, int nnew, ti
     c0 = cpu_now();
     for (int s = 0; s < nnew && !rc; s++) {
         rc = gq_gen_decode(g, slots, tok, B, lg);
-        for (int b = 0; b < B; b++) tok[b] = gq_sample(lg + (size_t)b * V, V, &sp, NULL);
+        for (int b = 0; b < B; b++) tok[b] = gq_gen_sample(lg + (size_t)b * V, V, &sp, NULL);
     }
     t->decode = gq_now() - w0;
     t->cpu_decode = cpu_now() - c0;
@@ -111,7 +111,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_generate: %s\n", gq_errmsg());
         return 1;
     }
-    printf("backend: %s; prompt %d tokens, %d decode steps, median of %d runs\n\n", gq_backend_name(be), plen, nnew, reps);
+    printf("backend: %s; prompt %d tokens, %d decode steps, median of %d runs\n\n", gq_backend_name(be), plen, nnew,
+           reps);
     printf("| model | batch | prefill tok/s | decode tok/s | decode ms/step | cpu%% prefill | cpu%% decode |\n");
     printf("|---|---:|---:|---:|---:|---:|---:|\n");
     for (int mi = 0; mi < nm; mi++) {

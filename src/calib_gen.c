@@ -8,10 +8,10 @@
 
 void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     memset(o, 0, sizeof *o);
-    gq_sampling_default(&o->sampling);
+    gq_gen_sampling_default(&o->sampling);
     o->batch = 16;
     o->device = "auto";
-    o->qformat = GQ_QFMT_AUTO;
+    o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;
 }
@@ -135,15 +135,15 @@ typedef struct {
     gq_calib_gen_report *rep;
     const gq_tokenizer *tok;
     gq_questions q;
-    gq_ids *ids;        /* [nq] prompt ids */
-    char **prompt;      /* [nq] prompt text as read by the model, without a leading bos string */
-    char *state;        /* [nq] D_* */
+    gq_ids *ids;   /* [nq] prompt ids */
+    char **prompt; /* [nq] prompt text as read by the model, without a leading bos string */
+    char *state;   /* [nq] D_* */
     strset answers;
-    int *lens;          /* answer lengths of every record of the file */
+    int *lens; /* answer lengths of every record of the file */
     size_t nlens, caplens;
-    gq_calib_out *out, *side;
+    gq_calib_gen_out *out, *side;
     char *side_path;
-    tbuf rec, drop;     /* the batch being collected */
+    tbuf rec, drop; /* the batch being collected */
     long done_run, pending;
     double t0;
     const char *scan_path; /* for messages */
@@ -166,8 +166,10 @@ static int scan_record(const char *line, size_t len, long lineno, void *user) {
     json_t *ix = v ? json_object_get(v, "index") : NULL, *q = v ? json_object_get(v, "question") : NULL;
     json_t *a = v ? json_object_get(v, "answer") : NULL, *m = v ? json_object_get(v, "answer_tokens") : NULL;
     if (!v || !json_is_integer(ix) || !json_is_string(q) || !json_is_string(a) || !json_is_integer(m)) {
-        rc = gq_err(GQ_ERR_DATA, "%s:%ld: expected a gq calib record {\"question\", \"answer\", \"answer_tokens\", "
-                                 "\"index\", ...}%s%s", c->scan_path, lineno, v ? "" : ": not valid JSON: ", v ? "" : je.text);
+        rc = gq_err(GQ_ERR_DATA,
+                    "%s:%ld: expected a gq calib record {\"question\", \"answer\", \"answer_tokens\", "
+                    "\"index\", ...}%s%s",
+                    c->scan_path, lineno, v ? "" : ": not valid JSON: ", v ? "" : je.text);
     } else {
         json_int_t i = json_integer_value(ix);
         if (i < 0 || i >= c->q.n) {
@@ -176,8 +178,10 @@ static int scan_record(const char *line, size_t len, long lineno, void *user) {
         } else if (c->state[i] == D_DONE) {
             rc = gq_err(GQ_ERR_DATA, "%s:%ld: index %lld appears twice", c->scan_path, lineno, (long long)i);
         } else if (strcmp(json_string_value(q), c->prompt[i])) {
-            rc = gq_err(GQ_ERR_DATA, "%s:%ld: the question of index %lld differs from %s (made with other --questions, "
-                                     "--field or --template options?)", c->scan_path, lineno, (long long)i, c->q.where[i]);
+            rc = gq_err(GQ_ERR_DATA,
+                        "%s:%ld: the question of index %lld differs from %s (made with other --questions, "
+                        "--field or --template options?)",
+                        c->scan_path, lineno, (long long)i, c->q.where[i]);
         } else {
             c->state[i] = D_DONE;
             c->rep->n_done_before++;
@@ -207,8 +211,8 @@ static int scan_dropped(const char *line, size_t len, long lineno, void *user) {
 }
 
 static int flush_batch(run_ctx *c) {
-    int rc = gq_calib_out_write(c->out, c->rec.p, c->rec.n);
-    if (rc == GQ_OK) rc = gq_calib_out_write(c->side, c->drop.p, c->drop.n);
+    int rc = gq_calib_gen_out_write(c->out, c->rec.p, c->rec.n);
+    if (rc == GQ_OK) rc = gq_calib_gen_out_write(c->side, c->drop.p, c->drop.n);
     int k = c->rec.count + c->drop.count;
     c->rec.n = c->drop.n = 0;
     c->rec.count = c->drop.count = 0;
@@ -247,7 +251,7 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
         drop(c, index, "empty", &c->rep->n_empty);
     } else if (m < c->o->min_answer_tokens) {
         drop(c, index, "short", &c->rep->n_short);
-    } else if (gq_answer_degenerate(s->out.v, m, 8, 0.5, &cov)) {
+    } else if (gq_gen_degenerate(s->out.v, m, 8, 0.5, &cov)) {
         drop(c, index, "degenerate", &c->rep->n_degenerate);
     } else if (strset_add(&c->answers, ans)) {
         drop(c, index, "duplicate", &c->rep->n_duplicate);
@@ -258,7 +262,7 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
         json_object_set_new(r, "prompt_tokens", json_integer((json_int_t)c->ids[index].n));
         json_object_set_new(r, "answer_tokens", json_integer(m));
         json_object_set_new(r, "index", json_integer(index));
-        json_object_set_new(r, "finish", json_string(gq_finish_name(s->finish)));
+        json_object_set_new(r, "finish", json_string(gq_gen_finish_name(s->finish)));
         if (strcmp(c->prompt[index], c->q.text[index]))
             json_object_set_new(r, "raw_question", json_string(c->q.text[index]));
         char *line = json_dumps(r, JSON_COMPACT);
@@ -267,8 +271,10 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
         json_decref(r);
         c->rep->n_written++;
         c->rep->n_total++;
-        if (s->finish == GQ_FINISH_EOS) c->rep->n_eos++;
-        else c->rep->n_length++;
+        if (s->finish == GQ_GEN_FINISH_EOS)
+            c->rep->n_eos++;
+        else
+            c->rep->n_length++;
         add_len(c, m);
     }
     free(ans);
@@ -277,7 +283,9 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
     return GQ_OK;
 }
 
-static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+static int cmp_int(const void *a, const void *b) {
+    return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
 
 static void length_stats(run_ctx *c) {
     gq_calib_gen_report *r = c->rep;
@@ -293,14 +301,15 @@ static void length_stats(run_ctx *c) {
 }
 
 static int check_opts(const gq_calib_gen_opts *o) {
-    if (!o->model_dir || !o->questions || !o->out) return gq_err(GQ_ERR_ARG, "gq calib: --model, --questions and --out are required");
+    if (!o->model_dir || !o->questions || !o->out)
+        return gq_err(GQ_ERR_ARG, "gq calib: --model, --questions and --out are required");
     if (o->batch < 1) return gq_err(GQ_ERR_ARG, "gq calib: --batch: expected >= 1, got %d", o->batch);
     if (o->n < 0) return gq_err(GQ_ERR_ARG, "gq calib: --n: expected >= 0 (0 = all), got %d", o->n);
     if (o->min_answer_tokens < 0)
         return gq_err(GQ_ERR_ARG, "gq calib: --min-answer-tokens: expected >= 0, got %d", o->min_answer_tokens);
     if (o->threads < 0) return gq_err(GQ_ERR_ARG, "gq calib: --threads: expected >= 0, got %d", o->threads);
     if (o->max_len < 0) return gq_err(GQ_ERR_ARG, "gq calib: --max-len: expected >= 0, got %d", o->max_len);
-    return gq_sampling_check(&o->sampling);
+    return gq_gen_sampling_check(&o->sampling);
 }
 
 /* Questions, prompts, resume state: everything before the model runs. */
@@ -317,7 +326,7 @@ static int prepare(run_ctx *c, gq_prompt *pt, const gq_model *m) {
     if (rc) return rc;
     int nq = c->q.n;
     c->rep->n_questions = nq;
-    gq_info("%d questions from %s (%s%s%s%s)", nq, o->questions, gq_qformat_name(c->q.format),
+    gq_info("%d questions from %s (%s%s%s%s)", nq, o->questions, gq_questions_format_name(c->q.format),
             c->q.field[0] ? ", field \"" : "", c->q.field, c->q.field[0] ? "\"" : "");
     if (c->q.n_empty) gq_warn("%s: %d empty questions skipped", o->questions, c->q.n_empty);
     c->ids = gq_calloc((size_t)nq, sizeof *c->ids);
@@ -351,10 +360,11 @@ static int prepare(run_ctx *c, gq_prompt *pt, const gq_model *m) {
     if (o->resume && exists) {
         size_t cut = 0;
         c->scan_path = o->out;
-        rc = gq_calib_out_scan(o->out, scan_record, c, &cut);
-        if (rc == GQ_OK && cut) gq_warn("%s: cut a torn batch of %zu bytes at the end (an interrupted write)", o->out, cut);
+        rc = gq_calib_gen_out_scan(o->out, scan_record, c, &cut);
+        if (rc == GQ_OK && cut)
+            gq_warn("%s: cut a torn batch of %zu bytes at the end (an interrupted write)", o->out, cut);
         c->scan_path = c->side_path;
-        if (rc == GQ_OK) rc = gq_calib_out_scan(c->side_path, scan_dropped, c, &cut);
+        if (rc == GQ_OK) rc = gq_calib_gen_out_scan(c->side_path, scan_dropped, c, &cut);
         if (rc == GQ_OK)
             gq_info("resume: %ld of %d questions already done (%ld records in %s)", c->rep->n_done_before, nq,
                     c->rep->n_total, o->out);
@@ -398,8 +408,8 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     c.pending = npend;
     if (!rc) { /* open the outputs: append when resuming, else start anew */
         int append = o->resume && gq_path_exists(o->out);
-        rc = gq_calib_out_open(&c.out, o->out, append);
-        if (!rc) rc = gq_calib_out_open(&c.side, c.side_path, append);
+        rc = gq_calib_gen_out_open(&c.out, o->out, append);
+        if (!rc) rc = gq_calib_gen_out_open(&c.side, c.side_path, append);
     }
     if (!rc && npend) {
         gq_gen_opts go;
@@ -416,8 +426,9 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
             if (!rc) rc = gq_gen_init(&g, &m, be, &go);
         }
         if (!rc) {
-            gq_info("generating answers for %d questions (%ld done before, %ld too long), batch %d, up to %d new tokens",
-                    npend, rep->n_done_before, rep->n_too_long, go.max_batch, o->sampling.max_new_tokens);
+            gq_info(
+                "generating answers for %d questions (%ld done before, %ld too long), batch %d, up to %d new tokens",
+                npend, rep->n_done_before, rep->n_too_long, go.max_batch, o->sampling.max_new_tokens);
             c.t0 = gq_now();
             rc = gq_gen_run(g, seqs, npend, &o->sampling, on_done, &c);
             int rc2 = flush_batch(&c); /* the last partial batch (what is complete, also after an error) */
@@ -426,7 +437,7 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     } else if (!rc) {
         gq_info("nothing to generate: all %d questions are done", c.q.n);
     }
-    int rc3 = gq_calib_out_close(c.out), rc4 = gq_calib_out_close(c.side);
+    int rc3 = gq_calib_gen_out_close(c.out), rc4 = gq_calib_gen_out_close(c.side);
     if (!rc) rc = rc3 ? rc3 : rc4;
     length_stats(&c);
     rep->seconds = gq_now() - t_start;

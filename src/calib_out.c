@@ -11,7 +11,7 @@
 
 #include "gq/calib_gen.h"
 
-struct gq_calib_out {
+struct gq_calib_gen_out {
     int fd;
     int gz;
     char *path;
@@ -22,11 +22,11 @@ static int ends_gz(const char *p) {
     return n >= 3 && !strcmp(p + n - 3, ".gz");
 }
 
-int gq_calib_out_open(gq_calib_out **out, const char *path, int append) {
+int gq_calib_gen_out_open(gq_calib_gen_out **out, const char *path, int append) {
     *out = NULL;
     int fd = open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
     if (fd < 0) return gq_err(GQ_ERR_IO, "%s: cannot open for writing: %s", path, strerror(errno));
-    gq_calib_out *o = gq_calloc(1, sizeof *o);
+    gq_calib_gen_out *o = gq_calloc(1, sizeof *o);
     o->fd = fd;
     o->gz = ends_gz(path);
     o->path = gq_strdup(path);
@@ -34,7 +34,7 @@ int gq_calib_out_open(gq_calib_out **out, const char *path, int append) {
     return GQ_OK;
 }
 
-static int write_all(gq_calib_out *o, const void *buf, size_t n) {
+static int write_all(gq_calib_gen_out *o, const void *buf, size_t n) {
     const char *p = buf;
     while (n) {
         ssize_t w = write(o->fd, p, n);
@@ -46,7 +46,7 @@ static int write_all(gq_calib_out *o, const void *buf, size_t n) {
     return GQ_OK;
 }
 
-int gq_calib_out_write(gq_calib_out *o, const char *text, size_t len) {
+int gq_calib_gen_out_write(gq_calib_gen_out *o, const char *text, size_t len) {
     if (!len) return GQ_OK;
     int rc;
     if (o->gz) {
@@ -63,7 +63,8 @@ int gq_calib_out_write(gq_calib_out *o, const char *text, size_t len) {
         int z = deflate(&zs, Z_FINISH);
         size_t n = cap - zs.avail_out;
         deflateEnd(&zs);
-        rc = z == Z_STREAM_END ? write_all(o, buf, n) : gq_err(GQ_ERR_IO, "%s: gzip compression failed (%d)", o->path, z);
+        rc = z == Z_STREAM_END ? write_all(o, buf, n)
+                               : gq_err(GQ_ERR_IO, "%s: gzip compression failed (%d)", o->path, z);
         free(buf);
     } else {
         rc = write_all(o, text, len);
@@ -72,7 +73,7 @@ int gq_calib_out_write(gq_calib_out *o, const char *text, size_t len) {
     return rc;
 }
 
-int gq_calib_out_close(gq_calib_out *o) {
+int gq_calib_gen_out_close(gq_calib_gen_out *o) {
     if (!o) return GQ_OK;
     int rc = close(o->fd) == 0 ? GQ_OK : gq_err(GQ_ERR_IO, "%s: close failed: %s", o->path, strerror(errno));
     free(o->path);
@@ -83,7 +84,7 @@ int gq_calib_out_close(gq_calib_out *o) {
 /* ---- scan -------------------------------------------------------------------------- */
 
 /* fn on every non-blank line of text[0..n); *lineno continues across calls */
-static int each_line(const char *text, size_t n, long *lineno, gq_calib_line_fn fn, void *user) {
+static int each_line(const char *text, size_t n, long *lineno, gq_calib_gen_line_fn fn, void *user) {
     size_t pos = 0;
     while (pos < n) {
         const char *nl = memchr(text + pos, '\n', n - pos);
@@ -138,7 +139,7 @@ static int inflate_member(const unsigned char *data, size_t off, size_t len, siz
     return res;
 }
 
-int gq_calib_out_scan(const char *path, gq_calib_line_fn fn, void *user, size_t *cut) {
+int gq_calib_gen_out_scan(const char *path, gq_calib_gen_line_fn fn, void *user, size_t *cut) {
     *cut = 0;
     if (!gq_path_exists(path)) return GQ_OK;
     char *data;
@@ -156,8 +157,10 @@ int gq_calib_out_scan(const char *path, gq_calib_line_fn fn, void *user, size_t 
             tn = 0;
             int r = inflate_member(u, good, len, &used, &text, &tn, &tcap);
             if (r < 0) {
-                rc = gq_err(GQ_ERR_DATA, "%s: corrupt gzip data in the member at byte %zu (not a torn write: the "
-                                         "input does not end there); repair or remove the file", path, good);
+                rc = gq_err(GQ_ERR_DATA,
+                            "%s: corrupt gzip data in the member at byte %zu (not a torn write: the "
+                            "input does not end there); repair or remove the file",
+                            path, good);
                 break;
             }
             if (r == 0) break; /* torn last member */

@@ -27,27 +27,28 @@ int gq_cmd_calib(int argc, char **argv) {
     int max_new = o.sampling.max_new_tokens, top_k = 0, seed = 0;
     double temperature = 0.0, top_p = 1.0;
     gq_opt opts[] = {
-        {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32 or gq int4)", NULL, 0, 0},
+        {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32 or gq int4)", NULL, 0,
+         0},
         {"questions", GQ_OPT_STR, &o.questions, "questions: JSONL, JSON array or text (plain or .gz)", NULL, 0, 0},
         {"out", GQ_OPT_STR, &o.out, "output JSONL of {\"question\", \"answer\", ...} records (.gz: gzip)", NULL, 0, 0},
         {"n", GQ_OPT_INT, &o.n, "use the first N questions (0: all)", NULL, 0, 0},
         {"max-new-tokens", GQ_OPT_INT, &max_new, "longest answer in tokens", NULL, 0, 0},
         {"temperature", GQ_OPT_DOUBLE, &temperature, "sampling temperature (0: greedy)", NULL, 0, 0},
-        {"top-p", GQ_OPT_DOUBLE, &top_p, "nucleus sampling: smallest set of tokens with this probability (1: off)", NULL,
-         0, 0},
+        {"top-p", GQ_OPT_DOUBLE, &top_p, "nucleus sampling: smallest set of tokens with this probability (1: off)",
+         NULL, 0, 0},
         {"top-k", GQ_OPT_INT, &top_k, "sample among the k most likely tokens (0: off)", NULL, 0, 0},
         {"seed", GQ_OPT_INT, &seed, "random seed (each question has its own stream)", NULL, 0, 0},
         {"batch", GQ_OPT_INT, &o.batch, "sequences decoded together; records written (and fsynced) per batch", NULL, 0,
          0},
         {"device", GQ_OPT_STR, &o.device, "auto, cpu, cuda or cuda:N", NULL, 0, 0},
-        {"field", GQ_OPT_STR, &o.field, "question field of JSON objects (default: prompt, question, instruction or text)",
-         NULL, 0, 0},
-        {"input-field", GQ_OPT_STR, &o.input_field, "JSON field appended after a newline when non-empty (default input)",
-         NULL, 0, 0},
+        {"field", GQ_OPT_STR, &o.field,
+         "question field of JSON objects (default: prompt, question, instruction or text)", NULL, 0, 0},
+        {"input-field", GQ_OPT_STR, &o.input_field,
+         "JSON field appended after a newline when non-empty (default input)", NULL, 0, 0},
         {"questions-format", GQ_OPT_STR, &qfmt, "question file format", "auto|jsonl|json|lines|blocks", 0, 0},
         {"template", GQ_OPT_STR, &o.template_spec,
-         "prompt: raw (the question starts the text), chat (tokenizer chat_template) or a string with {question}",
-         NULL, 0, 0},
+         "prompt: raw (the question starts the text), chat (tokenizer chat_template) or a string with {question}", NULL,
+         0, 0},
         {"resume", GQ_OPT_FLAG, &o.resume, "continue an interrupted run: skip the questions already in --out", NULL, 0,
          0},
         {"force", GQ_OPT_FLAG, &o.force, "replace an existing --out", NULL, 0, 0},
@@ -65,7 +66,7 @@ int gq_cmd_calib(int argc, char **argv) {
         return gq_err(GQ_ERR_ARG, "gq calib: --model, --questions and --out are required");
     }
     if (seed < 0) return gq_err(GQ_ERR_ARG, "gq calib: --seed: expected >= 0, got %d", seed);
-    rc = gq_qformat_parse(qfmt, &o.qformat);
+    rc = gq_questions_format_parse(qfmt, &o.qformat);
     if (rc) return rc;
     o.sampling.max_new_tokens = max_new;
     o.sampling.temperature = temperature;

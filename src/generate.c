@@ -11,25 +11,25 @@ struct gq_gen {
     const gq_model *m;
     gq_config cfg;
     int nl, d, nq, kvd, ldqkv, inter, vocab;
-    gq_blayer *layers;   /* [nl] */
-    gq_bweight norm, lm; /* 1 x d, vocab x d */
-    int max_batch, max_len, chunk, R; /* R: scratch rows = max(chunk, max_batch) */
-    void *kc, *vc;       /* caches [slot][layer][max_len][kvd] */
-    int *slot_len;       /* [max_batch] */
-    int *pos;            /* [max_batch] decode positions of a step */
+    gq_blayer *layers;                    /* [nl] */
+    gq_bweight norm, lm;                  /* 1 x d, vocab x d */
+    int max_batch, max_len, chunk, R;     /* R: scratch rows = max(chunk, max_batch) */
+    void *kc, *vc;                        /* caches [slot][layer][max_len][kvd] */
+    int *slot_len;                        /* [max_batch] */
+    int *pos;                             /* [max_batch] decode positions of a step */
     void *x, *xn, *qkv, *attn, *gu, *act; /* [R][d] [R][d] [R][ldqkv] [R][nq] [R][2 inter] [R][inter] */
-    float *inv_freq;     /* [head_dim / 2] */
-    float *host_x;       /* [R][d] embeddings on the host */
-    int32_t *no_targets; /* [R] of -1: gq_be_nll only returns logits */
+    float *inv_freq;                      /* [head_dim / 2] */
+    float *host_x;                        /* [R][d] embeddings on the host */
+    int32_t *no_targets;                  /* [R] of -1: gq_be_nll only returns logits */
     int32_t eos[16];
     int n_eos;
     gq_gen_stats stats;
 };
 
-#define TRY(x)                        \
-    do {                              \
-        int rc_ = (x);                \
-        if (rc_ != GQ_OK) return rc_; \
+#define TRY(x)                                                                                                         \
+    do {                                                                                                               \
+        int rc_ = (x);                                                                                                 \
+        if (rc_ != GQ_OK) return rc_;                                                                                  \
     } while (0)
 
 void gq_gen_opts_default(gq_gen_opts *o) {
@@ -39,10 +39,14 @@ void gq_gen_opts_default(gq_gen_opts *o) {
     o->prefill_chunk = 512;
 }
 
-const char *gq_finish_name(gq_finish f) { return f == GQ_FINISH_EOS ? "eos" : f == GQ_FINISH_LENGTH ? "length" : "none"; }
+const char *gq_gen_finish_name(gq_gen_finish f) {
+    return f == GQ_GEN_FINISH_EOS ? "eos" : f == GQ_GEN_FINISH_LENGTH ? "length" : "none";
+}
 
 /* activation element offset -> pointer */
-static void *at(const gq_gen *g, void *base, size_t elems) { return (char *)base + gq_be_act_bytes(g->be, elems); }
+static void *at(const gq_gen *g, void *base, size_t elems) {
+    return (char *)base + gq_be_act_bytes(g->be, elems);
+}
 
 static void *kv_at(const gq_gen *g, void *cache, int slot, int layer, int pos) {
     size_t row = ((size_t)slot * g->nl + (size_t)layer) * (size_t)g->max_len + (size_t)pos;
@@ -63,13 +67,25 @@ static gq_bweight bcols(const gq_bweight *b, int col0, int cols) {
     v.cols = cols;
     return v;
 }
-static const gq_bweight *opt(const gq_bweight *b) { return b->data ? b : NULL; }
+static const gq_bweight *opt(const gq_bweight *b) {
+    return b->data ? b : NULL;
+}
 
-int gq_gen_max_len(const gq_gen *g) { return g->max_len; }
-int gq_gen_max_batch(const gq_gen *g) { return g->max_batch; }
-int gq_gen_vocab(const gq_gen *g) { return g->vocab; }
-const gq_gen_stats *gq_gen_get_stats(const gq_gen *g) { return &g->stats; }
-void gq_gen_reset_stats(gq_gen *g) { memset(&g->stats, 0, sizeof g->stats); }
+int gq_gen_max_len(const gq_gen *g) {
+    return g->max_len;
+}
+int gq_gen_max_batch(const gq_gen *g) {
+    return g->max_batch;
+}
+int gq_gen_vocab(const gq_gen *g) {
+    return g->vocab;
+}
+const gq_gen_stats *gq_gen_get_stats(const gq_gen *g) {
+    return &g->stats;
+}
+void gq_gen_reset_stats(gq_gen *g) {
+    memset(&g->stats, 0, sizeof g->stats);
+}
 
 int gq_gen_is_eos(const gq_gen *g, int32_t id) {
     for (int i = 0; i < g->n_eos; i++)
@@ -109,8 +125,10 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
     *out = NULL;
     const gq_config *c = &m->cfg;
     if (o->max_batch < 1 || o->prefill_chunk < 1 || o->max_len < 0 || o->n_eos < 0 || o->n_eos > 8)
-        return gq_err(GQ_ERR_ARG, "generation: expected max_batch >= 1, prefill_chunk >= 1, max_len >= 0, n_eos <= 8, "
-                                  "got %d, %d, %d, %d", o->max_batch, o->prefill_chunk, o->max_len, o->n_eos);
+        return gq_err(GQ_ERR_ARG,
+                      "generation: expected max_batch >= 1, prefill_chunk >= 1, max_len >= 0, n_eos <= 8, "
+                      "got %d, %d, %d, %d",
+                      o->max_batch, o->prefill_chunk, o->max_len, o->n_eos);
     gq_gen *g = gq_calloc(1, sizeof *g);
     g->be = be;
     g->m = m;
@@ -172,9 +190,10 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
     g->no_targets = gq_malloc(R * sizeof *g->no_targets);
     for (size_t i = 0; i < R; i++) g->no_targets[i] = -1;
     char b1[32], b2[32];
-    gq_info("generation: %d layers on %s in %.1f s; KV cache %s for %d sequences x %d tokens, device peak %s",
-            g->nl, gq_backend_name(be), gq_now() - t0,
-            gq_fmt_bytes(b1, sizeof b1, 2.0 * (double)gq_be_act_bytes(be, (size_t)g->max_batch * g->nl * g->max_len * g->kvd)),
+    gq_info("generation: %d layers on %s in %.1f s; KV cache %s for %d sequences x %d tokens, device peak %s", g->nl,
+            gq_backend_name(be), gq_now() - t0,
+            gq_fmt_bytes(b1, sizeof b1,
+                         2.0 * (double)gq_be_act_bytes(be, (size_t)g->max_batch * g->nl * g->max_len * g->kvd)),
             g->max_batch, g->max_len, gq_fmt_bytes(b2, sizeof b2, (double)gq_be_peak_bytes(be)));
     *out = g;
     return GQ_OK;
@@ -301,37 +320,37 @@ int gq_gen_decode(gq_gen *g, const int *slots, const int32_t *tok, int B, float 
 void gq_gen_seq_free(gq_gen_seq *s) {
     if (!s) return;
     gq_ids_free(&s->out);
-    s->finish = GQ_FINISH_NONE;
+    s->finish = GQ_GEN_FINISH_NONE;
 }
 
 typedef struct {
-    int seq;   /* index into seqs, -1 = free */
-    gq_rng rng;
+    int seq; /* index into seqs, -1 = free */
+    gq_gen_rng rng;
     int32_t last;
 } slot_state;
 
 /* Take token t for sequence s; returns 1 when it finished. */
-static int accept(const gq_gen *g, gq_gen_seq *s, int32_t t, const gq_sampling *sp) {
+static int accept(const gq_gen *g, gq_gen_seq *s, int32_t t, const gq_gen_sampling *sp) {
     if (gq_gen_is_eos(g, t)) {
-        s->finish = GQ_FINISH_EOS;
+        s->finish = GQ_GEN_FINISH_EOS;
         return 1;
     }
     gq_ids_push(&s->out, t);
     if ((int)s->out.n >= sp->max_new_tokens || s->n_prompt + (int)s->out.n >= g->max_len) {
-        s->finish = GQ_FINISH_LENGTH;
+        s->finish = GQ_GEN_FINISH_LENGTH;
         return 1;
     }
     return 0;
 }
 
-int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_sampling *sp, gq_gen_done_fn done, void *user) {
-    TRY(gq_sampling_check(sp));
+int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *sp, gq_gen_done_fn done, void *user) {
+    TRY(gq_gen_sampling_check(sp));
     for (int i = 0; i < n; i++) {
         if (seqs[i].n_prompt < 1 || seqs[i].n_prompt >= g->max_len)
             return gq_err(GQ_ERR_ARG, "generation: prompt %d has %d tokens, expected 1 .. %d (max_len %d minus one)", i,
                           seqs[i].n_prompt, g->max_len - 1, g->max_len);
         seqs[i].out.n = 0;
-        seqs[i].finish = GQ_FINISH_NONE;
+        seqs[i].finish = GQ_GEN_FINISH_NONE;
     }
     int S = g->max_batch, vocab = g->vocab, next = 0, rc = GQ_OK;
     slot_state *st = gq_malloc((size_t)S * sizeof *st);
@@ -349,8 +368,8 @@ int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_sampling *sp, gq_gen
                 gq_gen_slot_reset(g, k);
                 rc = gq_gen_prefill(g, k, s->prompt, s->n_prompt, logits);
                 if (rc) break;
-                gq_rng_seed(&st[k].rng, sp->seed, s->stream);
-                int32_t t = gq_sample(logits, vocab, sp, &st[k].rng);
+                gq_gen_rng_seed(&st[k].rng, sp->seed, s->stream);
+                int32_t t = gq_gen_sample(logits, vocab, sp, &st[k].rng);
                 if (accept(g, s, t, sp)) {
                     if (done) rc = done(s, i, user);
                 } else {
@@ -374,7 +393,7 @@ int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_sampling *sp, gq_gen
         for (int r = 0; r < B && rc == GQ_OK; r++) {
             slot_state *ss = &st[slots[r]];
             gq_gen_seq *s = &seqs[ss->seq];
-            int32_t t = gq_sample(logits + (size_t)r * vocab, vocab, sp, &ss->rng);
+            int32_t t = gq_gen_sample(logits + (size_t)r * vocab, vocab, sp, &ss->rng);
             if (accept(g, s, t, sp)) {
                 if (done) rc = done(s, ss->seq, user);
                 ss->seq = -1;

@@ -10,7 +10,9 @@
 
 /* ---- parser -------------------------------------------------------------------- */
 
-static jtok *cur(jparser *p) { return &p->tok[p->pos]; }
+static jtok *cur(jparser *p) {
+    return &p->tok[p->pos];
+}
 static jtok *peek(jparser *p, int k) {
     int i = p->pos + k;
     return &p->tok[i < p->ntok ? i : p->ntok - 1];
@@ -21,20 +23,34 @@ static int tok_is(const jtok *t, ttype type, const char *s) {
     size_t n = strlen(s);
     return t->n == n && !memcmp(t->s, s, n);
 }
-static int is_op(jparser *p, const char *s) { return tok_is(cur(p), T_OP, s); }
-static int is_name(jparser *p, const char *s) { return tok_is(cur(p), T_NAME, s); }
+static int is_op(jparser *p, const char *s) {
+    return tok_is(cur(p), T_OP, s);
+}
+static int is_name(jparser *p, const char *s) {
+    return tok_is(cur(p), T_NAME, s);
+}
 
 static const char *describe(const jtok *t, char *buf, size_t cap) {
     switch (t->type) {
-    case T_TEXT: return "template text";
-    case T_VAR_BEGIN: return "'{{'";
-    case T_VAR_END: return "'}}'";
-    case T_BLOCK_BEGIN: return "'{%'";
-    case T_BLOCK_END: return "'%}'";
-    case T_EOF: return "end of template";
-    case T_INT: return "an integer";
-    case T_STRING: return "a string";
-    default: snprintf(buf, cap, "'%.*s'", (int)(t->n > 40 ? 40 : t->n), t->s); return buf;
+    case T_TEXT:
+        return "template text";
+    case T_VAR_BEGIN:
+        return "'{{'";
+    case T_VAR_END:
+        return "'}}'";
+    case T_BLOCK_BEGIN:
+        return "'{%'";
+    case T_BLOCK_END:
+        return "'%}'";
+    case T_EOF:
+        return "end of template";
+    case T_INT:
+        return "an integer";
+    case T_STRING:
+        return "a string";
+    default:
+        snprintf(buf, cap, "'%.*s'", (int)(t->n > 40 ? 40 : t->n), t->s);
+        return buf;
     }
 }
 
@@ -106,7 +122,9 @@ static jnode *parse_unary(jparser *p, int with_filter);
 static jnode *parse_primary(jparser *p);
 static jnode *parse_postfix(jparser *p, jnode *nd);
 
-static const char *name_dup(jparser *p, const jtok *t) { return jarena_strndup(p->arena, t->s, t->n); }
+static const char *name_dup(jparser *p, const jtok *t) {
+    return jarena_strndup(p->arena, t->s, t->n);
+}
 
 /* ( args ) with keyword arguments; cursor on '(' */
 static int parse_call_args(jparser *p, jnode *nd) {
@@ -466,8 +484,14 @@ static jnode *parse_compare(jparser *p) {
     int ops[64], nops = 0;
     size_t off = cur(p)->off;
     for (;;) {
-        int op = is_op(p, "==") ? JOP_EQ : is_op(p, "!=") ? JOP_NE : is_op(p, "<") ? JOP_LT : is_op(p, "<=") ? JOP_LE
-               : is_op(p, ">") ? JOP_GT : is_op(p, ">=") ? JOP_GE : is_name(p, "in") ? JOP_IN : 0;
+        int op = is_op(p, "==")     ? JOP_EQ
+                 : is_op(p, "!=")   ? JOP_NE
+                 : is_op(p, "<")    ? JOP_LT
+                 : is_op(p, "<=")   ? JOP_LE
+                 : is_op(p, ">")    ? JOP_GT
+                 : is_op(p, ">=")   ? JOP_GE
+                 : is_name(p, "in") ? JOP_IN
+                                    : 0;
         if (op) {
             p->pos++;
         } else if (is_name(p, "not") && tok_is(peek(p, 1), T_NAME, "in")) {
@@ -565,7 +589,9 @@ static jnode *parse_expr_inner(jparser *p) {
 static int parse_body(jparser *p, const char *const *ends, int nends, jnode ***body, int *nbody, int *which,
                       size_t open_off, const char *open_what);
 
-static int end_tag(jparser *p) { return expect(p, T_BLOCK_END, NULL, "'%}'"); }
+static int end_tag(jparser *p) {
+    return expect(p, T_BLOCK_END, NULL, "'%}'");
+}
 
 static jnode *parse_if(jparser *p, size_t off) {
     static const char *const ends[] = {"elif", "else", "endif"};
@@ -626,8 +652,7 @@ static jnode *parse_for(jparser *p, size_t off) {
     p->loop_depth--;
     if (rc || end_tag(p)) return NULL;
     if (which == 0) {
-        if (parse_body(p, ends + 1, 1, &nd->orelse, &nd->norelse, &which, off, "{% for %}") || end_tag(p))
-            return NULL;
+        if (parse_body(p, ends + 1, 1, &nd->orelse, &nd->norelse, &which, off, "{% for %}") || end_tag(p)) return NULL;
     }
     return nd;
 }
@@ -664,8 +689,8 @@ static jnode *parse_set(jparser *p, size_t off) {
     return nd;
 }
 
-static const char *const unsupported_stmts[] = {"macro", "call", "filter", "block", "extends", "include", "import",
-                                                "from", "raw", "with", "autoescape", "do", "endset", "trans"};
+static const char *const unsupported_stmts[] = {"macro", "call", "filter", "block",      "extends", "include", "import",
+                                                "from",  "raw",  "with",   "autoescape", "do",      "endset",  "trans"};
 
 static jnode *parse_statement_inner(jparser *p);
 
@@ -707,7 +732,8 @@ static jnode *parse_statement_inner(jparser *p) {
     }
     for (size_t i = 0; i < sizeof unsupported_stmts / sizeof *unsupported_stmts; i++)
         if (tok_is(t, T_NAME, unsupported_stmts[i])) {
-            PERR(p, GQ_ERR_UNSUPPORTED, begin->off, "{%% %s %%} is not supported by gq's Jinja subset", unsupported_stmts[i]);
+            PERR(p, GQ_ERR_UNSUPPORTED, begin->off, "{%% %s %%} is not supported by gq's Jinja subset",
+                 unsupported_stmts[i]);
             return NULL;
         }
     PERR(p, GQ_ERR_FORMAT, t->off, "unknown or unexpected statement '%.*s'", (int)(t->n > 40 ? 40 : t->n), t->s);
@@ -725,8 +751,9 @@ static int parse_body(jparser *p, const char *const *ends, int nends, jnode ***b
             if (!nends) break;
             int line, col;
             jinja_linecol(p, open_off, &line, &col);
-            PERR(p, GQ_ERR_FORMAT, t->off, "unexpected end of template: %s opened at %d:%d is not closed (expected {%% %s %%})",
-                 open_what, line, col, ends[nends - 1]);
+            PERR(p, GQ_ERR_FORMAT, t->off,
+                 "unexpected end of template: %s opened at %d:%d is not closed (expected {%% %s %%})", open_what, line,
+                 col, ends[nends - 1]);
             goto fail;
         }
         jnode *nd = NULL;
@@ -830,7 +857,8 @@ int gq_jinja_render(const gq_jinja *t, const char *vars_json, char **out, size_t
     }
     if (vars_json && vars.type != JV_DICT) {
         jarena_free(&ra);
-        return gq_err(GQ_ERR_ARG, "%s: template variables: expected a JSON object, got %s", t->name, jv_type_name(vars));
+        return gq_err(GQ_ERR_ARG, "%s: template variables: expected a JSON object, got %s", t->name,
+                      jv_type_name(vars));
     }
     jdict *g = vars_json ? vars.u.dict : jv_dict_new(&ra, 4);
     int rc = jinja_eval_render(t, &ra, g, out, out_len);

@@ -96,9 +96,15 @@ jtok *jinja_push_tok(jparser *p, ttype type, size_t off) {
     return t;
 }
 
-static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
-static int is_name0(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_ws(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+static int is_name0(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+static int is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -145,18 +151,41 @@ static int lex_string(jparser *p, size_t *i) {
         char e = s[k + 1];
         k += 2;
         switch (e) {
-        case 'n': *o++ = '\n'; break;
-        case 't': *o++ = '\t'; break;
-        case 'r': *o++ = '\r'; break;
-        case 'a': *o++ = '\a'; break;
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'v': *o++ = '\v'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\'': *o++ = '\''; break;
-        case '"': *o++ = '"'; break;
-        case '\n': break; /* line continuation */
-        case 'x': case 'u': case 'U': {
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 'a':
+            *o++ = '\a';
+            break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'v':
+            *o++ = '\v';
+            break;
+        case '\\':
+            *o++ = '\\';
+            break;
+        case '\'':
+            *o++ = '\'';
+            break;
+        case '"':
+            *o++ = '"';
+            break;
+        case '\n':
+            break; /* line continuation */
+        case 'x':
+        case 'u':
+        case 'U': {
             int nd = e == 'x' ? 2 : e == 'u' ? 4 : 8;
             uint32_t cp = 0;
             for (int d = 0; d < nd; d++) {
@@ -172,7 +201,8 @@ static int lex_string(jparser *p, size_t *i) {
         default:
             if (e >= '0' && e <= '7') {
                 uint32_t cp = (uint32_t)(e - '0');
-                for (int d = 0; d < 2 && k < p->n && s[k] >= '0' && s[k] <= '7'; d++) cp = cp * 8 + (uint32_t)(s[k++] - '0');
+                for (int d = 0; d < 2 && k < p->n && s[k] >= '0' && s[k] <= '7'; d++)
+                    cp = cp * 8 + (uint32_t)(s[k++] - '0');
                 o += jinja_put_utf8(o, cp);
             } else { /* unknown escapes keep the backslash, as Python does */
                 *o++ = '\\';

@@ -14,7 +14,9 @@ jv jv_str(const char *s, size_t n) {
     v.u.str.n = n;
     return v;
 }
-jv jv_cstr(const char *s) { return jv_str(s, strlen(s)); }
+jv jv_cstr(const char *s) {
+    return jv_str(s, strlen(s));
+}
 jv jv_int(int64_t i) {
     jv v = {.type = JV_INT};
     v.u.i = i;
@@ -25,8 +27,22 @@ jv jv_bool(int b) {
     v.u.i = b ? 1 : 0;
     return v;
 }
-jv jv_none(void) { return (jv){.type = JV_NONE}; }
-jv jv_undef(void) { return (jv){.type = JV_UNDEF}; }
+jv jv_none(void) {
+    return (jv){.type = JV_NONE};
+}
+jv jv_undef(void) {
+    return (jv){.type = JV_UNDEF};
+}
+jv jv_of_list(jlist *l) {
+    jv v = {.type = JV_LIST};
+    v.u.list = l;
+    return v;
+}
+jv jv_of_dict(jdict *d) {
+    jv v = {.type = JV_DICT};
+    v.u.dict = d;
+    return v;
+}
 
 jlist *jv_list_new(jarena *a, int cap) {
     jlist *l = jarena_alloc(a, sizeof *l);
@@ -73,7 +89,8 @@ void jv_dict_set(jarena *a, jdict *d, jv key, jv val) {
         return;
     }
     if (d->n == d->cap) {
-        jv *nk = jarena_alloc(a, (size_t)d->cap * 2 * sizeof *nk), *nv = jarena_alloc(a, (size_t)d->cap * 2 * sizeof *nv);
+        jv *nk = jarena_alloc(a, (size_t)d->cap * 2 * sizeof *nk),
+           *nv = jarena_alloc(a, (size_t)d->cap * 2 * sizeof *nv);
         memcpy(nk, d->keys, (size_t)d->n * sizeof *nk);
         memcpy(nv, d->vals, (size_t)d->n * sizeof *nv);
         d->keys = nk;
@@ -87,13 +104,19 @@ void jv_dict_set(jarena *a, jdict *d, jv key, jv val) {
 int jv_truthy(jv v) {
     switch (v.type) {
     case JV_UNDEF:
-    case JV_NONE: return 0;
+    case JV_NONE:
+        return 0;
     case JV_BOOL:
-    case JV_INT: return v.u.i != 0;
-    case JV_STR: return v.u.str.n != 0;
-    case JV_LIST: return v.u.list->n != 0;
-    case JV_DICT: return v.u.dict->is_namespace || v.u.dict->n != 0;
-    default: return 1;
+    case JV_INT:
+        return v.u.i != 0;
+    case JV_STR:
+        return v.u.str.n != 0;
+    case JV_LIST:
+        return v.u.list->n != 0;
+    case JV_DICT:
+        return v.u.dict->is_namespace || v.u.dict->n != 0;
+    default:
+        return 1;
     }
 }
 
@@ -106,8 +129,10 @@ static int equal_d(jv a, jv b, int depth) {
     if (a.type != b.type) return 0;
     switch (a.type) {
     case JV_UNDEF:
-    case JV_NONE: return 1;
-    case JV_STR: return a.u.str.n == b.u.str.n && !memcmp(a.u.str.s, b.u.str.s, a.u.str.n);
+    case JV_NONE:
+        return 1;
+    case JV_STR:
+        return a.u.str.n == b.u.str.n && !memcmp(a.u.str.s, b.u.str.s, a.u.str.n);
     case JV_LIST:
         if (a.u.list->n != b.u.list->n) return 0;
         for (int i = 0; i < a.u.list->n; i++)
@@ -121,13 +146,18 @@ static int equal_d(jv a, jv b, int depth) {
             if (j < 0 || !equal_d(a.u.dict->vals[i], b.u.dict->vals[j], depth + 1)) return 0;
         }
         return 1;
-    case JV_FUNC: return a.aux == b.aux;
-    case JV_METHOD: return a.aux == b.aux && a.u.recv == b.u.recv;
-    default: return 0;
+    case JV_FUNC:
+        return a.aux == b.aux;
+    case JV_METHOD:
+        return a.aux == b.aux && a.u.recv == b.u.recv;
+    default:
+        return 0;
     }
 }
 
-int jv_equal(jv a, jv b) { return equal_d(a, b, 0); }
+int jv_equal(jv a, jv b) {
+    return equal_d(a, b, 0);
+}
 
 size_t jv_utf8_len(const char *s, size_t n) {
     size_t k = 0;
@@ -138,15 +168,24 @@ size_t jv_utf8_len(const char *s, size_t n) {
 
 const char *jv_type_name(jv v) {
     switch (v.type) {
-    case JV_UNDEF: return "undefined";
-    case JV_NONE: return "none";
-    case JV_BOOL: return "bool";
-    case JV_INT: return "int";
-    case JV_STR: return "string";
-    case JV_LIST: return "list";
-    case JV_DICT: return v.u.dict->is_namespace ? "namespace" : "dict";
-    case JV_FUNC: return "function";
-    case JV_METHOD: return "method";
+    case JV_UNDEF:
+        return "undefined";
+    case JV_NONE:
+        return "none";
+    case JV_BOOL:
+        return "bool";
+    case JV_INT:
+        return "int";
+    case JV_STR:
+        return "string";
+    case JV_LIST:
+        return "list";
+    case JV_DICT:
+        return v.u.dict->is_namespace ? "namespace" : "dict";
+    case JV_FUNC:
+        return "function";
+    case JV_METHOD:
+        return "method";
     }
     return "value";
 }
@@ -164,7 +203,9 @@ void jbuf_put(jbuf *b, const char *s, size_t n) {
     b->n += n;
     b->p[b->n] = 0;
 }
-static void jbuf_puts(jbuf *b, const char *s) { jbuf_put(b, s, strlen(s)); }
+static void jbuf_puts(jbuf *b, const char *s) {
+    jbuf_put(b, s, strlen(s));
+}
 
 static void put_int(jbuf *b, int64_t i) {
     char t[32];
@@ -208,9 +249,14 @@ static void to_str_d(jbuf *b, jv v, int depth);
 
 static void repr_d(jbuf *b, jv v, int depth) {
     switch (v.type) {
-    case JV_STR: repr_str(b, v.u.str.s, v.u.str.n); break;
-    case JV_UNDEF: jbuf_puts(b, "Undefined"); break;
-    default: to_str_d(b, v, depth);
+    case JV_STR:
+        repr_str(b, v.u.str.s, v.u.str.n);
+        break;
+    case JV_UNDEF:
+        jbuf_puts(b, "Undefined");
+        break;
+    default:
+        to_str_d(b, v, depth);
     }
 }
 
@@ -221,11 +267,20 @@ static void to_str_d(jbuf *b, jv v, int depth) {
         return;
     }
     switch (v.type) {
-    case JV_UNDEF: break;
-    case JV_NONE: jbuf_puts(b, "None"); break;
-    case JV_BOOL: jbuf_puts(b, v.u.i ? "True" : "False"); break;
-    case JV_INT: put_int(b, v.u.i); break;
-    case JV_STR: jbuf_put(b, v.u.str.s, v.u.str.n); break;
+    case JV_UNDEF:
+        break;
+    case JV_NONE:
+        jbuf_puts(b, "None");
+        break;
+    case JV_BOOL:
+        jbuf_puts(b, v.u.i ? "True" : "False");
+        break;
+    case JV_INT:
+        put_int(b, v.u.i);
+        break;
+    case JV_STR:
+        jbuf_put(b, v.u.str.s, v.u.str.n);
+        break;
     case JV_LIST:
         jbuf_puts(b, "[");
         for (int i = 0; i < v.u.list->n; i++) {
@@ -244,13 +299,21 @@ static void to_str_d(jbuf *b, jv v, int depth) {
         }
         jbuf_puts(b, v.u.dict->is_namespace ? "}>" : "}");
         break;
-    case JV_FUNC: jbuf_puts(b, "<function>"); break;
-    case JV_METHOD: jbuf_puts(b, "<built-in method>"); break;
+    case JV_FUNC:
+        jbuf_puts(b, "<function>");
+        break;
+    case JV_METHOD:
+        jbuf_puts(b, "<built-in method>");
+        break;
     }
 }
 
-void jv_repr(jbuf *b, jv v) { repr_d(b, v, 0); }
-void jv_to_str(jbuf *b, jv v) { to_str_d(b, v, 0); }
+void jv_repr(jbuf *b, jv v) {
+    repr_d(b, v, 0);
+}
+void jv_to_str(jbuf *b, jv v) {
+    to_str_d(b, v, 0);
+}
 
 static void json_str(jbuf *b, const char *s, size_t n) {
     jbuf_puts(b, "\"");
@@ -258,13 +321,27 @@ static void json_str(jbuf *b, const char *s, size_t n) {
         unsigned char c = (unsigned char)s[i];
         char t[8];
         switch (c) {
-        case '"': jbuf_puts(b, "\\\""); break;
-        case '\\': jbuf_puts(b, "\\\\"); break;
-        case '\n': jbuf_puts(b, "\\n"); break;
-        case '\r': jbuf_puts(b, "\\r"); break;
-        case '\t': jbuf_puts(b, "\\t"); break;
-        case '\b': jbuf_puts(b, "\\b"); break;
-        case '\f': jbuf_puts(b, "\\f"); break;
+        case '"':
+            jbuf_puts(b, "\\\"");
+            break;
+        case '\\':
+            jbuf_puts(b, "\\\\");
+            break;
+        case '\n':
+            jbuf_puts(b, "\\n");
+            break;
+        case '\r':
+            jbuf_puts(b, "\\r");
+            break;
+        case '\t':
+            jbuf_puts(b, "\\t");
+            break;
+        case '\b':
+            jbuf_puts(b, "\\b");
+            break;
+        case '\f':
+            jbuf_puts(b, "\\f");
+            break;
         default:
             if (c < 0x20) {
                 snprintf(t, sizeof t, "\\u%04x", c);
@@ -285,10 +362,18 @@ static void json_newline(jbuf *b, int indent, int depth) {
 int jv_tojson(jbuf *b, jv v, int indent, int depth) {
     if (depth > 64) return -1;
     switch (v.type) {
-    case JV_NONE: jbuf_puts(b, "null"); return 0;
-    case JV_BOOL: jbuf_puts(b, v.u.i ? "true" : "false"); return 0;
-    case JV_INT: put_int(b, v.u.i); return 0;
-    case JV_STR: json_str(b, v.u.str.s, v.u.str.n); return 0;
+    case JV_NONE:
+        jbuf_puts(b, "null");
+        return 0;
+    case JV_BOOL:
+        jbuf_puts(b, v.u.i ? "true" : "false");
+        return 0;
+    case JV_INT:
+        put_int(b, v.u.i);
+        return 0;
+    case JV_STR:
+        json_str(b, v.u.str.s, v.u.str.n);
+        return 0;
     case JV_LIST:
         if (!v.u.list->n) {
             jbuf_puts(b, "[]");
@@ -328,7 +413,8 @@ int jv_tojson(jbuf *b, jv v, int indent, int depth) {
         if (indent >= 0) json_newline(b, indent, depth);
         jbuf_puts(b, "}");
         return 0;
-    default: return -1;
+    default:
+        return -1;
     }
 }
 
@@ -340,11 +426,21 @@ static int from_json(jarena *a, json_t *j, jv *out, const char **err, int depth)
         return -1;
     }
     switch (json_typeof(j)) {
-    case JSON_NULL: *out = jv_none(); return 0;
-    case JSON_TRUE: *out = jv_bool(1); return 0;
-    case JSON_FALSE: *out = jv_bool(0); return 0;
-    case JSON_INTEGER: *out = jv_int(json_integer_value(j)); return 0;
-    case JSON_REAL: *err = "JSON numbers must be integers (floats are not supported)"; return -1;
+    case JSON_NULL:
+        *out = jv_none();
+        return 0;
+    case JSON_TRUE:
+        *out = jv_bool(1);
+        return 0;
+    case JSON_FALSE:
+        *out = jv_bool(0);
+        return 0;
+    case JSON_INTEGER:
+        *out = jv_int(json_integer_value(j));
+        return 0;
+    case JSON_REAL:
+        *err = "JSON numbers must be integers (floats are not supported)";
+        return -1;
     case JSON_STRING: {
         size_t n = json_string_length(j);
         *out = jv_str(jarena_strndup(a, json_string_value(j), n), n);

@@ -1,17 +1,17 @@
-/* prompt.c -- prompt templates of gq/questions.h: raw, a "{question}"
+/* prompt.c -- prompt templates of gq/prompt.h: raw, a "{question}"
  * template string, or the tokenizer's chat_template through gq/jinja.h. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "gq/jinja.h"
-#include "gq/questions.h"
+#include "gq/prompt.h"
 
 enum { P_RAW, P_CHAT, P_STRING };
 
 struct gq_prompt {
     int kind;
-    char *tpl;      /* P_STRING: escapes interpreted */
-    gq_jinja *jt;   /* P_CHAT */
+    char *tpl;       /* P_STRING: escapes interpreted */
+    gq_jinja *jt;    /* P_CHAT */
     char *bos, *eos; /* token strings ("" if none) */
 };
 
@@ -22,7 +22,8 @@ static char *piece_or_empty(const gq_tokenizer *tok, int id) {
 
 int gq_prompt_init(gq_prompt **out, const char *spec, const gq_tokenizer *tok) {
     *out = NULL;
-    if (!spec || !*spec) return gq_err(GQ_ERR_ARG, "--template: expected raw, chat or a string with {question}, got ''");
+    if (!spec || !*spec)
+        return gq_err(GQ_ERR_ARG, "--template: expected raw, chat or a string with {question}, got ''");
     gq_prompt *p = gq_calloc(1, sizeof *p);
     if (!strcmp(spec, "raw")) {
         p->kind = P_RAW;
@@ -72,7 +73,9 @@ void gq_prompt_free(gq_prompt *p) {
     free(p);
 }
 
-const char *gq_prompt_kind(const gq_prompt *p) { return p->kind == P_RAW ? "raw" : p->kind == P_CHAT ? "chat" : "template"; }
+const char *gq_prompt_kind(const gq_prompt *p) {
+    return p->kind == P_RAW ? "raw" : p->kind == P_CHAT ? "chat" : "template";
+}
 
 int gq_prompt_render(const gq_prompt *p, const char *question, char **text, size_t *len, int *add_special) {
     *text = NULL;

@@ -1,6 +1,6 @@
 /* questions.c -- question sources for `gq calib` (gq/questions.h): JSON
  * lines, JSON arrays, plain-text lines and blank-line separated blocks,
- * plain or gzip. Prompt templates are in prompt.c. */
+ * plain or gzip. */
 #include "gq/questions.h"
 
 #include <jansson.h>
@@ -15,18 +15,22 @@
 static const char *const fmt_names[] = {"auto", "jsonl", "json", "lines", "blocks"};
 static const char *const auto_fields[] = {"prompt", "question", "instruction", "text"};
 
-int gq_qformat_parse(const char *s, gq_qformat *out) {
+int gq_questions_format_parse(const char *s, gq_questions_format *out) {
     for (int i = 0; i < 5; i++)
         if (s && !strcmp(s, fmt_names[i])) {
-            *out = (gq_qformat)i;
+            *out = (gq_questions_format)i;
             return GQ_OK;
         }
     return gq_err(GQ_ERR_ARG, "questions format: expected auto, jsonl, json, lines or blocks, got '%s'", s ? s : "");
 }
 
-const char *gq_qformat_name(gq_qformat f) { return (unsigned)f < 5 ? fmt_names[f] : "?"; }
+const char *gq_questions_format_name(gq_questions_format f) {
+    return (unsigned)f < 5 ? fmt_names[f] : "?";
+}
 
-void gq_questions_opts_default(gq_questions_opts *o) { memset(o, 0, sizeof *o); }
+void gq_questions_opts_default(gq_questions_opts *o) {
+    memset(o, 0, sizeof *o);
+}
 
 void gq_questions_free(gq_questions *q) {
     if (!q) return;
@@ -43,7 +47,7 @@ typedef struct {
     const gq_questions_opts *o;
     gq_questions *q;
     int cap;
-    char field[64];   /* resolved field ("" until the first object) */
+    char field[64]; /* resolved field ("" until the first object) */
     const char *input;
 } reader;
 
@@ -53,7 +57,9 @@ static int is_blank(const char *s, size_t n) {
     return 1;
 }
 
-static int full(const reader *r) { return r->o->limit > 0 && r->q->n >= r->o->limit; }
+static int full(const reader *r) {
+    return r->o->limit > 0 && r->q->n >= r->o->limit;
+}
 
 /* Take ownership of text (len bytes); where is copied. */
 static void add(reader *r, char *text, size_t len, const char *where) {
@@ -80,14 +86,20 @@ static char *dup_n(const char *s, size_t n) {
 
 static const char *json_kind(const json_t *v) {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
     case JSON_INTEGER:
-    case JSON_REAL: return "a number";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
     }
 }
 
@@ -131,7 +143,8 @@ static int take(reader *r, json_t *v, const char *where) {
                 key_list(v, keys, sizeof keys);
                 return gq_err(GQ_ERR_DATA,
                               "%s: expected one of the fields prompt, question, instruction, text (or name one with "
-                              "--field), found fields: %s", where, keys);
+                              "--field), found fields: %s",
+                              where, keys);
             }
         }
         snprintf(r->q->field, sizeof r->q->field, "%s", r->field);
@@ -229,8 +242,10 @@ static int load_json(reader *r, const char *data, size_t len) {
     if (!v) return gq_err(GQ_ERR_DATA, "%s:%d:%d: not valid JSON: %s", r->o->path, je.line, je.column, je.text);
     int rc = GQ_OK;
     if (!json_is_array(v)) {
-        rc = gq_err(GQ_ERR_DATA, "%s: expected a JSON array of objects or strings, got %s (JSON lines need the "
-                                 ".jsonl extension or --questions-format jsonl)", r->o->path, json_kind(v));
+        rc = gq_err(GQ_ERR_DATA,
+                    "%s: expected a JSON array of objects or strings, got %s (JSON lines need the "
+                    ".jsonl extension or --questions-format jsonl)",
+                    r->o->path, json_kind(v));
     } else {
         size_t i;
         json_t *e;
@@ -306,15 +321,17 @@ int gq_questions_load(gq_questions *out, const gq_questions_opts *o) {
     if (!o->path) return gq_err(GQ_ERR_ARG, "questions: no file given");
     if (o->limit < 0) return gq_err(GQ_ERR_ARG, "questions: limit must be >= 0, got %d", o->limit);
     reader r = {.o = o, .q = out, .input = o->input_field ? o->input_field : "input"};
-    gq_qformat f = o->format;
+    gq_questions_format f = o->format;
     size_t plen = strlen(o->path);
     if (ends_with(o->path, plen, ".gz")) plen -= 3;
-    if (f == GQ_QFMT_AUTO) {
-        if (ends_with(o->path, plen, ".jsonl") || ends_with(o->path, plen, ".ndjson")) f = GQ_QFMT_JSONL;
-        else if (ends_with(o->path, plen, ".txt")) f = GQ_QFMT_LINES;
+    if (f == GQ_QUESTIONS_AUTO) {
+        if (ends_with(o->path, plen, ".jsonl") || ends_with(o->path, plen, ".ndjson"))
+            f = GQ_QUESTIONS_JSONL;
+        else if (ends_with(o->path, plen, ".txt"))
+            f = GQ_QUESTIONS_LINES;
     }
     int rc;
-    if (f == GQ_QFMT_JSONL) {
+    if (f == GQ_QUESTIONS_JSONL) {
         out->format = f;
         rc = load_jsonl(&r);
     } else {
@@ -322,22 +339,26 @@ int gq_questions_load(gq_questions *out, const gq_questions_opts *o) {
         size_t len = 0;
         rc = read_all(o->path, &data, &len);
         if (rc) return rc;
-        if (f == GQ_QFMT_AUTO) {
+        if (f == GQ_QUESTIONS_AUTO) {
             size_t i = 0;
             while (i < len && is_blank(data + i, 1)) i++;
-            f = i < len && data[i] == '[' ? GQ_QFMT_JSON : i < len && (data[i] == '{' || data[i] == '"') ? GQ_QFMT_JSONL
-                                                                                                          : GQ_QFMT_LINES;
+            f = i < len && data[i] == '['                       ? GQ_QUESTIONS_JSON
+                : i < len && (data[i] == '{' || data[i] == '"') ? GQ_QUESTIONS_JSONL
+                                                                : GQ_QUESTIONS_LINES;
         }
         out->format = f;
-        if (f == GQ_QFMT_JSON) rc = load_json(&r, data, len);
-        else if (f == GQ_QFMT_JSONL) rc = GQ_OK; /* streamed below */
-        else rc = load_text(&r, data, len, f == GQ_QFMT_BLOCKS);
+        if (f == GQ_QUESTIONS_JSON)
+            rc = load_json(&r, data, len);
+        else if (f == GQ_QUESTIONS_JSONL)
+            rc = GQ_OK; /* streamed below */
+        else
+            rc = load_text(&r, data, len, f == GQ_QUESTIONS_BLOCKS);
         free(data);
-        if (!rc && f == GQ_QFMT_JSONL) rc = load_jsonl(&r);
+        if (!rc && f == GQ_QUESTIONS_JSONL) rc = load_jsonl(&r);
     }
     if (!rc && out->n == 0)
         rc = gq_err(GQ_ERR_DATA, "%s: no questions found (%s format%s%s, %d empty skipped)", o->path,
-                    gq_qformat_name(out->format), out->field[0] ? ", field " : "", out->field, out->n_empty);
+                    gq_questions_format_name(out->format), out->field[0] ? ", field " : "", out->field, out->n_empty);
     if (rc) gq_questions_free(out);
     return rc;
 }

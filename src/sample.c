@@ -7,7 +7,7 @@
 
 #include "gq/generate.h"
 
-void gq_sampling_default(gq_sampling *s) {
+void gq_gen_sampling_default(gq_gen_sampling *s) {
     memset(s, 0, sizeof *s);
     s->temperature = 0.0;
     s->top_p = 1.0;
@@ -16,7 +16,7 @@ void gq_sampling_default(gq_sampling *s) {
     s->max_new_tokens = 512;
 }
 
-int gq_sampling_check(const gq_sampling *s) {
+int gq_gen_sampling_check(const gq_gen_sampling *s) {
     if (!(s->temperature >= 0.0) || !isfinite(s->temperature))
         return gq_err(GQ_ERR_ARG, "sampling: temperature must be a finite number >= 0, got %g", s->temperature);
     if (!(s->top_p > 0.0 && s->top_p <= 1.0))
@@ -36,7 +36,7 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-void gq_rng_seed(gq_rng *r, uint64_t seed, uint64_t stream) {
+void gq_gen_rng_seed(gq_gen_rng *r, uint64_t seed, uint64_t stream) {
     /* the stream is mixed in through its own splitmix64 output, so streams
      * of one seed (and seeds of one stream) start far apart */
     uint64_t x = stream;
@@ -44,9 +44,11 @@ void gq_rng_seed(gq_rng *r, uint64_t seed, uint64_t stream) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&st);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
-uint64_t gq_rng_next(gq_rng *r) {
+uint64_t gq_gen_rng_next(gq_gen_rng *r) {
     uint64_t *s = r->s;
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0];
@@ -58,7 +60,9 @@ uint64_t gq_rng_next(gq_rng *r) {
     return result;
 }
 
-double gq_rng_uniform(gq_rng *r) { return (double)(gq_rng_next(r) >> 11) * 0x1.0p-53; }
+double gq_gen_rng_uniform(gq_gen_rng *r) {
+    return (double)(gq_gen_rng_next(r) >> 11) * 0x1.0p-53;
+}
 
 /* ---- sampling ---------------------------------------------------------------------------- */
 
@@ -147,7 +151,7 @@ static void top_p_filter(float *logits, int n, float mx, double top_p) {
     free(e);
 }
 
-void gq_sample_filter(float *logits, int vocab, const gq_sampling *s) {
+void gq_gen_sample_filter(float *logits, int vocab, const gq_gen_sampling *s) {
     if (s->temperature == 0.0) return;
     float inv_t = (float)(1.0 / s->temperature);
     for (int i = 0; i < vocab; i++) logits[i] *= inv_t;
@@ -159,13 +163,13 @@ void gq_sample_filter(float *logits, int vocab, const gq_sampling *s) {
     if (s->top_p < 1.0) top_p_filter(logits, vocab, logits[argmax(logits, vocab)], s->top_p);
 }
 
-int32_t gq_sample(float *logits, int vocab, const gq_sampling *s, gq_rng *r) {
+int32_t gq_gen_sample(float *logits, int vocab, const gq_gen_sampling *s, gq_gen_rng *r) {
     if (s->temperature == 0.0 || !r) return argmax(logits, vocab);
-    gq_sample_filter(logits, vocab, s);
+    gq_gen_sample_filter(logits, vocab, s);
     float mx = logits[argmax(logits, vocab)];
     double z = 0;
     for (int i = 0; i < vocab; i++) z += logits[i] == -INFINITY ? 0.0 : exp((double)(logits[i] - mx));
-    double u = gq_rng_uniform(r) * z, acc = 0;
+    double u = gq_gen_rng_uniform(r) * z, acc = 0;
     int32_t last = 0;
     for (int i = 0; i < vocab; i++) {
         if (logits[i] == -INFINITY) continue;
@@ -178,7 +182,7 @@ int32_t gq_sample(float *logits, int vocab, const gq_sampling *s, gq_rng *r) {
 
 /* ---- answer quality ------------------------------------------------------------------------ */
 
-int gq_answer_degenerate(const int32_t *ids, int n, int max_period, double ratio, int *covered) {
+int gq_gen_degenerate(const int32_t *ids, int n, int max_period, double ratio, int *covered) {
     int best_p = 0, best_cov = 0;
     for (int p = 1; p <= max_period && p < n; p++) {
         int run = 0, best_run = 0;

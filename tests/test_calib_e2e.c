@@ -45,12 +45,14 @@ static void lines_free(lines *l) {
 static lines read_lines(const char *path) {
     lines l = {.n = 0};
     size_t cut;
-    int rc = gq_calib_out_scan(path, collect, &l, &cut);
+    int rc = gq_calib_gen_out_scan(path, collect, &l, &cut);
     TEST_CHECK(rc == GQ_OK && cut == 0, "%s reads back whole (%s)", path, gq_errmsg());
     return l;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* same lines, in any order */
 static int same_set(lines *a, lines *b) {
@@ -126,12 +128,14 @@ static void check_greedy_records(const char *out, const gq_calib_gen_report *r) 
         char *want;
         size_t wn;
         gq_tok_decode(tok, v, 24, 1, &want, &wn);
-        int cov, degenerate = gq_answer_degenerate(v, 24, 8, 0.5, &cov) != 0;
+        int cov, degenerate = gq_gen_degenerate(v, 24, 8, 0.5, &cov) != 0;
         json_t *found = NULL;
         for (int k = 0; k < rec.n; k++) {
             json_t *j = json_loads(rec.line[k], 0, NULL);
-            if (json_integer_value(json_object_get(j, "index")) == (json_int_t)i) found = j;
-            else json_decref(j);
+            if (json_integer_value(json_object_get(j, "index")) == (json_int_t)i)
+                found = j;
+            else
+                json_decref(j);
         }
         char dl[64];
         snprintf(dl, sizeof dl, "{\"index\": %zu, \"reason\": \"degenerate\"}", i);
@@ -139,7 +143,8 @@ static void check_greedy_records(const char *out, const gq_calib_gen_report *r) 
         for (int k = 0; k < dropped.n; k++) in_dropped |= !strcmp(dropped.line[k], dl);
         if (degenerate) {
             drops++;
-            TEST_CHECK(!found && in_dropped, "case %zu: degenerate greedy answer (period covering %d/24) is dropped", i, cov);
+            TEST_CHECK(!found && in_dropped, "case %zu: degenerate greedy answer (period covering %d/24) is dropped", i,
+                       cov);
         } else {
             kept++;
             TEST_CHECK(found != NULL, "case %zu: a record", i);
@@ -148,7 +153,8 @@ static void check_greedy_records(const char *out, const gq_calib_gen_report *r) 
                            "case %zu: answer = transformers' greedy tokens decoded", i);
                 TEST_CHECK(!strcmp(json_string_value(json_object_get(found, "question")),
                                    json_string_value(json_object_get(c, "prompt"))) &&
-                               !json_object_get(found, "raw_question"), "case %zu: question is the prompt (raw)", i);
+                               !json_object_get(found, "raw_question"),
+                           "case %zu: question is the prompt (raw)", i);
                 TEST_CHECK(json_integer_value(json_object_get(found, "prompt_tokens")) ==
                                    (json_int_t)json_array_size(json_object_get(c, "prompt_ids")) &&
                                json_integer_value(json_object_get(found, "answer_tokens")) == 24 &&
@@ -178,26 +184,41 @@ static void check_resume(const char *q, const char *full, const char *out, int g
     snprintf(side, sizeof side, "%s.dropped", out);
     all_dropped = read_lines(side_full);
     /* the first batch, then half of the next write */
-    gq_calib_out *o;
-    TEST_OK(gq_calib_out_open(&o, out, 0), "write the first batch");
+    gq_calib_gen_out *o;
+    TEST_OK(gq_calib_gen_out_open(&o, out, 0), "write the first batch");
     char batch[8192] = "", next[8192] = "";
     for (int i = 0; i < all.n; i++) {
         char *dst = i < 1 ? batch : next;
         strcat(dst, all.line[i]);
         strcat(dst, "\n");
     }
-    gq_calib_out_write(o, batch, strlen(batch));
-    gq_calib_out_close(o);
+    gq_calib_gen_out_write(o, batch, strlen(batch));
+    gq_calib_gen_out_close(o);
     size_t before = file_size(out);
-    TEST_OK(gq_calib_out_open(&o, out, 1), "append the next batch");
-    gq_calib_out_write(o, next, strlen(next));
-    gq_calib_out_close(o);
+    TEST_OK(gq_calib_gen_out_open(&o, out, 1), "append the next batch");
+    gq_calib_gen_out_write(o, next, strlen(next));
+    gq_calib_gen_out_close(o);
     size_t after = file_size(out);
     TEST_CHECK(truncate(out, (off_t)(before + (after - before) / 2)) == 0, "tear the second write");
     write_text(side, "");
-    const char *args[] = {"--model", gq_test_data("pycoder-5m"), "--questions", q, "--out", out, "--batch", "3",
-                          "--max-new-tokens", "24", "--min-answer-tokens", "4", "--threads", "1", "--device", "cpu",
-                          "--resume", NULL};
+    const char *args[] = {"--model",
+                          gq_test_data("pycoder-5m"),
+                          "--questions",
+                          q,
+                          "--out",
+                          out,
+                          "--batch",
+                          "3",
+                          "--max-new-tokens",
+                          "24",
+                          "--min-answer-tokens",
+                          "4",
+                          "--threads",
+                          "1",
+                          "--device",
+                          "cpu",
+                          "--resume",
+                          NULL};
     TEST_OK(run_cmd(args), "gq calib --resume (%s)", gz ? "gzip" : "plain");
     lines got = read_lines(out), got_dropped = read_lines(side);
     TEST_CHECK(same_set(&got, &all), "%s: resumed file has the records of the uninterrupted run (%d vs %d)",
@@ -228,7 +249,8 @@ static void check_readback(const char *out, int nrec) {
     lines l = read_lines(out);
     for (int i = 0; i < set.n && i < l.n; i++) {
         json_t *j = json_loads(l.line[i], 0, NULL);
-        const char *qs = json_string_value(json_object_get(j, "question")), *as = json_string_value(json_object_get(j, "answer"));
+        const char *qs = json_string_value(json_object_get(j, "question")),
+                   *as = json_string_value(json_object_get(j, "answer"));
         size_t n = strlen(qs) + strlen(as);
         char *t = gq_malloc(n + 1);
         snprintf(t, n + 1, "%s%s", qs, as);
@@ -285,9 +307,11 @@ static void check_chat(void) {
         TEST_CHECK(!strcmp(json_string_value(json_object_get(j, "question")), wt + 3),
                    "record %d: question is the rendered prompt without <s>", k);
         TEST_CHECK(!strcmp(json_string_value(json_object_get(j, "raw_question")),
-                           json_string_value(json_object_get(json_array_get(json_object_get(pd, "cases"), (size_t)ix), "question"))),
+                           json_string_value(
+                               json_object_get(json_array_get(json_object_get(pd, "cases"), (size_t)ix), "question"))),
                    "record %d: raw_question is the source question", k);
-        TEST_CHECK(json_integer_value(json_object_get(j, "prompt_tokens")) == (json_int_t)json_array_size(json_object_get(w, "ids")),
+        TEST_CHECK(json_integer_value(json_object_get(j, "prompt_tokens")) ==
+                       (json_int_t)json_array_size(json_object_get(w, "ids")),
                    "record %d: prompt_tokens = apply_chat_template ids", k);
         json_decref(j);
     }
@@ -364,7 +388,8 @@ int main(void) {
     o.min_answer_tokens = 0;
     TEST_OK(gq_calib_gen_run(&o, &r), "question with an invalid byte");
     a = read_lines(tpath("U.jsonl"));
-    TEST_CHECK(a.n == 1 && strstr(a.line[0], "Caf\xef\xbf\xbdModel") != NULL, "stored as U+FFFD: %s", a.n ? a.line[0] : "");
+    TEST_CHECK(a.n == 1 && strstr(a.line[0], "Caf\xef\xbf\xbdModel") != NULL, "stored as U+FFFD: %s",
+               a.n ? a.line[0] : "");
     lines_free(&a);
     o.resume = 1;
     TEST_OK(gq_calib_gen_run(&o, &r), "--resume of that file");

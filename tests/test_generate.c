@@ -50,7 +50,8 @@ static int load_cases(json_t *doc, gcase *cs, int max) {
     json_array_foreach(arr, i, c) {
         if (n == max) break;
         gcase *g = &cs[n++];
-        json_t *p = json_object_get(c, "prompt_ids"), *w = json_object_get(c, "new_ids"), *mg = json_object_get(c, "margins");
+        json_t *p = json_object_get(c, "prompt_ids"), *w = json_object_get(c, "new_ids"),
+               *mg = json_object_get(c, "margins");
         GQ_ASSERT(json_array_size(p) <= 64 && json_array_size(w) <= 64);
         g->n_prompt = (int)json_array_size(p);
         g->n_want = (int)json_array_size(w);
@@ -73,7 +74,7 @@ static void compare_greedy(const char *what, const gcase *c, const gq_gen_seq *s
     int32_t got[72];
     int n = 0;
     for (size_t k = 0; k < s->out.n && n < 64; k++) got[n++] = s->out.v[k];
-    if (s->finish == GQ_FINISH_EOS) got[n++] = 2; /* transformers keeps the eos */
+    if (s->finish == GQ_GEN_FINISH_EOS) got[n++] = 2; /* transformers keeps the eos */
     for (int k = 0; k < c->n_want; k++) {
         if (k >= n || got[k] != c->want[k]) {
             if (k < n && c->margins[k] < tie_tol) {
@@ -91,8 +92,8 @@ static void compare_greedy(const char *what, const gcase *c, const gq_gen_seq *s
 }
 
 static int run_greedy(gq_gen *g, gcase *cs, int n, int one_at_a_time, gq_gen_seq *seqs) {
-    gq_sampling sp;
-    gq_sampling_default(&sp);
+    gq_gen_sampling sp;
+    gq_gen_sampling_default(&sp);
     sp.max_new_tokens = 48;
     for (int i = 0; i < n; i++) {
         memset(&seqs[i], 0, sizeof seqs[i]);
@@ -125,7 +126,8 @@ static int full_forward(const gq_model *m, gq_backend *be, const int32_t *ids, i
     const gq_config *c = &m->cfg;
     int d = c->hidden, rc;
     float *hx = gq_malloc((size_t)T * d * sizeof *hx), inv[256];
-    void *x = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d)), *xn = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
+    void *x = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d)),
+         *xn = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
     gq_fwd_scratch s;
     rc = gq_model_embed(m, ids, T, hx);
     if (!rc) rc = gq_be_upload_f32(be, x, hx, (size_t)T * d);
@@ -244,8 +246,8 @@ static void check_logits_vs_hf(const gq_model *m, gq_backend *be) {
                      * 7.6e-6 here); 2e-4 leaves room for other BLAS kernels and is far
                      * below any real error (a wrong position or cache row moves logits
                      * by O(0.1..1)) */
-                    TEST_NEAR(got, want, 2e-4, "prompt %d step %d: logit of token %d", i,
-                              step, (int)json_integer_value(json_array_get(ids, j)));
+                    TEST_NEAR(got, want, 2e-4, "prompt %d step %d: logit of token %d", i, step,
+                              (int)json_integer_value(json_array_get(ids, j)));
                 }
             }
             if (step < last_step) TEST_OK(gq_gen_decode(g, &slot, &c->want[step], 1, lg), "decode step %d", step);
@@ -312,12 +314,13 @@ static void check_kv_cache(const gq_model *m, gq_backend *be) {
                 int s = sl[r], p = cs[s].n_prompt + step;
                 double e = rel_err(lg + (size_t)r * V, full[s] + (size_t)p * V, (size_t)V);
                 worst = e > worst ? e : worst;
-                if (e > 1e-4)
-                    TEST_CHECK(0, "sequence %d position %d: decode logits rel. error %.3g > 1e-4", s, p, e);
+                if (e > 1e-4) TEST_CHECK(0, "sequence %d position %d: decode logits rel. error %.3g > 1e-4", s, p, e);
             }
         }
-        TEST_CHECK(worst <= 1e-4, "prefill chunk %d: worst rel. error %.3g <= 1e-4 over all positions", o.prefill_chunk, worst);
-        fprintf(stderr, "note: kv cache vs full forward (prefill chunk %d): max rel. error %.3g\n", o.prefill_chunk, worst);
+        TEST_CHECK(worst <= 1e-4, "prefill chunk %d: worst rel. error %.3g <= 1e-4 over all positions", o.prefill_chunk,
+                   worst);
+        fprintf(stderr, "note: kv cache vs full forward (prefill chunk %d): max rel. error %.3g\n", o.prefill_chunk,
+                worst);
         for (int s = 0; s < k3; s++) free(full[s]);
         free(lg);
         gq_gen_free(g);
@@ -334,8 +337,8 @@ static void check_sampler(void) {
     size_t i;
     TEST_CHECK(json_array_size(ws) >= 5, "warper cases present");
     json_array_foreach(ws, i, w) {
-        gq_sampling sp;
-        gq_sampling_default(&sp);
+        gq_gen_sampling sp;
+        gq_gen_sampling_default(&sp);
         sp.temperature = json_number_value(json_object_get(w, "temperature"));
         sp.top_k = (int)json_integer_value(json_object_get(w, "top_k"));
         sp.top_p = json_number_value(json_object_get(w, "top_p"));
@@ -345,7 +348,7 @@ static void check_sampler(void) {
         int want[64] = {0}, got_kept = 0, same = 1;
         for (int k = 0; k < n; k++) lg[k] = (float)json_number_value(json_array_get(lj, k));
         for (size_t k = 0; k < json_array_size(kj); k++) want[json_integer_value(json_array_get(kj, k))] = 1;
-        gq_sample_filter(lg, n, &sp);
+        gq_gen_sample_filter(lg, n, &sp);
         for (int k = 0; k < n; k++) {
             int kept = lg[k] != -INFINITY;
             got_kept += kept;
@@ -361,17 +364,17 @@ static void check_sampler(void) {
     /* draws follow the renormalised kept distribution: probabilities
      * 0.5/0.3/0.15/0.05, top_p 0.75 keeps the first two -> 0.625/0.375 */
     float base[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
-    gq_sampling sp;
-    gq_sampling_default(&sp);
+    gq_gen_sampling sp;
+    gq_gen_sampling_default(&sp);
     sp.temperature = 1.0;
     sp.top_p = 0.75;
-    gq_rng r;
-    gq_rng_seed(&r, 42, 0);
+    gq_gen_rng r;
+    gq_gen_rng_seed(&r, 42, 0);
     int cnt[4] = {0}, N = 20000;
     for (int t = 0; t < N; t++) {
         float lg[4];
         memcpy(lg, base, sizeof lg);
-        cnt[gq_sample(lg, 4, &sp, &r)]++;
+        cnt[gq_gen_sample(lg, 4, &sp, &r)]++;
     }
     TEST_CHECK(cnt[2] == 0 && cnt[3] == 0, "top_p 0.75 never draws the dropped tokens (%d, %d)", cnt[2], cnt[3]);
     /* binomial std of a frequency over 20000 draws is sqrt(p(1-p)/N) = 0.0034;
@@ -384,7 +387,7 @@ static void check_sampler(void) {
     for (int t = 0; t < N; t++) {
         float lg[4];
         memcpy(lg, base, sizeof lg);
-        cnt[gq_sample(lg, 4, &sp, &r)]++;
+        cnt[gq_gen_sample(lg, 4, &sp, &r)]++;
     }
     double z = sqrt(0.5) + sqrt(0.3) + sqrt(0.15) + sqrt(0.05);
     for (int k = 0; k < 4; k++)
@@ -392,20 +395,20 @@ static void check_sampler(void) {
     /* top_k 1 with any temperature is the argmax */
     sp.top_k = 1;
     float lg[4] = {0.1f, 2.0f, 1.9f, -1.0f};
-    TEST_CHECK(gq_sample(lg, 4, &sp, &r) == 1, "top_k 1 picks the argmax");
+    TEST_CHECK(gq_gen_sample(lg, 4, &sp, &r) == 1, "top_k 1 picks the argmax");
     /* streams: same (seed, stream) -> same numbers; different -> different */
-    gq_rng a, b, c;
-    gq_rng_seed(&a, 7, 3);
-    gq_rng_seed(&b, 7, 3);
-    gq_rng_seed(&c, 7, 4);
-    uint64_t x = gq_rng_next(&a), y = gq_rng_next(&b), zz = gq_rng_next(&c);
+    gq_gen_rng a, b, c;
+    gq_gen_rng_seed(&a, 7, 3);
+    gq_gen_rng_seed(&b, 7, 3);
+    gq_gen_rng_seed(&c, 7, 4);
+    uint64_t x = gq_gen_rng_next(&a), y = gq_gen_rng_next(&b), zz = gq_gen_rng_next(&c);
     TEST_CHECK(x == y && x != zz, "rng streams: reproducible and distinct");
     /* argument checks */
     sp.top_p = 0;
-    TEST_FAILS(gq_sampling_check(&sp), GQ_ERR_ARG, "top_p");
+    TEST_FAILS(gq_gen_sampling_check(&sp), GQ_ERR_ARG, "top_p");
     sp.top_p = 1;
     sp.temperature = -1;
-    TEST_FAILS(gq_sampling_check(&sp), GQ_ERR_ARG, "temperature");
+    TEST_FAILS(gq_gen_sampling_check(&sp), GQ_ERR_ARG, "temperature");
 }
 
 /* Seeded sampling on the model: reproducible across batch sizes. */
@@ -429,8 +432,8 @@ static void check_seeded(const gq_model *m, gq_backend *be) {
         gq_gen_free(g3);
         return;
     }
-    gq_sampling sp;
-    gq_sampling_default(&sp);
+    gq_gen_sampling sp;
+    gq_gen_sampling_default(&sp);
     sp.temperature = 0.8;
     sp.top_p = 0.95;
     sp.top_k = 50;
@@ -467,8 +470,8 @@ static void check_seeded(const gq_model *m, gq_backend *be) {
     TEST_CHECK(differ >= n - 1, "seed 999 changes the samples of %d of %d prompts", differ, n);
 
     /* top_k 1 (temperature 1) equals greedy */
-    gq_sampling gr;
-    gq_sampling_default(&gr);
+    gq_gen_sampling gr;
+    gq_gen_sampling_default(&gr);
     gr.max_new_tokens = 32;
     sp.top_k = 1;
     sp.top_p = 1;
@@ -499,16 +502,16 @@ static void check_stops(const gq_model *m, gq_backend *be) {
     TEST_CHECK(gq_gen_max_len(g) == 24 && gq_gen_is_eos(g, 2) && !gq_gen_is_eos(g, 1), "max_len and eos ids");
     int32_t p[20] = {1, 822, 1243};
     for (int i = 3; i < 20; i++) p[i] = 300 + i;
-    gq_sampling sp;
-    gq_sampling_default(&sp);
+    gq_gen_sampling sp;
+    gq_gen_sampling_default(&sp);
     sp.max_new_tokens = 5;
     gq_gen_seq s[2] = {{.prompt = p, .n_prompt = 3}, {.prompt = p, .n_prompt = 20}};
     TEST_OK(gq_gen_run(g, s, 2, &sp, NULL, NULL), "run");
     /* eos is not in the goldens of these prompts within 5 tokens: both stop on length */
-    TEST_CHECK(s[0].out.n == 5 && s[0].finish == GQ_FINISH_LENGTH, "max_new_tokens 5: %zu tokens, %s", s[0].out.n,
-               gq_finish_name(s[0].finish));
-    TEST_CHECK(s[1].out.n == 4 && s[1].finish == GQ_FINISH_LENGTH, "20-token prompt, max_len 24: %zu new tokens (4)",
-               s[1].out.n);
+    TEST_CHECK(s[0].out.n == 5 && s[0].finish == GQ_GEN_FINISH_LENGTH, "max_new_tokens 5: %zu tokens, %s", s[0].out.n,
+               gq_gen_finish_name(s[0].finish));
+    TEST_CHECK(s[1].out.n == 4 && s[1].finish == GQ_GEN_FINISH_LENGTH,
+               "20-token prompt, max_len 24: %zu new tokens (4)", s[1].out.n);
     gq_gen_seq bad = {.prompt = p, .n_prompt = 24};
     TEST_FAILS(gq_gen_run(g, &bad, 1, &sp, NULL, NULL), GQ_ERR_ARG, "prompt 0 has 24 tokens");
     TEST_FAILS(gq_gen_prefill(g, 0, p, 0, NULL), GQ_ERR_ARG, "do not fit");
@@ -525,8 +528,9 @@ static void check_stops(const gq_model *m, gq_backend *be) {
     if (!g) return;
     gq_gen_seq e = {.prompt = p, .n_prompt = 3};
     TEST_OK(gq_gen_run(g, &e, 1, &sp, NULL, NULL), "run");
-    TEST_CHECK(first != second && e.out.n == 1 && e.out.v[0] == first && e.finish == GQ_FINISH_EOS,
-               "stops at the extra eos id %d after one token (%zu tokens, %s)", second, e.out.n, gq_finish_name(e.finish));
+    TEST_CHECK(first != second && e.out.n == 1 && e.out.v[0] == first && e.finish == GQ_GEN_FINISH_EOS,
+               "stops at the extra eos id %d after one token (%zu tokens, %s)", second, e.out.n,
+               gq_gen_finish_name(e.finish));
     gq_gen_seq_free(&e);
     gq_gen_free(g);
 }
@@ -537,25 +541,25 @@ static void check_degenerate(void) {
     int cov;
     /* period 1 over 30 of 40 tokens */
     for (int i = 0; i < 40; i++) a[i] = i < 10 ? 100 + i : 7;
-    TEST_CHECK(gq_answer_degenerate(a, 40, 8, 0.5, &cov) == 1 && cov == 30, "period 1 covering 30/40 (cov %d)", cov);
+    TEST_CHECK(gq_gen_degenerate(a, 40, 8, 0.5, &cov) == 1 && cov == 30, "period 1 covering 30/40 (cov %d)", cov);
     /* period 3 "x y z" repeated, 33 of 40 tokens */
     for (int i = 0; i < 40; i++) a[i] = i < 7 ? 200 + i : 10 + (i - 7) % 3;
-    TEST_CHECK(gq_answer_degenerate(a, 40, 8, 0.5, &cov) == 3 && cov == 33, "period 3 covering 33/40 (cov %d)", cov);
+    TEST_CHECK(gq_gen_degenerate(a, 40, 8, 0.5, &cov) == 3 && cov == 33, "period 3 covering 33/40 (cov %d)", cov);
     /* all distinct: not degenerate */
     for (int i = 0; i < 40; i++) a[i] = i;
-    TEST_CHECK(gq_answer_degenerate(a, 40, 8, 0.5, &cov) == 0 && cov == 0, "distinct tokens are fine");
+    TEST_CHECK(gq_gen_degenerate(a, 40, 8, 0.5, &cov) == 0 && cov == 0, "distinct tokens are fine");
     /* a repetition covering only 40% (16 of 40): below the 50% rule */
     for (int i = 0; i < 40; i++) a[i] = i < 24 ? 300 + i : 5 + (i % 2);
-    TEST_CHECK(gq_answer_degenerate(a, 40, 8, 0.5, &cov) == 0, "16/40 periodic is not degenerate");
+    TEST_CHECK(gq_gen_degenerate(a, 40, 8, 0.5, &cov) == 0, "16/40 periodic is not degenerate");
     /* period 9 is beyond max_period 8 */
     for (int i = 0; i < 40; i++) a[i] = i % 9;
-    TEST_CHECK(gq_answer_degenerate(a, 40, 8, 0.5, &cov) == 0, "period 9 not detected with max_period 8");
-    TEST_CHECK(gq_answer_degenerate(a, 40, 9, 0.5, &cov) == 9, "period 9 detected with max_period 9");
+    TEST_CHECK(gq_gen_degenerate(a, 40, 8, 0.5, &cov) == 0, "period 9 not detected with max_period 8");
+    TEST_CHECK(gq_gen_degenerate(a, 40, 9, 0.5, &cov) == 9, "period 9 detected with max_period 9");
     /* two periods only ("a b a b") is not "repeating": at least three */
     int32_t s4[4] = {1, 2, 1, 2};
-    TEST_CHECK(gq_answer_degenerate(s4, 4, 8, 0.5, &cov) == 0, "a b a b: two periods are not degenerate");
+    TEST_CHECK(gq_gen_degenerate(s4, 4, 8, 0.5, &cov) == 0, "a b a b: two periods are not degenerate");
     int32_t s6[6] = {1, 2, 1, 2, 1, 2};
-    TEST_CHECK(gq_answer_degenerate(s6, 6, 8, 0.5, &cov) == 2, "a b a b a b: three periods are");
+    TEST_CHECK(gq_gen_degenerate(s6, 6, 8, 0.5, &cov) == 2, "a b a b a b: three periods are");
 }
 
 int main(void) {

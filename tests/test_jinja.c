@@ -35,7 +35,8 @@ static void check_golden(void) {
     json_t *tpls = json_object_get(doc, "templates");
     size_t i, ncases = 0;
     json_t *t;
-    TEST_CHECK(json_array_size(tpls) >= 30, "fixture has the chat and feature templates (got %zu)", json_array_size(tpls));
+    TEST_CHECK(json_array_size(tpls) >= 30, "fixture has the chat and feature templates (got %zu)",
+               json_array_size(tpls));
     json_array_foreach(tpls, i, t) {
         const char *name = json_string_value(json_object_get(t, "name"));
         const char *src = json_string_value(json_object_get(t, "template"));
@@ -58,15 +59,16 @@ static void check_golden(void) {
                 TEST_OK(rc, "%s / %s renders", name, cname);
                 if (!rc) {
                     size_t d = first_diff(out, want);
-                    TEST_CHECK(out_len == strlen(want) && !strcmp(out, want),
-                               "%s / %s: output equals jinja2's (first difference at byte %zu: got \"%.40s\", want \"%.40s\")",
-                               name, cname, d, out + d, want + d);
+                    TEST_CHECK(
+                        out_len == strlen(want) && !strcmp(out, want),
+                        "%s / %s: output equals jinja2's (first difference at byte %zu: got \"%.40s\", want \"%.40s\")",
+                        name, cname, d, out + d, want + d);
                 }
             } else {
                 /* jinja2's TemplateError text is the raise_exception message */
                 TEST_FAILS(rc, GQ_ERR_DATA, want_err);
-                TEST_CHECK(strstr(gq_errmsg(), "template raised") != NULL, "%s / %s: error says the template raised: %s",
-                           name, cname, gq_errmsg());
+                TEST_CHECK(strstr(gq_errmsg(), "template raised") != NULL,
+                           "%s / %s: error says the template raised: %s", name, cname, gq_errmsg());
             }
             free(out);
             free(ctx);
@@ -141,14 +143,15 @@ static void check_errors(void) {
     parse_fails("{# never closed", GQ_ERR_FORMAT, "tpl:1:1:", "comment is not closed");
     parse_fails("{% for %}{% endfor %}", GQ_ERR_FORMAT, "tpl:1:8:", "loop variable");
     /* runtime errors: GQ_ERR_DATA / UNSUPPORTED with the position */
-    render_fails("ok {{ 'a' + 1 }}", "{}", GQ_ERR_DATA, "tpl:1:11:", "unsupported operand types for +: 'string' and 'int'");
+    render_fails("ok {{ 'a' + 1 }}", "{}", GQ_ERR_DATA,
+                 "tpl:1:11:", "unsupported operand types for +: 'string' and 'int'");
     render_fails("{{ x.y.z }}", "{}", GQ_ERR_DATA, "tpl:1:5:", "'x' is undefined");
     render_fails("{{ m.nope.z }}", "{\"m\": {}}", GQ_ERR_DATA, "tpl:1:10:", "'nope' is undefined");
     render_fails("{{ x | wordwrap }}", "{\"x\": \"a\"}", GQ_ERR_UNSUPPORTED, "tpl:1:8:", "filter 'wordwrap'");
     render_fails("{{ x is callable }}", "{\"x\": 1}", GQ_ERR_UNSUPPORTED, "tpl:1:9:", "test 'callable'");
     render_fails("{{ x.title() }}", "{\"x\": \"a\"}", GQ_ERR_UNSUPPORTED, "tpl:1:5:", "'title'");
-    render_fails("\n\n  {{ raise_exception('bad role ' ~ r) }}", "{\"r\": \"tool\"}", GQ_ERR_DATA, "tpl:3:21:",
-                 "template raised: bad role tool");
+    render_fails("\n\n  {{ raise_exception('bad role ' ~ r) }}", "{\"r\": \"tool\"}", GQ_ERR_DATA,
+                 "tpl:3:21:", "template raised: bad role tool");
     render_fails("{% for x in 5 %}{% endfor %}", "{}", GQ_ERR_DATA, "tpl:1:13:", "not iterable");
     render_fails("{{ 1 // 0 }}", "{}", GQ_ERR_DATA, "tpl:1:6:", "by zero");
     render_fails("{{ x }}", "{\"x\": 1.5}", GQ_ERR_ARG, "tpl: template variables", "integers");
@@ -164,8 +167,8 @@ static void check_errors(void) {
     TEST_CHECK(out && strstr(out, "...") != NULL, "with the recursion cut: %.60s", out ? out : "");
     free(out);
     gq_jinja_free(t);
-    render_fails("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "{}",
-                 GQ_ERR_UNSUPPORTED, "tpl:1:", "longer than");
+    render_fails("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                 "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "longer than");
     render_fails("{% for i in range(1000000) %}{% endfor %}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "more than 256 MiB");
     render_fails("{{ 'ab' | replace('', 'x' * 60000000) }}", "{}", GQ_ERR_UNSUPPORTED, "tpl:1:", "longer than");
 }
@@ -183,7 +186,8 @@ static void check_truncated(void) {
     json_t *t;
     json_array_foreach(json_object_get(doc, "templates"), i, t) {
         const char *src = json_string_value(json_object_get(t, "template"));
-        char *ctx = json_dumps(json_object_get(json_array_get(json_object_get(t, "cases"), 0), "context"), JSON_COMPACT);
+        char *ctx =
+            json_dumps(json_object_get(json_array_get(json_object_get(t, "cases"), 0), "context"), JSON_COMPACT);
         size_t n = strlen(src);
         for (size_t k = 0; k < n; k++) {
             gq_jinja *tp = NULL;
@@ -205,7 +209,8 @@ static void check_truncated(void) {
     }
     json_decref(doc);
     TEST_CHECK(parsed > 300 && failed > 1000, "prefixes: %zu parse, %zu fail", parsed, failed);
-    TEST_CHECK(bad_status == 0, "every failure is a format/unsupported/data error naming the template (%zu not)", bad_status);
+    TEST_CHECK(bad_status == 0, "every failure is a format/unsupported/data error naming the template (%zu not)",
+               bad_status);
     /* nesting is bounded instead of overflowing the stack */
     size_t deep = 100000;
     char *s = gq_malloc(4 * deep + 16);

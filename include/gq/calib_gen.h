@@ -29,7 +29,7 @@
  *
  * Quality controls (each dropped sample counted and printed): "empty" (the
  * answer is only whitespace), "short" (fewer than min_answer_tokens
- * tokens), "degenerate" (gq_answer_degenerate with periods 1..8 covering
+ * tokens), "degenerate" (gq_gen_degenerate with periods 1..8 covering
  * more than half of the answer), "duplicate" (the same answer text as an
  * earlier kept sample, across resumed runs too; with batching, "earlier"
  * means finished earlier, so which of two identical answers is kept may
@@ -41,6 +41,7 @@
 #define GQ_CALIB_GEN_H
 
 #include "gq/generate.h"
+#include "gq/prompt.h"
 #include "gq/questions.h"
 
 #ifdef __cplusplus
@@ -49,21 +50,21 @@ extern "C" {
 
 typedef struct {
     const char *model_dir;
-    const char *questions;     /* question file */
-    const char *out;           /* output .jsonl or .jsonl.gz */
-    int n;                     /* use the first n questions (0 = all) */
-    gq_sampling sampling;      /* temperature 0, top_p 1, top_k 0, seed 0, max_new_tokens 512 */
-    int batch;                 /* sequences decoded together = records per write (16) */
-    const char *device;        /* "auto" */
-    const char *field;         /* NULL = auto */
-    const char *input_field;   /* NULL = "input" */
-    gq_qformat qformat;        /* auto */
-    const char *template_spec; /* "raw" */
+    const char *questions;       /* question file */
+    const char *out;             /* output .jsonl or .jsonl.gz */
+    int n;                       /* use the first n questions (0 = all) */
+    gq_gen_sampling sampling;    /* temperature 0, top_p 1, top_k 0, seed 0, max_new_tokens 512 */
+    int batch;                   /* sequences decoded together = records per write (16) */
+    const char *device;          /* "auto" */
+    const char *field;           /* NULL = auto */
+    const char *input_field;     /* NULL = "input" */
+    gq_questions_format qformat; /* auto */
+    const char *template_spec;   /* "raw" */
     int resume, force;
-    int min_answer_tokens;     /* 8 */
-    int threads;               /* 0 = all cores */
-    int max_len;               /* tokens per sequence (0 = longest prompt + max_new_tokens, capped at the
-                                  model's max positions) */
+    int min_answer_tokens; /* 8 */
+    int threads;           /* 0 = all cores */
+    int max_len;           /* tokens per sequence (0 = longest prompt + max_new_tokens, capped at the
+                              model's max positions) */
 } gq_calib_gen_opts;
 
 void gq_calib_gen_opts_default(gq_calib_gen_opts *o);
@@ -74,8 +75,8 @@ typedef struct {
     long n_generated;   /* answers generated in this run */
     long n_written;     /* records written in this run */
     long n_empty, n_short, n_degenerate, n_duplicate, n_too_long; /* this run */
-    long n_eos, n_length; /* finish reasons of the written records */
-    long n_total;       /* records in the output file at the end */
+    long n_eos, n_length;                                         /* finish reasons of the written records */
+    long n_total;                                                 /* records in the output file at the end */
     /* answer length (tokens) over every record of the output file */
     int len_min, len_max;
     double len_mean, len_median;
@@ -87,17 +88,17 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep);
 
 /* ---- the output file (calib_out.c) ----------------------------------------------- */
 
-typedef struct gq_calib_out gq_calib_out;
+typedef struct gq_calib_gen_out gq_calib_gen_out;
 
-/* Open for appending (append = 1, after gq_calib_out_scan) or create /
+/* Open for appending (append = 1, after gq_calib_gen_out_scan) or create /
  * truncate; gzip when the path ends in ".gz". */
-int gq_calib_out_open(gq_calib_out **out, const char *path, int append);
+int gq_calib_gen_out_open(gq_calib_gen_out **out, const char *path, int append);
 /* Write len bytes of complete lines as one unit (a gzip member), fsync. */
-int gq_calib_out_write(gq_calib_out *o, const char *text, size_t len);
-int gq_calib_out_close(gq_calib_out *o); /* NULL ok */
+int gq_calib_gen_out_write(gq_calib_gen_out *o, const char *text, size_t len);
+int gq_calib_gen_out_close(gq_calib_gen_out *o); /* NULL ok */
 
 /* Called for each complete line of an existing output (1-based line). */
-typedef int (*gq_calib_line_fn)(const char *line, size_t len, long lineno, void *user);
+typedef int (*gq_calib_gen_line_fn)(const char *line, size_t len, long lineno, void *user);
 
 /* Read an existing output (plain or gzip by magic), cut off a torn tail
  * (an incomplete last line, or a gzip member whose data ends before its
@@ -106,7 +107,7 @@ typedef int (*gq_calib_line_fn)(const char *line, size_t len, long lineno, void 
  * return stops the scan and is returned). A missing file is GQ_OK with no
  * lines. Corrupt gzip data (not merely cut short) is GQ_ERR_DATA naming the
  * byte offset of its member; nothing is truncated then. */
-int gq_calib_out_scan(const char *path, gq_calib_line_fn fn, void *user, size_t *cut);
+int gq_calib_gen_out_scan(const char *path, gq_calib_gen_line_fn fn, void *user, size_t *cut);
 
 #ifdef __cplusplus
 }

@@ -58,28 +58,28 @@ typedef struct {
     int top_k;          /* 0 = off (default) */
     uint64_t seed;      /* 0 */
     int max_new_tokens; /* 512 */
-} gq_sampling;
+} gq_gen_sampling;
 
-void gq_sampling_default(gq_sampling *s);
+void gq_gen_sampling_default(gq_gen_sampling *s);
 /* GQ_ERR_ARG naming the field unless temperature >= 0, 0 < top_p <= 1,
  * top_k >= 0, max_new_tokens >= 1. */
-int gq_sampling_check(const gq_sampling *s);
+int gq_gen_sampling_check(const gq_gen_sampling *s);
 
 typedef struct {
     uint64_t s[4];
-} gq_rng;
+} gq_gen_rng;
 
-void gq_rng_seed(gq_rng *r, uint64_t seed, uint64_t stream);
-uint64_t gq_rng_next(gq_rng *r);
-double gq_rng_uniform(gq_rng *r); /* [0, 1), 53 random bits */
+void gq_gen_rng_seed(gq_gen_rng *r, uint64_t seed, uint64_t stream);
+uint64_t gq_gen_rng_next(gq_gen_rng *r);
+double gq_gen_rng_uniform(gq_gen_rng *r); /* [0, 1), 53 random bits */
 
 /* Apply temperature, top-k and top-p to logits[vocab] in place: removed
  * tokens become -INFINITY (nothing happens when temperature == 0). */
-void gq_sample_filter(float *logits, int vocab, const gq_sampling *s);
+void gq_gen_sample_filter(float *logits, int vocab, const gq_gen_sampling *s);
 /* Pick the next token from logits[vocab] (overwritten by the filter), a
  * draw from the softmax of the kept tokens. Greedy when temperature == 0
  * (r may then be NULL). */
-int32_t gq_sample(float *logits, int vocab, const gq_sampling *s, gq_rng *r);
+int32_t gq_gen_sample(float *logits, int vocab, const gq_gen_sampling *s, gq_gen_rng *r);
 
 /* ---- engine ----------------------------------------------------------------------- */
 
@@ -126,15 +126,15 @@ int gq_gen_decode(gq_gen *g, const int *slots, const int32_t *tok, int B, float 
 
 /* ---- generating answers ------------------------------------------------------------ */
 
-typedef enum { GQ_FINISH_NONE = 0, GQ_FINISH_EOS, GQ_FINISH_LENGTH } gq_finish;
-const char *gq_finish_name(gq_finish f); /* "eos", "length", "none" */
+typedef enum { GQ_GEN_FINISH_NONE = 0, GQ_GEN_FINISH_EOS, GQ_GEN_FINISH_LENGTH } gq_gen_finish;
+const char *gq_gen_finish_name(gq_gen_finish f); /* "eos", "length", "none" */
 
 typedef struct {
     const int32_t *prompt; /* in: prompt ids (with BOS when the model wants it) */
     int n_prompt;
-    uint64_t stream;       /* in: RNG stream, e.g. the question index */
-    gq_ids out;            /* out: the new tokens, eos excluded */
-    gq_finish finish;      /* out */
+    uint64_t stream;      /* in: RNG stream, e.g. the question index */
+    gq_ids out;           /* out: the new tokens, eos excluded */
+    gq_gen_finish finish; /* out */
 } gq_gen_seq;
 
 /* Called as each sequence finishes (in completion order); a non-zero return
@@ -143,7 +143,7 @@ typedef int (*gq_gen_done_fn)(gq_gen_seq *seq, int index, void *user);
 
 /* Generate for seqs[0..n). A prompt must be 1 .. max_len - 1 tokens
  * (GQ_ERR_ARG naming its index otherwise, checked before any work). */
-int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_sampling *s, gq_gen_done_fn done, void *user);
+int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *s, gq_gen_done_fn done, void *user);
 void gq_gen_seq_free(gq_gen_seq *s);
 
 /* ---- answer quality ------------------------------------------------------------------ */
@@ -154,7 +154,7 @@ void gq_gen_seq_free(gq_gen_seq *s);
  * periods. E.g. "x = 1\nx = 1\nx = 1\n..." repeated over most of an answer.
  * Returns the period found (0 = not degenerate); *covered gets the run
  * length in tokens. gq calib uses max_period 8, ratio 0.5. */
-int gq_answer_degenerate(const int32_t *ids, int n, int max_period, double ratio, int *covered);
+int gq_gen_degenerate(const int32_t *ids, int n, int max_period, double ratio, int *covered);
 
 #ifdef __cplusplus
 }
