@@ -14,6 +14,7 @@ void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;
+    o->degenerate_period = 8;
 }
 
 /* ---- small helpers ------------------------------------------------------------------ */
@@ -251,7 +252,7 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
         drop(c, index, "empty", &c->rep->n_empty);
     } else if (m < c->o->min_answer_tokens) {
         drop(c, index, "short", &c->rep->n_short);
-    } else if (gq_gen_degenerate(s->out.v, m, 8, 0.5, &cov)) {
+    } else if (c->o->degenerate_period > 0 && gq_gen_degenerate(s->out.v, m, c->o->degenerate_period, 0.5, &cov)) {
         drop(c, index, "degenerate", &c->rep->n_degenerate);
     } else if (strset_add(&c->answers, ans)) {
         drop(c, index, "duplicate", &c->rep->n_duplicate);
@@ -307,6 +308,9 @@ static int check_opts(const gq_calib_gen_opts *o) {
     if (o->n < 0) return gq_err(GQ_ERR_ARG, "gq calib: --n: expected >= 0 (0 = all), got %d", o->n);
     if (o->min_answer_tokens < 0)
         return gq_err(GQ_ERR_ARG, "gq calib: --min-answer-tokens: expected >= 0, got %d", o->min_answer_tokens);
+    if (o->degenerate_period < 0)
+        return gq_err(GQ_ERR_ARG, "gq calib: --degenerate-period: expected >= 0 (0: off), got %d",
+                      o->degenerate_period);
     if (o->threads < 0) return gq_err(GQ_ERR_ARG, "gq calib: --threads: expected >= 0, got %d", o->threads);
     if (o->max_len < 0) return gq_err(GQ_ERR_ARG, "gq calib: --max-len: expected >= 0, got %d", o->max_len);
     return gq_gen_sampling_check(&o->sampling);

@@ -6,7 +6,7 @@
  *            [--seed 0] [--batch 16] [--device auto] [--field NAME]
  *            [--questions-format auto|jsonl|json|lines|blocks]
  *            [--template raw|chat|STRING] [--resume] [--min-answer-tokens 8]
- *            [--threads N]
+ *            [--degenerate-period 8] [--threads N]
  *
  * Settings are printed first, then one progress line per batch; the
  * summary (drops by reason, answer-length statistics) goes to stderr and one
@@ -53,6 +53,8 @@ int gq_cmd_calib(int argc, char **argv) {
          0},
         {"force", GQ_OPT_FLAG, &o.force, "replace an existing --out", NULL, 0, 0},
         {"min-answer-tokens", GQ_OPT_INT, &o.min_answer_tokens, "drop answers shorter than this", NULL, 0, 0},
+        {"degenerate-period", GQ_OPT_INT, &o.degenerate_period,
+         "drop answers in which a period of up to N tokens repeats over more than half (0: off)", NULL, 0, 0},
         {"max-len", GQ_OPT_INT, &o.max_len, "tokens per sequence, prompt included (0: longest prompt + max-new-tokens)",
          NULL, 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads (0: all cores)", NULL, 0, 0},

@@ -353,6 +353,10 @@ int main(void) {
     TEST_OK(gq_calib_gen_run(&o, &r), "gq calib, greedy, plain");
     check_greedy_records(tpath("A.jsonl"), &r);
     int nrec = (int)r.n_written;
+    base_opts(&o, q, tpath("A0.jsonl"));
+    o.degenerate_period = 0;
+    TEST_OK(gq_calib_gen_run(&o, &r), "--degenerate-period 0");
+    TEST_CHECK(r.n_degenerate == 0 && r.n_written == 5, "rule off: all 5 answers kept (%ld)", r.n_written);
 
     TEST_BEGIN("gzip output");
     base_opts(&o, q, tpath("A.jsonl.gz"));

@@ -27,15 +27,16 @@
  * Every question uses its own random stream (its index), so an interrupted
  * and resumed run writes the same records as an uninterrupted one.
  *
- * Quality controls (each dropped sample counted and printed): "empty" (the
- * answer is only whitespace), "short" (fewer than min_answer_tokens
- * tokens), "degenerate" (gq_gen_degenerate with periods 1..8 covering
- * more than half of the answer), "duplicate" (the same answer text as an
- * earlier kept sample, across resumed runs too; with batching, "earlier"
- * means finished earlier, so which of two identical answers is kept may
- * depend on --batch, while the set of texts kept does not). Questions whose prompt does
- * not leave room for one token within the model's max positions are skipped
- * ("too long").
+ * Quality controls (each dropped sample counted and printed), in this
+ * order: "empty" (the answer is only whitespace), "short" (fewer than
+ * min_answer_tokens tokens), "degenerate" (gq_gen_degenerate with periods
+ * 1..degenerate_period, default 8, repeating over more than half of the
+ * answer; 16-32 also catches whole repeated lines), "duplicate" (the same
+ * answer text as an earlier kept sample, across resumed runs too; with
+ * batching, "earlier" means finished earlier, so which of two identical
+ * answers is kept may depend on --batch, while the set of texts kept does
+ * not). Questions whose prompt does not leave room for one token within
+ * the model's max positions are skipped ("too long").
  */
 #ifndef GQ_CALIB_GEN_H
 #define GQ_CALIB_GEN_H
@@ -62,6 +63,7 @@ typedef struct {
     const char *template_spec;   /* "raw" */
     int resume, force;
     int min_answer_tokens; /* 8 */
+    int degenerate_period; /* longest repeated period the degenerate rule looks for (8; 0: rule off) */
     int threads;           /* 0 = all cores */
     int max_len;           /* tokens per sequence (0 = longest prompt + max_new_tokens, capped at the
                               model's max positions) */
