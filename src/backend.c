@@ -28,8 +28,8 @@ int gq_cuda_device_count(void); /* cuda/backend_cuda.cu */
 /* ---- allocation table ---------------------------------------------------------- */
 
 struct gq_alloc_table {
-    uintptr_t *key; /* [cap]: 0 = empty, 1 = deleted, else the pointer */
-    size_t *size;   /* [cap] */
+    uintptr_t *key;   /* [cap]: 0 = empty, 1 = deleted, else the pointer */
+    size_t *size;     /* [cap] */
     size_t cap, used; /* used counts live + deleted slots */
 };
 
@@ -118,8 +118,7 @@ int gq_backend_init(gq_backend **out, const char *spec) {
         if (n > 0) {
             int rc = gq_backend_cuda_init(out, 0);
             if (rc == GQ_OK) {
-                gq_info("backend: %s (auto: %d CUDA device%s found, using cuda:0)", (*out)->name, n,
-                        n == 1 ? "" : "s");
+                gq_info("backend: %s (auto: %d CUDA device%s found, using cuda:0)", (*out)->name, n, n == 1 ? "" : "s");
                 return GQ_OK;
             }
             gq_warn("backend: auto: CUDA device 0 failed to start (%s); falling back to the CPU", gq_errmsg());
@@ -132,8 +131,7 @@ int gq_backend_init(gq_backend **out, const char *spec) {
     }
     if (!strcmp(spec, "cpu")) return init_cpu(out, "requested with --device cpu");
     int dev = parse_cuda_spec(spec);
-    if (dev < 0)
-        return gq_err(GQ_ERR_ARG, "device '%s': expected cpu, cuda, cuda:N (N = 0, 1, ...) or auto", spec);
+    if (dev < 0) return gq_err(GQ_ERR_ARG, "device '%s': expected cpu, cuda, cuda:N (N = 0, 1, ...) or auto", spec);
 #ifdef GQ_CUDA_BACKEND
     int n = gq_cuda_device_count();
     if (dev >= n)
@@ -156,19 +154,29 @@ void gq_backend_free(gq_backend *be) {
     be->iface->free(be);
 }
 
-const char *gq_backend_name(const gq_backend *be) { return be->name; }
-int gq_backend_is_gpu(const gq_backend *be) { return be->is_gpu; }
-gq_dtype gq_backend_act_dtype(const gq_backend *be) { return be->act_dtype; }
-size_t gq_be_peak_bytes(const gq_backend *be) { return be->peak_bytes; }
-size_t gq_be_free_bytes(const gq_backend *be) { return be->iface->free_bytes ? be->iface->free_bytes(be) : 0; }
+const char *gq_backend_name(const gq_backend *be) {
+    return be->name;
+}
+int gq_backend_is_gpu(const gq_backend *be) {
+    return be->is_gpu;
+}
+gq_dtype gq_backend_act_dtype(const gq_backend *be) {
+    return be->act_dtype;
+}
+size_t gq_be_peak_bytes(const gq_backend *be) {
+    return be->peak_bytes;
+}
+size_t gq_be_free_bytes(const gq_backend *be) {
+    return be->iface->free_bytes ? be->iface->free_bytes(be) : 0;
+}
 
 /* An op the backend does not provide. */
 static int missing(const gq_backend *be, const char *op) {
     return gq_err(GQ_ERR_UNSUPPORTED, "backend %s does not implement %s", be->name, op);
 }
-#define NEED(op)                                   \
-    do {                                           \
-        if (!be->iface->op) return missing(be, #op); \
+#define NEED(op)                                                                                                       \
+    do {                                                                                                               \
+        if (!be->iface->op) return missing(be, #op);                                                                   \
     } while (0)
 
 /* ---- buffers ------------------------------------------------------------------- */
@@ -191,7 +199,9 @@ void gq_be_release(gq_backend *be, void *p) {
     be->iface->release(be, p);
 }
 
-size_t gq_be_act_bytes(const gq_backend *be, size_t n_elems) { return n_elems * gq_dtype_size(be->act_dtype); }
+size_t gq_be_act_bytes(const gq_backend *be, size_t n_elems) {
+    return n_elems * gq_dtype_size(be->act_dtype);
+}
 
 int gq_be_upload(gq_backend *be, void *dst, const void *src, size_t bytes) {
     return bytes ? be->iface->upload(be, dst, src, bytes) : GQ_OK;
@@ -211,26 +221,63 @@ int gq_be_download_f32(gq_backend *be, float *dst, const void *src_act, size_t n
 int gq_be_copy_act(gq_backend *be, void *dst, const void *src, size_t n) {
     return n ? be->iface->copy_act(be, dst, src, n) : GQ_OK;
 }
-int gq_be_sync(gq_backend *be) { return be->iface->sync(be); }
+int gq_be_sync(gq_backend *be) {
+    return be->iface->sync(be);
+}
 
 /* ---- weights -------------------------------------------------------------------- */
 
 int gq_be_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols) {
     memset(w, 0, sizeof *w);
-    if (rows <= 0 || cols <= 0)
-        return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
+    if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
     NEED(weight_upload);
     return be->iface->weight_upload(be, w, src, rows, cols);
 }
 
 int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols) {
     memset(w, 0, sizeof *w);
-    if (rows <= 0 || cols <= 0)
-        return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
+    if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "weight upload: shape [%d, %d] must be positive", rows, cols);
     if (dt != GQ_DT_F32 && dt != GQ_DT_F16 && dt != GQ_DT_BF16)
         return gq_err(GQ_ERR_ARG, "weight upload: dtype %s, expected F32, F16 or BF16", gq_dtype_name(dt));
     NEED(weight_upload_raw);
     return be->iface->weight_upload_raw(be, w, src, dt, rows, cols);
+}
+
+int gq_be_weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols) {
+    memset(w, 0, sizeof *w);
+    if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "weight alloc: shape [%d, %d] must be positive", rows, cols);
+    gq_dtype dt = be->is_gpu ? GQ_DT_F16 : GQ_DT_F32; /* what each backend's weight_upload makes */
+    w->data = gq_be_alloc(be, (size_t)rows * cols * gq_dtype_size(dt));
+    if (!w->data) return gq_errcode() ? gq_errcode() : GQ_ERR_NOMEM;
+    w->rows = rows;
+    w->cols = cols;
+    w->dtype = dt;
+    return GQ_OK;
+}
+
+int gq_be_weight_set_rows(gq_backend *be, gq_bweight *w, int row0, int nrows, const void *src, gq_dtype dt) {
+    if (row0 < 0 || nrows <= 0 || row0 + nrows > w->rows)
+        return gq_err(GQ_ERR_ARG, "weight set_rows: rows [%d, %d) outside [0, %d)", row0, row0 + nrows, w->rows);
+    if (dt != GQ_DT_F32 && dt != GQ_DT_F16 && dt != GQ_DT_BF16)
+        return gq_err(GQ_ERR_ARG, "weight set_rows: dtype %s, expected F32, F16 or BF16", gq_dtype_name(dt));
+    size_t n = (size_t)nrows * w->cols;
+    int64_t bad = gq_first_nonfinite(src, dt, n);
+    if (bad >= 0) return gq_err(GQ_ERR_NUMERIC, "non-finite value at index %lld", (long long)bad);
+    size_t esz = gq_dtype_size(w->dtype);
+    char *dst = (char *)w->data + (size_t)row0 * w->cols * esz;
+    if (w->dtype == GQ_DT_F32 && !be->is_gpu) { /* host f32 weights: convert in place */
+        gq_to_f32((float *)dst, src, dt, n);
+        return GQ_OK;
+    }
+    if (w->dtype == dt) return gq_be_upload(be, dst, src, n * esz);
+    gq_bweight tmp; /* converted by the backend's own upload, then moved into place */
+    int rc = gq_be_weight_upload_raw(be, &tmp, src, dt, nrows, w->cols);
+    if (rc == GQ_OK && tmp.dtype != w->dtype)
+        rc = gq_err(GQ_ERR_ARG, "weight set_rows: backend weight dtypes differ (%s, %s)", gq_dtype_name(tmp.dtype),
+                    gq_dtype_name(w->dtype));
+    if (rc == GQ_OK) rc = gq_be_copy_act(be, dst, tmp.data, n);
+    gq_be_weight_free(be, &tmp);
+    return rc;
 }
 
 void gq_be_weight_free(gq_backend *be, gq_bweight *w) {
@@ -247,10 +294,10 @@ static int check_ld(const char *op, const char *what, int ld, int width) {
         return gq_err(GQ_ERR_ARG, "%s: %s has leading dimension %d for %d columns", op, what, ld, width);
     return GQ_OK;
 }
-#define CHECK(x)                      \
-    do {                              \
-        int rc_ = (x);                \
-        if (rc_ != GQ_OK) return rc_; \
+#define CHECK(x)                                                                                                       \
+    do {                                                                                                               \
+        int rc_ = (x);                                                                                                 \
+        if (rc_ != GQ_OK) return rc_;                                                                                  \
     } while (0)
 
 int gq_be_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
@@ -277,8 +324,7 @@ int gq_be_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int 
     return be->iface->rmsnorm(be, Y, ldy, X, ldx, T, d, w, eps);
 }
 
-int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
-               const float *inv_freq) {
+int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0, const float *inv_freq) {
     if (head_dim < 2 || head_dim % 2 || n_heads < 1 || pos0 < 0)
         return gq_err(GQ_ERR_ARG, "rope: head_dim %d (must be even), n_heads %d, pos0 %d", head_dim, n_heads, pos0);
     CHECK(check_ld("rope", "X", ld, n_heads * head_dim));
@@ -287,13 +333,12 @@ int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim
     return be->iface->rope(be, X, ld, T, n_heads, head_dim, pos0, inv_freq);
 }
 
-int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
-                    const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
+int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk, const void *V,
+                    int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
     if (n_heads < 1 || n_kv < 1 || n_heads % n_kv || head_dim < 1)
-        return gq_err(GQ_ERR_ARG, "attention: n_heads %d must be a positive multiple of n_kv %d (head_dim %d)",
-                      n_heads, n_kv, head_dim);
-    if (Tq < 0 || Tq > Tk)
-        return gq_err(GQ_ERR_ARG, "attention: %d queries for %d keys (need 0 <= Tq <= Tk)", Tq, Tk);
+        return gq_err(GQ_ERR_ARG, "attention: n_heads %d must be a positive multiple of n_kv %d (head_dim %d)", n_heads,
+                      n_kv, head_dim);
+    if (Tq < 0 || Tq > Tk) return gq_err(GQ_ERR_ARG, "attention: %d queries for %d keys (need 0 <= Tq <= Tk)", Tq, Tk);
     CHECK(check_ld("attention", "Q", ldq, n_heads * head_dim));
     CHECK(check_ld("attention", "O", ldo, n_heads * head_dim));
     CHECK(check_ld("attention", "K", ldk, n_kv * head_dim));
@@ -328,8 +373,7 @@ int gq_be_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, int T,
     return be->iface->hessian_accum(be, H, X, ldx, T, K);
 }
 
-int gq_be_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W,
-               gq_qresult *res) {
+int gq_be_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res) {
     if (!W->data || W->rows < 1 || W->cols < 1) return gq_err(GQ_ERR_ARG, "gptq: empty weight");
     NEED(gptq);
     return be->iface->gptq(be, p, H, h_scale, W, res);

@@ -477,6 +477,23 @@ int64_t gq_to_f32(float *dst, const void *src, gq_dtype dt, size_t n) {
     return bad == INT64_MAX ? -1 : bad;
 }
 
+int64_t gq_first_nonfinite(const void *src, gq_dtype dt, size_t n) {
+    int64_t bad = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : bad) if (n > (1u << 20))
+    for (size_t i = 0; i < n; i++) {
+        int nf;
+        switch (dt) {
+        case GQ_DT_F16: nf = (((const uint16_t *)src)[i] & 0x7c00) == 0x7c00; break;
+        case GQ_DT_BF16: nf = (((const uint16_t *)src)[i] & 0x7f80) == 0x7f80; break;
+        case GQ_DT_F32: nf = !isfinite(((const float *)src)[i]); break;
+        case GQ_DT_F64: nf = !isfinite(((const double *)src)[i]); break;
+        default: nf = 0; break;
+        }
+        if (nf && (int64_t)i < bad) bad = (int64_t)i;
+    }
+    return bad == INT64_MAX ? -1 : bad;
+}
+
 void gq_f32_to_f16_n(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = gq_f32_to_f16(src[i]);
 }

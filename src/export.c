@@ -1,9 +1,12 @@
 /* export.c -- per-layer packed files and the final AutoGPTQ checkpoint. */
 #include "gq/export.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define GQ_VERSION "0.1.0"
 
@@ -232,12 +235,7 @@ static int is_quantized_weight(const char *name, int *layer, int *id) {
     return 0;
 }
 
-int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
-                     const gq_quant_report *rep) {
-    gq_st_writer *w = NULL;
-    size_t shard = o->max_shard_mb > 0 ? (size_t)(o->max_shard_mb * 1024 * 1024) : 0;
-    int rc = gq_st_writer_init(&w, dir, "model", shard);
-    if (rc) return rc;
+static void set_writer_meta(gq_st_writer *w, const gq_quant_opts *o) {
     char buf[64];
     const gq_gptq_params *p = &o->gptq;
     gq_st_writer_set_meta(w, "quantizer", "gq " GQ_VERSION);
@@ -250,9 +248,11 @@ int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *part
     gq_st_writer_set_meta(w, "gptq_damp_percent", buf);
     gq_st_writer_set_meta(w, "gptq_checkpoint_format", o->v2 ? "gptq_v2" : "gptq");
     gq_st_writer_set_meta(w, "gptq_quant_method", "gptq");
+}
 
-    /* unquantized tensors, copied byte for byte */
-    int n = gq_st_count(m->st);
+/* Add the unquantized tensors of the source (copied byte for byte). */
+static int add_unquantized(gq_st_writer *w, const gq_model *m) {
+    int rc = GQ_OK, n = gq_st_count(m->st);
     for (int i = 0; i < n && !rc; i++) {
         const gq_st_tensor *t = gq_st_at(m->st, i);
         int l, id;
@@ -260,7 +260,18 @@ int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *part
         rc = gq_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
         gq_st_release(m->st, t);
     }
-    /* quantized tensors from the layer files */
+    return rc;
+}
+
+/* One file: everything copied through the writer (TensorRT-LLM's legacy
+ * loader wants a single file). */
+static int finish_single(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
+                         int *nshards) {
+    gq_st_writer *w = NULL;
+    int rc = gq_st_writer_init(&w, dir, "model", 0);
+    if (rc) return rc;
+    set_writer_meta(w, o);
+    rc = add_unquantized(w, m);
     for (int l = 0; l < m->cfg.n_layers && !rc; l++) {
         char *path = gq_export_layer_path(partial_dir, l);
         gq_st *ls = NULL;
@@ -272,9 +283,95 @@ int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *part
         gq_st_close(ls);
         free(path);
     }
-    int nshards = 0;
-    if (!rc) rc = gq_st_writer_finish(w, &nshards);
+    if (!rc) rc = gq_st_writer_finish(w, nshards);
     gq_st_writer_free(w);
+    return rc;
+}
+
+/* Link (or, across file systems, copy) src to dst. */
+static int link_or_copy(const char *src, const char *dst) {
+    if (link(src, dst) == 0) return GQ_OK;
+    return gq_copy_file(src, dst);
+}
+
+/* Sharded: the unquantized tensors in the first shard(s), then one shard per
+ * layer: the layer files of the run, hard-linked, not copied (a 70B model's
+ * 35 GB of packed weights are written once). */
+static int finish_sharded(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
+                          int *nshards) {
+    gq_st_writer *w = NULL;
+    size_t shard = (size_t)(o->max_shard_mb * 1024 * 1024);
+    int rc = gq_st_writer_init(&w, dir, "gq-unquantized", shard), nu = 0;
+    if (rc) return rc;
+    set_writer_meta(w, o);
+    rc = add_unquantized(w, m);
+    if (!rc) rc = gq_st_writer_finish(w, &nu);
+    gq_st_writer_free(w);
+    if (rc) return rc;
+    const int L = m->cfg.n_layers, total = nu + L;
+    json_t *wm = json_object();
+    json_int_t bytes = 0;
+    char src[64], dst[64];
+    for (int s = 0; s < total && !rc; s++) {
+        char *from, *to;
+        snprintf(dst, sizeof dst, "model-%05d-of-%05d.safetensors", s + 1, total);
+        to = gq_path_join(dir, dst);
+        if (s < nu) {
+            if (nu == 1)
+                snprintf(src, sizeof src, "gq-unquantized.safetensors");
+            else
+                snprintf(src, sizeof src, "gq-unquantized-%05d-of-%05d.safetensors", s + 1, nu);
+            from = gq_path_join(dir, src);
+            if (rename(from, to) != 0) rc = gq_err(GQ_ERR_IO, "%s: cannot rename to %s: %s", from, to, strerror(errno));
+        } else {
+            from = gq_export_layer_path(partial_dir, s - nu);
+            rc = link_or_copy(from, to);
+        }
+        gq_st *st = NULL;
+        if (!rc) rc = gq_st_open(&st, to);
+        for (int i = 0; !rc && i < gq_st_count(st); i++) {
+            const gq_st_tensor *t = gq_st_at(st, i);
+            json_object_set_new(wm, t->name, json_string(dst));
+            bytes += (json_int_t)t->nbytes;
+        }
+        gq_st_close(st);
+        free(from);
+        free(to);
+    }
+    if (!rc && nu > 1) { /* the writer's own index of the unquantized shards */
+        char *ix = gq_path_join(dir, "gq-unquantized.safetensors.index.json");
+        unlink(ix);
+        free(ix);
+    }
+    if (!rc) {
+        json_t *idx = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", bytes, "weight_map", wm);
+        rc = write_json(dir, "model.safetensors.index.json", idx);
+        json_decref(idx);
+    } else {
+        json_decref(wm);
+    }
+    *nshards = total;
+    return rc;
+}
+
+int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
+                     const gq_quant_report *rep) {
+    /* small outputs (everything under one shard's size) stay one file */
+    double bytes = 0;
+    for (int i = 0; i < gq_st_count(m->st); i++) {
+        int l, id;
+        const gq_st_tensor *t = gq_st_at(m->st, i);
+        if (!is_quantized_weight(t->name, &l, &id)) bytes += (double)t->nbytes;
+    }
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        char *path = gq_export_layer_path(partial_dir, l);
+        struct stat sb;
+        if (stat(path, &sb) == 0) bytes += (double)sb.st_size;
+        free(path);
+    }
+    int nshards = 0, single = o->max_shard_mb <= 0 || bytes <= o->max_shard_mb * 1024 * 1024;
+    int rc =
+        single ? finish_single(m, o, partial_dir, dir, &nshards) : finish_sharded(m, o, partial_dir, dir, &nshards);
     if (rc) return rc;
     if ((rc = write_configs(m, o, dir))) return rc;
     for (size_t i = 0; i < sizeof copied_files / sizeof *copied_files && !rc; i++) {

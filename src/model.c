@@ -25,13 +25,23 @@ int gq_model_load_qlinear(const gq_model *m, int layer, gq_linear_id id, int row
 static void linear_shape(const gq_config *c, gq_linear_id id, int *rows, int *cols) {
     int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
     switch (id) {
-    case GQ_LIN_Q: *rows = q, *cols = c->hidden; break;
+    case GQ_LIN_Q:
+        *rows = q, *cols = c->hidden;
+        break;
     case GQ_LIN_K:
-    case GQ_LIN_V: *rows = kv, *cols = c->hidden; break;
-    case GQ_LIN_O: *rows = c->hidden, *cols = q; break;
+    case GQ_LIN_V:
+        *rows = kv, *cols = c->hidden;
+        break;
+    case GQ_LIN_O:
+        *rows = c->hidden, *cols = q;
+        break;
     case GQ_LIN_GATE:
-    case GQ_LIN_UP: *rows = c->intermediate, *cols = c->hidden; break;
-    default: *rows = c->hidden, *cols = c->intermediate; break;
+    case GQ_LIN_UP:
+        *rows = c->intermediate, *cols = c->hidden;
+        break;
+    default:
+        *rows = c->hidden, *cols = c->intermediate;
+        break;
     }
 }
 
@@ -55,8 +65,10 @@ int gq_model_open(gq_model *m, const char *dir) {
     /* what every forward needs: the embedding, and the head's source */
     const gq_st_tensor *e = gq_st_find(m->st, "model.embed_tokens.weight");
     int64_t dims[2] = {c->vocab, c->hidden};
-    if (!e) rc = gq_err(GQ_ERR_FORMAT, "%s: tensor 'model.embed_tokens.weight' is missing", dir);
-    else rc = gq_st_check_shape(m->st, e, 2, dims);
+    if (!e)
+        rc = gq_err(GQ_ERR_FORMAT, "%s: tensor 'model.embed_tokens.weight' is missing", dir);
+    else
+        rc = gq_st_check_shape(m->st, e, 2, dims);
     if (rc == GQ_OK && !c->tie_word_embeddings && !gq_st_find(m->st, "lm_head.weight"))
         rc = gq_err(GQ_ERR_FORMAT, "%s: tensor 'lm_head.weight' is missing and tie_word_embeddings is false", dir);
     if (rc != GQ_OK) gq_model_close(m);
@@ -77,7 +89,8 @@ static int read_tensor(const gq_model *m, const char *name, int ndim, const int6
     *out = NULL;
     const gq_st_tensor *t = gq_st_find(m->st, name);
     if (!t) {
-        if (ndim == 1) return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' [%lld] is missing", m->dir, name, (long long)dims[0]);
+        if (ndim == 1)
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' [%lld] is missing", m->dir, name, (long long)dims[0]);
         return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' [%lld, %lld] is missing", m->dir, name, (long long)dims[0],
                       (long long)dims[1]);
     }
@@ -168,8 +181,9 @@ int gq_model_embed(const gq_model *m, const int32_t *ids, int n, float *out) {
         }
         int64_t bad = gq_to_f32(out + (size_t)i * d, src, e->dtype, (size_t)d);
         if (bad >= 0)
-            rc = gq_err(GQ_ERR_NUMERIC, "%s: tensor 'model.embed_tokens.weight': non-finite value at index %lld (row %d)",
-                        m->dir, (long long)((int64_t)id * d + bad), (int)id);
+            rc = gq_err(GQ_ERR_NUMERIC,
+                        "%s: tensor 'model.embed_tokens.weight': non-finite value at index %lld (row %d)", m->dir,
+                        (long long)((int64_t)id * d + bad), (int)id);
     }
     free(tmp);
     return rc;
@@ -278,10 +292,79 @@ int gq_blayer_upload(gq_backend *be, const gq_config *c, const gq_layer_host *h,
     return rc;
 }
 
+/* Rows [row0, row0 + rows) of w from tensor `name` ([rows][cols]), raw. */
+static int load_rows(gq_backend *be, const gq_model *m, const char *name, gq_bweight *w, int row0, int rows) {
+    const gq_st_tensor *t = gq_st_find(m->st, name);
+    int64_t dims[2] = {rows, w->cols};
+    if (!t) return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' [%d, %d] is missing", m->dir, name, rows, w->cols);
+    int rc = gq_st_check_shape(m->st, t, 2, dims);
+    if (rc != GQ_OK) return rc;
+    if (t->dtype != GQ_DT_F16 && t->dtype != GQ_DT_BF16 && t->dtype != GQ_DT_F32)
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': dtype %s, expected F16, BF16 or F32", m->dir, name,
+                      gq_dtype_name(t->dtype));
+    const void *src = t->data;
+    void *copy = NULL;
+    if ((uintptr_t)src % gq_dtype_size(t->dtype)) { /* a misaligned mapping: align a copy */
+        copy = gq_malloc_aligned(t->nbytes);
+        memcpy(copy, src, t->nbytes);
+        src = copy;
+    }
+    rc = gq_be_weight_set_rows(be, w, row0, rows, src, t->dtype);
+    gq_free_aligned(copy);
+    gq_st_release(m->st, t);
+    if (rc == GQ_ERR_NUMERIC) return gq_err_prefix("%s: tensor '%s'", m->dir, name);
+    return rc;
+}
+
+int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl) {
+    memset(bl, 0, sizeof *bl);
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return gq_err(GQ_ERR_ARG, "%s: layer %d out of range (%d layers)", m->dir, layer, m->cfg.n_layers);
+    const gq_config *c = &m->cfg;
+    if (m->quantized || c->attention_bias || c->mlp_bias) { /* dequantize / stack biases on the host */
+        gq_layer_host h;
+        int rc = gq_model_load_layer(m, layer, &h);
+        if (rc == GQ_OK) rc = gq_blayer_upload(be, c, &h, bl);
+        gq_layer_host_free(&h);
+        return rc;
+    }
+    const int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim, I = c->intermediate, d = c->hidden;
+    struct {
+        gq_bweight *w;
+        gq_linear_id id;
+        int row0, rows;
+    } parts[GQ_LIN_COUNT] = {
+        {&bl->qkv, GQ_LIN_Q, 0, q},     {&bl->qkv, GQ_LIN_K, q, kv},  {&bl->qkv, GQ_LIN_V, q + kv, kv},
+        {&bl->o, GQ_LIN_O, 0, d},       {&bl->gu, GQ_LIN_GATE, 0, I}, {&bl->gu, GQ_LIN_UP, I, I},
+        {&bl->down, GQ_LIN_DOWN, 0, d},
+    };
+    int rc = gq_be_weight_alloc(be, &bl->qkv, q + 2 * kv, d);
+    if (rc == GQ_OK) rc = gq_be_weight_alloc(be, &bl->o, d, q);
+    if (rc == GQ_OK) rc = gq_be_weight_alloc(be, &bl->gu, 2 * I, d);
+    if (rc == GQ_OK) rc = gq_be_weight_alloc(be, &bl->down, d, I);
+    char name[160];
+    for (int k = 0; k < GQ_LIN_COUNT && rc == GQ_OK; k++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, gq_linear_names[parts[k].id]);
+        rc = load_rows(be, m, name, parts[k].w, parts[k].row0, parts[k].rows);
+    }
+    int64_t hd = d;
+    float *v = NULL;
+    for (int k = 0; k < 2 && rc == GQ_OK; k++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer,
+                 k ? "post_attention_layernorm" : "input_layernorm");
+        rc = read_tensor(m, name, 1, &hd, &v);
+        if (rc == GQ_OK) rc = gq_be_weight_upload(be, k ? &bl->ln2 : &bl->ln1, v, 1, d);
+        gq_free_aligned(v);
+        v = NULL;
+    }
+    if (rc != GQ_OK) gq_blayer_free(be, bl);
+    return rc;
+}
+
 void gq_blayer_free(gq_backend *be, gq_blayer *bl) {
     if (!bl) return;
-    gq_bweight *all[] = {&bl->qkv, &bl->o, &bl->gu, &bl->down, &bl->ln1, &bl->ln2,
-                         &bl->b_qkv, &bl->b_o, &bl->b_gu, &bl->b_down};
+    gq_bweight *all[] = {&bl->qkv, &bl->o,     &bl->gu,  &bl->down, &bl->ln1,
+                         &bl->ln2, &bl->b_qkv, &bl->b_o, &bl->b_gu, &bl->b_down};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) gq_be_weight_free(be, all[i]);
 }
 
@@ -312,10 +395,10 @@ void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
-#define TRY(x)                        \
-    do {                              \
-        int rc_ = (x);                \
-        if (rc_ != GQ_OK) return rc_; \
+#define TRY(x)                                                                                                         \
+    do {                                                                                                               \
+        int rc_ = (x);                                                                                                 \
+        if (rc_ != GQ_OK) return rc_;                                                                                  \
     } while (0)
 
 int gq_fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,

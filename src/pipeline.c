@@ -261,6 +261,104 @@ static int check_options(const gq_quant_opts *o, const gq_config *c) {
     return GQ_OK;
 }
 
+static int load_calibration(run_t *r) {
+    const gq_quant_opts *o = r->o;
+    gq_tokenizer *tok = NULL;
+    int rc = gq_tok_load(&tok, o->model_dir);
+    if (rc) return rc;
+    gq_calib_opts co;
+    gq_calib_opts_default(&co);
+    co.path = o->calib_path;
+    co.nsamples = o->nsamples;
+    co.seqlen = o->seqlen;
+    co.windowing = o->windowing;
+    co.min_tokens = o->min_tokens;
+    co.skip_bad = o->skip_bad;
+    rc = gq_calib_load(&r->cs, tok, &co);
+    gq_tok_free(tok);
+    if (rc) return rc;
+    if (r->cs.n_bad) gq_warn("%s: skipped %ld bad lines (--skip-bad)", o->calib_path, r->cs.n_bad);
+    gq_info("calibration: %d sequences, %lld tokens (%s windowing) from %s", r->cs.n, (long long)r->cs.n_tokens,
+            r->cs.windowing == GQ_WIN_CONCAT ? "concat" : "sample", o->calib_path);
+    r->rep->n_calib_tokens = r->cs.n_tokens;
+    return GQ_OK;
+}
+
+/* A layer finished by the interrupted run: its quantized weights, then its
+ * forward over the calibration activations. */
+static int restore_layer(run_t *r, int l, const char *lpath) {
+    gq_layer_host h;
+    gq_blayer bl;
+    memset(&bl, 0, sizeof bl);
+    double t0 = gq_now();
+    int rc = gq_model_load_layer(&r->m, l, &h);
+    if (!rc) rc = gq_export_load_layer_file(lpath, &r->m, l, r->o->gptq.bits, r->o->v2, &h);
+    if (!rc) rc = gq_blayer_upload(r->be, &r->m.cfg, &h, &bl);
+    gq_layer_host_free(&h);
+    r->rep->t_load += gq_now() - t0;
+    if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, NULL);
+    gq_blayer_free(r->be, &bl);
+    return rc;
+}
+
+/* RTN: each linear rounded on the host, no calibration. */
+static int rtn_layer(run_t *r, int l, gq_qresult *res) {
+    int rc = GQ_OK;
+    for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) {
+        float *w = NULL;
+        int rows, cols;
+        double t0 = gq_now();
+        rc = gq_model_load_linear(&r->m, l, (gq_linear_id)k, &w, &rows, &cols);
+        r->rep->t_load += gq_now() - t0;
+        t0 = gq_now();
+        if (!rc) rc = gq_gptq_quantize(&r->o->gptq, w, rows, cols, NULL, &res[k]);
+        if (rc) gq_err_prefix("layer %d %s", l, gq_linear_names[k]);
+        r->rep->t_solve += gq_now() - t0;
+        gq_free_aligned(w);
+    }
+    return rc;
+}
+
+static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, int rtn) {
+    gq_qresult res[GQ_LIN_COUNT];
+    memset(res, 0, sizeof res);
+    int rc;
+    if (rtn) {
+        rc = rtn_layer(r, l, res);
+    } else {
+        gq_blayer bl;
+        double t0 = gq_now();
+        rc = gq_blayer_load(r->be, &r->m, l, &bl);
+        r->rep->t_load += gq_now() - t0;
+        if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, res);
+        gq_blayer_free(r->be, &bl);
+    }
+    for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) add_module(r, l, (gq_linear_id)k, &res[k]);
+    if (!rc) {
+        double t0 = gq_now();
+        rc = gq_export_layer_file(lpath, &r->m, l, res, r->o->gptq.bits, r->o->v2);
+        if (!rc) rc = write_state(r->partial, fp, l + 1);
+        r->rep->t_export += gq_now() - t0;
+    }
+    for (int k = 0; k < GQ_LIN_COUNT; k++) gq_qresult_free(&res[k]);
+    return rc;
+}
+
+/* "layer 3/8 | loss q_proj 12.3 ... | 10.2 s elapsed, ETA 17.0 s" */
+static void progress(run_t *r, int l, int stop, int layers_done, double t_layers) {
+    const gq_quant_report *rep = r->rep;
+    char eta[96], line[512];
+    int len = 0;
+    for (int k = rep->n_modules - GQ_LIN_COUNT; k < rep->n_modules && len < (int)sizeof line; k++) {
+        const gq_module_report *mr = &rep->modules[k];
+        const char *nm = strchr(mr->name, '.') ? strchr(mr->name, '.') + 1 : mr->name;
+        len +=
+            snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss, mr->fallback ? " (RTN fallback)" : "");
+    }
+    gq_eta_str(eta, sizeof eta, l + 1 - layers_done, stop - layers_done, t_layers);
+    gq_info("layer %d/%d | loss%s | %s", l + 1, r->m.cfg.n_layers, line, eta);
+}
+
 int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     run_t r;
     memset(&r, 0, sizeof r);
@@ -269,7 +367,6 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     r.rep = rep;
     double t_start = gq_now();
     char *fp = NULL;
-    gq_tokenizer *tok = NULL;
     int layers_done = 0, rc;
 
     print_settings(o);
@@ -283,93 +380,50 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         goto out;
     }
     if ((rc = check_options(o, &r.m.cfg))) goto out;
-    if ((rc = gq_tok_load(&tok, o->model_dir))) goto out;
-    gq_calib_opts co;
-    gq_calib_opts_default(&co);
-    co.path = o->calib_path;
-    co.nsamples = o->nsamples;
-    co.seqlen = o->seqlen;
-    co.windowing = o->windowing;
-    co.min_tokens = o->min_tokens;
-    co.skip_bad = o->skip_bad;
-    rc = gq_calib_load(&r.cs, tok, &co);
-    gq_tok_free(tok);
-    if (rc) goto out;
-    if (r.cs.n_bad) gq_warn("%s: skipped %ld bad lines (--skip-bad)", o->calib_path, r.cs.n_bad);
-    gq_info("calibration: %d sequences, %lld tokens (%s windowing) from %s", r.cs.n, (long long)r.cs.n_tokens,
-            r.cs.windowing == GQ_WIN_CONCAT ? "concat" : "sample", o->calib_path);
-    rep->n_calib_tokens = r.cs.n_tokens;
+    const int rtn = o->gptq.method == GQ_METHOD_RTN;
+    if (rtn) {
+        gq_info("method rtn: rounding to nearest needs no calibration data; %s is not read", o->calib_path);
+    } else {
+        if ((rc = load_calibration(&r))) goto out;
+    }
     if ((rc = prepare_output(&r, &layers_done, &fp))) goto out;
-    if ((rc = gq_backend_init(&r.be, o->device))) goto out;
-    if ((rc = alloc_buffers(&r))) goto out;
-    double t0 = gq_now();
-    if ((rc = embed_calibration(&r))) goto out;
-    rep->t_load += gq_now() - t0;
+    if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
+    if (!rtn) {
+        if ((rc = alloc_buffers(&r))) goto out;
+        double t0 = gq_now();
+        if ((rc = embed_calibration(&r))) goto out;
+        rep->t_load += gq_now() - t0;
+    }
     rep->layers_resumed = layers_done;
 
     int n_layers = r.m.cfg.n_layers;
     int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
     double t_layers = gq_now();
-    for (int l = 0; l < stop; l++) {
-        gq_layer_host h;
-        gq_blayer bl;
-        memset(&bl, 0, sizeof bl);
-        t0 = gq_now();
-        rc = gq_model_load_layer(&r.m, l, &h);
-        if (rc) goto out;
+    for (int l = 0; l < stop && !rc; l++) {
         char *lpath = gq_export_layer_path(r.partial, l);
-        int resumed = l < layers_done;
-        if (resumed) rc = gq_export_load_layer_file(lpath, &r.m, l, o->gptq.bits, o->v2, &h);
-        if (!rc) rc = gq_blayer_upload(r.be, &r.m.cfg, &h, &bl);
-        gq_layer_host_free(&h);
-        rep->t_load += gq_now() - t0;
-        if (!rc && resumed) {
-            rc = gq_qlayer_run(&r.q, l, &bl, &o->gptq, NULL);
-            gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
-        } else if (!rc) {
-            gq_qresult res[GQ_LIN_COUNT];
-            memset(res, 0, sizeof res);
-            int m0 = rep->n_modules;
-            rc = gq_qlayer_run(&r.q, l, &bl, &o->gptq, res);
-            for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) add_module(&r, l, (gq_linear_id)k, &res[k]);
-            if (!rc) {
-                t0 = gq_now();
-                rc = gq_export_layer_file(lpath, &r.m, l, res, o->gptq.bits, o->v2);
-                if (!rc) rc = write_state(r.partial, fp, l + 1);
-                rep->t_export += gq_now() - t0;
-            }
-            for (int k = 0; k < GQ_LIN_COUNT; k++) gq_qresult_free(&res[k]);
-            if (!rc) {
-                char eta[96], line[512];
-                int len = 0;
-                for (int k = m0; k < rep->n_modules; k++) {
-                    const gq_module_report *mr = &rep->modules[k];
-                    const char *nm = strchr(mr->name, '.') ? strchr(mr->name, '.') + 1 : mr->name;
-                    len += snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss,
-                                    mr->fallback ? " (RTN fallback)" : "");
-                    if (len >= (int)sizeof line) break;
-                }
-                gq_eta_str(eta, sizeof eta, l + 1 - layers_done, stop - layers_done, t_layers);
-                gq_info("layer %d/%d | loss%s | %s", l + 1, n_layers, line, eta);
-            }
+        if (l < layers_done) {
+            rc = rtn ? GQ_OK : restore_layer(&r, l, lpath);
+            if (!rc) gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
+        } else {
+            rc = quantize_layer(&r, l, lpath, fp, rtn);
+            if (!rc) progress(&r, l, stop, layers_done, t_layers);
         }
-        gq_blayer_free(r.be, &bl);
         free(lpath);
-        if (rc) goto out;
     }
+    if (rc) goto out;
     if (stop < n_layers) {
         gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
         goto out;
     }
     rep->t_hessian = r.q.t_hessian;
-    rep->t_solve = r.q.t_solve;
+    rep->t_solve += r.q.t_solve;
     rep->t_forward = r.q.t_stages - r.q.t_hessian;
     rep->peak_rss = gq_peak_rss();
     rep->peak_device = gq_be_peak_bytes(r.be);
     rep->t_total = gq_now() - t_start;
     /* free the activations before assembling the output */
     gq_qlayer_free(&r.q);
-    t0 = gq_now();
+    double t0 = gq_now();
     rc = finish_output(&r);
     rep->t_export += gq_now() - t0;
     rep->t_total = gq_now() - t_start;

@@ -64,7 +64,7 @@ static const gq_bweight *bias(const gq_bweight *b) {
 /* Stage bookkeeping: a fresh Hessian, the time of the stage loop. */
 typedef struct {
     gq_qlayer *q;
-    int l, quant;
+    int l;
     float *H;
     double t0;
 } stage_t;
@@ -72,7 +72,6 @@ typedef struct {
 static int stage_begin(stage_t *st, int K) {
     st->H = NULL;
     st->t0 = gq_now();
-    if (!st->quant) return GQ_OK;
     size_t bytes = (size_t)K * K * sizeof(float);
     st->H = gq_be_alloc(st->q->be, bytes);
     if (!st->H) return gq_err_prefix("layer %d: Hessian %d x %d", st->l, K, K);
@@ -94,9 +93,9 @@ static int stage_end(stage_t *st, int rc, const gq_gptq_params *p, gq_bweight *W
     gq_qlayer *q = st->q;
     if (!rc) rc = gq_be_sync(q->be);
     q->t_stages += gq_now() - st->t0;
-    if (rc || !st->quant) {
+    if (rc) {
         gq_be_release(q->be, st->H);
-        return rc ? gq_err_prefix("layer %d %s", st->l, what) : GQ_OK;
+        return gq_err_prefix("layer %d %s", st->l, what);
     }
     gq_qresult g;
     double t0 = gq_now();
@@ -124,14 +123,25 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     const int hid = c->hidden, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
     const int I = c->intermediate, ldqkv = nq + 2 * nkv;
     const size_t k_off = gq_be_act_bytes(be, (size_t)nq), v_off = gq_be_act_bytes(be, (size_t)(nq + nkv));
-    stage_t st = {q, l, res != NULL, NULL, 0};
-    int rc;
+    stage_t st = {q, l, NULL, 0};
+    int rc = GQ_OK;
+
+    if (!res) { /* a restored layer: the decoder forward, the same operations as the stages below */
+        double t0 = gq_now();
+        for (int i = 0; i < q->n_seq && !rc; i++) {
+            gq_rope_inv_freq(c, q->len[i], q->inv_freq);
+            rc = gq_fwd_layer(be, c, bl, gq_qlayer_x(q, i), q->len[i], q->inv_freq, s);
+        }
+        if (!rc) rc = gq_be_sync(be);
+        q->t_stages += gq_now() - t0;
+        return rc ? gq_err_prefix("layer %d forward", l) : GQ_OK;
+    }
 
     /* A: [q, k, v] see rmsnorm1(x) */
     static const gq_linear_id qkv_ids[3] = {GQ_LIN_Q, GQ_LIN_K, GQ_LIN_V};
     const int qkv_rows[3] = {nq, nkv, nkv};
     rc = stage_begin(&st, hid);
-    for (int i = 0; i < q->n_seq && st.quant && !rc; i++) {
+    for (int i = 0; i < q->n_seq && !rc; i++) {
         rc = gq_be_rmsnorm(be, s->xn, hid, gq_qlayer_x(q, i), hid, q->len[i], hid, &bl->ln1, c->rms_eps);
         if (!rc) rc = hess(&st, s->xn, hid, q->len[i], hid);
     }
@@ -153,7 +163,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
         if (!rc)
             rc = gq_be_attention(be, a, nq, qkv, ldqkv, qkv + k_off, ldqkv, qkv + v_off, ldqkv, T, T, c->n_heads,
                                  c->n_kv_heads, c->head_dim);
-        if (!rc && st.quant) rc = hess(&st, a, nq, T, nq);
+        if (!rc) rc = hess(&st, a, nq, T, nq);
     }
     if ((rc = stage_end(&st, rc, p, &bl->o, "self_attn.o_proj", 1, o_id, o_rows, res))) return rc;
 
@@ -165,8 +175,8 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
         const int T = q->len[i];
         void *x = gq_qlayer_x(q, i);
         rc = gq_be_linear(be, x, hid, seq_a(q, i), nq, T, &bl->o, bias(&bl->b_o), 1);
-        if (!rc && st.quant) rc = gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps);
-        if (!rc && st.quant) rc = hess(&st, s->xn, hid, T, hid);
+        if (!rc) rc = gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps);
+        if (!rc) rc = hess(&st, s->xn, hid, T, hid);
     }
     if ((rc = stage_end(&st, rc, p, &bl->gu, "mlp.gate_proj/up_proj", 2, gu_ids, gu_rows, res))) return rc;
 
@@ -174,7 +184,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     static const gq_linear_id down_id[1] = {GQ_LIN_DOWN};
     const int down_rows[1] = {hid};
     rc = stage_begin(&st, I);
-    for (int i = 0; i < q->n_seq && st.quant && !rc; i++) {
+    for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
         rc = gq_be_rmsnorm(be, s->xn, hid, gq_qlayer_x(q, i), hid, T, hid, &bl->ln2, c->rms_eps);
         if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bias(&bl->b_gu), 0);

@@ -72,6 +72,12 @@ typedef struct {
 int gq_be_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols);
 /* Upload raw F16/BF16/F32 host data without a f32 round trip. */
 int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols);
+/* An uninitialised rows x cols weight in the backend's weight dtype, filled
+ * in row blocks by gq_be_weight_set_rows from raw F16/BF16/F32 host data
+ * (no f32 copy on the host where the backend keeps F16). set_rows fails
+ * with GQ_ERR_NUMERIC ("non-finite value at index i") on NaN/Inf. */
+int gq_be_weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols);
+int gq_be_weight_set_rows(gq_backend *be, gq_bweight *w, int row0, int nrows, const void *src, gq_dtype dt);
 void gq_be_weight_free(gq_backend *be, gq_bweight *w);
 
 /* ---- forward ops --------------------------------------------------------------- */

@@ -165,6 +165,8 @@ float gq_round_f16(float f);
  * Returns the index of the first non-finite value, or -1 if all finite
  * (conversion is complete either way). */
 int64_t gq_to_f32(float *dst, const void *src, gq_dtype dt, size_t n);
+/* Index of the first NaN/Inf among n values of a float dtype, or -1. */
+int64_t gq_first_nonfinite(const void *src, gq_dtype dt, size_t n);
 void gq_f32_to_f16_n(uint16_t *dst, const float *src, size_t n);
 void gq_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n);
 

@@ -76,6 +76,11 @@ typedef struct {
 } gq_blayer;
 
 int gq_blayer_upload(gq_backend *be, const gq_config *cfg, const gq_layer_host *h, gq_blayer *bl);
+/* Load layer `layer` of m straight onto the backend: F16/BF16/F32 weights go
+ * raw into the stacked weights (no f32 host copy for a GPU backend), checked
+ * for NaN/Inf (error names the tensor); quantized checkpoints and biases go
+ * through gq_model_load_layer + gq_blayer_upload. */
+int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl);
 void gq_blayer_free(gq_backend *be, gq_blayer *bl);
 
 /* Scratch for the forward of sequences up to T_max tokens. */

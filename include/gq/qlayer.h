@@ -16,9 +16,9 @@
  * q/k/v (and gate/up) see the same input: their rows are stacked into one
  * weight and solved with one Hessian and one factorization, which gives the
  * same result as solving them one by one (GPTQ rows are independent).
- * With res == NULL the layer is only run (no Hessians, no solves) through the
- * very same operations: a layer restored by --resume gives bitwise the
- * outputs of the original run.
+ * With res == NULL the layer is only run (gq_fwd_layer, no Hessians, no
+ * solves): the same operations in the same order as the stages, so a layer
+ * restored by --resume gives bitwise the outputs of the original run.
  */
 #ifndef GQ_QLAYER_H
 #define GQ_QLAYER_H
