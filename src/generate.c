@@ -152,12 +152,7 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
     double t0 = gq_now();
     g->layers = gq_calloc((size_t)g->nl, sizeof *g->layers);
     for (int l = 0; l < g->nl && rc == GQ_OK; l++) {
-        gq_layer_host h;
-        rc = gq_model_load_layer(m, l, &h);
-        if (rc == GQ_OK) {
-            rc = gq_blayer_upload(be, c, &h, &g->layers[l]);
-            gq_layer_host_free(&h);
-        }
+        rc = gq_blayer_load(be, m, l, &g->layers[l]); /* raw F16/BF16 onto the backend, or dequantized */
         if (rc) gq_err_prefix("generation: layer %d", l);
     }
     if (rc == GQ_OK) {
