@@ -15,6 +15,7 @@ static const struct {
     {"ppl", gq_cmd_ppl, "perplexity of a checkpoint (fp16 or gq int4) on a text file"},
     {"inspect", gq_cmd_inspect, "summarize a checkpoint directory or safetensors file"},
     {"tokenize", gq_cmd_tokenize, "encode or decode text with a checkpoint's tokenizer"},
+    {"calib", gq_cmd_calib, "self-generated calibration set: the model answers questions (JSONL)"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)
 
