@@ -7,9 +7,13 @@
  * Threading: OpenBLAS (OpenMP build) runs multithreaded when called outside
  * an OpenMP parallel region and single-threaded inside one, so the ops below
  * call sgemm from serial code and use `#pragma omp parallel for` only around
- * their own loops.
+ * their own loops -- and only when there is enough work (PAR_MIN elements):
+ * a parallel region costs microseconds, more than a one-token decode step's
+ * whole op.
  */
 #include <errno.h>
+
+#define PAR_MIN 32768 /* elements: below this an op runs on the calling thread */
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,7 +110,7 @@ static int cpu_linear(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx
                 W->cols, accumulate ? 1.0f : 0.0f, Y, ldy);
     if (bias) {
         const float *b = bias->data; /* [N] */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * N >= PAR_MIN)
         for (int t = 0; t < T; t++) {
             float *y = Y + (size_t)t * ldy;
 #pragma omp simd
@@ -120,7 +124,7 @@ static int cpu_rmsnorm(gq_backend *be, void *Yv, int ldy, const void *Xv, int ld
                        float eps) {
     float *Y = Yv;
     const float *X = Xv, *g = w->data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * d >= PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *x = X + (size_t)t * ldx;
         float *y = Y + (size_t)t * ldy;
@@ -138,7 +142,7 @@ static int cpu_rope(gq_backend *be, void *Xv, int ld, int T, int n_heads, int he
                     const float *inv_freq) {
     float *X = Xv;
     int half = head_dim / 2;
-#pragma omp parallel
+#pragma omp parallel if ((size_t)T * n_heads * head_dim >= PAR_MIN)
     {
         float *cs = gq_malloc(sizeof(float) * (size_t)head_dim); /* [half] cos, then [half] sin */
 #pragma omp for schedule(static)
@@ -167,7 +171,7 @@ static int cpu_rope(gq_backend *be, void *Xv, int ld, int T, int n_heads, int he
 static int cpu_swiglu(gq_backend *be, void *Av, int lda, const void *GUv, int ldgu, int T, int I) {
     float *A = Av;
     const float *GU = GUv;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * I >= PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *g = GU + (size_t)t * ldgu, *u = g + I;
         float *a = A + (size_t)t * lda;
@@ -180,7 +184,7 @@ static int cpu_swiglu(gq_backend *be, void *Av, int lda, const void *GUv, int ld
 static int cpu_add(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx, int T, int d) {
     float *Y = Yv;
     const float *X = Xv;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)T * d >= PAR_MIN)
     for (int t = 0; t < T; t++) {
         float *y = Y + (size_t)t * ldy;
         const float *x = X + (size_t)t * ldx;

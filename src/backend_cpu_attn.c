@@ -100,7 +100,8 @@ int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, c
     }
 
     int ntasks = n_heads * ntiles;
-#pragma omp parallel
+    /* a decode step (Tq = 1) over a short cache is microseconds of work: no parallel region */
+#pragma omp parallel if ((size_t)Tq * Tk * n_heads * head_dim >= 65536)
     {
         float *S = gq_malloc_aligned(scratch * sizeof(float));
         float *inv_sum = gq_malloc(sizeof(float) * (size_t)a.tile);
@@ -134,7 +135,7 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
         float *Lc = logits_out ? logits_out + (size_t)t0 * vocab : L;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, vocab, d, 1.0f, X + (size_t)t0 * ldx, ldx, W, d,
                     0.0f, Lc, vocab);
-#pragma omp parallel for schedule(static) reduction(+ : nll, cnt)
+#pragma omp parallel for schedule(static) reduction(+ : nll, cnt) if ((size_t)nr * vocab >= 32768)
         for (int r = 0; r < nr; r++) {
             int tg = targets[t0 + r];
             if (tg < 0) continue;
