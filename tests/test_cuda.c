@@ -912,7 +912,7 @@ static void test_no_device(void) {
     }
     gq_backend_free(be);
 #else
-    TEST_FAILS(gq_backend_init(&be, "cuda"), GQ_ERR_UNSUPPORTED, "built without CUDA");
+    TEST_FAILS(gq_backend_init(&be, "cuda"), GQ_ERR_UNSUPPORTED, "this gq build has no CUDA backend");
 #endif
 }
 
