@@ -356,7 +356,6 @@ static int finish_sharded(const gq_model *m, const gq_quant_opts *o, const char 
 
 int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *partial_dir, const char *dir,
                      const gq_quant_report *rep) {
-    /* small outputs (everything under one shard's size) stay one file */
     double bytes = 0;
     for (int i = 0; i < gq_st_count(m->st); i++) {
         int l, id;
@@ -369,7 +368,11 @@ int gq_export_finish(const gq_model *m, const gq_quant_opts *o, const char *part
         if (stat(path, &sb) == 0) bytes += (double)sb.st_size;
         free(path);
     }
-    int nshards = 0, single = o->max_shard_mb <= 0 || bytes <= o->max_shard_mb * 1024 * 1024;
+    /* up to 1 GiB (and one shard's size) everything goes into one file; bigger outputs get one shard per
+     * layer, hard-linked from the run instead of copied (a 70B model's 35 GB of packed weights are
+     * written once) */
+    const double one_file = o->max_shard_mb * 1024 * 1024 < 1073741824.0 ? o->max_shard_mb * 1024 * 1024 : 1073741824.0;
+    int nshards = 0, single = o->max_shard_mb <= 0 || bytes <= one_file;
     int rc =
         single ? finish_single(m, o, partial_dir, dir, &nshards) : finish_sharded(m, o, partial_dir, dir, &nshards);
     if (rc) return rc;
