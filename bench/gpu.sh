@@ -5,14 +5,15 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e (default: all)
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e calib (default: all but calib)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
 # named in the device tool's carry); it is unpacked into bench-models/.
 set -u
 OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-SUMMARY="$OUT/summary.txt"
+LOGS=gpu-logs          # every log; $OUT gets logs.tar.gz + summary.txt (the device tool brings back 8 files)
+mkdir -p "$OUT" "$LOGS"
+SUMMARY="$LOGS/summary.txt"
 : > "$SUMMARY"
 GQ=./build/gq
 TEXT=tests/data/text/python-stdlib-eval.txt
@@ -23,13 +24,13 @@ run() {
     _name=$1 _lim=$2
     shift 2
     _t0=$(date +%s.%N)
-    timeout "$_lim" "$@" > "$OUT/$_name.log" 2>&1
+    timeout "$_lim" "$@" > "$LOGS/$_name.log" 2>&1
     _rc=$?
     _t1=$(date +%s.%N)
     say "$(printf '%-28s rc=%-3d %7.1f s' "$_name" "$_rc" "$(awk "BEGIN{print $_t1 - $_t0}")")"
     return $_rc
 }
-ppl_of() { grep -h '^ppl = ' "$OUT/$1.log" | awk '{print $3}'; }
+ppl_of() { grep -h '^ppl = ' "$LOGS/$1.log" | awk '{print $3}'; }
 
 # Libraries: the machine's own, else the Debian packages unpacked from
 # .gqdeps.tar.xz (made by bench/gpu-deps.sh, carried with the call).
@@ -44,23 +45,23 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda || { tail -n 60 "$OUT/build.log"; exit 1; }
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda || { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
 step_test() {
     run test_cuda 300 ./build/tests/test_cuda
-    grep -E '^(FAIL|SKIP)|RESULT|codes equal|rel err|ppl |timing' "$OUT/test_cuda.log" | head -n 80
+    grep -E '^(FAIL|SKIP)|RESULT|codes equal|rel err|ppl |timing' "$LOGS/test_cuda.log" | head -n 80
 }
 
 step_unit() {
     GQ_TEST_QUICK=1 run unit_tests 300 make -j16 $MAKEVARS test
-    tail -n 3 "$OUT/unit_tests.log"
+    tail -n 3 "$LOGS/unit_tests.log"
 }
 
 step_layers() {
     for s in 7b 34b 70b; do
         GQ_LOG=debug run "layers_$s" 240 ./build/bench/bench_layers --shape "$s" --layers 3
-        grep -A 8 "^$s on" "$OUT/layers_$s.log" | tee -a "$SUMMARY"
+        grep -A 8 "^$s on" "$LOGS/layers_$s.log" | tee -a "$SUMMARY"
     done
 }
 
@@ -74,7 +75,7 @@ step_m30() {
         name=${cfg%%:*}
         opts=${cfg#*:}
         run "m30_q_$name" 300 $GQ quantize --model $M --out "bench-models/q30-$name" --calib $CALIB --device cuda --force $opts
-        grep -E '^done in' "$OUT/m30_q_$name.log" | tee -a "$SUMMARY"
+        grep -E '^done in' "$LOGS/m30_q_$name.log" | tee -a "$SUMMARY"
         run "m30_ppl_$name" 120 $GQ ppl --model "bench-models/q30-$name" --text $TEXT --device cuda
         say "  $name: ppl $(ppl_of m30_ppl_$name)"
     done
@@ -86,10 +87,18 @@ step_e2e() {
     [ -d "$S" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer bench-models/pycoder-30m "$S"
     sync
     run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
-    grep -E '^(done in|layer (1|2|16|32)/)' "$OUT/e2e_7b.log" | tee -a "$SUMMARY"
+    grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"
+}
+
+step_calib() {
+    LOGS=$LOGS sh bench/calib_experiment.sh
+    cat "$LOGS/calib_experiment.txt" >> "$SUMMARY"
+    cp "$LOGS/pycoder-30m-selfgen.jsonl.gz" "$OUT/" 2>/dev/null
 }
 
 [ $# -eq 0 ] && set -- build test layers m30 e2e
 for s in "$@"; do "step_$s"; done
+cp "$SUMMARY" "$OUT/summary.txt"
+tar czf "$OUT/logs.tar.gz" "$LOGS"
 echo "==== summary"
 cat "$SUMMARY"
