@@ -21,7 +21,7 @@ NQ=${NQ:-0}     # dry runs: only the first NQ questions / prompts
 Q=calib/questions
 R="$LOGS/calib_experiment.txt"
 : > "$R"
-[ -d "$M" ] || [ "$M" != bench-models/pycoder-30m ] || python3 bench/modelpack.py unpack .m30pack "$M" || exit 1
+[ -f "$M/config.json" ] || [ "$M" != bench-models/pycoder-30m ] || python3 bench/modelpack.py unpack .m30pack "$M" || exit 1
 t0=$(date +%s)
 $GQ calib --model $M --questions $Q/humaneval-mbpp.jsonl.gz --out "$LOGS/pycoder-30m-selfgen.jsonl.gz" \
     --max-new-tokens 512 --batch 128 --device $DEV --n $NQ --force > "$LOGS/selfgen.log" 2>&1 || { tail -20 "$LOGS/selfgen.log"; exit 1; }

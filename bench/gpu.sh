@@ -67,7 +67,7 @@ step_layers() {
 
 step_m30() {
     M=bench-models/pycoder-30m
-    [ -d "$M" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "m30: unpack failed"; return; }
+    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "m30: unpack failed"; return; }
     run m30_fp16_ppl_cuda 120 $GQ ppl --model $M --text $TEXT --device cuda
     say "  fp16 ppl (cuda): $(ppl_of m30_fp16_ppl_cuda)   [transformers fp16: 8.7891]"
     for cfg in "sym:" "asym:--asym" "asym_ao_sg:--asym --act-order --static-groups" "int3_asym:--asym --bits 3" \
@@ -86,7 +86,7 @@ step_e2e() {
     TOK=tests/data/pycoder-5m
     [ -f $TOK/tokenizer.json ] || TOK=bench-models/pycoder-30m
     [ -f $TOK/tokenizer.json ] || python3 bench/modelpack.py unpack .m30pack bench-models/pycoder-30m
-    [ -d "$S" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer $TOK "$S"
+    [ -f "$S/config.json" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer $TOK "$S"
     sync
     run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
     grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"

@@ -34,8 +34,8 @@ def pack(src, dst):
 
 
 def unpack(src, dst):
-    os.makedirs(dst, exist_ok=True)
     manifest = json.load(open(os.path.join(src, "MANIFEST.json")))
+    os.makedirs(dst, exist_ok=True)
     for name, sha in manifest.items():
         if name.endswith(".safetensors"):
             head = open(os.path.join(src, name + ".head"), "rb").read()
