@@ -86,7 +86,7 @@ step_e2e() {
     TOK=tests/data/pycoder-5m
     [ -f $TOK/tokenizer.json ] || TOK=bench-models/pycoder-30m
     [ -f $TOK/tokenizer.json ] || python3 bench/modelpack.py unpack .m30pack bench-models/pycoder-30m
-    [ -f "$S/config.json" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer $TOK "$S"
+    [ -f "$S/tokenizer.json" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer $TOK "$S"
     sync
     run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
     grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"
