@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e calib (default: all but calib)
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e gen calib (default: build test layers m30 e2e)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
 # named in the device tool's carry); it is unpacked into bench-models/.
@@ -92,6 +92,16 @@ step_e2e() {
     grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"
 }
 
+step_gen() {
+    M=bench-models/pycoder-30m
+    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "gen: unpack failed"; return; }
+    run bench_generate 200 ./build/bench/bench_generate --device cuda --models $M --batches 1,16,128 --new 256 --reps 1
+    grep -E '^\|' "$LOGS/bench_generate.log" | tee -a "$SUMMARY"
+    run calib_128x512 200 $GQ calib --model $M --questions calib/questions/humaneval-mbpp.jsonl.gz --n 128 --batch 128 \
+        --max-new-tokens 512 --device cuda --out bench-models/he128.jsonl --force
+    grep -E '^generated' "$LOGS/calib_128x512.log" | tee -a "$SUMMARY"
+}
+
 step_calib() {
     LOGS=$LOGS sh bench/calib_experiment.sh
     cat "$LOGS/calib_experiment.txt" >> "$SUMMARY"
@@ -99,7 +109,10 @@ step_calib() {
 }
 
 [ $# -eq 0 ] && set -- build test layers m30 e2e
-for s in "$@"; do "step_$s"; done
+for s in "$@"; do
+    "step_$s"
+    cp "$SUMMARY" "$OUT/summary.txt" # what a timed-out call still brings back
+done
 cp "$SUMMARY" "$OUT/summary.txt"
 tar czf "$OUT/logs.tar.gz" "$LOGS"
 echo "==== summary"

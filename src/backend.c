@@ -280,6 +280,37 @@ int gq_be_weight_set_rows(gq_backend *be, gq_bweight *w, int row0, int nrows, co
     return rc;
 }
 
+int gq_be_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                           size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                           int n_kv, int head_dim, const float *inv_freq) {
+    const int nq = n_heads * head_dim, kvd = n_kv * head_dim;
+    if (B <= 0 || n_heads <= 0 || n_kv <= 0 || n_heads % n_kv || head_dim <= 0 || head_dim % 2 ||
+        ldqkv < nq + 2 * kvd || ldkv < kvd || ldo < nq)
+        return gq_err(GQ_ERR_ARG, "decode attention: B %d, heads %d/%d x %d, ldqkv %d, ldkv %d, ldo %d are inconsistent",
+                      B, n_heads, n_kv, head_dim, ldqkv, ldkv, ldo);
+    for (int r = 0; r < B; r++)
+        if (slot[r] < 0 || pos[r] < 0)
+            return gq_err(GQ_ERR_ARG, "decode attention: row %d: slot %d, position %d", r, slot[r], pos[r]);
+    if (be->iface->decode_attention)
+        return be->iface->decode_attention(be, O, ldo, QKV, ldqkv, B, Kc, Vc, slot_stride, ldkv, slot, pos, n_heads,
+                                           n_kv, head_dim, inv_freq);
+    for (int r = 0; r < B; r++) { /* the same, row by row */
+        char *q = (char *)QKV + gq_be_act_bytes(be, (size_t)r * ldqkv);
+        char *k = q + gq_be_act_bytes(be, (size_t)nq), *v = q + gq_be_act_bytes(be, (size_t)(nq + kvd));
+        char *kc = (char *)Kc + gq_be_act_bytes(be, (size_t)slot[r] * slot_stride);
+        char *vc = (char *)Vc + gq_be_act_bytes(be, (size_t)slot[r] * slot_stride);
+        size_t at = gq_be_act_bytes(be, (size_t)pos[r] * ldkv);
+        int rc = gq_be_rope(be, q, ldqkv, 1, n_heads + n_kv, head_dim, pos[r], inv_freq); /* q, k heads adjacent */
+        if (!rc) rc = gq_be_copy_act(be, kc + at, k, (size_t)kvd);
+        if (!rc) rc = gq_be_copy_act(be, vc + at, v, (size_t)kvd);
+        if (!rc)
+            rc = gq_be_attention(be, (char *)O + gq_be_act_bytes(be, (size_t)r * ldo), ldo, q, ldqkv, kc, ldkv, vc, ldkv,
+                                 1, pos[r] + 1, n_heads, n_kv, head_dim);
+        if (rc) return rc;
+    }
+    return GQ_OK;
+}
+
 void gq_be_weight_free(gq_backend *be, gq_bweight *w) {
     if (!w) return;
     if (w->data) be->iface->weight_free(be, w);

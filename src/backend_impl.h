@@ -39,6 +39,10 @@ struct gq_backend_i {
     int (*gptq)(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
     int (*nll)(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
                double *nll_sum, int64_t *count, float *logits_out);
+    /* (optional) one batched decode step; backend.c loops rope/copy_act/attention when NULL */
+    int (*decode_attention)(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                            size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                            int n_kv, int head_dim, const float *inv_freq);
 };
 
 struct gq_backend {

@@ -245,16 +245,10 @@ static int layer_decode(gq_gen *g, int l, const int *slots, const int *pos, int 
     int nq = g->nq, kvd = g->kvd, d = g->d, ld = g->ldqkv;
     TRY(gq_be_rmsnorm(be, g->xn, d, g->x, d, B, d, &bl->ln1, c->rms_eps));
     TRY(gq_be_linear(be, g->qkv, ld, g->xn, d, B, &bl->qkv, opt(&bl->b_qkv), 0)); /* [B][q | k | v] */
-    for (int r = 0; r < B; r++) {
-        void *q = at(g, g->qkv, (size_t)r * ld), *k = at(g, q, (size_t)nq), *v = at(g, q, (size_t)(nq + kvd));
-        /* q and k heads are adjacent in the row: one call rotates both */
-        TRY(gq_be_rope(be, q, ld, 1, c->n_heads + c->n_kv_heads, c->head_dim, pos[r], g->inv_freq));
-        TRY(gq_be_copy_act(be, kv_at(g, g->kc, slots[r], l, pos[r]), k, (size_t)kvd));
-        TRY(gq_be_copy_act(be, kv_at(g, g->vc, slots[r], l, pos[r]), v, (size_t)kvd));
-        TRY(gq_be_attention(be, at(g, g->attn, (size_t)r * nq), nq, q, ld, kv_at(g, g->kc, slots[r], l, 0), kvd,
-                            kv_at(g, g->vc, slots[r], l, 0), kvd, 1, pos[r] + 1, c->n_heads, c->n_kv_heads,
-                            c->head_dim));
-    }
+    /* rope of q and k, k and v into the caches, attention: one batched op */
+    TRY(gq_be_decode_attention(be, g->attn, nq, g->qkv, ld, B, kv_at(g, g->kc, 0, l, 0), kv_at(g, g->vc, 0, l, 0),
+                               (size_t)g->nl * g->max_len * kvd, kvd, slots, pos, c->n_heads, c->n_kv_heads,
+                               c->head_dim, g->inv_freq));
     TRY(gq_be_linear(be, g->x, d, g->attn, nq, B, &bl->o, opt(&bl->b_o), 1));
     return mlp(g, bl, B);
 }

@@ -375,6 +375,48 @@ static void test_attention(pair *P, int ver, int Tq, int Tk, int nh, int nkv, in
     free(Q), free(K), free(V), free(O[0]), free(O[1]);
 }
 
+/* One batched decode step (gq_be_decode_attention) against the CPU backend, which runs it row by
+ * row (rope + copy_act + attention): B rows of their own slots and positions in shared caches of
+ * `slots` x max_len positions, random earlier keys. Compared: O, the rotated q/k in QKV, and both
+ * caches (the new rows; the rest must be untouched). */
+static void test_decode(pair *P, int B, int nh, int nkv, int hd, int max_len, const int *slot, const int *pos) {
+    char what[160];
+    snprintf(what, sizeof what, "decode attention B=%d heads=%d/%d hd=%d", B, nh, nkv, hd);
+    set_op(what);
+    const int nq = nh * hd, kvd = nkv * hd, ldqkv = nq + 2 * kvd + 8, ldo = nq + 8, nslots = 8;
+    const size_t stride = (size_t)max_len * kvd, ncache = (size_t)nslots * stride;
+    float *qkv = rand_h((size_t)B * ldqkv, 1.5f), *kc = rand_h(ncache, 1.5f), *vc = rand_h(ncache, 1.0f);
+    float inv[128];
+    for (int i = 0; i < hd / 2; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
+    float *O[2], *Q2[2], *K2[2], *V2[2];
+    gq_backend *bes[2] = {P->gpu, P->cpu};
+    for (int k = 0; k < 2; k++) {
+        O[k] = nan_vec((size_t)B * ldo);
+        Q2[k] = gq_malloc(sizeof(float) * (size_t)B * ldqkv);
+        K2[k] = gq_malloc(sizeof(float) * ncache);
+        V2[k] = gq_malloc(sizeof(float) * ncache);
+        void *dq = up(bes[k], qkv, (size_t)B * ldqkv), *dk = up(bes[k], kc, ncache), *dv = up(bes[k], vc, ncache);
+        void *dO = up(bes[k], O[k], (size_t)B * ldo);
+        TEST_OK(gq_be_decode_attention(bes[k], dO, ldo, dq, ldqkv, B, dk, dv, stride, kvd, slot, pos, nh, nkv, hd, inv),
+                "%s", what);
+        down(bes[k], O[k], dO, (size_t)B * ldo);
+        down(bes[k], Q2[k], dq, (size_t)B * ldqkv);
+        down(bes[k], K2[k], dk, ncache);
+        down(bes[k], V2[k], dv, ncache);
+        gq_be_release(bes[k], dq), gq_be_release(bes[k], dk), gq_be_release(bes[k], dv), gq_be_release(bes[k], dO);
+    }
+    char w2[200];
+    compare(what, O[0], O[1], B, nq, ldo, TOL_F16);
+    snprintf(w2, sizeof w2, "%s: rotated q | k | v", what);
+    compare(w2, Q2[0], Q2[1], B, nq + 2 * kvd, nq + 2 * kvd, TOL_F16);
+    snprintf(w2, sizeof w2, "%s: K cache", what);
+    compare(w2, K2[0], K2[1], nslots * max_len, kvd, kvd, TOL_F16);
+    snprintf(w2, sizeof w2, "%s: V cache", what);
+    compare(w2, V2[0], V2[1], nslots * max_len, kvd, kvd, TOL_F16);
+    free(qkv), free(kc), free(vc);
+    for (int k = 0; k < 2; k++) free(O[k]), free(Q2[k]), free(K2[k]), free(V2[k]);
+}
+
 static void test_attention_v2_limits(pair *P) {
     set_op("attention v2 limits");
     int old = gq_cuda_set_attention_kernel(P->gpu, 2);
@@ -873,6 +915,14 @@ static void run_gpu(void) {
     test_attention(&P, 1, 40, 40, 3, 3, 32, 8);     /* hd 32: v1 only */
     test_attention(&P, 1, 40, 40, 2, 1, 96, 0);     /* hd 96 */
     test_attention_v2_limits(&P);
+    {
+        const int slot[5] = {2, 0, 7, 1, 3}, pos[5] = {0, 7, 33, 200, 257};
+        test_decode(&P, 5, 4, 2, 64, 300, slot, pos);
+        test_decode(&P, 5, 8, 2, 128, 300, slot, pos);
+        int s2[8], p2[8];
+        for (int r = 0; r < 8; r++) s2[r] = 7 - r, p2[r] = (r * 37) % 299; /* every slot, one kv head */
+        test_decode(&P, 8, 4, 1, 64, 300, s2, p2);
+    }
     TEST_BEGIN("cuda gptq");
     test_gptq(&P);
     TEST_BEGIN("cuda models");

@@ -104,6 +104,17 @@ int gq_be_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim
  * scores in device memory beyond a bounded tile. */
 int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
                     const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim);
+/* One decode step of B sequences whose K/V caches share two buffers: row r's
+ * cache starts slot[r] * slot_stride elements into Kc / Vc ([max_len][ldkv],
+ * n_kv heads of head_dim per position); its new token is at position pos[r]
+ * (slot, pos: host arrays). QKV[B][ldqkv] holds each new token's q | k | v
+ * (n_heads, n_kv, n_kv heads). Rotates q and k (RoPE at pos[r]), appends k
+ * and v to the caches at pos[r], and writes O[B][ldo] = attention of q over
+ * the keys 0 .. pos[r]. The same results as rope + copy_act + attention row
+ * by row (which backends without a batched kernel do). */
+int gq_be_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                           size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                           int n_kv, int head_dim, const float *inv_freq);
 /* A[T][lda] (I cols) = silu(GU[:, 0:I]) * GU[:, I:2I], GU[T][ldgu]. */
 int gq_be_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I);
 /* Y[T][ldy] += X[T][ldx], d columns. */

@@ -375,6 +375,7 @@ static void fill_iface(void) {
     f->hessian_accum = cuda_hessian_accum;
     f->gptq = gq_cuda_gptq;
     f->nll = gq_cuda_nll;
+    f->decode_attention = gq_cuda_decode_attention;
 }
 
 static int is_cuda(const gq_backend *be) { return be && be->iface == &cuda_iface; }
@@ -396,6 +397,7 @@ static void cuda_free(gq_backend *be) {
         }
         if (c->cublas_ws) cudaFree(c->cublas_ws);
         if (c->rope_dev) cudaFree(c->rope_dev);
+        if (c->dec_idx) cudaFree(c->dec_idx);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
         free(c);

@@ -73,6 +73,9 @@ typedef struct {
     float *rope_dev;
     float rope_host[GQ_CUDA_MAX_ROPE_HALF];
     int rope_n;
+    /* decode_attention: slot[] and pos[] of the batch on the device */
+    int *dec_idx;
+    int dec_cap;
     /* knobs and statistics */
     int attn_version;
     int hinv_mode;
@@ -137,6 +140,11 @@ static inline int gq_cuda_vec16(const void *p, long ld, size_t elem) {
 /* norm_rope.cu */
 int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
                     float eps);
+/* Make c->rope_dev hold inv_freq[0..half) (uploads only when it changed). */
+int gq_cuda_set_rope_freqs(gq_backend *be, const float *inv_freq, int half);
+int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                             int n_kv, int head_dim, const float *inv_freq);
 int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
                  const float *inv_freq);
 int gq_cuda_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I);

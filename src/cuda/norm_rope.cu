@@ -91,12 +91,10 @@ static __global__ void rope_kernel(__half *X, int ld, int n_heads, int hd, int p
     }
 }
 
-int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
-                 const float *inv_freq) {
+int gq_cuda_set_rope_freqs(gq_backend *be, const float *inv_freq, int half) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
-    const int half = head_dim / 2;
     if (half > GQ_CUDA_MAX_ROPE_HALF)
-        return gq_err(GQ_ERR_UNSUPPORTED, "cuda rope: head_dim %d, at most %d supported", head_dim,
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda rope: head_dim %d, at most %d supported", 2 * half,
                       2 * GQ_CUDA_MAX_ROPE_HALF);
     if (c->rope_n != half || memcmp(c->rope_host, inv_freq, (size_t)half * sizeof(float)) != 0) {
         /* from pageable memory: returns once the source has been staged, so
@@ -106,6 +104,15 @@ int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_d
                                    c->stream));
         c->rope_n = half;
     }
+    return GQ_OK;
+}
+
+int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int pos0,
+                 const float *inv_freq) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    const int half = head_dim / 2;
+    int rc = gq_cuda_set_rope_freqs(be, inv_freq, half);
+    if (rc != GQ_OK) return rc;
     int threads = n_heads * half >= 256 ? 256 : CEIL_DIV(n_heads * half, 32) * 32;
     rope_kernel<<<T, threads, (size_t)head_dim * sizeof(float), c->stream>>>((__half *)X, ld, n_heads, head_dim,
                                                                               pos0, c->rope_dev);

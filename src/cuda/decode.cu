@@ -1,0 +1,156 @@
+/*
+ * decode.cu -- one batched decode step (gq_be_decode_attention): B new
+ * tokens, each of its own sequence with its own KV cache and position.
+ *
+ * Row by row this is rope + two copies + attention: four launches per row
+ * and layer, and attention with Tq = 1 runs one warp per head over the whole
+ * cache. Here it is two launches per layer for the whole batch:
+ *   decode_rope_append_kernel  block per row: rotates the n_heads q and n_kv
+ *                              k heads at pos[r] (the arithmetic of
+ *                              rope_kernel), then writes k and v into the
+ *                              caches at pos[r];
+ *   decode_attn_kernel         block per (head, row), DEC_WARPS warps each
+ *                              taking every DEC_WARPS-th chunk of 32 keys
+ *                              with an online softmax (as attn_v1_kernel),
+ *                              partial (max, sum, o) merged in shared memory.
+ * slot[] and pos[] travel to the device each call (B ints each).
+ */
+#include <math.h>
+
+#include "common.cuh"
+
+#define DEC_WARPS 4
+#define DEC_MAX_HD 256
+
+static __global__ void decode_rope_append_kernel(__half *QKV, int ldqkv, __half *Kc, __half *Vc, size_t stride,
+                                                 int ldkv, const int *slot, const int *posv, int nh, int nkv, int hd,
+                                                 const float *inv_freq) {
+    extern __shared__ float cs[]; /* [half] cos, then [half] sin */
+    const int r = blockIdx.x, half = hd / 2;
+    const float pos = (float)posv[r];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float sn, cn;
+        sincosf(pos * inv_freq[i], &sn, &cn);
+        cs[i] = cn;
+        cs[half + i] = sn;
+    }
+    __syncthreads();
+    __half *x = QKV + (size_t)r * ldqkv;
+    for (int idx = threadIdx.x; idx < (nh + nkv) * half; idx += blockDim.x) {
+        int h = idx / half, i = idx - h * half;
+        __half *xh = x + (size_t)h * hd;
+        float x1 = h2f(xh[i]), x2 = h2f(xh[i + half]), cn = cs[i], sn = cs[half + i];
+        xh[i] = f2h(x1 * cn - x2 * sn);
+        xh[i + half] = f2h(x2 * cn + x1 * sn);
+    }
+    __syncthreads();
+    const int kvd = nkv * hd;
+    const size_t at = (size_t)slot[r] * stride + (size_t)posv[r] * ldkv;
+    const __half *ks = x + (size_t)nh * hd, *vs = ks + kvd;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        Kc[at + j] = ks[j];
+        Vc[at + j] = vs[j];
+    }
+}
+
+static __global__ void __launch_bounds__(DEC_WARPS * 32)
+    decode_attn_kernel(__half *O, int ldo, const __half *QKV, int ldqkv, const __half *Kc, const __half *Vc,
+                       size_t stride, int ldkv, const int *slot, const int *posv, int group, int hd, float scale) {
+    __shared__ float qs[DEC_MAX_HD];
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS][DEC_MAX_HD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.x, r = blockIdx.y, kvh = h / group;
+    const int pos = posv[r]; /* last visible key */
+    const __half *q = QKV + (size_t)r * ldqkv + (size_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(q[d]);
+    __syncthreads();
+    const __half *Kh = Kc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    const __half *Vh = Vc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    float o[DEC_MAX_HD / 32];
+#pragma unroll
+    for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int k0 = warp * 32; k0 <= pos; k0 += DEC_WARPS * 32) {
+        const int j = k0 + lane;
+        float s = -INFINITY;
+        if (j <= pos) {
+            const __half *kr = Kh + (size_t)j * ldkv;
+            float acc = 0.0f;
+            for (int d = 0; d < hd; d++) acc += qs[d] * h2f(kr[d]);
+            s = acc * scale;
+        }
+        /* key k0 <= pos is in every chunk this warp takes: mn is finite */
+        const float mn = fmaxf(m, warp_max(s));
+        const float alpha = expf(m - mn);
+        const float p = j <= pos ? expf(s - mn) : 0.0f;
+        l = l * alpha + warp_sum(p);
+        m = mn;
+#pragma unroll
+        for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] *= alpha;
+        const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
+        for (int jj = 0; jj < nk; jj++) {
+            const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
+            const __half *vr = Vh + (size_t)(k0 + jj) * ldkv;
+#pragma unroll
+            for (int e = 0; e < DEC_MAX_HD / 32; e++) {
+                const int d = lane + 32 * e;
+                if (d < hd) o[e] += pj * h2f(vr[d]);
+            }
+        }
+    }
+    if (lane == 0) {
+        wm[warp] = m; /* -inf for a warp that saw no key */
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DEC_MAX_HD / 32; e++) {
+        const int d = lane + 32 * e;
+        if (d < hd) wo[warp][d] = o[e];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float M = wm[0]; /* warp 0 saw key 0 */
+        for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
+        float L = 0.0f, acc = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            if (wm[w] == -INFINITY) continue;
+            const float a = expf(wm[w] - M);
+            L += wl[w] * a;
+            acc += wo[w][d] * a;
+        }
+        O[(size_t)r * ldo + (size_t)h * hd + d] = f2h(acc / L);
+    }
+}
+
+int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                             int n_kv, int head_dim, const float *inv_freq) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    if (head_dim > DEC_MAX_HD || B > 65535)
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda decode attention: head_dim %d (at most %d), batch %d (at most 65535)",
+                      head_dim, DEC_MAX_HD, B);
+    int rc = gq_cuda_set_rope_freqs(be, inv_freq, head_dim / 2);
+    if (rc != GQ_OK) return rc;
+    if (B > c->dec_cap) { /* slot[] then pos[] on the device */
+        gq_be_release(be, c->dec_idx);
+        c->dec_idx = (int *)gq_cuda_scratch(be, 2 * sizeof(int) * (size_t)B, "decode indices");
+        if (!c->dec_idx) return gq_errcode();
+        c->dec_cap = B;
+    }
+    /* from pageable memory: returns once the source has been staged */
+    CUDA_CHECK(cudaMemcpyAsync(c->dec_idx, slot, sizeof(int) * (size_t)B, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaMemcpyAsync(c->dec_idx + B, pos, sizeof(int) * (size_t)B, cudaMemcpyHostToDevice, c->stream));
+    const int half = head_dim / 2, work = (n_heads + n_kv) * half;
+    const int threads = work >= 256 ? 256 : CEIL_DIV(work, 32) * 32;
+    decode_rope_append_kernel<<<B, threads, (size_t)head_dim * sizeof(float), c->stream>>>(
+        (__half *)QKV, ldqkv, (__half *)Kc, (__half *)Vc, slot_stride, ldkv, c->dec_idx, c->dec_idx + B, n_heads, n_kv,
+        head_dim, c->rope_dev);
+    CUDA_CHECK_LAUNCH();
+    dim3 grid(n_heads, B);
+    decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(
+        (__half *)O, ldo, (const __half *)QKV, ldqkv, (const __half *)Kc, (const __half *)Vc, slot_stride, ldkv,
+        c->dec_idx, c->dec_idx + B, n_heads / n_kv, head_dim, (float)(1.0 / sqrt((double)head_dim)));
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
