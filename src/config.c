@@ -1,6 +1,8 @@
 /* config.c -- config.json (Hugging Face) -> gq_config, Llama family only. */
 #include "gq/config.h"
 
+#include "json_util.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,26 +10,6 @@
 
 static const char *const supported_archs[] = {"LlamaForCausalLM", "MistralForCausalLM"};
 
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "?";
-}
 
 /* Required positive integer field. */
 static int get_int(const json_t *o, const char *key, int *out, int required, const char *where) {
@@ -44,7 +26,7 @@ static int get_int(const json_t *o, const char *key, int *out, int required, con
         return GQ_OK;
     }
     if (!json_is_integer(v))
-        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected an integer, got %s", where, key, json_type_name(v));
+        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected an integer, got %s", where, key, gq_json_kind(v));
     json_int_t x = json_integer_value(v);
     if (x < 0 || x > 1000000000)
         return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected an integer in [0, 1e9], got %lld", where, key,
@@ -60,7 +42,7 @@ static int get_num(const json_t *o, const char *key, double *out, int required, 
         return GQ_OK;
     }
     if (!json_is_number(v))
-        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected a number, got %s", where, key, json_type_name(v));
+        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected a number, got %s", where, key, gq_json_kind(v));
     *out = json_number_value(v);
     if (!isfinite(*out)) return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\" is not finite", where, key);
     return GQ_OK;
@@ -70,7 +52,7 @@ static int get_bool(const json_t *o, const char *key, int *out, const char *wher
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return GQ_OK;
     if (!json_is_boolean(v))
-        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected true or false, got %s", where, key, json_type_name(v));
+        return gq_err(GQ_ERR_FORMAT, "%s: field \"%s\": expected true or false, got %s", where, key, gq_json_kind(v));
     *out = json_is_true(v);
     return GQ_OK;
 }
@@ -81,7 +63,7 @@ static int parse_rope_scaling(gq_config *c, const json_t *rs, const char *where)
     json_t *t = json_object_get(rs, "rope_type");
     if (!t) t = json_object_get(rs, "type");
     if (t && !json_is_string(t))
-        return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling.rope_type: expected a string, got %s", where, json_type_name(t));
+        return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling.rope_type: expected a string, got %s", where, gq_json_kind(t));
     type = t ? json_string_value(t) : "default";
     c->rope_factor = 1.0;
     if ((rc = get_num(rs, "factor", &c->rope_factor, 0, where))) return rc;
@@ -121,7 +103,7 @@ static int parse_dtype(gq_config *c, const json_t *root, const char *where) {
     c->dtype = GQ_DT_F16;
     if (!v || json_is_null(v)) return GQ_OK;
     if (!json_is_string(v))
-        return gq_err(GQ_ERR_FORMAT, "%s: torch_dtype: expected a string, got %s", where, json_type_name(v));
+        return gq_err(GQ_ERR_FORMAT, "%s: torch_dtype: expected a string, got %s", where, gq_json_kind(v));
     const char *s = json_string_value(v);
     if (!strcmp(s, "float16") || !strcmp(s, "half"))
         c->dtype = GQ_DT_F16;
@@ -153,7 +135,7 @@ static int parse_quant(gq_config *c, const json_t *q, const char *where) {
         qc->group_size = (int)json_integer_value(g);
     else if (g && !json_is_null(g))
         return gq_err(GQ_ERR_FORMAT, "%s: quantization_config.group_size: expected an integer, got %s", where,
-                      json_type_name(g));
+                      gq_json_kind(g));
     if ((rc = get_bool(q, "desc_act", &qc->desc_act, where))) return rc;
     if ((rc = get_bool(q, "static_groups", &qc->static_groups, where))) return rc;
     if ((rc = get_bool(q, "sym", &qc->sym, where))) return rc;
@@ -184,7 +166,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     if (!root)
         return gq_err(GQ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
     if (!json_is_object(root)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", where, json_type_name(root));
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", where, gq_json_kind(root));
         goto done;
     }
 
@@ -222,7 +204,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     json_t *act = json_object_get(root, "hidden_act");
     if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
         rc = gq_err(GQ_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (silu)", where,
-                    json_is_string(act) ? json_string_value(act) : json_type_name(act));
+                    json_is_string(act) ? json_string_value(act) : gq_json_kind(act));
         goto done;
     }
     json_t *sw = json_object_get(root, "sliding_window");
@@ -275,7 +257,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     json_t *rp = json_object_get(root, "rope_parameters");
     if (rp && !json_is_null(rp)) {
         if (!json_is_object(rp)) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: rope_parameters: expected an object, got %s", where, json_type_name(rp));
+            rc = gq_err(GQ_ERR_FORMAT, "%s: rope_parameters: expected an object, got %s", where, gq_json_kind(rp));
             goto done;
         }
         if ((rc = get_num(rp, "rope_theta", &c->rope_theta, 0, where))) goto done;
@@ -286,7 +268,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     if (rs && !json_is_null(rs)) {
         if (!json_is_object(rs)) {
             rc = gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: expected an object or null, got %s", where,
-                        json_type_name(rs));
+                        gq_json_kind(rs));
             goto done;
         }
         if ((rc = parse_rope_scaling(c, rs, where))) goto done;
@@ -311,7 +293,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         json_array_foreach(eos, i, e) {
             if (!json_is_integer(e)) {
                 rc = gq_err(GQ_ERR_FORMAT, "%s: eos_token_id[%zu]: expected an integer, got %s", where, i,
-                            json_type_name(e));
+                            gq_json_kind(e));
                 goto done;
             }
             if (c->n_eos < 8) c->eos_ids[c->n_eos++] = (int)json_integer_value(e);
@@ -327,7 +309,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
     json_t *q = json_object_get(root, "quantization_config");
     if (q && !json_is_null(q)) {
         if (!json_is_object(q)) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: quantization_config: expected an object, got %s", where, json_type_name(q));
+            rc = gq_err(GQ_ERR_FORMAT, "%s: quantization_config: expected an object, got %s", where, gq_json_kind(q));
             goto done;
         }
         if ((rc = parse_quant(c, q, where))) goto done;

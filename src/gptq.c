@@ -92,10 +92,15 @@ int gq_gptq_hinv(double *H, int n) {
     return GQ_OK;
 }
 
+static int check_params(const gq_gptq_params *p, int rows, int cols, const float *W, const float *H) {
+    if (!W) return gq_err(GQ_ERR_ARG, "gptq: W must not be NULL");
+    return gq_gptq_check_params(p, rows, cols, H);
+}
+
 /* ---- checks ------------------------------------------------------------- */
 
-static int check_params(const gq_gptq_params *p, int rows, int cols, const float *W, const float *H) {
-    if (!p || !W) return gq_err(GQ_ERR_ARG, "gptq: params and W must not be NULL");
+int gq_gptq_check_params(const gq_gptq_params *p, int rows, int cols, const float *H) {
+    if (!p) return gq_err(GQ_ERR_ARG, "gptq: params must not be NULL");
     if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "gptq: expected a non-empty W, got %d x %d", rows, cols);
     if (p->method != GQ_METHOD_GPTQ && p->method != GQ_METHOD_RTN)
         return gq_err(GQ_ERR_ARG, "gptq: unknown method %d", (int)p->method);

@@ -4,6 +4,8 @@
 #include "gq/questions.h"
 
 #include <jansson.h>
+
+#include "json_util.h"
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -84,24 +86,6 @@ static char *dup_n(const char *s, size_t n) {
     return p;
 }
 
-static const char *json_kind(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
-}
 
 /* "a, b, c" of an object's keys (up to 8) */
 static void key_list(const json_t *o, char *buf, size_t cap) {
@@ -131,7 +115,7 @@ static int take(reader *r, json_t *v, const char *where) {
         return GQ_OK;
     }
     if (!json_is_object(v))
-        return gq_err(GQ_ERR_DATA, "%s: expected a JSON object (or a string), got %s", where, json_kind(v));
+        return gq_err(GQ_ERR_DATA, "%s: expected a JSON object (or a string), got %s", where, gq_json_kind(v));
     char keys[256];
     if (!r->field[0]) {
         if (r->o->field) {
@@ -155,12 +139,12 @@ static int take(reader *r, json_t *v, const char *where) {
         return gq_err(GQ_ERR_DATA, "%s: expected a string field \"%s\", found fields: %s", where, r->field, keys);
     }
     if (!json_is_string(f))
-        return gq_err(GQ_ERR_DATA, "%s: field \"%s\" is %s, expected a string", where, r->field, json_kind(f));
+        return gq_err(GQ_ERR_DATA, "%s: field \"%s\" is %s, expected a string", where, r->field, gq_json_kind(f));
     size_t n = json_string_length(f), m = 0;
     json_t *in = r->input[0] ? json_object_get(v, r->input) : NULL;
     if (in && !json_is_null(in)) {
         if (!json_is_string(in))
-            return gq_err(GQ_ERR_DATA, "%s: field \"%s\" is %s, expected a string", where, r->input, json_kind(in));
+            return gq_err(GQ_ERR_DATA, "%s: field \"%s\" is %s, expected a string", where, r->input, gq_json_kind(in));
         m = json_string_length(in);
     }
     char *text = gq_malloc(n + m + 2);
@@ -245,7 +229,7 @@ static int load_json(reader *r, const char *data, size_t len) {
         rc = gq_err(GQ_ERR_DATA,
                     "%s: expected a JSON array of objects or strings, got %s (JSON lines need the "
                     ".jsonl extension or --questions-format jsonl)",
-                    r->o->path, json_kind(v));
+                    r->o->path, gq_json_kind(v));
     } else {
         size_t i;
         json_t *e;

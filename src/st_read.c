@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+
+#include "json_util.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,19 +43,6 @@ struct gq_st {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static const char *json_type_name(const json_t *j) {
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE: return "true";
-    case JSON_FALSE: return "false";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
 
 static uint64_t read_le64(const uint8_t *p) {
     uint64_t v = 0;
@@ -123,7 +112,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
     if (!json_is_object(val))
         return gq_err(GQ_ERR_FORMAT,
                       "%s: tensor '%s': expected an object with dtype, shape and data_offsets, got %s",
-                      path, name, json_type_name(val));
+                      path, name, gq_json_kind(val));
     json_t *jd = json_object_get(val, "dtype");
     json_t *js = json_object_get(val, "shape");
     json_t *jo = json_object_get(val, "data_offsets");
@@ -132,7 +121,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
     if (!jo) return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': missing \"data_offsets\"", path, name);
     if (!json_is_string(jd))
         return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': \"dtype\" must be a string, got %s", path, name,
-                      json_type_name(jd));
+                      gq_json_kind(jd));
     if (gq_dtype_parse(json_string_value(jd), &t->dtype) != GQ_OK)
         return gq_err(GQ_ERR_FORMAT,
                       "%s: tensor '%s': unknown dtype \"%.64s\" (expected F32, F16, BF16, F64, I64, "
@@ -141,7 +130,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
 
     if (!json_is_array(js))
         return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': \"shape\" must be an array, got %s", path, name,
-                      json_type_name(js));
+                      gq_json_kind(js));
     size_t nd = json_array_size(js);
     if (nd > GQ_ST_MAX_DIMS)
         return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': shape has %zu dimensions, expected at most %d",
@@ -154,7 +143,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
         if (!json_is_integer(d))
             return gq_err(GQ_ERR_FORMAT,
                           "%s: tensor '%s': shape[%zu] must be a non-negative integer, got %s", path,
-                          name, i, json_type_name(d));
+                          name, i, gq_json_kind(d));
         json_int_t v = json_integer_value(d);
         if (v < 0)
             return gq_err(GQ_ERR_FORMAT,
@@ -174,7 +163,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
 
     if (!json_is_array(jo))
         return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %s",
-                      path, name, json_type_name(jo));
+                      path, name, gq_json_kind(jo));
     if (json_array_size(jo) != 2)
         return gq_err(GQ_ERR_FORMAT,
                       "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %zu elements",
@@ -185,7 +174,7 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
         if (!json_is_integer(o) || json_integer_value(o) < 0)
             return gq_err(GQ_ERR_FORMAT,
                           "%s: tensor '%s': data_offsets[%d] must be a non-negative integer, got %s",
-                          path, name, i, json_is_integer(o) ? "a negative integer" : json_type_name(o));
+                          path, name, i, json_is_integer(o) ? "a negative integer" : gq_json_kind(o));
         off[i] = json_integer_value(o);
     }
     size_t begin = (size_t)off[0], end = (size_t)off[1];
@@ -208,13 +197,13 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
 static int parse_metadata(gq_st *st, const char *path, json_t *val, int record) {
     if (!json_is_object(val))
         return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ must be an object of strings, got %s", path,
-                      json_type_name(val));
+                      gq_json_kind(val));
     const char *k;
     json_t *v;
     json_object_foreach(val, k, v) {
         if (!json_is_string(v))
             return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ key '%s': expected a string value, got %s",
-                          path, k, json_type_name(v));
+                          path, k, gq_json_kind(v));
     }
     if (record) json_object_foreach(val, k, v) meta_add(st, k, json_string_value(v));
     return GQ_OK;
@@ -299,7 +288,7 @@ static int load_file(gq_st *st, const char *path) {
                       je.line, je.column);
     int rc = GQ_OK;
     if (!json_is_object(h)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: header must be a JSON object, got %s", path, json_type_name(h));
+        rc = gq_err(GQ_ERR_FORMAT, "%s: header must be a JSON object, got %s", path, gq_json_kind(h));
         goto out;
     }
     size_t nkeys = json_object_size(h);
@@ -406,7 +395,7 @@ static int open_index(gq_st *st, const char *ipath) {
     char *dir = NULL;
     json_t *wm = NULL, *meta = NULL;
     if (!json_is_object(root)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", ipath, json_type_name(root));
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", ipath, gq_json_kind(root));
         goto out;
     }
     wm = json_object_get(root, "weight_map");
@@ -416,11 +405,11 @@ static int open_index(gq_st *st, const char *ipath) {
         goto out;
     }
     if (!json_is_object(wm)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: \"weight_map\" must be an object, got %s", ipath, json_type_name(wm));
+        rc = gq_err(GQ_ERR_FORMAT, "%s: \"weight_map\" must be an object, got %s", ipath, gq_json_kind(wm));
         goto out;
     }
     if (meta && !json_is_object(meta) && !json_is_null(meta)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: \"metadata\" must be an object, got %s", ipath, json_type_name(meta));
+        rc = gq_err(GQ_ERR_FORMAT, "%s: \"metadata\" must be an object, got %s", ipath, gq_json_kind(meta));
         goto out;
     }
     size_t nmap = json_object_size(wm);
@@ -436,7 +425,7 @@ static int open_index(gq_st *st, const char *ipath) {
     json_object_foreach(wm, tname, v) {
         if (!json_is_string(v)) {
             rc = gq_err(GQ_ERR_FORMAT, "%s: weight_map['%s']: expected a shard file name string, got %s",
-                        ipath, tname, json_type_name(v));
+                        ipath, tname, gq_json_kind(v));
             goto out;
         }
         const char *s = json_string_value(v);

@@ -62,7 +62,7 @@ static void check_questions(void) {
                "bad.jsonl:3: expected a string field \"prompt\"");
     TEST_CHECK(strstr(gq_errmsg(), "found fields: task, id") != NULL, "lists the fields found: %s", gq_errmsg());
     write_text(bad, "{\"prompt\": \"a\"}\n{\"prompt\": 7}\n");
-    TEST_FAILS(load_q(&q, bad, GQ_QUESTIONS_AUTO, NULL, 0), GQ_ERR_DATA, "bad.jsonl:2: field \"prompt\" is a number");
+    TEST_FAILS(load_q(&q, bad, GQ_QUESTIONS_AUTO, NULL, 0), GQ_ERR_DATA, "bad.jsonl:2: field \"prompt\" is an integer");
     write_text(bad, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\",\n");
     TEST_FAILS(load_q(&q, bad, GQ_QUESTIONS_AUTO, NULL, 0), GQ_ERR_DATA, "bad.jsonl:2: not valid JSON");
     write_text(bad, "{\"id\": 1}\n");

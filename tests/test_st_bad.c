@@ -85,7 +85,7 @@ static void test_entries(void) {
                "tensor 'a': shape[0] is -2, expected a non-negative integer");
     bad_header("shape_real.safetensors",
                "{\"a\": {\"dtype\": \"F32\", \"shape\": [1, 2.0], \"data_offsets\": [0, 8]}}", 8, GQ_ERR_FORMAT,
-               "tensor 'a': shape[1] must be a non-negative integer, got a real number");
+               "tensor 'a': shape[1] must be a non-negative integer, got a number");
     bad_header("shape_string.safetensors",
                "{\"a\": {\"dtype\": \"F32\", \"shape\": [\"2\"], \"data_offsets\": [0, 8]}}", 8, GQ_ERR_FORMAT,
                "tensor 'a': shape[0] must be a non-negative integer, got a string");
@@ -115,7 +115,7 @@ static void test_entries(void) {
                "tensor 'a': data_offsets[0] must be a non-negative integer, got a negative integer");
     bad_header("offsets_real.safetensors",
                "{\"a\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1.0]}}", 1, GQ_ERR_FORMAT,
-               "tensor 'a': data_offsets[1] must be a non-negative integer, got a real number");
+               "tensor 'a': data_offsets[1] must be a non-negative integer, got a number");
     bad_header("offsets_reversed.safetensors",
                "{\"a\": {\"dtype\": \"U8\", \"shape\": [0], \"data_offsets\": [4, 0]}}", 4, GQ_ERR_FORMAT,
                "tensor 'a': data_offsets [4, 0]: begin is after end");

@@ -133,6 +133,10 @@ void gq_qresult_dequant(const gq_qresult *r, float *W);
  * res->perm is NULL for RTN (act-order needs H). */
 int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res);
 
+/* Validate params for a rows x cols solve (H may be NULL for RTN): GQ_ERR_ARG
+ * naming the bad field. Every backend's solve starts with it. */
+int gq_gptq_check_params(const gq_gptq_params *p, int rows, int cols, const float *H);
+
 /* The inverse factor step alone, exposed for tests and the CUDA reference:
  * H (full symmetric, cols x cols, dead columns already fixed, damping added)
  * -> upper Cholesky factor of H^-1, in place, in double precision.

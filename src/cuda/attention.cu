@@ -52,34 +52,8 @@ static __global__ void __launch_bounds__(V1_WARPS * 32)
 #pragma unroll
     for (int e = 0; e < V1_MAX_HD / 32; e++) o[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int k0 = 0; k0 <= pos; k0 += 32) {
-        const int j = k0 + lane;
-        float s = -INFINITY;
-        if (j <= pos) {
-            const __half *kr = Kh + (size_t)j * ldk;
-            float acc = 0.0f;
-            for (int d = 0; d < hd; d++) acc += qs[warp][d] * h2f(kr[d]);
-            s = acc * scale;
-        }
-        /* the first chunk holds key 0, which every query sees: mn is finite */
-        const float mn = fmaxf(m, warp_max(s));
-        const float alpha = expf(m - mn); /* 0 on the first chunk (m = -inf) */
-        const float p = j <= pos ? expf(s - mn) : 0.0f;
-        l = l * alpha + warp_sum(p);
-        m = mn;
-#pragma unroll
-        for (int e = 0; e < V1_MAX_HD / 32; e++) o[e] *= alpha;
-        const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
-        for (int jj = 0; jj < nk; jj++) {
-            const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
-            const __half *vr = Vh + (size_t)(k0 + jj) * ldv;
-#pragma unroll
-            for (int e = 0; e < V1_MAX_HD / 32; e++) {
-                const int d = lane + 32 * e;
-                if (d < hd) o[e] += pj * h2f(vr[d]);
-            }
-        }
-    }
+    for (int k0 = 0; k0 <= pos; k0 += 32)
+        attn_chunk<V1_MAX_HD>(qs[warp], Kh, ldk, Vh, ldv, k0, pos, hd, scale, m, l, o);
     __half *orow = O + (size_t)i * ldo + (size_t)h * hd;
     const float inv = 1.0f / l;
 #pragma unroll

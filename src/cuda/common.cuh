@@ -130,6 +130,67 @@ static __device__ __forceinline__ float block_sum(float v) {
 static __device__ __forceinline__ float h2f(__half h) { return __half2float(h); }
 static __device__ __forceinline__ __half f2h(float f) { return __float2half_rn(f); }
 
+/* ---- shared pieces of the rope and attention kernels ---------------------------------------------- */
+
+/* cs[i] = cos, cs[half + i] = sin of pos * inv_freq[i] (the fp32 product, accurate sincosf), threads
+ * of the block striding over i; the caller synchronises before reading cs. */
+static __device__ __forceinline__ void rope_angles(float *cs, float pos, const float *inv_freq, int half) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float sn, cn;
+        sincosf(pos * inv_freq[i], &sn, &cn);
+        cs[i] = cn;
+        cs[half + i] = sn;
+    }
+}
+
+/* Rotate the (i, i + hd/2) pairs ("rotate_half") of n_heads heads of one row x by the angles
+ * of rope_angles, threads of the block striding over (head, i). */
+static __device__ __forceinline__ void rope_rotate(__half *x, int n_heads, int hd, const float *cs) {
+    const int half = hd / 2;
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+        int h = idx / half, i = idx - h * half;
+        __half *xh = x + (size_t)h * hd;
+        float x1 = __half2float(xh[i]), x2 = __half2float(xh[i + half]), cn = cs[i], sn = cs[half + i];
+        xh[i] = __float2half_rn(x1 * cn - x2 * sn);
+        xh[i + half] = __float2half_rn(x2 * cn + x1 * sn);
+    }
+}
+
+/* One warp, one query: the chunk of keys k0 .. min(k0 + 31, pos) (k0 <= pos) against q (fp32, qs),
+ * an online-softmax update of the running max m, sum l and output o (lane holds dims lane + 32 e).
+ * K and V point at the query's kv head; rows ldk / ldv apart. */
+template <int MAXD>
+static __device__ __forceinline__ void attn_chunk(const float *qs, const __half *K, int ldk, const __half *V, int ldv,
+                                                  int k0, int pos, int hd, float scale, float &m, float &l,
+                                                  float (&o)[MAXD / 32]) {
+    const int lane = threadIdx.x & 31, j = k0 + lane;
+    float s = -INFINITY;
+    if (j <= pos) {
+        const __half *kr = K + (size_t)j * ldk;
+        float acc = 0.0f;
+        for (int d = 0; d < hd; d++) acc += qs[d] * __half2float(kr[d]);
+        s = acc * scale;
+    }
+    /* key k0 <= pos is in the chunk: mn is finite */
+    const float mn = fmaxf(m, warp_max(s));
+    const float alpha = expf(m - mn); /* 0 on the first chunk (m = -inf) */
+    const float p = j <= pos ? expf(s - mn) : 0.0f;
+    l = l * alpha + warp_sum(p);
+    m = mn;
+#pragma unroll
+    for (int e = 0; e < MAXD / 32; e++) o[e] *= alpha;
+    const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
+    for (int jj = 0; jj < nk; jj++) {
+        const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
+        const __half *vr = V + (size_t)(k0 + jj) * ldv;
+#pragma unroll
+        for (int e = 0; e < MAXD / 32; e++) {
+            const int d = lane + 32 * e;
+            if (d < hd) o[e] += pj * __half2float(vr[d]);
+        }
+    }
+}
+
 /* Is p 16-byte aligned and ld (elements of `elem` bytes) a multiple of 16 bytes? */
 static inline int gq_cuda_vec16(const void *p, long ld, size_t elem) {
     return ((uintptr_t)p % 16) == 0 && ((size_t)ld * elem) % 16 == 0;

@@ -26,23 +26,11 @@ static __global__ void decode_rope_append_kernel(__half *QKV, int ldqkv, __half 
                                                  int ldkv, const int *slot, const int *posv, int nh, int nkv, int hd,
                                                  const float *inv_freq) {
     extern __shared__ float cs[]; /* [half] cos, then [half] sin */
-    const int r = blockIdx.x, half = hd / 2;
-    const float pos = (float)posv[r];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float sn, cn;
-        sincosf(pos * inv_freq[i], &sn, &cn);
-        cs[i] = cn;
-        cs[half + i] = sn;
-    }
+    const int r = blockIdx.x;
+    rope_angles(cs, (float)posv[r], inv_freq, hd / 2);
     __syncthreads();
     __half *x = QKV + (size_t)r * ldqkv;
-    for (int idx = threadIdx.x; idx < (nh + nkv) * half; idx += blockDim.x) {
-        int h = idx / half, i = idx - h * half;
-        __half *xh = x + (size_t)h * hd;
-        float x1 = h2f(xh[i]), x2 = h2f(xh[i + half]), cn = cs[i], sn = cs[half + i];
-        xh[i] = f2h(x1 * cn - x2 * sn);
-        xh[i + half] = f2h(x2 * cn + x1 * sn);
-    }
+    rope_rotate(x, nh + nkv, hd, cs); /* q and k heads are adjacent */
     __syncthreads();
     const int kvd = nkv * hd;
     const size_t at = (size_t)slot[r] * stride + (size_t)posv[r] * ldkv;
@@ -71,34 +59,8 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
 #pragma unroll
     for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int k0 = warp * 32; k0 <= pos; k0 += DEC_WARPS * 32) {
-        const int j = k0 + lane;
-        float s = -INFINITY;
-        if (j <= pos) {
-            const __half *kr = Kh + (size_t)j * ldkv;
-            float acc = 0.0f;
-            for (int d = 0; d < hd; d++) acc += qs[d] * h2f(kr[d]);
-            s = acc * scale;
-        }
-        /* key k0 <= pos is in every chunk this warp takes: mn is finite */
-        const float mn = fmaxf(m, warp_max(s));
-        const float alpha = expf(m - mn);
-        const float p = j <= pos ? expf(s - mn) : 0.0f;
-        l = l * alpha + warp_sum(p);
-        m = mn;
-#pragma unroll
-        for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] *= alpha;
-        const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
-        for (int jj = 0; jj < nk; jj++) {
-            const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
-            const __half *vr = Vh + (size_t)(k0 + jj) * ldkv;
-#pragma unroll
-            for (int e = 0; e < DEC_MAX_HD / 32; e++) {
-                const int d = lane + 32 * e;
-                if (d < hd) o[e] += pj * h2f(vr[d]);
-            }
-        }
-    }
+    for (int k0 = warp * 32; k0 <= pos; k0 += DEC_WARPS * 32)
+        attn_chunk<DEC_MAX_HD>(qs, Kh, ldkv, Vh, ldkv, k0, pos, hd, scale, m, l, o);
     if (lane == 0) {
         wm[warp] = m; /* -inf for a warp that saw no key */
         wl[warp] = l;

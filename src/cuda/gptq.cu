@@ -374,28 +374,12 @@ static int d2h_sync(gq_backend *be, void *dst, const void *src, size_t bytes) {
         }                                                                  \
     } while (0)
 
-/* Same checks and messages as gptq.c's check_params, plus the CUDA limits. */
+/* gptq.c's checks (same messages), plus the CUDA limits. */
 static int check_params(const gq_gptq_params *p, int rows, int cols, const float *H) {
-    if (!p) return gq_err(GQ_ERR_ARG, "gptq: params must not be NULL");
-    if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "gptq: expected a non-empty W, got %d x %d", rows, cols);
-    if (p->method != GQ_METHOD_GPTQ && p->method != GQ_METHOD_RTN)
-        return gq_err(GQ_ERR_ARG, "gptq: unknown method %d", (int)p->method);
-    if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
-        return gq_err(GQ_ERR_ARG, "gptq: bits must be 2, 3, 4 or 8, got %d", p->bits);
-    if (p->group_size == 0 || p->group_size < -1)
-        return gq_err(GQ_ERR_ARG, "gptq: group size must be positive or -1, got %d", p->group_size);
-    if (p->zero_policy != GQ_ZERO_V1 && p->zero_policy != GQ_ZERO_FREE)
-        return gq_err(GQ_ERR_ARG, "gptq: unknown zero policy %d", (int)p->zero_policy);
-    if (p->method == GQ_METHOD_GPTQ) {
-        if (!H) return gq_err(GQ_ERR_ARG, "gptq: the GPTQ method needs a Hessian, got NULL");
-        if (p->block_size <= 0) return gq_err(GQ_ERR_ARG, "gptq: block size must be positive, got %d", p->block_size);
-        if (p->block_size > GPTQ_BLK)
-            return gq_err(GQ_ERR_UNSUPPORTED, "gptq on CUDA: block size %d, at most %d supported", p->block_size,
-                          GPTQ_BLK);
-        if (!(p->damp >= 0.0) || isinf(p->damp))
-            return gq_err(GQ_ERR_ARG, "gptq: damping must be a finite value >= 0, got %g", p->damp);
-        if (p->max_retries < 0) return gq_err(GQ_ERR_ARG, "gptq: max_retries must be >= 0, got %d", p->max_retries);
-    }
+    int rc = gq_gptq_check_params(p, rows, cols, H);
+    if (rc != GQ_OK) return rc;
+    if (p->method == GQ_METHOD_GPTQ && p->block_size > GPTQ_BLK)
+        return gq_err(GQ_ERR_UNSUPPORTED, "gptq on CUDA: block size %d, at most %d supported", p->block_size, GPTQ_BLK);
     return GQ_OK;
 }
 

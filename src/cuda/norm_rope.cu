@@ -72,23 +72,9 @@ int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, in
  * (x[i], x[i + hd/2]) of the token is rotated. */
 static __global__ void rope_kernel(__half *X, int ld, int n_heads, int hd, int pos0, const float *inv_freq) {
     extern __shared__ float cs[]; /* [half] cos, then [half] sin */
-    const int half = hd / 2;
-    const float pos = (float)(pos0 + (int)blockIdx.x);
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float sn, cn;
-        sincosf(pos * inv_freq[i], &sn, &cn);
-        cs[i] = cn;
-        cs[half + i] = sn;
-    }
+    rope_angles(cs, (float)(pos0 + (int)blockIdx.x), inv_freq, hd / 2);
     __syncthreads();
-    __half *x = X + (size_t)blockIdx.x * ld;
-    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
-        int h = idx / half, i = idx - h * half;
-        __half *xh = x + (size_t)h * hd;
-        float x1 = h2f(xh[i]), x2 = h2f(xh[i + half]), cn = cs[i], sn = cs[half + i];
-        xh[i] = f2h(x1 * cn - x2 * sn);
-        xh[i + half] = f2h(x2 * cn + x1 * sn);
-    }
+    rope_rotate(X + (size_t)blockIdx.x * ld, n_heads, hd, cs);
 }
 
 int gq_cuda_set_rope_freqs(gq_backend *be, const float *inv_freq, int half) {
