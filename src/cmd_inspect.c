@@ -57,16 +57,23 @@ int gq_cmd_inspect(int argc, char **argv) {
     if ((rc = gq_st_open(&st, path))) return rc;
     int n = gq_st_count(st);
     int64_t count_by[GQ_DT_COUNT] = {0}, elems_by[GQ_DT_COUNT] = {0};
-    int64_t params = 0, quant_linears = 0;
+    int64_t params = 0, qparams = 0, quant_linears = 0;
     double bytes = 0;
+    const int bits = have_cfg && cfg.has_quant ? cfg.quant.bits : 0;
     for (int i = 0; i < n; i++) {
         const gq_st_tensor *t = gq_st_at(st, i);
         count_by[t->dtype]++;
         elems_by[t->dtype] += t->numel;
         bytes += (double)t->nbytes;
         size_t ln = strlen(t->name);
-        if (ln > 8 && !strcmp(t->name + ln - 8, ".qweight")) quant_linears++;
-        if (t->dtype == GQ_DT_F16 || t->dtype == GQ_DT_BF16 || t->dtype == GQ_DT_F32 || t->dtype == GQ_DT_F64)
+        int is_qw = ln > 8 && !strcmp(t->name + ln - 8, ".qweight");
+        int is_scales = ln > 7 && !strcmp(t->name + ln - 7, ".scales");
+        if (is_qw) {
+            quant_linears++;
+            if (bits && t->ndim == 2) qparams += t->shape[0] * 32 / bits * t->shape[1]; /* K x N weights */
+        }
+        if (!is_scales &&
+            (t->dtype == GQ_DT_F16 || t->dtype == GQ_DT_BF16 || t->dtype == GQ_DT_F32 || t->dtype == GQ_DT_F64))
             params += t->numel;
     }
     printf("%-14s %d\n", "tensors", n);
@@ -74,7 +81,11 @@ int gq_cmd_inspect(int argc, char **argv) {
         if (count_by[d])
             printf("  %-12s %lld tensors, %lld elements\n", gq_dtype_name((gq_dtype)d), (long long)count_by[d],
                    (long long)elems_by[d]);
-    printf("%-14s %lld\n", "float params", (long long)params);
+    if (qparams)
+        printf("%-14s %lld (%lld unquantized + %lld in %d-bit linears)\n", "parameters", (long long)(params + qparams),
+               (long long)params, (long long)qparams, bits);
+    else
+        printf("%-14s %lld\n", "parameters", (long long)params);
     print_bytes("tensor bytes", bytes);
     printf("%-14s %d\n", "files", gq_st_nfiles(st));
     for (int f = 0; f < gq_st_nfiles(st); f++) {
