@@ -14,7 +14,7 @@ void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;
-    o->degenerate_period = 8;
+    o->degenerate_period = 64; /* repeated lines of code are periods of 10-60 tokens */
 }
 
 /* ---- small helpers ------------------------------------------------------------------ */

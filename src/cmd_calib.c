@@ -6,7 +6,7 @@
  *            [--seed 0] [--batch 16] [--device auto] [--field NAME]
  *            [--questions-format auto|jsonl|json|lines|blocks]
  *            [--template raw|chat|STRING] [--resume] [--min-answer-tokens 8]
- *            [--degenerate-period 8] [--threads N]
+ *            [--degenerate-period 64] [--threads N]
  *
  * Settings are printed first, then one progress line per batch; the
  * summary (drops by reason, answer-length statistics) goes to stderr and one
