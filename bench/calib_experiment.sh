@@ -3,7 +3,9 @@
 # on pycoder-30m, on a GPU machine (bench/gpu.sh calib; logs and results in
 # $LOGS). Steps:
 #   1. self-generated calibration set: pycoder-30m answers the HumanEval + MBPP
-#      questions (greedy, up to 512 new tokens)   -> $LOGS/pycoder-30m-selfgen.jsonl.gz
+#      questions (temperature 0.8, top-p 0.95, seed 0, up to 512 new tokens: the
+#      greedy answers of a model this small are nearly all degenerate repetitions)
+#                                                 -> $LOGS/pycoder-30m-selfgen.jsonl.gz
 #   2. model-generated evaluation text: continuations of 300 stdlib function
 #      headers (temperature 0.8, top-p 0.95, seed 1, 256 new tokens)
 #   3. int4 g128 sym GPTQ with (a) the generic corpus, (b) the self-generated
@@ -24,7 +26,8 @@ R="$LOGS/calib_experiment.txt"
 [ -f "$M/config.json" ] || [ "$M" != bench-models/pycoder-30m ] || python3 bench/modelpack.py unpack .m30pack "$M" || exit 1
 t0=$(date +%s)
 $GQ calib --model $M --questions $Q/humaneval-mbpp.jsonl.gz --out "$LOGS/pycoder-30m-selfgen.jsonl.gz" \
-    --max-new-tokens 512 --batch 128 --device $DEV --n $NQ --force > "$LOGS/selfgen.log" 2>&1 || { tail -20 "$LOGS/selfgen.log"; exit 1; }
+    --max-new-tokens 512 --temperature 0.8 --top-p 0.95 --seed 0 --batch 128 --device $DEV --n $NQ --force \
+    > "$LOGS/selfgen.log" 2>&1 || { tail -20 "$LOGS/selfgen.log"; exit 1; }
 echo "selfgen: $(( $(date +%s) - t0 )) s; $(tail -n 6 "$LOGS/selfgen.log" | tr '\n' ' ')" | tee -a "$R"
 $GQ calib --model $M --questions $Q/stdlib-prompts.jsonl --out bench-models/evalgen.jsonl \
     --max-new-tokens 256 --temperature 0.8 --top-p 0.95 --seed 1 --batch 128 --device $DEV --n $NQ --force \
