@@ -161,7 +161,7 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
                 for (size_t k = 0; k < (size_t)S * h; k++) /* uniform, sd 1 */
                     chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
             }
-            CK(gq_be_upload_f32(be, gq_qlayer_x(&q, i), chunk, (size_t)S * h), "upload x");
+            CK(gq_qlayer_set_x(&q, i, chunk), "upload x");
         }
         free(chunk);
     }

@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e gen calib (default: build test layers m30 e2e)
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e gen stream calib (default: build test layers m30 e2e)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
 # named in the device tool's carry); it is unpacked into bench-models/.
@@ -100,6 +100,23 @@ step_gen() {
     run calib_128x512 200 $GQ calib --model $M --questions calib/questions/humaneval-mbpp.jsonl.gz --n 128 --batch 128 \
         --max-new-tokens 512 --device cuda --out bench-models/he128.jsonl --force
     grep -E '^generated' "$LOGS/calib_128x512.log" | tee -a "$SUMMARY"
+}
+
+# activations streamed from host memory (forced): bitwise the resident run, and its cost
+step_stream() {
+    M=bench-models/pycoder-30m
+    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "stream: unpack failed"; return; }
+    [ -f bench-models/q30-sym/config.json ] || run m30_q_sym 300 $GQ quantize --model $M --out bench-models/q30-sym \
+        --calib $CALIB --device cuda --force
+    GQ_STREAM_ACTIVATIONS=1 run m30_q_sym_stream 300 $GQ quantize --model $M --out bench-models/q30-sym-stream \
+        --calib $CALIB --device cuda --force
+    if cmp -s bench-models/q30-sym/model.safetensors bench-models/q30-sym-stream/model.safetensors; then
+        say "  streamed activations: output bitwise equal to the resident run"
+    else
+        say "  streamed activations: OUTPUT DIFFERS from the resident run"
+    fi
+    GQ_STREAM_ACTIVATIONS=1 run layers_7b_stream 240 ./build/bench/bench_layers --shape 7b --layers 3
+    grep -A 5 "^7b on" "$LOGS/layers_7b_stream.log" | tee -a "$SUMMARY"
 }
 
 step_calib() {

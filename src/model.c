@@ -292,6 +292,16 @@ int gq_blayer_upload(gq_backend *be, const gq_config *c, const gq_layer_host *h,
     return rc;
 }
 
+void gq_model_prefetch_layer(const gq_model *m, int layer) {
+    if (layer < 0 || layer >= m->cfg.n_layers) return;
+    char prefix[64];
+    int n = snprintf(prefix, sizeof prefix, "model.layers.%d.", layer);
+    for (int i = 0; i < gq_st_count(m->st); i++) { /* every tensor of the layer, whatever its form */
+        const gq_st_tensor *t = gq_st_at(m->st, i);
+        if (!strncmp(t->name, prefix, (size_t)n)) gq_st_prefetch(m->st, t);
+    }
+}
+
 /* Rows [row0, row0 + rows) of w from tensor `name` ([rows][cols]), raw. */
 static int load_rows(gq_backend *be, const gq_model *m, const char *name, gq_bweight *w, int row0, int rows) {
     const gq_st_tensor *t = gq_st_find(m->st, name);

@@ -1,5 +1,6 @@
 /* pipeline.c -- the layer-by-layer quantization driver (gq/quantize.h). */
 #include <errno.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +138,7 @@ static int embed_calibration(run_t *r) {
             gq_err_prefix("calibration sample %d", i);
             break;
         }
-        rc = gq_be_upload_f32(r->be, gq_qlayer_x(&r->q, i), e, (size_t)T * r->m.cfg.hidden);
+        rc = gq_qlayer_set_x(&r->q, i, e);
     }
     free(e);
     return rc;
@@ -258,6 +259,17 @@ static int check_options(const gq_quant_opts *o, const gq_config *c) {
         for (int j = 0; j < 3; j++)
             if (gq_pack_check(dims[i], dims[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
     return GQ_OK;
+}
+
+typedef struct {
+    const gq_model *m;
+    int layer;
+} prefetch_t;
+
+static void *prefetch_main(void *arg) {
+    const prefetch_t *p = arg;
+    gq_model_prefetch_layer(p->m, p->layer);
+    return NULL;
 }
 
 static int load_calibration(run_t *r) {
@@ -399,6 +411,10 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
     double t_layers = gq_now();
     for (int l = 0; l < stop && !rc; l++) {
+        /* the next layer comes from the disk while this one computes */
+        prefetch_t pf = {&r.m, l + 1};
+        pthread_t th;
+        int have_th = l + 1 < stop && pthread_create(&th, NULL, prefetch_main, &pf) == 0;
         char *lpath = gq_export_layer_path(r.partial, l);
         if (l < layers_done) {
             rc = rtn ? GQ_OK : restore_layer(&r, l, lpath);
@@ -407,6 +423,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
             rc = quantize_layer(&r, l, lpath, fp, rtn);
             if (!rc) progress(&r, l, stop, layers_done, t_layers);
         }
+        if (have_th) pthread_join(th, NULL);
         free(lpath);
     }
     if (rc) goto out;

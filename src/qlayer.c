@@ -6,6 +6,17 @@
 
 #include "gq/export.h"
 
+/* Device memory the rest of a layer's work needs besides the activations:
+ * the stacked fp16 weights twice (the layer and its working copies), the
+ * largest Hessian in fp32 and fp64 with the solve's fp32 copy of the widest
+ * weight, and 512 MiB of scratch. A guess on the safe side. */
+static size_t reserve_bytes(const gq_config *c) {
+    const size_t h = (size_t)c->hidden, I = (size_t)c->intermediate;
+    const size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
+    const size_t w = (q + 2 * kv) * h + h * q + 3 * I * h, kmax = I > h ? I : h;
+    return 2 * 2 * w + 12 * kmax * kmax + 4 * 2 * I * h + ((size_t)512 << 20);
+}
+
 int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq, const int *len) {
     memset(q, 0, sizeof *q);
     q->be = be;
@@ -19,10 +30,33 @@ int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq
         q->n_tokens += len[i];
         if (len[i] > q->T_max) q->T_max = len[i];
     }
-    int nq = cfg->n_heads * cfg->head_dim;
+    const int nq = cfg->n_heads * cfg->head_dim;
+    const size_t xb = gq_be_act_bytes(be, (size_t)q->n_tokens * cfg->hidden);
+    const size_t ab = gq_be_act_bytes(be, (size_t)q->n_tokens * nq);
+    q->cur_x = q->cur_a = -1;
     q->inv_freq = gq_malloc((size_t)cfg->head_dim / 2 * sizeof(float));
-    q->X = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)q->n_tokens * cfg->hidden));
-    q->A = q->X ? gq_be_alloc(be, gq_be_act_bytes(be, (size_t)q->n_tokens * nq)) : NULL;
+    const char *force = getenv("GQ_STREAM_ACTIVATIONS");
+    size_t free_b = gq_be_free_bytes(be);
+    q->stream = (force && *force == '1') || (free_b > 0 && xb + ab + reserve_bytes(cfg) > free_b);
+    if (q->stream) { /* host copies, and device windows for one sequence */
+        char b1[32], b2[32];
+        gq_info("calibration activations (%s) stay in host memory and stream through the device one sequence at "
+                "a time (%s of device memory free)%s",
+                gq_fmt_bytes(b1, sizeof b1, (double)(xb + ab)), gq_fmt_bytes(b2, sizeof b2, (double)free_b),
+                force && *force == '1' ? " (GQ_STREAM_ACTIVATIONS=1)" : "");
+        q->hX = malloc(xb);
+        q->hA = malloc(ab);
+        if (!q->hX || !q->hA) {
+            gq_qlayer_free(q);
+            return gq_err(GQ_ERR_NOMEM, "calibration activations: cannot allocate %s of host memory",
+                          gq_fmt_bytes(b1, sizeof b1, (double)(xb + ab)));
+        }
+        q->X = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)q->T_max * cfg->hidden));
+        q->A = q->X ? gq_be_alloc(be, gq_be_act_bytes(be, (size_t)q->T_max * nq)) : NULL;
+    } else {
+        q->X = gq_be_alloc(be, xb);
+        q->A = q->X ? gq_be_alloc(be, ab) : NULL;
+    }
     if (!q->A) {
         gq_err_prefix("calibration activations (%lld tokens)", (long long)q->n_tokens);
         gq_qlayer_free(q);
@@ -38,23 +72,69 @@ void gq_qlayer_free(gq_qlayer *q) {
     gq_fwd_scratch_free(q->be, &q->s);
     gq_be_release(q->be, q->X);
     gq_be_release(q->be, q->A);
+    free(q->hX);
+    free(q->hA);
     free(q->len);
     free(q->off);
     free(q->inv_freq);
     memset(q, 0, sizeof *q);
 }
 
-void *gq_qlayer_x(gq_qlayer *q, int i) {
-    return (char *)q->X + gq_be_act_bytes(q->be, (size_t)q->off[i] * q->cfg->hidden);
+/* ---- activations: resident on the backend, or host copies streamed through windows ---------- */
+
+static size_t x_bytes(const gq_qlayer *q, int64_t tokens) {
+    return gq_be_act_bytes(q->be, (size_t)tokens * q->cfg->hidden);
+}
+static size_t a_bytes(const gq_qlayer *q, int64_t tokens) {
+    return gq_be_act_bytes(q->be, (size_t)tokens * q->cfg->n_heads * q->cfg->head_dim);
 }
 
-static void *seq_a(gq_qlayer *q, int i) {
-    return (char *)q->A + gq_be_act_bytes(q->be, (size_t)q->off[i] * q->cfg->n_heads * q->cfg->head_dim);
+/* Sequence i's rows of X on the backend (streaming: uploaded into the window
+ * unless already there). NULL on an upload error. */
+static void *x_in(gq_qlayer *q, int i) {
+    if (!q->stream) return (char *)q->X + x_bytes(q, q->off[i]);
+    if (q->cur_x != i) {
+        if (gq_be_upload(q->be, q->X, q->hX + x_bytes(q, q->off[i]), x_bytes(q, q->len[i]))) return NULL;
+        q->cur_x = i;
+    }
+    return q->X;
+}
+/* The window's X rows of sequence i were changed: write them back. */
+static int x_out(gq_qlayer *q, int i) {
+    if (!q->stream) return GQ_OK;
+    GQ_ASSERT(q->cur_x == i);
+    return gq_be_download(q->be, q->hX + x_bytes(q, q->off[i]), q->X, x_bytes(q, q->len[i]));
+}
+/* Sequence i's rows of A: load = 1 to read them, 0 when they are about to be overwritten. */
+static void *a_in(gq_qlayer *q, int i, int load) {
+    if (!q->stream) return (char *)q->A + a_bytes(q, q->off[i]);
+    if (q->cur_a != i) {
+        if (load && gq_be_upload(q->be, q->A, q->hA + a_bytes(q, q->off[i]), a_bytes(q, q->len[i]))) return NULL;
+        q->cur_a = i;
+    }
+    return q->A;
+}
+static int a_out(gq_qlayer *q, int i) {
+    if (!q->stream) return GQ_OK;
+    GQ_ASSERT(q->cur_a == i);
+    return gq_be_download(q->be, q->hA + a_bytes(q, q->off[i]), q->A, a_bytes(q, q->len[i]));
+}
+
+int gq_qlayer_set_x(gq_qlayer *q, int i, const float *src) {
+    if (!q->stream) return gq_be_upload_f32(q->be, x_in(q, i), src, (size_t)q->len[i] * q->cfg->hidden);
+    q->cur_x = i; /* the window's content is replaced */
+    int rc = gq_be_upload_f32(q->be, q->X, src, (size_t)q->len[i] * q->cfg->hidden);
+    return rc ? rc : x_out(q, i);
+}
+
+int gq_qlayer_get_x(gq_qlayer *q, int i, float *dst) {
+    void *x = x_in(q, i);
+    if (!x) return gq_errcode();
+    return gq_be_download_f32(q->be, dst, x, (size_t)q->len[i] * q->cfg->hidden);
 }
 
 size_t gq_qlayer_bytes(const gq_qlayer *q) {
-    const gq_config *c = q->cfg;
-    return gq_be_act_bytes(q->be, (size_t)q->n_tokens * (c->hidden + c->n_heads * c->head_dim));
+    return x_bytes(q, q->n_tokens) + a_bytes(q, q->n_tokens);
 }
 
 static const gq_bweight *bias(const gq_bweight *b) {
@@ -129,8 +209,10 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     if (!res) { /* a restored layer: the decoder forward, the same operations as the stages below */
         double t0 = gq_now();
         for (int i = 0; i < q->n_seq && !rc; i++) {
+            void *x = x_in(q, i);
             gq_rope_inv_freq(c, q->len[i], q->inv_freq);
-            rc = gq_fwd_layer(be, c, bl, gq_qlayer_x(q, i), q->len[i], q->inv_freq, s);
+            rc = x ? gq_fwd_layer(be, c, bl, x, q->len[i], q->inv_freq, s) : gq_errcode();
+            if (!rc) rc = x_out(q, i);
         }
         if (!rc) rc = gq_be_sync(be);
         q->t_stages += gq_now() - t0;
@@ -142,7 +224,8 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     const int qkv_rows[3] = {nq, nkv, nkv};
     rc = stage_begin(&st, hid);
     for (int i = 0; i < q->n_seq && !rc; i++) {
-        rc = gq_be_rmsnorm(be, s->xn, hid, gq_qlayer_x(q, i), hid, q->len[i], hid, &bl->ln1, c->rms_eps);
+        void *x = x_in(q, i);
+        rc = x ? gq_be_rmsnorm(be, s->xn, hid, x, hid, q->len[i], hid, &bl->ln1, c->rms_eps) : gq_errcode();
         if (!rc) rc = hess(&st, s->xn, hid, q->len[i], hid);
     }
     if ((rc = stage_end(&st, rc, p, &bl->qkv, "self_attn.q_proj/k_proj/v_proj", 3, qkv_ids, qkv_rows, res))) return rc;
@@ -154,9 +237,9 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
         char *qkv = s->qkv;
-        void *a = seq_a(q, i);
+        void *x = x_in(q, i), *a = a_in(q, i, 0);
         gq_rope_inv_freq(c, T, q->inv_freq);
-        rc = gq_be_rmsnorm(be, s->xn, hid, gq_qlayer_x(q, i), hid, T, hid, &bl->ln1, c->rms_eps);
+        rc = x && a ? gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln1, c->rms_eps) : gq_errcode();
         if (!rc) rc = gq_be_linear(be, qkv, ldqkv, s->xn, hid, T, &bl->qkv, bias(&bl->b_qkv), 0);
         if (!rc) rc = gq_be_rope(be, qkv, ldqkv, T, c->n_heads, c->head_dim, 0, q->inv_freq);
         if (!rc) rc = gq_be_rope(be, qkv + k_off, ldqkv, T, c->n_kv_heads, c->head_dim, 0, q->inv_freq);
@@ -164,6 +247,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
             rc = gq_be_attention(be, a, nq, qkv, ldqkv, qkv + k_off, ldqkv, qkv + v_off, ldqkv, T, T, c->n_heads,
                                  c->n_kv_heads, c->head_dim);
         if (!rc) rc = hess(&st, a, nq, T, nq);
+        if (!rc) rc = a_out(q, i);
     }
     if ((rc = stage_end(&st, rc, p, &bl->o, "self_attn.o_proj", 1, o_id, o_rows, res))) return rc;
 
@@ -173,8 +257,9 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     rc = stage_begin(&st, hid);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
-        void *x = gq_qlayer_x(q, i);
-        rc = gq_be_linear(be, x, hid, seq_a(q, i), nq, T, &bl->o, bias(&bl->b_o), 1);
+        void *a = a_in(q, i, 1), *x = a ? x_in(q, i) : NULL;
+        rc = x ? gq_be_linear(be, x, hid, a, nq, T, &bl->o, bias(&bl->b_o), 1) : gq_errcode();
+        if (!rc) rc = x_out(q, i);
         if (!rc) rc = gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps);
         if (!rc) rc = hess(&st, s->xn, hid, T, hid);
     }
@@ -186,7 +271,8 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     rc = stage_begin(&st, I);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
-        rc = gq_be_rmsnorm(be, s->xn, hid, gq_qlayer_x(q, i), hid, T, hid, &bl->ln2, c->rms_eps);
+        void *x = x_in(q, i);
+        rc = x ? gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps) : gq_errcode();
         if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bias(&bl->b_gu), 0);
         if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
         if (!rc) rc = hess(&st, s->act, I, T, I);
@@ -197,11 +283,12 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     double t0 = gq_now();
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
-        void *x = gq_qlayer_x(q, i);
-        rc = gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps);
+        void *x = x_in(q, i);
+        rc = x ? gq_be_rmsnorm(be, s->xn, hid, x, hid, T, hid, &bl->ln2, c->rms_eps) : gq_errcode();
         if (!rc) rc = gq_be_linear(be, s->gu, 2 * I, s->xn, hid, T, &bl->gu, bias(&bl->b_gu), 0);
         if (!rc) rc = gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I);
         if (!rc) rc = gq_be_linear(be, x, hid, s->act, I, T, &bl->down, bias(&bl->b_down), 1);
+        if (!rc) rc = x_out(q, i);
     }
     if (!rc) rc = gq_be_sync(be);
     q->t_stages += gq_now() - t0;

@@ -666,6 +666,19 @@ void gq_st_release(const gq_st *st, const gq_st_tensor *t) {
     (void)madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+void gq_st_prefetch(const gq_st *st, const gq_st_tensor *t) {
+    if (!st || !t || t->nbytes == 0) return;
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = (uintptr_t)t->data & ~((uintptr_t)pg - 1);
+    uintptr_t b = ((uintptr_t)t->data + t->nbytes + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    (void)madvise((void *)a, b - a, MADV_WILLNEED);
+    /* touch every page: the reads happen here, on the caller's thread */
+    volatile unsigned char sink = 0;
+    for (uintptr_t p = a; p < b; p += (uintptr_t)pg) sink ^= *(const volatile unsigned char *)p;
+    (void)sink;
+}
+
 int gq_st_check_shape(const gq_st *st, const gq_st_tensor *t, int ndim, const int64_t *dims) {
     GQ_ASSERT(st && t && t->file >= 0 && t->file < st->nfiles);
     if (ndim < 0) return GQ_OK;

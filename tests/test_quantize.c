@@ -468,6 +468,17 @@ static void test_resume(const char *tmp) {
     gq_quant_report_free(&rep);
     char *a = gq_path_join(full, "model.safetensors"), *b = gq_path_join(res, "model.safetensors");
     TEST_CHECK(files_equal(a, b), "resumed output is bitwise the uninterrupted one");
+    /* activations kept on the host and streamed through the backend one sequence at a time
+     * (what a GPU too small for them gets): the same operations, so bitwise the same output */
+    char *st = gq_path_join(tmp, "r-stream"), *c = gq_path_join(st, "model.safetensors");
+    setenv("GQ_STREAM_ACTIVATIONS", "1", 1);
+    o.out_dir = st;
+    o.resume = 0;
+    TEST_OK(gq_quantize_run(&o, &rep), "run with streamed activations");
+    unsetenv("GQ_STREAM_ACTIVATIONS");
+    gq_quant_report_free(&rep);
+    TEST_CHECK(files_equal(a, c), "streamed activations give bitwise the resident run's output");
+    free(st), free(c);
     TEST_CHECK(!gq_path_exists(partial), "partial directory removed after success");
     free(a), free(b);
     /* a new run without --resume drops an old partial directory */

@@ -55,6 +55,10 @@ void gq_layer_host_free(gq_layer_host *h);
 /* Load one linear of a layer ([out][in] f32, newly allocated) */
 int gq_model_load_linear(const gq_model *m, int layer, gq_linear_id id, float **w, int *rows, int *cols);
 
+/* Read every tensor of `layer` from the file into memory (page cache), for a
+ * helper thread to run while the previous layer computes. Never fails. */
+void gq_model_prefetch_layer(const gq_model *m, int layer);
+
 /* Embedding rows for ids[0..n) into out[n][hidden]; ids are range-checked. */
 int gq_model_embed(const gq_model *m, const int32_t *ids, int n, float *out);
 /* Final norm [hidden] and lm_head [vocab][hidden] (the embedding when tied). */

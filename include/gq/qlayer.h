@@ -40,8 +40,15 @@ typedef struct {
     int64_t *off;     /* [n_seq] first token of each sequence */
     int64_t n_tokens;
     int T_max;
-    void *X;          /* [n_tokens][hidden] layer inputs, replaced by the outputs */
-    void *A;          /* [n_tokens][n_heads * head_dim] attention outputs */
+    /* resident (the default): X [n_tokens][hidden] layer inputs, replaced by
+     * the outputs, and A [n_tokens][n_heads * head_dim] attention outputs,
+     * on the backend. Streaming (when they do not fit the device, or
+     * GQ_STREAM_ACTIVATIONS=1): hX / hA hold them in host memory (in the
+     * backend's activation dtype) and X / A are windows of T_max rows that
+     * each sequence passes through; cur_x / cur_a say whose rows they hold. */
+    void *X, *A;
+    unsigned char *hX, *hA;
+    int stream, cur_x, cur_a;
     gq_fwd_scratch s; /* per-sequence scratch */
     float *inv_freq;  /* [head_dim / 2] */
     /* cumulative seconds (device work synchronised at stage ends) */
@@ -50,13 +57,15 @@ typedef struct {
     double t_solve;
 } gq_qlayer;
 
-/* Allocate the activation buffers on `be` for n_seq sequences of len[i]
- * tokens (contents undefined: fill X with gq_qlayer_x + uploads). */
+/* Allocate the activation buffers for n_seq sequences of len[i] tokens, on
+ * `be` when they fit (with room for a layer's work), else in host memory
+ * (logged). Contents undefined: fill them with gq_qlayer_set_x. */
 int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq, const int *len);
 void gq_qlayer_free(gq_qlayer *q);
-/* Device pointer to the first row of sequence i in X. */
-void *gq_qlayer_x(gq_qlayer *q, int i);
-/* Bytes of activation memory the buffers take on the backend. */
+/* Sequence i's layer input from f32 host rows [len[i]][hidden]; and back. */
+int gq_qlayer_set_x(gq_qlayer *q, int i, const float *src);
+int gq_qlayer_get_x(gq_qlayer *q, int i, float *dst);
+/* Bytes of activation memory (on the backend, or on the host when streaming). */
 size_t gq_qlayer_bytes(const gq_qlayer *q);
 
 /* Quantize (res != NULL: res[GQ_LIN_COUNT], one result per linear, each

@@ -80,6 +80,11 @@ int gq_st_read_f32(const gq_st *st, const gq_st_tensor *t, float *dst);
  * streaming a big checkpoint layer by layer). Harmless if it fails. */
 void gq_st_release(const gq_st *st, const gq_st_tensor *t);
 
+/* Read t's pages into memory now (madvise WILLNEED, then one read per page):
+ * run on a helper thread, it loads the next layer while the current one
+ * computes. */
+void gq_st_prefetch(const gq_st *st, const gq_st_tensor *t);
+
 /* Check a tensor's shape (not its dtype: see t->dtype); error names file +
  * tensor and says "expected shape [a, b], got [c, d]". Pass ndim and dims;
  * ndim -1 = any shape, dims[i] -1 = any size (printed as "*"). */
