@@ -15,6 +15,7 @@
 #ifndef GQ_TEST_H
 #define GQ_TEST_H
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,36 @@ static inline const char *gq_test_tmpdir(const char *tag) {
     gq_rmtree(buf);
     gq_mkdirs(buf);
     return buf;
+}
+
+/* A JSON file (a check fails, and NULL, when it cannot be read or parsed). */
+static inline json_t *test_load_json(const char *path) {
+    char *text;
+    size_t len;
+    if (gq_read_file(path, &text, &len)) {
+        TEST_CHECK(0, "cannot read %s: %s", path, gq_errmsg());
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loads(text, 0, &je);
+    free(text);
+    TEST_CHECK(j != NULL, "%s parses: %s", path, je.text);
+    return j;
+}
+
+/* ---- random data (splitmix64): reproducible, seeded by test_rng_state --------------------- */
+
+static uint64_t test_rng_state = 0x9E3779B97F4A7C15ull;
+static inline uint64_t test_rng_next(void) {
+    uint64_t z = (test_rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline double test_rng_unif(void) { return (double)(test_rng_next() >> 11) * 0x1.0p-53; } /* [0, 1) */
+static inline float test_rng_normal(void) { /* N(0, 1), Box-Muller */
+    double u1 = test_rng_unif(), u2 = test_rng_unif();
+    return (float)(sqrt(-2.0 * log(u1 + 1e-300)) * cos(6.283185307179586 * u2));
 }
 
 #endif /* GQ_TEST_H */

@@ -271,7 +271,7 @@ static void check_readback(const char *out, int nrec) {
 
 static void check_chat(void) {
     TEST_BEGIN("chat template run");
-    json_t *pd = load_json_file(gq_test_data("gen/prompts-pycoder.json"));
+    json_t *pd = test_load_json(gq_test_data("gen/prompts-pycoder.json"));
     if (!pd) return;
     const char *tpl = json_string_value(json_object_get(json_object_get(pd, "templates"), "llama-2-chat"));
     char dir[700], q[700], out[700];
@@ -342,7 +342,7 @@ static void check_binary(void) {
 int main(void) {
     gq_log_set_level(GQ_LOG_WARN);
     snprintf(tmp, sizeof tmp, "%s", gq_test_tmpdir("calibe2e"));
-    golden = load_json_file(gq_test_data("gen/greedy-pycoder-5m.json"));
+    golden = test_load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
     if (!golden) return TEST_REPORT();
     const char *q = write_questions();
     gq_calib_gen_opts o;

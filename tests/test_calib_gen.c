@@ -134,7 +134,7 @@ static int ids_equal(const gq_ids *a, json_t *want) {
 
 static void check_prompts(void) {
     TEST_BEGIN("prompt templates");
-    json_t *doc = load_json_file(gq_test_data("gen/prompts-pycoder.json"));
+    json_t *doc = test_load_json(gq_test_data("gen/prompts-pycoder.json"));
     gq_tokenizer *tok;
     if (!doc || gq_tok_load(&tok, gq_test_data("pycoder-5m"))) {
         TEST_CHECK(0, "fixture / tokenizer: %s", gq_errmsg());

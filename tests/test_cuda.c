@@ -79,18 +79,9 @@ static void set_op(const char *op) {
 
 /* ---- random data --------------------------------------------------------------------------------- */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rng_next(void) { /* splitmix64 */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static double rng_unif(void) { return (double)(rng_next() >> 11) * 0x1.0p-53; }
-static float rng_normal(void) {
-    double u1 = rng_unif(), u2 = rng_unif();
-    return (float)(sqrt(-2.0 * log(u1 + 1e-300)) * cos(6.283185307179586 * u2));
-}
+#define rng_next test_rng_next
+#define rng_unif test_rng_unif
+#define rng_normal test_rng_normal
 /* n fp16-representable floats ~ N(0, sd^2) */
 static float *rand_h(size_t n, float sd) {
     float *v = gq_malloc(n * sizeof(float));

@@ -57,18 +57,5 @@ static const char *chat_model_dir(const char *tpl) {
     return dir;
 }
 
-static json_t *load_json_file(const char *path) {
-    char *text;
-    size_t len;
-    if (gq_read_file(path, &text, &len)) {
-        TEST_CHECK(0, "cannot read %s: %s", path, gq_errmsg());
-        return NULL;
-    }
-    json_error_t je;
-    json_t *j = json_loads(text, 0, &je);
-    free(text);
-    TEST_CHECK(j != NULL, "%s parses: %s", path, je.text);
-    return j;
-}
 
 #endif /* GQ_TEST_GEN_UTIL_H */

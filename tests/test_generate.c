@@ -27,19 +27,6 @@ typedef struct {
     json_t *top; /* top_logits array */
 } gcase;
 
-static json_t *load_json(const char *path) {
-    char *text;
-    size_t len;
-    if (gq_read_file(path, &text, &len)) {
-        TEST_CHECK(0, "cannot read %s: %s", path, gq_errmsg());
-        return NULL;
-    }
-    json_error_t je;
-    json_t *j = json_loads(text, 0, &je);
-    free(text);
-    TEST_CHECK(j != NULL, "%s parses: %s", path, je.text);
-    return j;
-}
 
 /* Cases of a greedy golden file: the prompt ids and the expected new ids
  * (the eos included when transformers stopped at it). */
@@ -168,7 +155,7 @@ static int full_forward(const gq_model *m, gq_backend *be, const int32_t *ids, i
 
 static void check_greedy(const gq_model *m, gq_backend *be, const char *golden, const char *name) {
     TEST_BEGIN("greedy vs transformers");
-    json_t *doc = load_json(golden);
+    json_t *doc = test_load_json(golden);
     if (!doc) return;
     gcase cs[8];
     int n = load_cases(doc, cs, 8);
@@ -208,7 +195,7 @@ static void check_greedy(const gq_model *m, gq_backend *be, const char *golden, 
 /* Logits after prefill and after the decode steps vs transformers' top-8. */
 static void check_logits_vs_hf(const gq_model *m, gq_backend *be) {
     TEST_BEGIN("logits vs transformers");
-    json_t *doc = load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
+    json_t *doc = test_load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
     if (!doc) return;
     gcase cs[8];
     int n = load_cases(doc, cs, 8);
@@ -266,7 +253,7 @@ static void check_logits_vs_hf(const gq_model *m, gq_backend *be) {
  * error (wrong position, stale cache row) is O(1). */
 static void check_kv_cache(const gq_model *m, gq_backend *be) {
     TEST_BEGIN("kv cache vs full forward");
-    json_t *doc = load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
+    json_t *doc = test_load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
     if (!doc) return;
     gcase cs[8];
     int n = load_cases(doc, cs, 8);
@@ -331,7 +318,7 @@ static void check_kv_cache(const gq_model *m, gq_backend *be) {
 /* Kept sets of the warpers vs transformers', and draw frequencies. */
 static void check_sampler(void) {
     TEST_BEGIN("sampler");
-    json_t *doc = load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
+    json_t *doc = test_load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
     if (!doc) return;
     json_t *ws = json_object_get(doc, "warpers"), *w;
     size_t i;
@@ -414,7 +401,7 @@ static void check_sampler(void) {
 /* Seeded sampling on the model: reproducible across batch sizes. */
 static void check_seeded(const gq_model *m, gq_backend *be) {
     TEST_BEGIN("seeded sampling");
-    json_t *doc = load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
+    json_t *doc = test_load_json(gq_test_data("gen/greedy-pycoder-5m.json"));
     if (!doc) return;
     gcase cs[8];
     int n = load_cases(doc, cs, 8);

@@ -178,8 +178,7 @@ static int unpack4(const gq_st *st, const char *prefix, int rows, int cols, int 
 
 static json_t *load_json(const char *dir, const char *name) {
     char *p = gq_path_join(dir, name);
-    json_error_t je;
-    json_t *j = json_load_file(p, 0, &je);
+    json_t *j = test_load_json(p);
     free(p);
     return j;
 }
