@@ -123,6 +123,20 @@ static inline json_t *test_load_json(const char *path) {
     return j;
 }
 
+/* FNV-1a (64-bit) of token ids, each as 4 little-endian bytes: the form of the goldens'
+ * hashes (tests/ref/gen_tokenizer.py, gen_calib.py). */
+static inline uint64_t test_fnv1a64(const int32_t *ids, size_t n) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)ids[i];
+        for (int k = 0; k < 4; k++) {
+            h ^= (v >> (8 * k)) & 0xFF;
+            h *= 0x100000001B3ull;
+        }
+    }
+    return h;
+}
+
 /* ---- random data (splitmix64): reproducible, seeded by test_rng_state --------------------- */
 
 static uint64_t test_rng_state = 0x9E3779B97F4A7C15ull;

@@ -15,17 +15,6 @@
 
 #define SITE "calib/python-sitepackages.jsonl"
 
-static uint64_t fnv1a64(const int32_t *ids, size_t n) {
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)ids[i];
-        for (int k = 0; k < 4; k++) {
-            h ^= (v >> (8 * k)) & 0xFF;
-            h *= 0x100000001B3ull;
-        }
-    }
-    return h;
-}
 
 static void write_text(const char *path, const char *s) {
     FILE *f = fopen(path, "wb");
@@ -59,7 +48,7 @@ static void test_sitepackages(const gq_tokenizer *tok, gq_calib_set *keep) {
     for (int i = 0; g && i < s.n && i < 128; i++) {
         char hex[20];
         lens_ok &= s.len[i] == 2048;
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fnv1a64(s.seq[i], 2048));
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)test_fnv1a64(s.seq[i], 2048));
         const char *want = json_string_value(json_array_get(json_object_get(g, "window_fnv1a64"), (size_t)i));
         if (want && !strcmp(hex, want)) same++;
         else fprintf(stderr, "  window %d: hash %s, HF %s\n", i, hex, want ? want : "?");

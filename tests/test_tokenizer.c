@@ -200,17 +200,6 @@ static int32_t *read_ids_gz(const char *path, size_t *n) {
     return (int32_t *)buf; /* little-endian int32, as this machine */
 }
 
-static uint64_t fnv1a64(const int32_t *ids, size_t n) {
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)ids[i];
-        for (int k = 0; k < 4; k++) {
-            h ^= (v >> (8 * k)) & 0xFF;
-            h *= 0x100000001B3ull;
-        }
-    }
-    return h;
-}
 
 static void test_stdlib_pycoder(const char *text, size_t len) {
     gq_tokenizer *tok = NULL;
@@ -257,7 +246,7 @@ static void test_stdlib_hashes(const char *text, size_t len) {
         gq_tok_encode(tok, text, len, 0, &got);
         double dt = gq_now() - t0;
         char hex[32];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fnv1a64(got.v, got.n));
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)test_fnv1a64(got.v, got.n));
         long long cnt = json_integer_value(json_object_get(e, "count"));
         json_t *first = json_object_get(e, "first");
         int first_ok = 1;
