@@ -5,7 +5,8 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 e2e gen stream calib (default: build test layers m30 e2e)
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 m30f32 e2e gen stream calib
+#                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
 # named in the device tool's carry); it is unpacked into bench-models/.
@@ -45,12 +46,15 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda || { tail -n 60 "$LOGS/build.log"; exit 1; }
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq ||
+        { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
 step_test() {
     run test_cuda 300 ./build/tests/test_cuda
-    grep -E '^(FAIL|SKIP)|RESULT|codes equal|rel err|ppl |timing' "$LOGS/test_cuda.log" | head -n 80
+    grep -E '^(FAIL|SKIP)|RESULT|rel err|ppl |timing' "$LOGS/test_cuda.log" | head -n 80
+    run test_cuda_gptq 300 ./build/tests/test_cuda_gptq
+    grep -E '^(FAIL|SKIP)|RESULT|codes equal' "$LOGS/test_cuda_gptq.log" | head -n 80
 }
 
 step_unit() {
@@ -67,19 +71,24 @@ step_layers() {
 
 step_m30() {
     M=bench-models/pycoder-30m
+    P=${PREC:-auto}
+    S=$([ "$P" = auto ] || echo "_$P")
     [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "m30: unpack failed"; return; }
-    run m30_fp16_ppl_cuda 120 $GQ ppl --model $M --text $TEXT --device cuda
-    say "  fp16 ppl (cuda): $(ppl_of m30_fp16_ppl_cuda)   [transformers fp16: 8.7891]"
+    run m30_fp16_ppl_cuda$S 120 $GQ ppl --model $M --text $TEXT --device cuda --precision $P
+    say "  fp16 ppl (cuda, precision $P): $(ppl_of m30_fp16_ppl_cuda$S)   [transformers fp16: 8.7891]"
     for cfg in "sym:" "asym:--asym" "asym_ao_sg:--asym --act-order --static-groups" "int3_asym:--asym --bits 3" \
-        "rtn_sym:--method rtn" "rtn_asym:--method rtn --asym"; do
-        name=${cfg%%:*}
+        "rtn_sym:--method rtn" "rtn_asym:--method rtn --asym" "asym_ao:--asym --act-order"; do
+        name=${cfg%%:*}$S
         opts=${cfg#*:}
-        run "m30_q_$name" 300 $GQ quantize --model $M --out "bench-models/q30-$name" --calib $CALIB --device cuda --force $opts
+        run "m30_q_$name" 300 $GQ quantize --model $M --out "bench-models/q30-$name" --calib $CALIB --device cuda \
+            --precision $P --force $opts
         grep -E '^done in' "$LOGS/m30_q_$name.log" | tee -a "$SUMMARY"
-        run "m30_ppl_$name" 120 $GQ ppl --model "bench-models/q30-$name" --text $TEXT --device cuda
+        run "m30_ppl_$name" 120 $GQ ppl --model "bench-models/q30-$name" --text $TEXT --device cuda --precision $P
         say "  $name: ppl $(ppl_of m30_ppl_$name)"
     done
 }
+
+step_m30f32() { PREC=fp32 step_m30; }
 
 step_e2e() {
     S=bench-models/synth-7b

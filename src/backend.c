@@ -163,6 +163,25 @@ int gq_backend_is_gpu(const gq_backend *be) {
 gq_dtype gq_backend_act_dtype(const gq_backend *be) {
     return be->act_dtype;
 }
+int gq_backend_set_precision(gq_backend *be, const char *precision) {
+    gq_dtype want;
+    if (!precision || !strcmp(precision, "auto")) return GQ_OK;
+    if (!strcmp(precision, "fp16"))
+        want = GQ_DT_F16;
+    else if (!strcmp(precision, "fp32"))
+        want = GQ_DT_F32;
+    else
+        return gq_err(GQ_ERR_ARG, "precision '%s': expected auto, fp16 or fp32", precision);
+    if (want == be->act_dtype) return GQ_OK;
+    if (!be->is_gpu) /* the CPU backend has one arithmetic */
+        return gq_err(GQ_ERR_UNSUPPORTED, "precision %s: the CPU backend computes in fp32 only", precision);
+    be->act_dtype = want;
+    gq_info("precision: %s (%s)", precision,
+            want == GQ_DT_F32 ? "fp32 activations and weights, fp32 GEMMs without TF32: the CPU backend's arithmetic"
+                              : "fp16 activations and weights, fp32 accumulation");
+    return GQ_OK;
+}
+
 size_t gq_be_peak_bytes(const gq_backend *be) {
     return be->peak_bytes;
 }
@@ -246,7 +265,7 @@ int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_d
 int gq_be_weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols) {
     memset(w, 0, sizeof *w);
     if (rows <= 0 || cols <= 0) return gq_err(GQ_ERR_ARG, "weight alloc: shape [%d, %d] must be positive", rows, cols);
-    gq_dtype dt = be->is_gpu ? GQ_DT_F16 : GQ_DT_F32; /* what each backend's weight_upload makes */
+    gq_dtype dt = be->act_dtype; /* what each backend's weight_upload makes */
     w->data = gq_be_alloc(be, (size_t)rows * cols * gq_dtype_size(dt));
     if (!w->data) return gq_errcode() ? gq_errcode() : GQ_ERR_NOMEM;
     w->rows = rows;

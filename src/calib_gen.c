@@ -11,6 +11,7 @@ void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     gq_gen_sampling_default(&o->sampling);
     o->batch = 16;
     o->device = "auto";
+    o->precision = "auto";
     o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;
@@ -427,6 +428,7 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
         } else {
             if (gq_tok_eos(tok) >= 0) go.eos_ids[go.n_eos++] = gq_tok_eos(tok);
             rc = gq_backend_init(&be, o->device);
+            if (rc == GQ_OK) rc = gq_backend_set_precision(be, o->precision);
             if (!rc) rc = gq_gen_init(&g, &m, be, &go);
         }
         if (!rc) {

@@ -41,6 +41,7 @@ int gq_cmd_calib(int argc, char **argv) {
         {"batch", GQ_OPT_INT, &o.batch, "sequences decoded together; records written (and fsynced) per batch", NULL, 0,
          0},
         {"device", GQ_OPT_STR, &o.device, "auto, cpu, cuda or cuda:N", NULL, 0, 0},
+        {"precision", GQ_OPT_STR, &o.precision, "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)", "auto|fp16|fp32", 0, 0},
         {"field", GQ_OPT_STR, &o.field,
          "question field of JSON objects (default: prompt, question, instruction or text)", NULL, 0, 0},
         {"input-field", GQ_OPT_STR, &o.input_field,

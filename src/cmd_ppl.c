@@ -2,7 +2,7 @@
  * cmd_ppl.c -- `gq ppl`: perplexity of a model on a text file.
  *
  *   gq ppl --model DIR --text FILE [--seqlen 2048] [--max-windows N]
- *          [--device cpu|cuda[:N]|auto] [--threads N]
+ *          [--device cpu|cuda[:N]|auto] [--precision auto|fp16|fp32] [--threads N]
  *
  * One option table drives parsing, defaults and --help. Progress goes to
  * stderr; the result is one grep-friendly line on stdout:
@@ -16,7 +16,7 @@
 #include "gq/ppl.h"
 
 int gq_cmd_ppl(int argc, char **argv) {
-    const char *model = NULL, *text_path = NULL, *device = "auto";
+    const char *model = NULL, *text_path = NULL, *device = "auto", *precision = "auto";
     int threads = 0;
     gq_ppl_opts po;
     gq_ppl_opts_default(&po);
@@ -26,6 +26,7 @@ int gq_cmd_ppl(int argc, char **argv) {
         {"seqlen", GQ_OPT_INT, &po.seqlen, "window length in tokens", NULL, 0, 0},
         {"max-windows", GQ_OPT_INT, &po.max_windows, "evaluate at most N windows (0 = all)", NULL, 0, 0},
         {"device", GQ_OPT_STR, &device, "cpu, cuda, cuda:N, or auto (CUDA if present)", NULL, 0, 0},
+        {"precision", GQ_OPT_STR, &precision, "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)", "auto|fp16|fp32", 0, 0},
         {"threads", GQ_OPT_INT, &threads, "CPU threads (0 = all cores)", NULL, 0, 0},
     };
     const int n = (int)(sizeof opts / sizeof *opts);
@@ -55,6 +56,7 @@ int gq_cmd_ppl(int argc, char **argv) {
     gq_info("model: %s", summary);
     if ((rc = gq_tok_load(&tok, model)) != GQ_OK) goto done;
     if ((rc = gq_backend_init(&be, device)) != GQ_OK) goto done;
+    if ((rc = gq_backend_set_precision(be, precision)) != GQ_OK) goto done;
     gq_ppl_result r;
     rc = gq_ppl_text(&m, be, tok, text, len, text_path, &po, &r);
     if (rc == GQ_OK) {

@@ -43,7 +43,7 @@ int gq_export_layer_file(const char *path, const gq_model *m, int layer, const g
     memset(pk, 0, sizeof pk);
     for (int k = 0; k < GQ_LIN_COUNT && !rc; k++) {
         const gq_qresult *r = &res[k];
-        rc = gq_pack(r, bits, v2, &pk[k]);
+        rc = gq_pack(r, bits, v2, &pk[k]); /* copies r->qweight where the CUDA solve packed it */
         if (rc) {
             gq_err_prefix("layer %d %s", layer, gq_linear_names[k]);
             break;

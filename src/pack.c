@@ -40,11 +40,9 @@ static inline uint32_t get_bits(const uint32_t *words, size_t stride, int64_t i,
 
 /* ---- shape checks -------------------------------------------------------------- */
 
-static int bits_ok(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
-
 int gq_pack_check(int rows, int cols, int bits) {
-    if (!bits_ok(bits)) return gq_err(GQ_ERR_UNSUPPORTED, "pack: bits must be 2, 3, 4 or 8, got %d", bits);
-    int mult = bits == 3 ? 32 : 32 / bits;
+    const int mult = gq_pack_multiple(bits);
+    if (!mult) return gq_err(GQ_ERR_UNSUPPORTED, "pack: bits must be 2, 3, 4 or 8, got %d", bits);
     if (rows <= 0 || cols <= 0)
         return gq_err(GQ_ERR_UNSUPPORTED, "pack: expected a non-empty weight, got %d x %d", rows, cols);
     if (cols % mult != 0)
@@ -119,16 +117,21 @@ int gq_pack(const gq_qresult *r, int bits, int v2, gq_packed *out) {
     out->cols = K;
     out->ngroups = G;
     out->v2 = v2 ? 1 : 0;
-    out->qweight = gq_calloc((size_t)qw_rows * N, sizeof(int32_t)); /* [qw_rows][N] */
+    out->qweight = gq_calloc((size_t)qw_rows * N, sizeof(int32_t)); /* [qw_rows][N], zeroed for put_bits */
     out->qzeros = gq_calloc((size_t)G * qz_cols, sizeof(int32_t));  /* [G][qz_cols] */
     out->scales = gq_malloc((size_t)G * N * sizeof(uint16_t));       /* [G][N] */
     out->g_idx = gq_malloc((size_t)K * sizeof(int32_t));             /* [K] */
 
-    uint32_t *qw = (uint32_t *)out->qweight;
+    if (r->qweight && r->qweight_bits == bits) {
+        /* packed already (the CUDA solve): the same [qw_rows][N] words */
+        memcpy(out->qweight, r->qweight, (size_t)qw_rows * N * sizeof(int32_t));
+    } else {
+        uint32_t *qw = (uint32_t *)out->qweight;
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const uint8_t *q = r->codes + (size_t)n * K;
-        for (int k = 0; k < K; k++) put_bits(qw + n, (size_t)N, k, bits, q[k]);
+        for (int n = 0; n < N; n++) {
+            const uint8_t *q = r->codes + (size_t)n * K;
+            for (int k = 0; k < K; k++) put_bits(qw + n, (size_t)N, k, bits, q[k]);
+        }
     }
     uint32_t *qz = (uint32_t *)out->qzeros;
     const int32_t off = v2 ? 0 : 1;

@@ -18,6 +18,7 @@ void gq_quant_opts_default(gq_quant_opts *o) {
     memset(o, 0, sizeof *o);
     gq_gptq_params_default(&o->gptq);
     o->device = "auto";
+    o->precision = "auto";
     o->nsamples = 128;
     o->seqlen = 2048;
     o->windowing = GQ_WIN_AUTO;
@@ -165,6 +166,7 @@ static void print_settings(const gq_quant_opts *o) {
     gq_info("  %-16s %s", "format", o->v2 ? "gptq_v2 (true zeros)" : "gptq (AutoGPTQ v1)");
     gq_info("  %-16s %s", "order", "true-sequential [q,k,v] -> [o] -> [gate,up] -> [down]");
     gq_info("  %-16s %s", "device", o->device ? o->device : "auto");
+    gq_info("  %-16s %s", "precision", o->precision ? o->precision : "auto");
     gq_info("  %-16s %d", "threads", gq_get_threads());
     gq_info("  %-16s %s", "resume", o->resume ? "yes" : "no");
 }
@@ -399,6 +401,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     }
     if ((rc = prepare_output(&r, &layers_done, &fp))) goto out;
     if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
+    if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
     if (!rtn) {
         if ((rc = alloc_buffers(&r))) goto out;
         double t0 = gq_now();

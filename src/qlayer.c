@@ -7,14 +7,14 @@
 #include "gq/export.h"
 
 /* Device memory the rest of a layer's work needs besides the activations:
- * the stacked fp16 weights twice (the layer and its working copies), the
+ * the stacked weights (in the activation dtype) twice (the layer and its working copies), the
  * largest Hessian in fp32 and fp64 with the solve's fp32 copy of the widest
  * weight, and 512 MiB of scratch. A guess on the safe side. */
-static size_t reserve_bytes(const gq_config *c) {
+static size_t reserve_bytes(const gq_backend *be, const gq_config *c) {
     const size_t h = (size_t)c->hidden, I = (size_t)c->intermediate;
     const size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
     const size_t w = (q + 2 * kv) * h + h * q + 3 * I * h, kmax = I > h ? I : h;
-    return 2 * 2 * w + 12 * kmax * kmax + 4 * 2 * I * h + ((size_t)512 << 20);
+    return gq_be_act_bytes(be, 2 * w) + 12 * kmax * kmax + 4 * 2 * I * h + ((size_t)512 << 20);
 }
 
 int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq, const int *len) {
@@ -37,7 +37,7 @@ int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq
     q->inv_freq = gq_malloc((size_t)cfg->head_dim / 2 * sizeof(float));
     const char *force = getenv("GQ_STREAM_ACTIVATIONS");
     size_t free_b = gq_be_free_bytes(be);
-    q->stream = (force && *force == '1') || (free_b > 0 && xb + ab + reserve_bytes(cfg) > free_b);
+    q->stream = (force && *force == '1') || (free_b > 0 && xb + ab + reserve_bytes(be, cfg) > free_b);
     if (q->stream) { /* host copies, and device windows for one sequence */
         char b1[32], b2[32];
         gq_info("calibration activations (%s) stay in host memory and stream through the device one sequence at "

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "gq/gptq.h"
+#include "gq/pack.h"
 
 void gq_gptq_params_default(gq_gptq_params *p) {
     memset(p, 0, sizeof *p);
@@ -65,6 +66,7 @@ void gq_qresult_free(gq_qresult *r) {
     free(r->zeros);
     free(r->g_idx);
     free(r->perm);
+    free(r->qweight);
     free(r->row_loss);
     memset(r, 0, sizeof *r);
 }
@@ -171,6 +173,13 @@ void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
     if (r->perm) {
         o->perm = gq_malloc((size_t)r->cols * sizeof(int32_t));
         memcpy(o->perm, r->perm, (size_t)r->cols * sizeof(int32_t));
+    }
+    if (r->qweight) { /* [qw_rows][rows] -> [qw_rows][n]: the output rows are qweight's columns */
+        const size_t qw_rows = (size_t)gq_pack_qw_rows(r->cols, r->qweight_bits);
+        o->qweight = gq_malloc(qw_rows * n * sizeof(int32_t));
+        for (size_t i = 0; i < qw_rows; i++)
+            memcpy(o->qweight + i * n, r->qweight + i * r->rows + r0, (size_t)n * sizeof(int32_t));
+        o->qweight_bits = r->qweight_bits;
     }
     o->row_loss = gq_malloc((size_t)n * sizeof(float));
     memcpy(o->row_loss, r->row_loss + r0, (size_t)n * sizeof(float));

@@ -2,7 +2,10 @@
  * test_pack.c -- AutoGPTQ packing: gq_pack against an unpacker written here
  * from the format description (gptq-reference.md §2: bytes of little-endian
  * int32 words, low nibble first; AutoGPTQ's 3-bit word pattern), hand-packed
- * words, v1/v2 zero points, gq_unpack round trips, gq_packed_dequant, errors.
+ * words, v1/v2 zero points, gq_unpack round trips, gq_packed_dequant, errors;
+ * results that arrive with their qweight packed already (gq_qresult.qweight,
+ * as the CUDA solve makes them): copied by gq_pack at their width, sliced by
+ * gq_qresult_slice.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +13,7 @@
 #include "gq/gptq.h"
 #include "gq/pack.h"
 #include "test.h"
+#include "test_pack_util.h"
 
 /* ---- the independent unpacker ------------------------------------------------ */
 
@@ -138,6 +142,83 @@ static void test_roundtrip(int bits, int v2) {
     free(scales);
     free(vals);
     gq_packed_free(&pk);
+    gq_qresult_free(&r);
+}
+
+/* ---- a qweight packed already ------------------------------------------------------- */
+
+static int packed_equal(const gq_packed *a, const gq_packed *b) {
+    const size_t qw = (size_t)gq_pack_qw_rows(a->cols, a->bits) * a->rows;
+    const size_t qz = (size_t)a->ngroups * gq_pack_qz_cols(a->rows, a->bits), gn = (size_t)a->ngroups * a->rows;
+    return a->bits == b->bits && a->rows == b->rows && a->cols == b->cols && a->ngroups == b->ngroups &&
+           a->v2 == b->v2 && memcmp(a->qweight, b->qweight, qw * 4) == 0 && memcmp(a->qzeros, b->qzeros, qz * 4) == 0 &&
+           memcmp(a->scales, b->scales, gn * 2) == 0 && memcmp(a->g_idx, b->g_idx, (size_t)a->cols * 4) == 0;
+}
+
+static void test_prepacked(int bits) {
+    char name[64];
+    snprintf(name, sizeof name, "pre-packed qweight %d-bit", bits);
+    TEST_BEGIN(name);
+    const int rows = 96, cols = 96, gs = 32; /* three 3-bit slices of 32 rows */
+    const size_t nqw = (size_t)gq_pack_qw_rows(cols, bits) * rows;
+    gq_qresult r;
+    random_result(&r, rows, cols, gs, bits, 1);
+    TEST_CHECK(r.qweight == NULL && r.qweight_bits == 0, "gq_qresult_init leaves qweight NULL");
+    TEST_CHECK(qweight_diff(&r, bits) == -1, "no qweight: nothing to compare");
+    gq_packed ref, pk;
+    TEST_OK(gq_pack(&r, bits, 0, &ref), "pack the codes");
+
+    /* the reference's qweight given back: gq_pack's output is byte-identical */
+    r.qweight = gq_malloc(nqw * 4);
+    memcpy(r.qweight, ref.qweight, nqw * 4);
+    r.qweight_bits = bits;
+    TEST_CHECK(qweight_diff(&r, bits) == 0, "qweight_diff of a correct qweight is 0");
+    TEST_OK(gq_pack(&r, bits, 0, &pk), "pack with a qweight");
+    TEST_CHECK(packed_equal(&pk, &ref), "packed output byte-identical with and without the pre-packed qweight");
+    gq_packed_free(&pk);
+
+    /* slices (first, middle, last rows): columns [r0, r0 + n) of every word
+     * row == packing the sliced codes */
+    const int m = gq_pack_multiple(bits);
+    const int sl[3][2] = {{0, m}, {m, rows - 2 * m}, {rows - m, m}};
+    for (int i = 0; i < 3; i++) {
+        gq_qresult s;
+        gq_qresult_slice(&r, sl[i][0], sl[i][1], &s);
+        TEST_CHECK(s.qweight && s.qweight_bits == bits, "slice [%d, +%d) keeps a qweight", sl[i][0], sl[i][1]);
+        gq_qresult_free(&s);
+        TEST_CHECK(qweight_slice_diff(&r, sl[i][0], sl[i][1], bits) == 0,
+                   "sliced qweight [%d, +%d) == packing the sliced codes", sl[i][0], sl[i][1]);
+    }
+
+    /* the qweight is trusted at its width: poisoned words come out as they are */
+    memset(r.qweight, 0xA5, nqw * 4);
+    TEST_OK(gq_pack(&r, bits, 0, &pk), "pack with a poisoned qweight");
+    TEST_CHECK(memcmp(pk.qweight, r.qweight, nqw * 4) == 0, "a qweight of the requested width is copied");
+    gq_packed_free(&pk);
+    /* another width: ignored, the codes are packed */
+    r.qweight_bits = bits == 8 ? 4 : 8;
+    TEST_OK(gq_pack(&r, bits, 0, &pk), "pack with a qweight of another width");
+    TEST_CHECK(packed_equal(&pk, &ref), "qweight_bits %d != %d: packed from the codes", r.qweight_bits, bits);
+    gq_packed_free(&pk);
+    /* the result is still validated when the qweight is copied */
+    r.qweight_bits = bits;
+    r.zeros[3] = gq_maxq(bits) + 2;
+    TEST_FAILS(gq_pack(&r, bits, 0, &pk), GQ_ERR_ARG, "out of range");
+    if (bits < 8) {
+        r.zeros[3] = 1;
+        r.codes[5] = (uint8_t)(gq_maxq(bits) + 1);
+        TEST_FAILS(gq_pack(&r, bits, 0, &pk), GQ_ERR_ARG, "does not fit");
+    }
+    gq_packed_free(&ref);
+    gq_qresult_free(&r); /* frees the qweight (leaks show in the sanitizer build) */
+    TEST_CHECK(r.qweight == NULL, "gq_qresult_free clears qweight");
+
+    /* a slice of a result without qweight has none */
+    random_result(&r, rows, cols, gs, bits, 1);
+    gq_qresult s;
+    gq_qresult_slice(&r, m, m, &s);
+    TEST_CHECK(s.qweight == NULL && s.qweight_bits == 0, "no qweight, none in the slice");
+    gq_qresult_free(&s);
     gq_qresult_free(&r);
 }
 
@@ -284,6 +365,17 @@ static void test_errors(void) {
     TEST_FAILS(gq_pack_check(60, 64, 4), GQ_ERR_UNSUPPORTED, "out_features");
     TEST_FAILS(gq_pack_check(64, 48, 3), GQ_ERR_UNSUPPORTED, "multiple of 32");
     TEST_FAILS(gq_pack_check(64, 64, 5), GQ_ERR_UNSUPPORTED, "got 5");
+    /* gq_pack_shape_ok: the same verdicts, no error recorded */
+    const int shp[][3] = {{64, 8, 4}, {64, 12, 4}, {60, 64, 4}, {64, 48, 3}, {64, 64, 5}, {0, 32, 4},
+                          {32, 32, 3}, {16, 16, 2}, {4, 4, 8}, {36, 8, 8}, {8, 36, 2}};
+    int agree = 1;
+    for (size_t i = 0; i < sizeof shp / sizeof *shp; i++) {
+        gq_err_clear();
+        int ok = gq_pack_shape_ok(shp[i][0], shp[i][1], shp[i][2]);
+        agree &= gq_errcode() == GQ_OK;
+        agree &= ok == (gq_pack_check(shp[i][0], shp[i][1], shp[i][2]) == GQ_OK);
+    }
+    TEST_CHECK(agree, "gq_pack_shape_ok agrees with gq_pack_check and records no error");
     TEST_CHECK(gq_pack_qw_rows(40, 4) == 5 && gq_pack_qw_rows(4096, 3) == 384 && gq_pack_qz_cols(11008, 4) == 1376,
                "qweight rows K*bits/32, qzeros cols N*bits/32");
     gq_qresult r;
@@ -321,6 +413,7 @@ int main(void) {
     for (int i = 0; i < 4; i++) {
         test_roundtrip(widths[i], 0);
         test_roundtrip(widths[i], 1);
+        test_prepacked(widths[i]);
     }
     test_hand_packed();
     test_quantized();

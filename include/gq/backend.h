@@ -5,7 +5,8 @@
  *
  * Buffers are opaque device pointers (`void *`) owned by the backend: host
  * memory on the CPU backend, device memory on CUDA. Activation buffers hold
- * elements of gq_backend_act_dtype() (F32 on CPU, F16 on CUDA); the caller
+ * elements of gq_backend_act_dtype() (F32 on CPU, F16 on CUDA unless
+ * gq_backend_set_precision chose fp32); the caller
  * only sizes them (gq_be_act_bytes) and moves f32 data in and out with
  * gq_be_upload_f32 / gq_be_download_f32. Hessians and vectors are f32 on
  * every backend.
@@ -38,6 +39,15 @@ void gq_backend_free(gq_backend *be);
 const char *gq_backend_name(const gq_backend *be); /* "cpu (OpenBLAS, 16 threads)" */
 int gq_backend_is_gpu(const gq_backend *be);
 gq_dtype gq_backend_act_dtype(const gq_backend *be);
+/* Choose the arithmetic precision: "auto" (the backend's own: fp32 on the
+ * CPU, fp16 on CUDA), "fp16" or "fp32". CUDA fp16: fp16 activations and
+ * weights, tensor-core GEMMs with fp32 accumulation (the reference
+ * implementation's arithmetic); CUDA fp32: fp32 activations and weights,
+ * fp32 GEMMs without TF32 (the CPU backend's arithmetic, several times
+ * slower). The CPU backend is fp32 only. Call it right after
+ * gq_backend_init, before any weight or activation buffer exists (it
+ * changes gq_backend_act_dtype). Logs the choice. */
+int gq_backend_set_precision(gq_backend *be, const char *precision);
 /* 1 if this build has CUDA support compiled in. */
 int gq_backend_cuda_compiled(void);
 /* Device memory: peak bytes allocated through this backend so far. */
@@ -65,7 +75,7 @@ int gq_be_sync(gq_backend *be);
 typedef struct {
     void *data;   /* backend buffer [rows][cols] in `dtype` */
     int rows, cols;
-    gq_dtype dtype; /* F32 on CPU, F16 (or BF16) on CUDA */
+    gq_dtype dtype; /* the activation dtype: F32 on CPU, F16 (or F32) on CUDA */
 } gq_bweight;
 
 /* Upload an f32 host matrix [rows][cols] (a vector is rows = 1). */

@@ -57,6 +57,7 @@ typedef struct {
     gq_gen_sampling sampling;    /* temperature 0, top_p 1, top_k 0, seed 0, max_new_tokens 512 */
     int batch;                   /* sequences decoded together = records per write (16) */
     const char *device;          /* "auto" */
+    const char *precision;       /* "auto", "fp16", "fp32" (gq_backend_set_precision) */
     const char *field;           /* NULL = auto */
     const char *input_field;     /* NULL = "input" */
     gq_questions_format qformat; /* auto */

@@ -76,6 +76,12 @@ typedef struct {
     int32_t *zeros;   /* [ngroups][rows], in [0, maxq] (>= 1 under GQ_ZERO_V1) */
     int32_t *g_idx;   /* [cols] group of each input column */
     int32_t *perm;    /* [cols] act-order permutation (NULL without act-order) */
+    int32_t *qweight; /* [cols * qweight_bits / 32][rows] the codes already packed in the AutoGPTQ
+                         qweight layout (gq/pack.h), or NULL. The CUDA solve packs them on the GPU
+                         when the shape is packable (gq_pack_shape_ok), the CPU solve leaves it
+                         NULL; gq_pack copies it when packing at qweight_bits. Whoever changes codes
+                         afterwards must free it and set it to NULL. */
+    int qweight_bits; /* the width qweight was packed at (0 without qweight) */
     float *row_loss;  /* [rows] GPTQ loss per output row (0 for RTN and the RTN fallback) */
     double loss;      /* sum of row_loss */
     double damp_used; /* relative damping that finally worked */
@@ -85,10 +91,12 @@ typedef struct {
     double seconds;
 } gq_qresult;
 
-/* Allocate result arrays for rows x cols (ngroups from the params). */
+/* Allocate result arrays for rows x cols (ngroups from the params); qweight
+ * stays NULL. */
 void gq_qresult_init(gq_qresult *r, const gq_gptq_params *p, int rows, int cols);
 void gq_qresult_free(gq_qresult *r);
-/* Copy rows [r0, r0 + n) of a result into out (newly allocated). */
+/* Copy rows [r0, r0 + n) of a result into out (newly allocated); a qweight
+ * is sliced too: columns [r0, r0 + n) of each of its word rows. */
 void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *out);
 
 /* ---- quantizer (scalar reference) ---------------------------------------- */

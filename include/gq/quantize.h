@@ -32,6 +32,7 @@ typedef struct {
     const char *out_dir;
     const char *calib_path;
     const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
+    const char *precision;  /* "auto", "fp16", "fp32" (gq_backend_set_precision) */
     gq_gptq_params gptq;
     int nsamples, seqlen;
     gq_windowing windowing;

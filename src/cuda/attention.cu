@@ -1,6 +1,6 @@
 /*
  * cuda/attention.cu -- causal grouped-query attention for one sequence on
- * fp16 Q/K/V with row strides (column slices of one fused qkv buffer), fp32
+ * fp16 (v1 and v2) or fp32 (v1) Q/K/V with row strides (column slices of one fused qkv buffer), fp32
  * softmax and accumulation. Query i sits at absolute position Tk - Tq + i
  * and sees keys 0 .. Tk - Tq + i. Scores are never stored in device memory.
  *
@@ -35,31 +35,32 @@
 #define V1_WARPS 4
 #define V1_MAX_HD 256
 
+template <typename E>
 static __global__ void __launch_bounds__(V1_WARPS * 32)
-    attn_v1_kernel(__half *O, int ldo, const __half *Q, int ldq, const __half *K, int ldk, const __half *V, int ldv,
-                   int Tq, int Tk, int group, int hd, float scale) {
+    attn_v1_kernel(E *O, int ldo, const E *Q, int ldq, const E *K, int ldk, const E *V, int ldv, int Tq, int Tk,
+                   int group, int hd, float scale) {
     __shared__ float qs[V1_WARPS][V1_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int i = blockIdx.x * V1_WARPS + warp; /* query row */
     const int h = blockIdx.y, kvh = h / group;
     if (i >= Tq) return; /* whole warp; the kernel uses no block barrier */
-    const __half *q = Q + (size_t)i * ldq + (size_t)h * hd;
-    for (int d = lane; d < hd; d += 32) qs[warp][d] = h2f(q[d]);
+    const E *q = Q + (size_t)i * ldq + (size_t)h * hd;
+    for (int d = lane; d < hd; d += 32) qs[warp][d] = to_f(q[d]);
     __syncwarp();
     const int pos = Tk - Tq + i; /* last visible key */
-    const __half *Kh = K + (size_t)kvh * hd, *Vh = V + (size_t)kvh * hd;
+    const E *Kh = K + (size_t)kvh * hd, *Vh = V + (size_t)kvh * hd;
     float o[V1_MAX_HD / 32];
 #pragma unroll
     for (int e = 0; e < V1_MAX_HD / 32; e++) o[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int k0 = 0; k0 <= pos; k0 += 32)
         attn_chunk<V1_MAX_HD>(qs[warp], Kh, ldk, Vh, ldv, k0, pos, hd, scale, m, l, o);
-    __half *orow = O + (size_t)i * ldo + (size_t)h * hd;
+    E *orow = O + (size_t)i * ldo + (size_t)h * hd;
     const float inv = 1.0f / l;
 #pragma unroll
     for (int e = 0; e < V1_MAX_HD / 32; e++) {
         const int d = lane + 32 * e;
-        if (d < hd) orow[d] = f2h(o[e] * inv);
+        if (d < hd) put_f(&orow[d], o[e] * inv);
     }
 }
 
@@ -226,14 +227,14 @@ static __global__ void __launch_bounds__(128)
 int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
                       const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
-    const int group = n_heads / n_kv;
-    const int v2_ok = (head_dim == 64 || head_dim == 128) && gq_cuda_vec16(Q, ldq, 2) && gq_cuda_vec16(K, ldk, 2) &&
+    const int group = n_heads / n_kv, f32 = gq_cuda_f32(be);
+    const int v2_ok = !f32 && (head_dim == 64 || head_dim == 128) && gq_cuda_vec16(Q, ldq, 2) && gq_cuda_vec16(K, ldk, 2) &&
                       gq_cuda_vec16(V, ldv, 2) && gq_cuda_vec16(O, ldo, 2);
     int version = c->attn_version;
     if (version == 2 && !v2_ok)
         return gq_err(GQ_ERR_UNSUPPORTED,
-                      "cuda attention v2 (tensor cores) needs head_dim 64 or 128 (got %d), leading dimensions "
-                      "ldq %d, ldk %d, ldv %d, ldo %d that are multiples of 8 and 16-byte aligned buffers",
+                      "cuda attention v2 (tensor cores) needs fp16 activations, head_dim 64 or 128 (got %d), leading "
+                      "dimensions ldq %d, ldk %d, ldv %d, ldo %d that are multiples of 8 and 16-byte aligned buffers",
                       head_dim, ldq, ldk, ldv, ldo);
     if (version == 0) version = v2_ok && Tq >= 16 ? 2 : 1;
     if (n_heads > 65535)
@@ -243,9 +244,15 @@ int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, 
             return gq_err(GQ_ERR_UNSUPPORTED, "cuda attention: head_dim %d, at most %d supported", head_dim,
                           V1_MAX_HD);
         dim3 grid(CEIL_DIV(Tq, V1_WARPS), n_heads);
-        attn_v1_kernel<<<grid, V1_WARPS * 32, 0, c->stream>>>(
-            (__half *)O, ldo, (const __half *)Q, ldq, (const __half *)K, ldk, (const __half *)V, ldv, Tq, Tk, group,
-            head_dim, (float)(1.0 / sqrt((double)head_dim)));
+        const float scale = (float)(1.0 / sqrt((double)head_dim));
+        if (f32)
+            attn_v1_kernel<<<grid, V1_WARPS * 32, 0, c->stream>>>((float *)O, ldo, (const float *)Q, ldq,
+                                                                  (const float *)K, ldk, (const float *)V, ldv, Tq,
+                                                                  Tk, group, head_dim, scale);
+        else
+            attn_v1_kernel<<<grid, V1_WARPS * 32, 0, c->stream>>>((__half *)O, ldo, (const __half *)Q, ldq,
+                                                                  (const __half *)K, ldk, (const __half *)V, ldv, Tq,
+                                                                  Tk, group, head_dim, scale);
     } else {
         dim3 grid(CEIL_DIV(Tq, V2_BR), n_heads);
         const float sl2 = (float)(1.4426950408889634 / sqrt((double)head_dim)); /* log2(e) / sqrt(hd) */

@@ -1,8 +1,9 @@
 /*
  * cuda/backend_cuda.cu -- the CUDA backend: context (device, stream, cuBLAS
  * and cuSOLVER handles, pinned staging), buffers, transfers with on-device
- * dtype conversion, weights (always fp16 on the device), the two cuBLAS ops
- * (linear, hessian_accum) and the vtable. The other ops live in one .cu per
+ * dtype conversion, weights (in the activation dtype: fp16, or fp32 with
+ * --precision fp32), the two cuBLAS ops (linear, hessian_accum) and the
+ * vtable. The other ops live in one .cu per
  * op family (norm_rope.cu, attention.cu, gptq.cu, nll.cu).
  *
  * Transfers go through two pinned host chunks of GQ_CUDA_STAGE_BYTES (and two
@@ -98,12 +99,27 @@ static __global__ void bf16_to_f16_kernel(__half *dst, const __nv_bfloat16 *src,
         dst[i] = __float2half_rn(__bfloat162float(src[i]));
 }
 
+static __global__ void bf16_to_f32_kernel(float *dst, const __nv_bfloat16 *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
 static int elementwise_grid(size_t n) {
     size_t b = CEIL_DIV(n, (size_t)256);
     return (int)(b < 4096 ? (b ? b : 1) : 4096);
 }
 
-typedef enum { CONV_NONE = 0, CONV_F32_TO_F16, CONV_BF16_TO_F16 } conv_kind;
+typedef enum { CONV_NONE = 0, CONV_F32_TO_F16, CONV_BF16_TO_F16, CONV_F16_TO_F32, CONV_BF16_TO_F32 } conv_kind;
+
+static size_t conv_dst_elem(conv_kind conv, size_t src_elem) {
+    switch (conv) {
+    case CONV_F32_TO_F16:
+    case CONV_BF16_TO_F16: return sizeof(__half);
+    case CONV_F16_TO_F32:
+    case CONV_BF16_TO_F32: return sizeof(float);
+    default: return src_elem;
+    }
+}
 
 /* Host side of a staged transfer: copy between pageable memory and a pinned
  * chunk on every core. One thread does ~5-10 GB/s and, into freshly
@@ -124,12 +140,11 @@ static void host_copy(void *dst, const void *src, size_t n) {
 }
 
 /* Upload `n` elements of `src_elem` bytes from host `src` to device `dst`,
- * converting with `conv` on the device (dst elements are fp16 when
- * converting, src_elem bytes otherwise). */
+ * converting with `conv` on the device (dst elements of conv_dst_elem). */
 static int staged_upload(gq_backend *be, void *dst, const void *src, size_t n, size_t src_elem, conv_kind conv) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const size_t per = GQ_CUDA_STAGE_BYTES / src_elem; /* elements per chunk */
-    const size_t dst_elem = conv == CONV_NONE ? src_elem : sizeof(__half);
+    const size_t dst_elem = conv_dst_elem(conv, src_elem);
     int k = 0;
     for (size_t off = 0; off < n; off += per, k ^= 1) {
         size_t m = n - off < per ? n - off : per;
@@ -141,12 +156,16 @@ static int staged_upload(gq_backend *be, void *dst, const void *src, size_t n, s
         } else {
             CUDA_CHECK(cudaMemcpyAsync(c->stage_dev[k], c->stage_host[k], m * src_elem, cudaMemcpyHostToDevice,
                                        c->stream));
+            const void *sd = c->stage_dev[k];
+            const int g = elementwise_grid(m);
             if (conv == CONV_F32_TO_F16)
-                f32_to_f16_kernel<<<elementwise_grid(m), 256, 0, c->stream>>>((__half *)d,
-                                                                              (const float *)c->stage_dev[k], m);
+                f32_to_f16_kernel<<<g, 256, 0, c->stream>>>((__half *)d, (const float *)sd, m);
+            else if (conv == CONV_BF16_TO_F16)
+                bf16_to_f16_kernel<<<g, 256, 0, c->stream>>>((__half *)d, (const __nv_bfloat16 *)sd, m);
+            else if (conv == CONV_F16_TO_F32)
+                f16_to_f32_kernel<<<g, 256, 0, c->stream>>>((float *)d, (const __half *)sd, m);
             else
-                bf16_to_f16_kernel<<<elementwise_grid(m), 256, 0, c->stream>>>(
-                    (__half *)d, (const __nv_bfloat16 *)c->stage_dev[k], m);
+                bf16_to_f32_kernel<<<g, 256, 0, c->stream>>>((float *)d, (const __nv_bfloat16 *)sd, m);
             CUDA_CHECK_LAUNCH();
         }
         CUDA_CHECK(cudaEventRecord(c->stage_ev[k], c->stream));
@@ -239,15 +258,17 @@ static int cuda_memset0(gq_backend *be, void *dst, size_t bytes) {
 }
 
 static int cuda_upload_f32(gq_backend *be, void *dst_act, const float *src, size_t n) {
-    return staged_upload(be, dst_act, src, n, sizeof(float), CONV_F32_TO_F16);
+    return staged_upload(be, dst_act, src, n, sizeof(float), gq_cuda_f32(be) ? CONV_NONE : CONV_F32_TO_F16);
 }
 
 static int cuda_download_f32(gq_backend *be, float *dst, const void *src_act, size_t n) {
+    if (gq_cuda_f32(be)) return staged_download(be, dst, src_act, n, sizeof(float), 0);
     return staged_download(be, dst, src_act, n, sizeof(__half), 1);
 }
 
 static int cuda_copy_act(gq_backend *be, void *dst, const void *src, size_t n) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(__half), cudaMemcpyDeviceToDevice, gq_cuda_ctx_of(be)->stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, gq_be_act_bytes(be, n), cudaMemcpyDeviceToDevice,
+                               gq_cuda_ctx_of(be)->stream));
     return GQ_OK;
 }
 
@@ -267,32 +288,35 @@ static size_t cuda_free_bytes(const gq_backend *be) {
 
 /* ---- weights ------------------------------------------------------------------------------------------------ */
 
+/* Weights are kept in the activation dtype (F16, or F32 with --precision fp32). */
 static int weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols) {
     size_t n;
-    if (!gq_mul_size((size_t)rows, (size_t)cols * sizeof(__half), &n))
+    if (!gq_mul_size((size_t)rows, gq_be_act_bytes(be, (size_t)cols), &n))
         return gq_err(GQ_ERR_ARG, "weight [%d, %d] is too large", rows, cols);
     w->data = gq_be_alloc(be, n);
     if (!w->data) return GQ_ERR_NOMEM;
     w->rows = rows;
     w->cols = cols;
-    w->dtype = GQ_DT_F16;
+    w->dtype = be->act_dtype;
     return GQ_OK;
 }
 
 static int cuda_weight_upload(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols) {
     int rc = weight_alloc(be, w, rows, cols);
-    if (rc == GQ_OK) rc = staged_upload(be, w->data, src, (size_t)rows * cols, sizeof(float), CONV_F32_TO_F16);
+    if (rc == GQ_OK) rc = cuda_upload_f32(be, w->data, src, (size_t)rows * cols);
     return rc;
 }
 
 static int cuda_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols) {
     int rc = weight_alloc(be, w, rows, cols);
     if (rc != GQ_OK) return rc;
-    size_t n = (size_t)rows * cols;
+    const size_t n = (size_t)rows * cols;
+    const int f32 = gq_cuda_f32(be);
     switch (dt) {
-    case GQ_DT_F16: return staged_upload(be, w->data, src, n, sizeof(__half), CONV_NONE);
-    case GQ_DT_BF16: return staged_upload(be, w->data, src, n, sizeof(__half), CONV_BF16_TO_F16);
-    case GQ_DT_F32: return staged_upload(be, w->data, src, n, sizeof(float), CONV_F32_TO_F16);
+    case GQ_DT_F16: return staged_upload(be, w->data, src, n, sizeof(__half), f32 ? CONV_F16_TO_F32 : CONV_NONE);
+    case GQ_DT_BF16:
+        return staged_upload(be, w->data, src, n, sizeof(__half), f32 ? CONV_BF16_TO_F32 : CONV_BF16_TO_F16);
+    case GQ_DT_F32: return staged_upload(be, w->data, src, n, sizeof(float), f32 ? CONV_NONE : CONV_F32_TO_F16);
     default: return gq_err(GQ_ERR_ARG, "weight upload: dtype %s, expected F32, F16 or BF16", gq_dtype_name(dt));
     }
 }
@@ -307,13 +331,13 @@ static void cuda_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, 
 static int cuda_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
                        const gq_bweight *bias, int accumulate) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
-    if (W->dtype != GQ_DT_F16 || (bias && bias->dtype != GQ_DT_F16))
-        return gq_err(GQ_ERR_ARG, "cuda linear: weights must be F16 on the device, got %s",
-                      gq_dtype_name(W->dtype));
+    if (W->dtype != be->act_dtype || (bias && bias->dtype != be->act_dtype))
+        return gq_err(GQ_ERR_ARG, "cuda linear: weights must be %s on the device, got %s",
+                      gq_dtype_name(be->act_dtype), gq_dtype_name(W->dtype));
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, T, W->cols, &alpha, W->data, CUDA_R_16F,
-                              W->cols, X, CUDA_R_16F, ldx, &beta, Y, CUDA_R_16F, ldy, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    const cudaDataType_t at = gq_cuda_act_type(be);
+    CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, T, W->cols, &alpha, W->data, at, W->cols,
+                              X, at, ldx, &beta, Y, at, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) return gq_cuda_add_bias(be, Y, ldy, T, W->rows, bias->data);
     return GQ_OK;
 }
@@ -325,7 +349,8 @@ static int hessian_panel(int K) {
 }
 
 /* H[K][K] (row-major, rows i, columns j >= i at least) += X^T X in fp32 from
- * fp16 X[T][ldx]: the products of fp16 values are exact in fp32. Panel p of
+ * fp16 X[T][ldx]: the products of fp16 values are exact in fp32 (fp32 X
+ * with --precision fp32: an fp32 GEMM without TF32, as the CPU does it). Panel p of
  * columns [c0, c0+nb) computes H[c0:c0+nb][c0:K], so only the upper
  * triangle and the diagonal blocks are computed (about 56% of a full GEMM).
  * Column-major view: C (rows c0..K-1, cols c0..c0+nb-1) of H^T = H at
@@ -334,12 +359,12 @@ static int cuda_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, 
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const float one = 1.0f;
     const int nb = hessian_panel(K);
+    const cudaDataType_t at = gq_cuda_act_type(be);
     for (int c0 = 0; c0 < K; c0 += nb) {
         int n = K - c0 < nb ? K - c0 : nb, m = K - c0;
-        const __half *Xc = (const __half *)X + c0;
-        CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, &one, Xc, CUDA_R_16F, ldx, Xc,
-                                  CUDA_R_16F, ldx, &one, H + (size_t)c0 * K + c0, CUDA_R_32F, K, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+        const void *Xc = (const char *)X + gq_be_act_bytes(be, (size_t)c0);
+        CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, &one, Xc, at, ldx, Xc, at, ldx, &one,
+                                  H + (size_t)c0 * K + c0, CUDA_R_32F, K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     return GQ_OK;
 }

@@ -130,6 +130,21 @@ static __device__ __forceinline__ float block_sum(float v) {
 static __device__ __forceinline__ float h2f(__half h) { return __half2float(h); }
 static __device__ __forceinline__ __half f2h(float f) { return __float2half_rn(f); }
 
+/* Activation elements of either dtype (fp16, or fp32 with --precision fp32):
+ * to_f reads one as fp32, put_f stores an fp32 value (rounded to nearest
+ * even for fp16). Kernels templated on the element type T use these. */
+static __device__ __forceinline__ float to_f(__half h) { return __half2float(h); }
+static __device__ __forceinline__ float to_f(float f) { return f; }
+static __device__ __forceinline__ void put_f(__half *p, float v) { *p = __float2half_rn(v); }
+static __device__ __forceinline__ void put_f(float *p, float v) { *p = v; }
+
+/* Is this backend's activation (and weight) dtype fp32? */
+static inline int gq_cuda_f32(const gq_backend *be) { return be->act_dtype == GQ_DT_F32; }
+/* The cuBLAS data type of activations and weights. */
+static inline cudaDataType_t gq_cuda_act_type(const gq_backend *be) {
+    return gq_cuda_f32(be) ? CUDA_R_32F : CUDA_R_16F;
+}
+
 /* ---- shared pieces of the rope and attention kernels ---------------------------------------------- */
 
 /* cs[i] = cos, cs[half + i] = sin of pos * inv_freq[i] (the fp32 product, accurate sincosf), threads
@@ -145,30 +160,31 @@ static __device__ __forceinline__ void rope_angles(float *cs, float pos, const f
 
 /* Rotate the (i, i + hd/2) pairs ("rotate_half") of n_heads heads of one row x by the angles
  * of rope_angles, threads of the block striding over (head, i). */
-static __device__ __forceinline__ void rope_rotate(__half *x, int n_heads, int hd, const float *cs) {
+template <typename T>
+static __device__ __forceinline__ void rope_rotate(T *x, int n_heads, int hd, const float *cs) {
     const int half = hd / 2;
     for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
         int h = idx / half, i = idx - h * half;
-        __half *xh = x + (size_t)h * hd;
-        float x1 = __half2float(xh[i]), x2 = __half2float(xh[i + half]), cn = cs[i], sn = cs[half + i];
-        xh[i] = __float2half_rn(x1 * cn - x2 * sn);
-        xh[i + half] = __float2half_rn(x2 * cn + x1 * sn);
+        T *xh = x + (size_t)h * hd;
+        float x1 = to_f(xh[i]), x2 = to_f(xh[i + half]), cn = cs[i], sn = cs[half + i];
+        put_f(&xh[i], x1 * cn - x2 * sn);
+        put_f(&xh[i + half], x2 * cn + x1 * sn);
     }
 }
 
-/* One warp, one query: the chunk of keys k0 .. min(k0 + 31, pos) (k0 <= pos) against q (fp32, qs),
+/* One warp, one query (K, V elements of type T): the chunk of keys k0 .. min(k0 + 31, pos) (k0 <= pos) against q (fp32, qs),
  * an online-softmax update of the running max m, sum l and output o (lane holds dims lane + 32 e).
  * K and V point at the query's kv head; rows ldk / ldv apart. */
-template <int MAXD>
-static __device__ __forceinline__ void attn_chunk(const float *qs, const __half *K, int ldk, const __half *V, int ldv,
+template <int MAXD, typename T>
+static __device__ __forceinline__ void attn_chunk(const float *qs, const T *K, int ldk, const T *V, int ldv,
                                                   int k0, int pos, int hd, float scale, float &m, float &l,
                                                   float (&o)[MAXD / 32]) {
     const int lane = threadIdx.x & 31, j = k0 + lane;
     float s = -INFINITY;
     if (j <= pos) {
-        const __half *kr = K + (size_t)j * ldk;
+        const T *kr = K + (size_t)j * ldk;
         float acc = 0.0f;
-        for (int d = 0; d < hd; d++) acc += qs[d] * __half2float(kr[d]);
+        for (int d = 0; d < hd; d++) acc += qs[d] * to_f(kr[d]);
         s = acc * scale;
     }
     /* key k0 <= pos is in the chunk: mn is finite */
@@ -182,11 +198,11 @@ static __device__ __forceinline__ void attn_chunk(const float *qs, const __half 
     const int nk = pos + 1 - k0 < 32 ? pos + 1 - k0 : 32;
     for (int jj = 0; jj < nk; jj++) {
         const float pj = __shfl_sync(GQ_FULL_MASK, p, jj);
-        const __half *vr = V + (size_t)(k0 + jj) * ldv;
+        const T *vr = V + (size_t)(k0 + jj) * ldv;
 #pragma unroll
         for (int e = 0; e < MAXD / 32; e++) {
             const int d = lane + 32 * e;
-            if (d < hd) o[e] += pj * __half2float(vr[d]);
+            if (d < hd) o[e] += pj * to_f(vr[d]);
         }
     }
 }
@@ -219,6 +235,11 @@ int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, 
 /* gptq.cu */
 int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W,
                  gq_qresult *res);
+
+/* pack.cu: the AutoGPTQ qweight of codes [rows][cols] (device, uint8, original column order, 4-byte
+ * aligned) into qw [cols * bits / 32][rows] (device, int32; gq/pack.h layout), asynchronously on the
+ * backend's stream. GQ_ERR_UNSUPPORTED for a shape gq_pack_check rejects. */
+int gq_cuda_pack_qweight(gq_backend *be, int32_t *qw, const uint8_t *codes, int rows, int cols, int bits);
 
 /* nll.cu */
 int gq_cuda_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,

@@ -22,39 +22,40 @@
 #define DEC_WARPS 4
 #define DEC_MAX_HD 256
 
-static __global__ void decode_rope_append_kernel(__half *QKV, int ldqkv, __half *Kc, __half *Vc, size_t stride,
+template <typename E>
+static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc, size_t stride,
                                                  int ldkv, const int *slot, const int *posv, int nh, int nkv, int hd,
                                                  const float *inv_freq) {
     extern __shared__ float cs[]; /* [half] cos, then [half] sin */
     const int r = blockIdx.x;
     rope_angles(cs, (float)posv[r], inv_freq, hd / 2);
     __syncthreads();
-    __half *x = QKV + (size_t)r * ldqkv;
+    E *x = QKV + (size_t)r * ldqkv;
     rope_rotate(x, nh + nkv, hd, cs); /* q and k heads are adjacent */
     __syncthreads();
     const int kvd = nkv * hd;
     const size_t at = (size_t)slot[r] * stride + (size_t)posv[r] * ldkv;
-    const __half *ks = x + (size_t)nh * hd, *vs = ks + kvd;
+    const E *ks = x + (size_t)nh * hd, *vs = ks + kvd;
     for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
         Kc[at + j] = ks[j];
         Vc[at + j] = vs[j];
     }
 }
 
+template <typename E>
 static __global__ void __launch_bounds__(DEC_WARPS * 32)
-    decode_attn_kernel(__half *O, int ldo, const __half *QKV, int ldqkv, const __half *Kc, const __half *Vc,
-                       size_t stride, int ldkv, const int *slot, const int *posv, int group, int hd, float scale) {
+    decode_attn_kernel(E *O, int ldo, const E *QKV, int ldqkv, const E *Kc, const E *Vc, size_t stride, int ldkv, const int *slot, const int *posv, int group, int hd, float scale) {
     __shared__ float qs[DEC_MAX_HD];
     __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
     __shared__ float wo[DEC_WARPS][DEC_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.x, r = blockIdx.y, kvh = h / group;
     const int pos = posv[r]; /* last visible key */
-    const __half *q = QKV + (size_t)r * ldqkv + (size_t)h * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = h2f(q[d]);
+    const E *q = QKV + (size_t)r * ldqkv + (size_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = to_f(q[d]);
     __syncthreads();
-    const __half *Kh = Kc + (size_t)slot[r] * stride + (size_t)kvh * hd;
-    const __half *Vh = Vc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    const E *Kh = Kc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    const E *Vh = Vc + (size_t)slot[r] * stride + (size_t)kvh * hd;
     float o[DEC_MAX_HD / 32];
 #pragma unroll
     for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] = 0.0f;
@@ -81,8 +82,22 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
             L += wl[w] * a;
             acc += wo[w][d] * a;
         }
-        O[(size_t)r * ldo + (size_t)h * hd + d] = f2h(acc / L);
+        put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
     }
+}
+
+template <typename E>
+static int launch_decode(gq_cuda_ctx *c, E *O, int ldo, E *QKV, int ldqkv, int B, E *Kc, E *Vc, size_t slot_stride,
+                         int ldkv, int n_heads, int n_kv, int head_dim, int threads) {
+    decode_rope_append_kernel<<<B, threads, (size_t)head_dim * sizeof(float), c->stream>>>(
+        QKV, ldqkv, Kc, Vc, slot_stride, ldkv, c->dec_idx, c->dec_idx + B, n_heads, n_kv, head_dim, c->rope_dev);
+    CUDA_CHECK_LAUNCH();
+    dim3 grid(n_heads, B);
+    decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv,
+                                                               c->dec_idx, c->dec_idx + B, n_heads / n_kv, head_dim,
+                                                               (float)(1.0 / sqrt((double)head_dim)));
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
 }
 
 int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
@@ -105,14 +120,9 @@ int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ld
     CUDA_CHECK(cudaMemcpyAsync(c->dec_idx + B, pos, sizeof(int) * (size_t)B, cudaMemcpyHostToDevice, c->stream));
     const int half = head_dim / 2, work = (n_heads + n_kv) * half;
     const int threads = work >= 256 ? 256 : CEIL_DIV(work, 32) * 32;
-    decode_rope_append_kernel<<<B, threads, (size_t)head_dim * sizeof(float), c->stream>>>(
-        (__half *)QKV, ldqkv, (__half *)Kc, (__half *)Vc, slot_stride, ldkv, c->dec_idx, c->dec_idx + B, n_heads, n_kv,
-        head_dim, c->rope_dev);
-    CUDA_CHECK_LAUNCH();
-    dim3 grid(n_heads, B);
-    decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(
-        (__half *)O, ldo, (const __half *)QKV, ldqkv, (const __half *)Kc, (const __half *)Vc, slot_stride, ldkv,
-        c->dec_idx, c->dec_idx + B, n_heads / n_kv, head_dim, (float)(1.0 / sqrt((double)head_dim)));
-    CUDA_CHECK_LAUNCH();
-    return GQ_OK;
+    if (gq_cuda_f32(be))
+        return launch_decode(c, (float *)O, ldo, (float *)QKV, ldqkv, B, (float *)Kc, (float *)Vc, slot_stride, ldkv,
+                             n_heads, n_kv, head_dim, threads);
+    return launch_decode(c, (__half *)O, ldo, (__half *)QKV, ldqkv, B, (__half *)Kc, (__half *)Vc, slot_stride, ldkv,
+                         n_heads, n_kv, head_dim, threads);
 }

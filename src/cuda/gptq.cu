@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "cuda/common.cuh"
+#include "gq/pack.h"
 
 #define GPTQ_BLK 128   /* columns per fused block (one float4 per lane) */
 #define GPTQ_WARPS 8   /* rows in flight per CTA */
@@ -96,10 +97,12 @@ static __device__ void quant_params(float xmin, float xmax, const qcfg &q, float
 
 /* ---- preparation kernels ---------------------------------------------------------------------------------- */
 
-/* First non-finite element of fp16 W [n] into *bad (atomicMin of the index). */
-static __global__ void check_w_kernel(const __half *W, size_t n, unsigned long long *bad) {
+/* First non-finite element of W [n] (fp16, or fp32 with --precision fp32)
+ * into *bad (atomicMin of the index). */
+template <typename E>
+static __global__ void check_w_kernel(const E *W, size_t n, unsigned long long *bad) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        if (!isfinite(__half2float(W[i]))) atomicMin(bad, (unsigned long long)i);
+        if (!isfinite(to_f(W[i]))) atomicMin(bad, (unsigned long long)i);
 }
 
 /* Upper triangle of H [n][n] scaled by s (as the CPU scales it in place):
@@ -116,8 +119,9 @@ static __global__ void prep_h_kernel(const float *H, int n, float s, float *diag
 }
 
 /* Params of group g (original columns [g*gs, min((g+1)*gs, K))) of row r
- * from fp16 W [rows][K], dead columns read as 0: one warp per (row, group). */
-static __global__ void group_params_kernel(const __half *W, int rows, int K, int gs, int ngroups, const uint8_t *dead,
+ * from W [rows][K], dead columns read as 0: one warp per (row, group). */
+template <typename E>
+static __global__ void group_params_kernel(const E *W, int rows, int K, int gs, int ngroups, const uint8_t *dead,
                                            qcfg q, float *scales, int32_t *zeros) {
     const int lane = threadIdx.x & 31;
     const size_t nw = (size_t)gridDim.x * (blockDim.x >> 5);
@@ -125,10 +129,10 @@ static __global__ void group_params_kernel(const __half *W, int rows, int K, int
          w += nw) {
         const int g = (int)(w / rows), r = (int)(w - (size_t)g * rows);
         const int c0 = g * gs, c1 = c0 + gs < K ? c0 + gs : K;
-        const __half *wr = W + (size_t)r * K;
+        const E *wr = W + (size_t)r * K;
         float mn = 0.0f, mx = 0.0f;
         for (int c = c0 + lane; c < c1; c += 32) {
-            float v = dead && dead[c] ? 0.0f : __half2float(wr[c]);
+            float v = dead && dead[c] ? 0.0f : to_f(wr[c]);
             mn = v < mn ? v : mn;
             mx = v > mx ? v : mx;
         }
@@ -144,14 +148,15 @@ static __global__ void group_params_kernel(const __half *W, int rows, int K, int
     }
 }
 
-/* Wf[r][j] = W[r][perm[j]] (0 for dead columns), fp16 -> fp32. */
-static __global__ void gather_w_kernel(float *Wf, const __half *W, int rows, int K, const int32_t *perm,
+/* Wf[r][j] = W[r][perm[j]] (0 for dead columns), fp16 (or fp32) -> fp32. */
+template <typename E>
+static __global__ void gather_w_kernel(float *Wf, const E *W, int rows, int K, const int32_t *perm,
                                        const uint8_t *dead) {
     const size_t n = (size_t)rows * K;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
         size_t r = idx / (size_t)K, j = idx - r * K;
         int c = perm ? perm[j] : (int)j;
-        Wf[idx] = dead && dead[c] ? 0.0f : __half2float(W[r * K + c]);
+        Wf[idx] = dead && dead[c] ? 0.0f : to_f(W[r * K + c]);
     }
 }
 
@@ -301,12 +306,13 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
     }
 }
 
-/* W16[r][c] = fp16(Wf[r][inv[c]]), codes_out[r][c] = codes[r][inv[c]] (inv
- * NULL: identity, codes_out NULL: codes are not moved). */
-/* W16 (original column order) from the working copy, or -- sc != NULL --
- * dequantized from the codes with the (fp16-rounded) scales sc / zeros zr of
- * group gcol[permuted column]. */
-static __global__ void output_kernel(__half *W16, const float *Wf, uint8_t *codes_out, const uint8_t *codes, int rows,
+/* Wo[r][c] = Wf[r][inv[c]], codes_out[r][c] = codes[r][inv[c]] (inv
+ * NULL: identity, codes_out NULL: codes are not moved): Wo (original column
+ * order, the weight's dtype: fp16, or fp32 with --precision fp32) from the
+ * working copy, or -- sc != NULL -- dequantized from the codes with the
+ * (fp16-rounded) scales sc / zeros zr of group gcol[permuted column]. */
+template <typename E>
+static __global__ void output_kernel(E *Wo, const float *Wf, uint8_t *codes_out, const uint8_t *codes, int rows,
                                      int K, const int32_t *inv, const float *sc, const int32_t *zr,
                                      const int32_t *gcol) {
     const size_t n = (size_t)rows * K;
@@ -315,9 +321,9 @@ static __global__ void output_kernel(__half *W16, const float *Wf, uint8_t *code
         size_t src = r * K + pc;
         if (sc) {
             size_t g = (size_t)gcol[pc] * rows + r;
-            W16[idx] = __float2half_rn(sc[g] * (float)((int)codes[src] - zr[g]));
+            put_f(&Wo[idx], sc[g] * (float)((int)codes[src] - zr[g]));
         } else {
-            W16[idx] = __float2half_rn(Wf[src]);
+            put_f(&Wo[idx], Wf[src]);
         }
         if (codes_out) codes_out[idx] = codes[src];
     }
@@ -333,6 +339,7 @@ static __global__ void round_scales_kernel(float *s, size_t n) {
 typedef struct {
     float *Wf;
     uint8_t *codes, *codes_out, *dead;
+    int32_t *qweight; /* [K * bits / 32][rows] AutoGPTQ words of the unpermuted codes */
     float *Err, *scales, *diag;
     int32_t *zeros, *gcol, *perm, *invperm;
     double *row_loss;
@@ -343,7 +350,8 @@ typedef struct {
 
 static void gptq_dev_free(gq_backend *be, gptq_dev *m) {
     void *ps[] = {m->Wf,   m->codes, m->codes_out, m->dead,    m->Err,      m->scales, m->diag, m->zeros,
-                  m->gcol, m->perm,  m->invperm,   m->row_loss, m->bad,     m->Hd,     m->ws,   m->info};
+                  m->gcol, m->perm,  m->invperm,   m->row_loss, m->bad,     m->Hd,     m->ws,   m->info,
+                  m->qweight};
     for (size_t i = 0; i < sizeof ps / sizeof *ps; i++) gq_be_release(be, ps[i]);
     memset(m, 0, sizeof *m);
 }
@@ -354,6 +362,17 @@ static int grid_for(size_t n) {
 }
 
 /* Small device -> host copy that has completed on return. */
+/* group_params_kernel with one warp per (row, group), nwarps of them, on W of either dtype. */
+static void launch_group_params(cudaStream_t st, int f32, size_t nwarps, const void *W, int rows, int K, int gs,
+                                int ngroups, const uint8_t *dead, qcfg q, float *scales, int32_t *zeros) {
+    if (f32)
+        group_params_kernel<<<grid_for(nwarps * 32), 256, 0, st>>>((const float *)W, rows, K, gs, ngroups, dead, q,
+                                                                    scales, zeros);
+    else
+        group_params_kernel<<<grid_for(nwarps * 32), 256, 0, st>>>((const __half *)W, rows, K, gs, ngroups, dead, q,
+                                                                    scales, zeros);
+}
+
 static int d2h_sync(gq_backend *be, void *dst, const void *src, size_t bytes) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
@@ -583,9 +602,10 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     const int rows = W->rows, K = W->cols;
     int rc = check_params(p, rows, K, H);
     if (rc != GQ_OK) return rc;
-    if (W->dtype != GQ_DT_F16)
-        return gq_err(GQ_ERR_ARG, "gptq on CUDA: the weight must be F16 on the device, got %s",
-                      gq_dtype_name(W->dtype));
+    if (W->dtype != be->act_dtype)
+        return gq_err(GQ_ERR_ARG, "gptq on CUDA: the weight must be %s on the device, got %s",
+                      gq_dtype_name(be->act_dtype), gq_dtype_name(W->dtype));
+    const int f32 = W->dtype == GQ_DT_F32;
     const int gptq = p->method == GQ_METHOD_GPTQ;
     const float s = (float)h_scale;
     const int gs = p->group_size > 0 && p->group_size < K ? p->group_size : K;
@@ -606,7 +626,10 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     /* ---- checks: non-finite W, then H (scaled, upper), and diag(H) */
     TRY_ALLOC(m.bad, unsigned long long *, 2 * sizeof(unsigned long long), "gptq: flags");
     TRY(GQ_CU_OK(cudaMemsetAsync(m.bad, 0xff, 2 * sizeof(unsigned long long), c->stream)));
-    check_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>((const __half *)W->data, nW, m.bad);
+    if (f32)
+        check_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>((const float *)W->data, nW, m.bad);
+    else
+        check_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>((const __half *)W->data, nW, m.bad);
     TRY(GQ_CU_OK(cudaGetLastError()));
     if (gptq) {
         TRY_ALLOC(m.diag, float *, (size_t)K * sizeof(float), "gptq: diag(H)");
@@ -618,10 +641,14 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
         TRY(d2h_sync(be, b2, m.bad, sizeof b2));
         if (b2[0] != ~0ull) {
             uint16_t hv = 0;
-            TRY(d2h_sync(be, &hv, (const uint16_t *)W->data + b2[0], sizeof hv));
+            float fv = 0.0f;
+            if (f32)
+                TRY(d2h_sync(be, &fv, (const float *)W->data + b2[0], sizeof fv));
+            else
+                TRY(d2h_sync(be, &hv, (const uint16_t *)W->data + b2[0], sizeof hv));
             int r = (int)(b2[0] / (unsigned long long)K), col = (int)(b2[0] % (unsigned long long)K);
             rc = gq_err(GQ_ERR_NUMERIC, "gptq: W[%d][%d] (output row %d, input column %d) is %g", r, col, r, col,
-                        (double)gq_f16_to_f32(hv));
+                        f32 ? (double)fv : (double)gq_f16_to_f32(hv));
             goto out;
         }
         if (gptq && b2[1] != ~0ull) {
@@ -644,8 +671,7 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
 
     /* per-row params on the whole W, before the dead-column fix (as gptq.c) */
     if (gmode == GROUPS_ONE) {
-        group_params_kernel<<<grid_for((size_t)rows * 32), 256, 0, c->stream>>>((const __half *)W->data, rows, K, K,
-                                                                                1, NULL, q, m.scales, m.zeros);
+        launch_group_params(c->stream, f32, (size_t)rows, W->data, rows, K, K, 1, NULL, q, m.scales, m.zeros);
         TRY(GQ_CU_OK(cudaGetLastError()));
     }
 
@@ -669,8 +695,8 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
         }
         if (p->group_size > 0 && p->static_groups && gmode != GROUPS_ONE) {
             gmode = GROUPS_STATIC;
-            group_params_kernel<<<grid_for((size_t)rows * ngroups * 32), 256, 0, c->stream>>>(
-                (const __half *)W->data, rows, K, gs, ngroups, m.dead, q, m.scales, m.zeros);
+            launch_group_params(c->stream, f32, (size_t)rows * ngroups, W->data, rows, K, gs, ngroups, m.dead, q,
+                                m.scales, m.zeros);
             TRY(GQ_CU_OK(cudaGetLastError()));
         }
         if (p->act_order) {
@@ -699,7 +725,10 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
     }
     TRY(gq_be_upload(be, m.gcol, gcol, (size_t)K * sizeof(int32_t)));
 
-    gather_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>(m.Wf, (const __half *)W->data, rows, K, m.perm, m.dead);
+    if (f32)
+        gather_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>(m.Wf, (const float *)W->data, rows, K, m.perm, m.dead);
+    else
+        gather_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>(m.Wf, (const __half *)W->data, rows, K, m.perm, m.dead);
     TRY(GQ_CU_OK(cudaGetLastError()));
     TRY(GQ_CU_OK(cudaStreamSynchronize(c->stream)));
     t1 = gq_now();
@@ -784,7 +813,7 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
         }
     }
 
-    /* ---- outputs: unpermute into W->data (fp16) and the codes */
+    /* ---- outputs: unpermute into W->data (its dtype) and the codes */
     if (m.invperm) TRY_ALLOC(m.codes_out, uint8_t *, nW, "gptq: unpermuted codes");
     /* fp32 scales in the solve (the reference's semantics), fp16 scales in the checkpoint: round them and
      * rebuild W from the codes, so the forward that follows sees what the checkpoint will hold */
@@ -792,9 +821,23 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
         round_scales_kernel<<<grid_for((size_t)ngroups * rows), 256, 0, c->stream>>>(m.scales, (size_t)ngroups * rows);
         TRY(GQ_CU_OK(cudaGetLastError()));
     }
-    output_kernel<<<grid_for(nW), 256, 0, c->stream>>>((__half *)W->data, m.Wf, m.codes_out, m.codes, rows, K,
-                                                       m.invperm, round_out ? m.scales : NULL, m.zeros, m.gcol);
+    if (f32)
+        output_kernel<<<grid_for(nW), 256, 0, c->stream>>>((float *)W->data, m.Wf, m.codes_out, m.codes, rows, K,
+                                                           m.invperm, round_out ? m.scales : NULL, m.zeros, m.gcol);
+    else
+        output_kernel<<<grid_for(nW), 256, 0, c->stream>>>((__half *)W->data, m.Wf, m.codes_out, m.codes, rows, K,
+                                                           m.invperm, round_out ? m.scales : NULL, m.zeros, m.gcol);
     TRY(GQ_CU_OK(cudaGetLastError()));
+    /* the checkpoint's qweight [K * bits / 32][rows], packed here from the unpermuted codes (gq_pack copies
+     * it); a shape gq_pack rejects gets none, and no error: gq_pack reports the shape at export */
+    if (gq_pack_shape_ok(rows, K, p->bits)) {
+        const size_t nqw = (size_t)gq_pack_qw_rows(K, p->bits) * rows;
+        TRY_ALLOC(m.qweight, int32_t *, nqw * sizeof(int32_t), "gptq: packed qweight");
+        TRY(gq_cuda_pack_qweight(be, m.qweight, m.codes_out ? m.codes_out : m.codes, rows, K, p->bits));
+        res->qweight = (int32_t *)gq_malloc(nqw * sizeof(int32_t));
+        res->qweight_bits = p->bits;
+        TRY(gq_be_download(be, res->qweight, m.qweight, nqw * sizeof(int32_t)));
+    }
     TRY(gq_be_download(be, res->codes, m.codes_out ? m.codes_out : m.codes, nW));
     TRY(gq_be_download(be, res->scales, m.scales, (size_t)ngroups * rows * sizeof(float)));
     TRY(gq_be_download(be, res->zeros, m.zeros, (size_t)ngroups * rows * sizeof(int32_t)));

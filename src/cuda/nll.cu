@@ -1,6 +1,7 @@
 /*
  * cuda/nll.cu -- next-token negative log-likelihood: logits of a chunk of
- * rows with one cublasGemmEx (fp16 x fp16 -> fp32 logits, fp32 compute),
+ * rows with one cublasGemmEx (fp16 x fp16 -> fp32 logits, fp32 compute; all
+ * fp32 with --precision fp32),
  * then one block per row: max, sum of exp(l - max) in double, and
  * -log p(target) = max + log(sum) - l[target]. Per-row values come back to
  * the host and are summed in row order in double.
@@ -45,7 +46,10 @@ static __global__ void __launch_bounds__(NLL_THREADS)
 int gq_cuda_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
                 double *nll_sum, int64_t *count, float *logits_out) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
-    if (Wlm->dtype != GQ_DT_F16) return gq_err(GQ_ERR_ARG, "cuda nll: lm head must be F16 on the device");
+    if (Wlm->dtype != be->act_dtype)
+        return gq_err(GQ_ERR_ARG, "cuda nll: lm head is %s, expected %s", gq_dtype_name(Wlm->dtype),
+                      gq_dtype_name(be->act_dtype));
+    const cudaDataType_t at = gq_cuda_act_type(be);
     const int vocab = Wlm->rows, d = Wlm->cols;
     /* rows per chunk: a logits block of about 64 MiB, 16 .. 4096 rows */
     long R = (long)(((size_t)64 << 20) / ((size_t)vocab * sizeof(float)));
@@ -68,9 +72,9 @@ int gq_cuda_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight 
     for (int t0 = 0; t0 < T; t0 += (int)R) {
         const int nr = T - t0 < R ? T - t0 : (int)R;
         /* L[nr][vocab] = X[t0 : t0 + nr] Wlm^T (column-major: L^T = W X^T) */
-        rc = GQ_CU_OK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, nr, d, &one, Wlm->data, CUDA_R_16F, d,
-                                   (const __half *)X + (size_t)t0 * ldx, CUDA_R_16F, ldx, &zero, L, CUDA_R_32F, vocab,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        rc = GQ_CU_OK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, nr, d, &one, Wlm->data, at, d,
+                                   (const char *)X + gq_be_act_bytes(be, (size_t)t0 * ldx), at, ldx, &zero, L,
+                                   CUDA_R_32F, vocab, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         if (rc != GQ_OK) goto out;
         nll_rows_kernel<<<nr, NLL_THREADS, 0, c->stream>>>(rowv, L, vocab, tg + t0);
         if ((rc = GQ_CU_OK(cudaGetLastError())) != GQ_OK) goto out;

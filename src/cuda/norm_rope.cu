@@ -1,8 +1,9 @@
 /*
- * cuda/norm_rope.cu -- the elementwise ops of the forward pass on fp16
- * activations with fp32 math: rmsnorm (one block per row), rope (one block
+ * cuda/norm_rope.cu -- the elementwise ops of the forward pass on fp16 (or,
+ * with --precision fp32, fp32) activations with fp32 math: rmsnorm (one block per row), rope (one block
  * per token, cos/sin of the token's angles in shared memory), swiglu, add
- * and the bias add of linear.
+ * and the bias add of linear. Kernels are templated on the element type T
+ * and a vector width V: V = 8 (16-byte accesses) exists for fp16 only.
  */
 #include "cuda/common.cuh"
 
@@ -12,14 +13,13 @@
  * of 8, aligned buffers), V = 1: scalar. inv_rms = 1 / sqrt(mean(x^2) + eps)
  * with the mean taken from an fp32 sum and the rest in double, as the CPU
  * backend does it. */
-template <int V>
-static __global__ void rmsnorm_kernel(__half *Y, int ldy, const __half *X, int ldx, int d, const __half *w,
-                                      float eps) {
-    const __half *x = X + (size_t)blockIdx.x * ldx;
-    __half *y = Y + (size_t)blockIdx.x * ldy;
+template <typename T, int V>
+static __global__ void rmsnorm_kernel(T *Y, int ldy, const T *X, int ldx, int d, const T *w, float eps) {
+    const T *x = X + (size_t)blockIdx.x * ldx;
+    T *y = Y + (size_t)blockIdx.x * ldy;
     float ss = 0.0f;
     for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
-        if (V == 8) {
+        if constexpr (V == 8) {
             uint4 raw = *(const uint4 *)(x + i);
             const __half *hv = (const __half *)&raw;
 #pragma unroll
@@ -28,14 +28,14 @@ static __global__ void rmsnorm_kernel(__half *Y, int ldy, const __half *X, int l
                 ss += v * v;
             }
         } else {
-            float v = h2f(x[i]);
+            float v = to_f(x[i]);
             ss += v * v;
         }
     }
     ss = block_sum(ss);
     const float inv = (float)(1.0 / sqrt((double)ss / d + (double)eps));
     for (int i = threadIdx.x * V; i < d; i += blockDim.x * V) {
-        if (V == 8) {
+        if constexpr (V == 8) {
             uint4 raw = *(const uint4 *)(x + i), wr = *(const uint4 *)(w + i), out;
             const __half *hv = (const __half *)&raw, *wv = (const __half *)&wr;
             __half *ov = (__half *)&out;
@@ -43,7 +43,7 @@ static __global__ void rmsnorm_kernel(__half *Y, int ldy, const __half *X, int l
             for (int k = 0; k < 8; k++) ov[k] = f2h((h2f(hv[k]) * inv) * h2f(wv[k]));
             *(uint4 *)(y + i) = out;
         } else {
-            y[i] = f2h((h2f(x[i]) * inv) * h2f(w[i]));
+            put_f(&y[i], (to_f(x[i]) * inv) * to_f(w[i]));
         }
     }
 }
@@ -51,15 +51,22 @@ static __global__ void rmsnorm_kernel(__half *Y, int ldy, const __half *X, int l
 int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
                     float eps) {
     cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    if (w->dtype != GQ_DT_F16) return gq_err(GQ_ERR_ARG, "cuda rmsnorm: weight must be F16");
-    const int vec = d % 8 == 0 && gq_cuda_vec16(X, ldx, 2) && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(w->data, 0, 2);
+    if (w->dtype != be->act_dtype)
+        return gq_err(GQ_ERR_ARG, "cuda rmsnorm: weight is %s, expected %s", gq_dtype_name(w->dtype),
+                      gq_dtype_name(be->act_dtype));
+    const int f32 = gq_cuda_f32(be);
+    const int vec = !f32 && d % 8 == 0 && gq_cuda_vec16(X, ldx, 2) && gq_cuda_vec16(Y, ldy, 2) &&
+                    gq_cuda_vec16(w->data, 0, 2);
     int threads = vec ? d / 8 : d;
     threads = threads >= 256 ? 256 : CEIL_DIV(threads, 32) * 32;
-    if (vec)
-        rmsnorm_kernel<8><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
+    if (f32)
+        rmsnorm_kernel<float, 1><<<T, threads, 0, s>>>((float *)Y, ldy, (const float *)X, ldx, d,
+                                                       (const float *)w->data, eps);
+    else if (vec)
+        rmsnorm_kernel<__half, 8><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
                                                 (const __half *)w->data, eps);
     else
-        rmsnorm_kernel<1><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
+        rmsnorm_kernel<__half, 1><<<T, threads, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, d,
                                                 (const __half *)w->data, eps);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
@@ -70,7 +77,8 @@ int gq_cuda_rmsnorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, in
 /* One block per token t: angles (pos0 + t) * inv_freq[i] as an fp32 product,
  * cos/sin (accurate sincosf) into shared memory, then every (head, i) pair
  * (x[i], x[i + hd/2]) of the token is rotated. */
-static __global__ void rope_kernel(__half *X, int ld, int n_heads, int hd, int pos0, const float *inv_freq) {
+template <typename T>
+static __global__ void rope_kernel(T *X, int ld, int n_heads, int hd, int pos0, const float *inv_freq) {
     extern __shared__ float cs[]; /* [half] cos, then [half] sin */
     rope_angles(cs, (float)(pos0 + (int)blockIdx.x), inv_freq, hd / 2);
     __syncthreads();
@@ -100,8 +108,11 @@ int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_d
     int rc = gq_cuda_set_rope_freqs(be, inv_freq, half);
     if (rc != GQ_OK) return rc;
     int threads = n_heads * half >= 256 ? 256 : CEIL_DIV(n_heads * half, 32) * 32;
-    rope_kernel<<<T, threads, (size_t)head_dim * sizeof(float), c->stream>>>((__half *)X, ld, n_heads, head_dim,
-                                                                              pos0, c->rope_dev);
+    const size_t smem = (size_t)head_dim * sizeof(float);
+    if (gq_cuda_f32(be))
+        rope_kernel<<<T, threads, smem, c->stream>>>((float *)X, ld, n_heads, head_dim, pos0, c->rope_dev);
+    else
+        rope_kernel<<<T, threads, smem, c->stream>>>((__half *)X, ld, n_heads, head_dim, pos0, c->rope_dev);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
 }
@@ -119,14 +130,14 @@ static __device__ __forceinline__ float silu_mul(float g, float u) { return g / 
 
 /* A[t][i] = silu(g) * u = g / (1 + exp(-g)) * u, g = GU[t][i], u = GU[t][I + i];
  * V = 8: 16-byte accesses (I, lda, ldgu multiples of 8, aligned buffers). */
-template <int V>
-static __global__ void swiglu_kernel(__half *A, int lda, const __half *GU, int ldgu, int T, int I) {
+template <typename E, int V>
+static __global__ void swiglu_kernel(E *A, int lda, const E *GU, int ldgu, int T, int I) {
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= I) return;
     for (int t = blockIdx.y; t < T; t += gridDim.y) {
-        const __half *g = GU + (size_t)t * ldgu + i, *u = g + I;
-        __half *a = A + (size_t)t * lda + i;
-        if (V == 8) {
+        const E *g = GU + (size_t)t * ldgu + i, *u = g + I;
+        E *a = A + (size_t)t * lda + i;
+        if constexpr (V == 8) {
             uint4 gr = *(const uint4 *)g, ur = *(const uint4 *)u, out;
             const __half *gv = (const __half *)&gr, *uv = (const __half *)&ur;
             __half *ov = (__half *)&out;
@@ -134,32 +145,37 @@ static __global__ void swiglu_kernel(__half *A, int lda, const __half *GU, int l
             for (int k = 0; k < 8; k++) ov[k] = f2h(silu_mul(h2f(gv[k]), h2f(uv[k])));
             *(uint4 *)a = out;
         } else {
-            *a = f2h(silu_mul(h2f(*g), h2f(*u)));
+            put_f(a, silu_mul(to_f(*g), to_f(*u)));
         }
     }
 }
 
 int gq_cuda_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I) {
     cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    const int vec = I % 8 == 0 && gq_cuda_vec16(A, lda, 2) && gq_cuda_vec16(GU, ldgu, 2);
-    if (vec)
-        swiglu_kernel<8><<<rows_grid(T, I, 8), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+    const int f32 = gq_cuda_f32(be);
+    const int vec = !f32 && I % 8 == 0 && gq_cuda_vec16(A, lda, 2) && gq_cuda_vec16(GU, ldgu, 2);
+    if (f32)
+        swiglu_kernel<float, 1><<<rows_grid(T, I, 1), 256, 0, s>>>((float *)A, lda, (const float *)GU, ldgu, T, I);
+    else if (vec)
+        swiglu_kernel<__half, 8><<<rows_grid(T, I, 8), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T,
+                                                                    I);
     else
-        swiglu_kernel<1><<<rows_grid(T, I, 1), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T, I);
+        swiglu_kernel<__half, 1><<<rows_grid(T, I, 1), 256, 0, s>>>((__half *)A, lda, (const __half *)GU, ldgu, T,
+                                                                    I);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
 }
 
 /* Y[t][j] += X[t][j] (ldx = 0: the same row X[j] for every t, the bias add);
  * V = 8: 16-byte accesses. */
-template <int V>
-static __global__ void add_kernel(__half *Y, int ldy, const __half *X, int ldx, int T, int d) {
+template <typename E, int V>
+static __global__ void add_kernel(E *Y, int ldy, const E *X, int ldx, int T, int d) {
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (j >= d) return;
     for (int t = blockIdx.y; t < T; t += gridDim.y) {
-        __half *y = Y + (size_t)t * ldy + j;
-        const __half *x = X + (size_t)t * ldx + j;
-        if (V == 8) {
+        E *y = Y + (size_t)t * ldy + j;
+        const E *x = X + (size_t)t * ldx + j;
+        if constexpr (V == 8) {
             uint4 yr = *(const uint4 *)y, xr = *(const uint4 *)x;
             __half *yv = (__half *)&yr;
             const __half *xv = (const __half *)&xr;
@@ -167,18 +183,21 @@ static __global__ void add_kernel(__half *Y, int ldy, const __half *X, int ldx, 
             for (int k = 0; k < 8; k++) yv[k] = f2h(h2f(yv[k]) + h2f(xv[k]));
             *(uint4 *)y = yr;
         } else {
-            *y = f2h(h2f(*y) + h2f(*x));
+            put_f(y, to_f(*y) + to_f(*x));
         }
     }
 }
 
 static int launch_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d) {
     cudaStream_t s = gq_cuda_ctx_of(be)->stream;
-    const int vec = d % 8 == 0 && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(X, ldx, 2);
-    if (vec)
-        add_kernel<8><<<rows_grid(T, d, 8), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
+    const int f32 = gq_cuda_f32(be);
+    const int vec = !f32 && d % 8 == 0 && gq_cuda_vec16(Y, ldy, 2) && gq_cuda_vec16(X, ldx, 2);
+    if (f32)
+        add_kernel<float, 1><<<rows_grid(T, d, 1), 256, 0, s>>>((float *)Y, ldy, (const float *)X, ldx, T, d);
+    else if (vec)
+        add_kernel<__half, 8><<<rows_grid(T, d, 8), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
     else
-        add_kernel<1><<<rows_grid(T, d, 1), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
+        add_kernel<__half, 1><<<rows_grid(T, d, 1), 256, 0, s>>>((__half *)Y, ldy, (const __half *)X, ldx, T, d);
     CUDA_CHECK_LAUNCH();
     return GQ_OK;
 }
