@@ -20,7 +20,7 @@
  * results.md) and the arithmetic floor of each part.
  *
  *   bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N] [--nsamples N]
- *                [--seqlen N] [--device cuda|cpu|auto]
+ *                [--seqlen N] [--device cuda|cpu|auto] [--precision auto|fp16|fp32]
  */
 #include <math.h>
 #include <stdint.h>
@@ -237,24 +237,26 @@ static int arg_int(const char *s, const char *name, int lo, int hi) {
 }
 
 int main(int argc, char **argv) {
-    const char *shape_name = "all", *device = "cuda";
+    const char *shape_name = "all", *device = "cuda", *precision = "auto";
     int layers = 4, nsamples = 128, seqlen = 2048;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shape") && v) shape_name = v, i++;
         else if (!strcmp(a, "--device") && v) device = v, i++;
+        else if (!strcmp(a, "--precision") && v) precision = v, i++;
         else if (!strcmp(a, "--layers") && v) layers = arg_int(v, a, 1, 1000), i++;
         else if (!strcmp(a, "--nsamples") && v) nsamples = arg_int(v, a, 1, 100000), i++;
         else if (!strcmp(a, "--seqlen") && v) seqlen = arg_int(v, a, 1, 65536), i++;
         else {
             fprintf(stderr,
                     "usage: bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N (4)] [--nsamples N (128)]\n"
-                    "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n");
+                    "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n"
+                    "                    [--precision auto|fp16|fp32 (auto)]\n");
             return 2;
         }
     }
     gq_backend *be = NULL;
-    if (gq_backend_init(&be, device) != GQ_OK) die("backend");
+    if (gq_backend_init(&be, device) != GQ_OK || gq_backend_set_precision(be, precision) != GQ_OK) die("backend");
     int any = 0;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const shape *sh = &shapes[k];

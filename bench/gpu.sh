@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers m30 m30f32 e2e gen stream calib
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 m30 m30f32 e2e gen stream calib
 #                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
@@ -89,6 +89,12 @@ step_m30() {
 }
 
 step_m30f32() { PREC=fp32 step_m30; }
+
+# --precision fp32 on a full-size Llama-2-7B layer (the cost of the CPU's arithmetic on the GPU)
+step_layersf32() {
+    GQ_LOG=debug run layers_7b_fp32 400 ./build/bench/bench_layers --shape 7b --layers 2 --precision fp32
+    grep -A 8 "^7b on" "$LOGS/layers_7b_fp32.log" | tee -a "$SUMMARY"
+}
 
 step_e2e() {
     S=bench-models/synth-7b
