@@ -207,8 +207,9 @@ static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
         loss += m->loss;
     }
     json_t *settings =
-        json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f, s:i, s:i, s:i, s:s}", "model", o->model_dir,
-                  "calib", o->calib_path, "device", o->device ? o->device : "auto", "method",
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:b, s:f, s:i, s:i, s:i, s:s}", "model",
+                  o->model_dir, "calib", o->calib_path, "device", o->device ? o->device : "auto", "precision",
+                  r->precision[0] ? r->precision : "fp32", "method",
                   p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "bits", p->bits, "group_size", p->group_size, "sym",
                   p->sym, "act_order", p->act_order, "static_groups", p->static_groups, "damp", p->damp, "block_size",
                   p->block_size, "nsamples", o->nsamples, "seqlen", o->seqlen, "format", o->v2 ? "gptq_v2" : "gptq");

@@ -402,6 +402,8 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     if ((rc = prepare_output(&r, &layers_done, &fp))) goto out;
     if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
     if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
+    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be) == GQ_DT_F16 ? "fp16" : "fp32");
+    gq_info("precision: %s activations and weights on %s", rep->precision, gq_backend_name(r.be));
     if (!rtn) {
         if ((rc = alloc_buffers(&r))) goto out;
         double t0 = gq_now();

@@ -45,6 +45,13 @@ printf 'not a safetensors file' > "$T/bad.safetensors"
 check "inspect a bad file" 1 "$GQ" inspect "$T/bad.safetensors"
 has "bad file named" "$T/bad.safetensors"
 check "ppl without --text" 2 "$GQ" ppl --model "$D/pycoder-5m"
+check "bad --precision" 2 "$GQ" ppl --model "$D/pycoder-5m" --text "$D/text/python-stdlib-eval.txt" --precision bf16
+has "precision choices" "--precision: expected one of auto|fp16|fp32, got 'bf16'"
+check "fp16 on the CPU" 1 "$GQ" ppl --model "$D/pycoder-5m" --text "$D/text/python-stdlib-eval.txt" --device cpu \
+    --precision fp16
+has "fp16 on the CPU refused" "precision fp16: the CPU backend computes in fp32 only"
+check "report" 0 cat "$T/q/gq_report.json"
+has "report: precision" '"precision": "fp32"'
 check "tokenize" 0 "$GQ" tokenize --model "$D/pycoder-5m" --ids "def f(x):"
 has "tokenize ids" "1 "
 rm -rf "$T"

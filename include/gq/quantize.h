@@ -61,6 +61,7 @@ typedef struct {
     gq_module_report *modules;
     double t_load, t_forward, t_hessian, t_solve, t_export, t_total;
     size_t peak_rss, peak_device;
+    char precision[8];      /* "fp16" or "fp32": the backend's activation dtype */
     int n_fallback;
     int64_t n_calib_tokens;
     int layers_resumed;

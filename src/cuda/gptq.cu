@@ -5,15 +5,17 @@
  *   H (fp32, upper triangle, caller's buffer) --scale, check, diag--> host:
  *     dead columns (diag 0 -> 1, W column 0), mean(diag), act-order perm
  *     (stable argsort, as the CPU), group of every column
- *   W (fp16) --gather(perm), dead columns 0--> Wf [rows][K] fp32 working copy
+ *   W (fp16, or fp32 with --precision fp32) --gather(perm), dead columns 0-->
+ *     Wf [rows][K] fp32 working copy
  *   static groups / per-row params: all group params up front (one warp per
  *     (row, group)) on W in original order
  *   Hd = H[perm][perm] + damping, fp64 (or fp32) --cuSOLVER--> upper factor U
  *     of H^-1 (H^-1 = U^T U), written as fp32 over the caller's H buffer
  *   per block of <= 128 columns: ONE fused kernel (gptq_block_kernel), then
  *     one fp32 cublasSgemm for the lazy update of the columns to the right
- *   unpermute: dequantized fp16 weights into W->data, codes/scales/zeros/
- *     row losses downloaded into the host gq_qresult.
+ *   unpermute: dequantized weights into W->data (its dtype), the codes
+ *     packed into the checkpoint's qweight (pack.cu); codes, qweight,
+ *     scales, zeros, row losses downloaded into the host gq_qresult.
  *
  * The fused block kernel: one warp per row (grid-stride over rows), lane l
  * holding columns 4l .. 4l+3 of the block in registers; the block's
