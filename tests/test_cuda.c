@@ -390,6 +390,9 @@ static void test_attention_v2_limits(pair *P) {
                "head_dim 64 or 128 (got 32)");
     TEST_FAILS(gq_be_attention(P->gpu, b, 132, b, 132, b, 132, b, 132, 4, 4, 2, 2, 64), GQ_ERR_UNSUPPORTED,
                "multiples of 8");
+    gq_cuda_set_attention_kernel(P->gpu, 3);
+    TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 1, 1, 64), GQ_ERR_UNSUPPORTED,
+               "needs fp32 activations");
     gq_be_release(P->gpu, b);
     gq_cuda_set_attention_kernel(P->gpu, old);
     TEST_CHECK(gq_cuda_set_attention_kernel(P->cpu, 1) == -1, "attention knob refuses a CPU backend");
@@ -655,7 +658,8 @@ static void run_suite(pair *P) {
     test_nll(P, 600, 16, 50000, 16); /* 2 chunks of 335 rows */
     snprintf(title, sizeof title, "cuda attention%s", pass);
     TEST_BEGIN(title);
-    for (int v = 1; v <= (g_f32 ? 1 : 2); v++) { /* v2 (tensor cores) is fp16 only */
+    for (int vi = 0; vi < 2; vi++) { /* v1; v2 (tensor cores) in fp16, v3 (fp32 tiles) in fp32 */
+        const int v = vi == 0 ? 1 : g_f32 ? 3 : 2;
         test_attention(P, v, 100, 100, 4, 4, 64, 0);    /* MHA, T not a multiple of 64 */
         test_attention(P, v, 100, 100, 4, 2, 64, 0);    /* GQA 2 */
         test_attention(P, v, 130, 130, 8, 2, 128, 8);   /* GQA 4, strided */
@@ -666,8 +670,8 @@ static void run_suite(pair *P) {
         test_attention(P, v, 300, 1000, 4, 2, 128, 0);  /* chunked prefill, 300 queries */
         test_attention(P, v, 517, 517, 2, 1, 128, 0);   /* odd T, 9 key tiles */
     }
-    test_attention(P, 0, 1100, 1100, 2, 2, 64, 0); /* auto: v2 (v1 in fp32) */
-    if (!g_f32) test_attention(P, 2, 16384, 16384, 2, 1, 128, 0); /* the longest supported prefill */
+    test_attention(P, 0, 1100, 1100, 2, 2, 64, 0); /* auto: v2 (v3 in fp32) */
+    test_attention(P, g_f32 ? 3 : 2, 16384, 16384, 2, 1, 128, 0); /* the longest supported prefill */
     test_attention(P, 0, 1, 16384, 4, 1, 128, 0);     /* decode against a 16384-key cache (v1) */
     test_attention(P, 1, 40, 40, 3, 3, 32, 8);     /* hd 32: v1 only */
     test_attention(P, 1, 40, 40, 2, 1, 96, 0);     /* hd 96 */
@@ -677,6 +681,9 @@ static void run_suite(pair *P) {
         void *b = gq_be_alloc(P->gpu, 4 * 4096);
         TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 1, 1, 64), GQ_ERR_UNSUPPORTED,
                    "needs fp16 activations");
+        gq_cuda_set_attention_kernel(P->gpu, 3);
+        TEST_FAILS(gq_be_attention(P->gpu, b, 96, b, 96, b, 96, b, 96, 4, 4, 1, 1, 96), GQ_ERR_UNSUPPORTED,
+                   "head_dim 64 or 128 (got 96)");
         gq_be_release(P->gpu, b);
         gq_cuda_set_attention_kernel(P->gpu, old);
     } else {

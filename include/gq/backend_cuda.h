@@ -38,11 +38,13 @@ int gq_cuda_device_info(int device, char *name, size_t name_cap, size_t *total_b
 
 /* ---- knobs (tests, benchmarks) --------------------------------------------------- */
 
-/* Attention kernel: 0 = auto (default: the tensor-core kernel v2 where it
- * applies -- head_dim 64 or 128, leading dimensions multiples of 8,
- * 16-byte aligned buffers, Tq >= 16 -- the simple kernel v1 otherwise),
- * 1 = always v1, 2 = always v2 (GQ_ERR_UNSUPPORTED where it does not apply).
- * The environment variable GQ_CUDA_ATTN=0|1|2 sets the initial value.
+/* Attention kernel: 0 = auto (default: for Tq >= 16, the tensor-core
+ * kernel v2 where it applies -- fp16 activations, head_dim 64 or 128,
+ * leading dimensions multiples of 8, 16-byte aligned buffers -- or the fp32
+ * tiled kernel v3 with --precision fp32 and head_dim 64 or 128; the simple
+ * kernel v1 otherwise), 1 = always v1, 2 = always v2, 3 = always v3
+ * (GQ_ERR_UNSUPPORTED where it does not apply). The environment variable
+ * GQ_CUDA_ATTN=0|1|2|3 sets the initial value.
  * Returns the previous setting, or -1 if `be` is not a CUDA backend. */
 int gq_cuda_set_attention_kernel(gq_backend *be, int version);
 

@@ -16,6 +16,13 @@
  *     on the accumulator layout (a row is spread over the 4 threads of a
  *     quad), and P (rounded to fp16, as FlashAttention does) is reused
  *     register-for-register as the A operand of O += P V. head_dim 64/128.
+ *   v3 (attn_f32_kernel<HD>): the fp32 flash kernel of --precision fp32,
+ *     without tensor cores. A CTA of 256 threads takes 64 queries of one
+ *     head; Q, a 64-key K/V tile and the tile's P sit in shared memory;
+ *     thread (ty, tx) of a 16 x 16 grid owns the scores of rows ty + 16 i
+ *     and keys tx + 16 j (i, j < 4) and the outputs of rows ty + 16 i,
+ *     dims tx + 16 j (j < HD / 16); row max and sum go through the 16
+ *     lanes of a row group with shuffles. head_dim 64/128, Tq >= 16.
  *
  * Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix fragments for
  * mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
@@ -222,6 +229,136 @@ static __global__ void __launch_bounds__(128)
     }
 }
 
+/* ---- v3: fp32 tiles ---------------------------------------------------------------------------------------- */
+
+#define F3_BR 64 /* queries per CTA */
+#define F3_BC 64 /* keys per tile */
+#define F3_THREADS 256
+
+template <int HD>
+static size_t f3_smem_bytes(void) { /* qs [BR][HD+1], ks [BC][HD+1], vs [BC][HD], ps [BR][BC+1] */
+    return sizeof(float) * ((size_t)F3_BR * (HD + 1) + (size_t)F3_BC * (HD + 1) + (size_t)F3_BC * HD +
+                            (size_t)F3_BR * (F3_BC + 1));
+}
+
+static __device__ __forceinline__ float group16_max(float v) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
+    return v;
+}
+static __device__ __forceinline__ float group16_sum(float v) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
+    return v;
+}
+
+template <int HD>
+static __global__ void __launch_bounds__(F3_THREADS)
+    attn_f32_kernel(float *O, int ldo, const float *Q, int ldq, const float *K, int ldk, const float *V, int ldv,
+                    int Tq, int Tk, int group, float scale) {
+    extern __shared__ float f3[];
+    float *qs = f3, *ks = qs + F3_BR * (HD + 1), *vs = ks + F3_BC * (HD + 1), *ps = vs + F3_BC * HD;
+    constexpr int NJ = HD / 16; /* output dims per thread */
+    const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const int h = blockIdx.y, kvh = h / group, q0 = blockIdx.x * F3_BR, off = Tk - Tq;
+    const int qlast = (q0 + F3_BR < Tq ? q0 + F3_BR : Tq) - 1; /* the CTA's last query */
+    const int kmax = off + qlast;                               /* the last key any of them sees */
+    for (int idx = tid; idx < F3_BR * HD; idx += F3_THREADS) {  /* Q tile, rows past Tq zero */
+        const int r = idx / HD, d = idx - r * HD;
+        qs[r * (HD + 1) + d] = q0 + r < Tq ? Q[(size_t)(q0 + r) * ldq + (size_t)h * HD + d] : 0.0f;
+    }
+    float m[4], l[4], acc[4][NJ];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NJ; j++) acc[i][j] = 0.0f;
+    }
+    for (int k0 = 0; k0 <= kmax; k0 += F3_BC) {
+        __syncthreads(); /* the previous tile's ks / vs / ps are no longer read (and qs is written) */
+        for (int idx = tid; idx < F3_BC * HD; idx += F3_THREADS) {
+            const int r = idx / HD, d = idx - r * HD, k = k0 + r;
+            const int ok = k < Tk;
+            ks[r * (HD + 1) + d] = ok ? K[(size_t)k * ldk + (size_t)kvh * HD + d] : 0.0f;
+            vs[r * HD + d] = ok ? V[(size_t)k * ldv + (size_t)kvh * HD + d] : 0.0f;
+        }
+        __syncthreads();
+        float sc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) sc[i][j] = 0.0f;
+        for (int d = 0; d < HD; d++) {
+            float qv[4], kv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) qv[i] = qs[(ty + 16 * i) * (HD + 1) + d];
+#pragma unroll
+            for (int j = 0; j < 4; j++) kv[j] = ks[(tx + 16 * j) * (HD + 1) + d];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) sc[i][j] += qv[i] * kv[j];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int qpos = off + q0 + ty + 16 * i; /* rows past Tq: harmless, never stored */
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int kpos = k0 + tx + 16 * j;
+                sc[i][j] = kpos <= qpos && kpos < Tk ? sc[i][j] * scale : -INFINITY;
+                mx = fmaxf(mx, sc[i][j]);
+            }
+            /* key 0 is in the first tile and visible to every row: m is finite from then on */
+            const float mn = fmaxf(m[i], group16_max(mx));
+            const float alpha = expf(m[i] - mn);
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float pj = expf(sc[i][j] - mn);
+                ps[(ty + 16 * i) * (F3_BC + 1) + tx + 16 * j] = pj;
+                sum += pj;
+            }
+            l[i] = l[i] * alpha + group16_sum(sum);
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) acc[i][j] *= alpha;
+        }
+        __syncthreads();
+        const int nk = kmax - k0 + 1 < F3_BC ? kmax - k0 + 1 : F3_BC; /* keys past kmax have p = 0 */
+        for (int k = 0; k < nk; k++) {
+            float pv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) pv[i] = ps[(ty + 16 * i) * (F3_BC + 1) + k];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                const float vv = vs[k * HD + tx + 16 * j];
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[i][j] += pv[i] * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = q0 + ty + 16 * i;
+        if (r >= Tq) continue;
+        const float inv = 1.0f / l[i];
+        float *orow = O + (size_t)r * ldo + (size_t)h * HD;
+#pragma unroll
+        for (int j = 0; j < NJ; j++) orow[tx + 16 * j] = acc[i][j] * inv;
+    }
+}
+
+template <int HD>
+static int launch_f32(cudaStream_t st, float *O, int ldo, const float *Q, int ldq, const float *K, int ldk,
+                      const float *V, int ldv, int Tq, int Tk, int n_heads, int group, float scale) {
+    const size_t smem = f3_smem_bytes<HD>(); /* above 48 KiB: opt in (per device, so every time; cheap) */
+    CUDA_CHECK(cudaFuncSetAttribute(attn_f32_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid(CEIL_DIV(Tq, F3_BR), n_heads);
+    attn_f32_kernel<HD><<<grid, F3_THREADS, smem, st>>>(O, ldo, Q, ldq, K, ldk, V, ldv, Tq, Tk, group, scale);
+    return GQ_OK;
+}
+
 /* ---- launcher ------------------------------------------------------------------------------------------- */
 
 int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
@@ -230,13 +367,18 @@ int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, 
     const int group = n_heads / n_kv, f32 = gq_cuda_f32(be);
     const int v2_ok = !f32 && (head_dim == 64 || head_dim == 128) && gq_cuda_vec16(Q, ldq, 2) && gq_cuda_vec16(K, ldk, 2) &&
                       gq_cuda_vec16(V, ldv, 2) && gq_cuda_vec16(O, ldo, 2);
+    const int v3_ok = f32 && (head_dim == 64 || head_dim == 128);
     int version = c->attn_version;
+    if (version == 3 && !v3_ok)
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda attention v3 (fp32 tiles) needs fp32 activations (--precision fp32) "
+                                          "and head_dim 64 or 128 (got %d)",
+                      head_dim);
     if (version == 2 && !v2_ok)
         return gq_err(GQ_ERR_UNSUPPORTED,
                       "cuda attention v2 (tensor cores) needs fp16 activations, head_dim 64 or 128 (got %d), leading "
                       "dimensions ldq %d, ldk %d, ldv %d, ldo %d that are multiples of 8 and 16-byte aligned buffers",
                       head_dim, ldq, ldk, ldv, ldo);
-    if (version == 0) version = v2_ok && Tq >= 16 ? 2 : 1;
+    if (version == 0) version = Tq < 16 ? 1 : v2_ok ? 2 : v3_ok ? 3 : 1;
     if (n_heads > 65535)
         return gq_err(GQ_ERR_UNSUPPORTED, "cuda attention: %d heads, at most 65535 supported", n_heads);
     if (version == 1) {
@@ -253,6 +395,13 @@ int gq_cuda_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, 
             attn_v1_kernel<<<grid, V1_WARPS * 32, 0, c->stream>>>((__half *)O, ldo, (const __half *)Q, ldq,
                                                                   (const __half *)K, ldk, (const __half *)V, ldv, Tq,
                                                                   Tk, group, head_dim, scale);
+    } else if (version == 3) {
+        const float scale = (float)(1.0 / sqrt((double)head_dim));
+        int rc = head_dim == 64 ? launch_f32<64>(c->stream, (float *)O, ldo, (const float *)Q, ldq, (const float *)K,
+                                                 ldk, (const float *)V, ldv, Tq, Tk, n_heads, group, scale)
+                                : launch_f32<128>(c->stream, (float *)O, ldo, (const float *)Q, ldq, (const float *)K,
+                                                  ldk, (const float *)V, ldv, Tq, Tk, n_heads, group, scale);
+        if (rc != GQ_OK) return rc;
     } else {
         dim3 grid(CEIL_DIV(Tq, V2_BR), n_heads);
         const float sl2 = (float)(1.4426950408889634 / sqrt((double)head_dim)); /* log2(e) / sqrt(hd) */

@@ -483,9 +483,9 @@ static int cuda_setup(gq_backend *be, int device) {
     if (!(c->rope_dev = (float *)gq_cuda_scratch(be, GQ_CUDA_MAX_ROPE_HALF * sizeof(float), "rope frequencies")))
         return gq_errcode();
     c->rope_n = 0;
-    static const char *const attn_names[] = {"0", "1", "2"};
+    static const char *const attn_names[] = {"0", "1", "2", "3"};
     static const char *const hinv_names[] = {"f64", "potri", "f32"};
-    c->attn_version = env_choice("GQ_CUDA_ATTN", 0, attn_names, 3);
+    c->attn_version = env_choice("GQ_CUDA_ATTN", 0, attn_names, 4);
     c->hinv_mode = env_choice("GQ_CUDA_HINV", GQ_CUDA_HINV_F64, hinv_names, 3);
     char mem[32];
     snprintf(be->name, sizeof be->name, "cuda:%d (%s, sm_%d%d, %d SMs, %s)", device, c->prop.name, c->prop.major,
@@ -522,7 +522,7 @@ extern "C" int gq_backend_cuda_init(gq_backend **out, int device) {
 /* ---- knobs ----------------------------------------------------------------------------------------------- */
 
 extern "C" int gq_cuda_set_attention_kernel(gq_backend *be, int version) {
-    if (!is_cuda(be) || version < 0 || version > 2) return -1;
+    if (!is_cuda(be) || version < 0 || version > 3) return -1;
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     int old = c->attn_version;
     c->attn_version = version;
