@@ -382,19 +382,26 @@ static void test_decode(pair *P, int B, int nh, int nkv, int hd, int max_len, co
     for (int k = 0; k < 2; k++) free(O[k]), free(Q2[k]), free(K2[k]), free(V2[k]);
 }
 
-static void test_attention_v2_limits(pair *P) {
-    set_op("attention v2 limits");
-    int old = gq_cuda_set_attention_kernel(P->gpu, 2);
-    void *b = gq_be_alloc(P->gpu, 2 * 4096);
-    TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 2, 2, 32), GQ_ERR_UNSUPPORTED,
-               "head_dim 64 or 128 (got 32)");
-    TEST_FAILS(gq_be_attention(P->gpu, b, 132, b, 132, b, 132, b, 132, 4, 4, 2, 2, 64), GQ_ERR_UNSUPPORTED,
-               "multiples of 8");
-    gq_cuda_set_attention_kernel(P->gpu, 3);
-    TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 1, 1, 64), GQ_ERR_UNSUPPORTED,
-               "needs fp32 activations");
+/* Attention kernel `version` forced on a call it does not support (nh heads of hd, all leading
+ * dimensions ld, 4 queries): GQ_ERR_UNSUPPORTED naming the reason. */
+static void attention_refused(pair *P, int version, int nh, int hd, int ld, const char *why) {
+    int old = gq_cuda_set_attention_kernel(P->gpu, version);
+    void *b = gq_be_alloc(P->gpu, 4 * 4096);
+    TEST_FAILS(gq_be_attention(P->gpu, b, ld, b, ld, b, ld, b, ld, 4, 4, nh, nh, hd), GQ_ERR_UNSUPPORTED, why);
     gq_be_release(P->gpu, b);
     gq_cuda_set_attention_kernel(P->gpu, old);
+}
+
+static void test_attention_limits(pair *P) {
+    set_op("attention limits");
+    if (g_f32) {
+        attention_refused(P, 2, 1, 64, 64, "needs fp16 activations");
+        attention_refused(P, 3, 1, 96, 96, "head_dim 64 or 128 (got 96)");
+    } else {
+        attention_refused(P, 2, 2, 32, 64, "head_dim 64 or 128 (got 32)");
+        attention_refused(P, 2, 2, 64, 132, "multiples of 8");
+        attention_refused(P, 3, 1, 64, 64, "needs fp32 activations");
+    }
     TEST_CHECK(gq_cuda_set_attention_kernel(P->cpu, 1) == -1, "attention knob refuses a CPU backend");
 }
 
@@ -675,20 +682,7 @@ static void run_suite(pair *P) {
     test_attention(P, 0, 1, 16384, 4, 1, 128, 0);     /* decode against a 16384-key cache (v1) */
     test_attention(P, 1, 40, 40, 3, 3, 32, 8);     /* hd 32: v1 only */
     test_attention(P, 1, 40, 40, 2, 1, 96, 0);     /* hd 96 */
-    if (g_f32) {
-        set_op("attention v2 refuses fp32");
-        int old = gq_cuda_set_attention_kernel(P->gpu, 2);
-        void *b = gq_be_alloc(P->gpu, 4 * 4096);
-        TEST_FAILS(gq_be_attention(P->gpu, b, 64, b, 64, b, 64, b, 64, 4, 4, 1, 1, 64), GQ_ERR_UNSUPPORTED,
-                   "needs fp16 activations");
-        gq_cuda_set_attention_kernel(P->gpu, 3);
-        TEST_FAILS(gq_be_attention(P->gpu, b, 96, b, 96, b, 96, b, 96, 4, 4, 1, 1, 96), GQ_ERR_UNSUPPORTED,
-                   "head_dim 64 or 128 (got 96)");
-        gq_be_release(P->gpu, b);
-        gq_cuda_set_attention_kernel(P->gpu, old);
-    } else {
-        test_attention_v2_limits(P);
-    }
+    test_attention_limits(P);
     {
         const int slot[5] = {2, 0, 7, 1, 3}, pos[5] = {0, 7, 33, 200, 257};
         test_decode(P, 5, 4, 2, 64, 300, slot, pos);

@@ -241,17 +241,6 @@ static size_t f3_smem_bytes(void) { /* qs [BR][HD+1], ks [BC][HD+1], vs [BC][HD]
                             (size_t)F3_BR * (F3_BC + 1));
 }
 
-static __device__ __forceinline__ float group16_max(float v) {
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
-    return v;
-}
-static __device__ __forceinline__ float group16_sum(float v) {
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
-    return v;
-}
-
 template <int HD>
 static __global__ void __launch_bounds__(F3_THREADS)
     attn_f32_kernel(float *O, int ldo, const float *Q, int ldq, const float *K, int ldk, const float *V, int ldv,
@@ -310,7 +299,7 @@ static __global__ void __launch_bounds__(F3_THREADS)
                 mx = fmaxf(mx, sc[i][j]);
             }
             /* key 0 is in the first tile and visible to every row: m is finite from then on */
-            const float mn = fmaxf(m[i], group16_max(mx));
+            const float mn = fmaxf(m[i], warp_max<16>(mx));
             const float alpha = expf(m[i] - mn);
             float sum = 0.0f;
 #pragma unroll
@@ -319,7 +308,7 @@ static __global__ void __launch_bounds__(F3_THREADS)
                 ps[(ty + 16 * i) * (F3_BC + 1) + tx + 16 * j] = pj;
                 sum += pj;
             }
-            l[i] = l[i] * alpha + group16_sum(sum);
+            l[i] = l[i] * alpha + warp_sum<16>(sum);
             m[i] = mn;
 #pragma unroll
             for (int j = 0; j < NJ; j++) acc[i][j] *= alpha;

@@ -88,9 +88,11 @@ static inline gq_cuda_ctx *gq_cuda_ctx_of(const gq_backend *be) { return (gq_cud
 
 #define GQ_FULL_MASK 0xffffffffu
 
+/* Sum / max / min over aligned groups of W lanes (W = 32: the whole warp). */
+template <int W = 32>
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
+    for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
     return v;
 }
 static __device__ __forceinline__ double warp_sum_d(double v) {
@@ -98,9 +100,10 @@ static __device__ __forceinline__ double warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GQ_FULL_MASK, v, o);
     return v;
 }
+template <int W = 32>
 static __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
+    for (int o = W / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(GQ_FULL_MASK, v, o));
     return v;
 }
 static __device__ __forceinline__ float warp_min(float v) {
