@@ -154,8 +154,7 @@ static int cmp_desc_stable(const void *a, const void *b) {
     return (x->idx > y->idx) - (x->idx < y->idx); /* ties: lower column first */
 }
 
-/* perm = argsort(diag, descending), ties by ascending index. */
-static void argsort_desc(const float *diag, int n, int32_t *perm) {
+void gq_gptq_act_order_perm(const float *diag, int n, int32_t *perm) {
     sort_item *it = gq_malloc((size_t)n * sizeof *it);
     for (int i = 0; i < n; i++) it[i] = (sort_item){diag[i], i};
     qsort(it, (size_t)n, sizeof *it, cmp_desc_stable);
@@ -395,7 +394,7 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
         }
         if (p->act_order) {
             perm = res->perm;
-            argsort_desc(diag, cols, perm);
+            gq_gptq_act_order_perm(diag, cols, perm);
             c.perm = perm;
         }
     }

@@ -144,6 +144,10 @@ int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, floa
 /* Validate params for a rows x cols solve (H may be NULL for RTN): GQ_ERR_ARG
  * naming the bad field. Every backend's solve starts with it. */
 int gq_gptq_check_params(const gq_gptq_params *p, int rows, int cols, const float *H);
+/* The act-order permutation: perm[n] = argsort(diag, descending), ties by
+ * ascending column (a stable sort, as torch.argsort(descending=True) on the
+ * reference's inputs). Every backend's solve uses it. */
+void gq_gptq_act_order_perm(const float *diag, int n, int32_t *perm);
 
 /* The inverse factor step alone, exposed for tests and the CUDA reference:
  * H (full symmetric, cols x cols, dead columns already fixed, damping added)

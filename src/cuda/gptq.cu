@@ -404,18 +404,6 @@ static int check_params(const gq_gptq_params *p, int rows, int cols, const float
     return GQ_OK;
 }
 
-typedef struct {
-    float key;
-    int32_t idx;
-} sort_item;
-
-static int cmp_desc_stable(const void *x, const void *y) {
-    const sort_item *a = (const sort_item *)x, *b = (const sort_item *)y;
-    if (a->key > b->key) return -1;
-    if (a->key < b->key) return 1;
-    return (a->idx > b->idx) - (a->idx < b->idx);
-}
-
 /* One factorization attempt at damping lambda: Hinv (fp32, the caller's H
  * buffer) on success; GQ_ERR_NOT_PD (message as the CPU path's) when a
  * factorization fails; GQ_ERR_DEVICE on CUDA errors. f64: element type;
@@ -702,15 +690,9 @@ int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_sca
             TRY(GQ_CU_OK(cudaGetLastError()));
         }
         if (p->act_order) {
-            sort_item *it = (sort_item *)gq_malloc((size_t)K * sizeof *it);
-            for (int i = 0; i < K; i++) it[i] = (sort_item){diag[i], i};
-            qsort(it, (size_t)K, sizeof *it, cmp_desc_stable);
+            gq_gptq_act_order_perm(diag, K, res->perm); /* the CPU solve's permutation */
             invperm = (int32_t *)gq_malloc((size_t)K * sizeof(int32_t));
-            for (int i = 0; i < K; i++) {
-                res->perm[i] = it[i].idx;
-                invperm[it[i].idx] = i;
-            }
-            free(it);
+            for (int i = 0; i < K; i++) invperm[res->perm[i]] = i;
             TRY_ALLOC(m.perm, int32_t *, (size_t)K * sizeof(int32_t), "gptq: permutation");
             TRY_ALLOC(m.invperm, int32_t *, (size_t)K * sizeof(int32_t), "gptq: inverse permutation");
             TRY(gq_be_upload(be, m.perm, res->perm, (size_t)K * sizeof(int32_t)));
