@@ -134,6 +134,9 @@ int gq_backend_init(gq_backend **out, const char *spec) {
     if (dev < 0) return gq_err(GQ_ERR_ARG, "device '%s': expected cpu, cuda, cuda:N (N = 0, 1, ...) or auto", spec);
 #ifdef GQ_CUDA_BACKEND
     int n = gq_cuda_device_count();
+    if (n == 0)
+        return gq_err(GQ_ERR_DEVICE, "device '%s': no CUDA device found (the driver reports none); use --device cpu "
+                                     "or --device auto", spec);
     if (dev >= n)
         return gq_err(GQ_ERR_DEVICE, "device '%s': %d CUDA device%s present (valid: cuda:0 .. cuda:%d)", spec, n,
                       n == 1 ? "" : "s", n - 1);
@@ -163,6 +166,24 @@ int gq_backend_is_gpu(const gq_backend *be) {
 gq_dtype gq_backend_act_dtype(const gq_backend *be) {
     return be->act_dtype;
 }
+char *openblas_get_corename(void);
+
+void gq_backend_arith_id(const gq_backend *be, char *buf, size_t cap) {
+    if (!be->is_gpu) {
+        snprintf(buf, cap, "cpu openblas %s", openblas_get_corename());
+        return;
+    }
+    /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)": the device's name and architecture */
+    const char *p = strchr(be->name, '(');
+    const char *e = p ? strstr(p, " SMs") : NULL;
+    if (e) {
+        while (e > p && e[-1] != ',') e--;
+        snprintf(buf, cap, "cuda %.*s", (int)(e - p - 2), p + 1);
+    } else {
+        snprintf(buf, cap, "%s", be->name);
+    }
+}
+
 int gq_backend_set_precision(gq_backend *be, const char *precision) {
     gq_dtype want;
     if (!precision || !strcmp(precision, "auto")) return GQ_OK;

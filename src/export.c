@@ -1,5 +1,6 @@
 /* export.c -- per-layer packed files and the final AutoGPTQ checkpoint. */
 #include "gq/export.h"
+#include "gq/knobs.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -213,12 +214,16 @@ static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
                   p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "bits", p->bits, "group_size", p->group_size, "sym",
                   p->sym, "act_order", p->act_order, "static_groups", p->static_groups, "damp", p->damp, "block_size",
                   p->block_size, "nsamples", o->nsamples, "seqlen", o->seqlen, "format", o->v2 ? "gptq_v2" : "gptq");
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 0);
+    json_object_set_new(settings, "environment", json_string(knobs));
+    json_object_set_new(settings, "arithmetic", json_string(r->arith));
     json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "load", r->t_load, "forward", r->t_forward, "hessian",
                           r->t_hessian, "solve", r->t_solve, "export", r->t_export, "total", r->t_total);
-    return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:o}", "quantizer", "gq " GQ_VERSION, "settings",
+    return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:i, s:o}", "quantizer", "gq " GQ_VERSION, "settings",
                      settings, "calibration_tokens", (json_int_t)r->n_calib_tokens, "modules_quantized", r->n_modules,
                      "total_loss", loss, "rtn_fallbacks", r->n_fallback, "seconds", t, "peak_host_bytes",
-                     (json_int_t)r->peak_rss, "peak_device_bytes", (json_int_t)r->peak_device, "modules", mods);
+                     (json_int_t)r->peak_rss, "peak_device_bytes", (json_int_t)r->peak_device, "layers_resumed", r->layers_resumed, "modules", mods);
 }
 
 static int is_quantized_weight(const char *name, int *layer, int *id) {

@@ -9,7 +9,9 @@
 
 #include "gq/backend.h"
 #include "gq/export.h"
+#include "gq/knobs.h"
 #include "gq/model.h"
+#include "gq/outdir.h"
 #include "gq/qlayer.h"
 #include "gq/quantize.h"
 #include "gq/tokenizer.h"
@@ -41,7 +43,9 @@ typedef struct {
     gq_backend *be;
     gq_calib_set cs;
     gq_qlayer q;
-    char *partial; /* "<out>.partial" */
+    gq_outdir od;
+    char *model_real, *calib_real; /* resolved paths (the --resume fingerprint) */
+    const char *partial;           /* od.partial */
 } run_t;
 
 /* Report a module. */
@@ -65,6 +69,8 @@ static void add_module(run_t *r, int layer, gq_linear_id id, const gq_qresult *r
 
 /* ---- fingerprint for --resume ------------------------------------------------- */
 
+/* Everything that changes the numbers: inputs (resolved paths, the calibration file's size and
+ * time), settings, the arithmetic (backend and its kernel set, precision) and the knobs. */
 static char *fingerprint(const run_t *r) {
     const gq_quant_opts *o = r->o;
     const gq_gptq_params *p = &o->gptq;
@@ -74,20 +80,85 @@ static char *fingerprint(const run_t *r) {
         csize = (long long)st.st_size;
         cmtime = (long long)st.st_mtime;
     }
-    json_t *j =
-        json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}", "model",
-                  o->model_dir, "calib", o->calib_path, "calib_size", csize, "calib_mtime", cmtime, "nsamples",
-                  o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method", (int)p->method, "bits",
-                  p->bits, "group_size", p->group_size, "sym", p->sym, "act_order", p->act_order, "damp", p->damp,
-                  "static_groups", p->static_groups, "zero_policy", (int)p->zero_policy, "v2", o->v2, "block_size",
-                  p->block_size, "calib_tokens", (json_int_t)r->cs.n_tokens);
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 1);
+    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}",
+                          "model", r->model_real, "calib", r->calib_real, "calib_size", csize, "calib_mtime", cmtime,
+                          "nsamples", o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method",
+                          (int)p->method, "bits", p->bits, "group_size", p->group_size, "sym", p->sym, "act_order",
+                          p->act_order, "damp", p->damp, "static_groups", p->static_groups, "zero_policy",
+                          (int)p->zero_policy, "v2", o->v2, "block_size", p->block_size, "calib_tokens",
+                          (json_int_t)r->cs.n_tokens);
+    json_object_set_new(j, "arithmetic", json_string(r->rep->arith));
+    json_object_set_new(j, "precision", json_string(r->rep->precision));
+    json_object_set_new(j, "knobs", json_string(knobs));
     char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(j);
     return s;
 }
 
-static int read_state(const char *partial, const char *fp, int *done) {
-    char *path = gq_path_join(partial, "state.json");
+/* "bits: 4 now, 3 then; ..." for the keys whose values differ. */
+static void fingerprint_diff(const char *now, const char *then, char *buf, size_t cap) {
+    json_t *a = json_loads(now, 0, NULL), *b = json_loads(then, 0, NULL);
+    size_t len = 0;
+    buf[0] = 0;
+    const char *key;
+    json_t *va;
+    json_object_foreach(a, key, va) {
+        json_t *vb = b ? json_object_get(b, key) : NULL;
+        if (vb && json_equal(va, vb)) continue;
+        char *sa = json_dumps(va, JSON_ENCODE_ANY), *sb = vb ? json_dumps(vb, JSON_ENCODE_ANY) : NULL;
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s: %s now, %s then", len ? "; " : "", key, sa,
+                                    sb ? sb : "(absent)");
+        free(sa);
+        free(sb);
+    }
+    json_decref(a);
+    json_decref(b);
+}
+
+static json_t *modules_json(const gq_quant_report *rep) {
+    json_t *arr = json_array();
+    for (int i = 0; i < rep->n_modules; i++) {
+        const gq_module_report *m = &rep->modules[i];
+        json_array_append_new(arr, json_pack("{s:i, s:s, s:i, s:i, s:f, s:f, s:i, s:i, s:i, s:f}", "layer", m->layer,
+                                             "name", m->name, "rows", m->rows, "cols", m->cols, "loss", m->loss,
+                                             "damp", m->damp, "retries", m->retries, "fallback", m->fallback,
+                                             "n_dead", m->n_dead, "seconds", m->seconds));
+    }
+    return arr;
+}
+
+/* The module records of the layers an interrupted run finished, back into the report. */
+static int restore_modules(run_t *r, json_t *arr, int done, const char *path) {
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m) {
+        gq_qresult res;
+        memset(&res, 0, sizeof res);
+        json_t *name = json_object_get(m, "name");
+        int layer = (int)json_integer_value(json_object_get(m, "layer"));
+        int id = -1;
+        for (int k = 0; k < GQ_LIN_COUNT && json_is_string(name); k++)
+            if (!strcmp(gq_linear_names[k], json_string_value(name))) id = k;
+        if (id < 0 || layer < 0 || layer >= done)
+            return gq_err(GQ_ERR_FORMAT, "%s: modules[%zu]: expected a module of layers 0..%d", path, i, done - 1);
+        res.rows = (int)json_integer_value(json_object_get(m, "rows"));
+        res.cols = (int)json_integer_value(json_object_get(m, "cols"));
+        res.loss = json_number_value(json_object_get(m, "loss"));
+        res.damp_used = json_number_value(json_object_get(m, "damp"));
+        res.retries = (int)json_integer_value(json_object_get(m, "retries"));
+        res.fallback = (int)json_integer_value(json_object_get(m, "fallback"));
+        res.n_dead = (int)json_integer_value(json_object_get(m, "n_dead"));
+        res.seconds = json_number_value(json_object_get(m, "seconds"));
+        add_module(r, layer, (gq_linear_id)id, &res);
+    }
+    return GQ_OK;
+}
+
+static int read_state(run_t *r, const char *fp, int *done) {
+    char *path = gq_path_join(r->partial, "state.json");
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
     int rc = GQ_OK;
@@ -98,27 +169,33 @@ static int read_state(const char *partial, const char *fp, int *done) {
     }
     json_t *f = json_object_get(j, "fingerprint");
     json_t *d = json_object_get(j, "layers_done");
-    if (!json_is_string(f) || !json_is_integer(d)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: expected \"fingerprint\" and \"layers_done\"", path);
+    json_t *mods = json_object_get(j, "modules");
+    if (!json_is_string(f) || !json_is_integer(d) || json_integer_value(d) < 0 ||
+        json_integer_value(d) > r->m.cfg.n_layers || (mods && !json_is_array(mods))) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected \"fingerprint\", \"layers_done\" (0..%d) and \"modules\"", path,
+                    r->m.cfg.n_layers);
         goto out;
     }
     if (strcmp(json_string_value(f), fp) != 0) {
+        char diff[2048];
+        fingerprint_diff(fp, json_string_value(f), diff, sizeof diff);
         rc = gq_err(GQ_ERR_ARG,
-                    "%s: the interrupted run used other settings or inputs; expected %s, found %s "
-                    "(run without --resume to start over)",
-                    path, fp, json_string_value(f));
+                    "%s: the interrupted run used other settings, inputs or arithmetic (%s); resuming would not give "
+                    "the output of one uninterrupted run. Rerun with its settings, or discard it with --force",
+                    path, diff);
         goto out;
     }
     *done = (int)json_integer_value(d);
+    if (mods) rc = restore_modules(r, mods, *done, path);
 out:
     json_decref(j);
     free(path);
     return rc;
 }
 
-static int write_state(const char *partial, const char *fp, int done) {
-    char *path = gq_path_join(partial, "state.json");
-    json_t *j = json_pack("{s:s, s:i}", "fingerprint", fp, "layers_done", done);
+static int write_state(run_t *r, const char *fp, int done) {
+    char *path = gq_path_join(r->partial, "state.json");
+    json_t *j = json_pack("{s:s, s:i, s:o}", "fingerprint", fp, "layers_done", done, "modules", modules_json(r->rep));
     char *s = json_dumps(j, JSON_INDENT(2));
     int rc = gq_write_file_atomic(path, s, strlen(s));
     free(s);
@@ -169,59 +246,79 @@ static void print_settings(const gq_quant_opts *o) {
     gq_info("  %-16s %s", "precision", o->precision ? o->precision : "auto");
     gq_info("  %-16s %d", "threads", gq_get_threads());
     gq_info("  %-16s %s", "resume", o->resume ? "yes" : "no");
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 0);
+    gq_info("  %-16s %s", "environment", knobs[0] ? knobs : "(no GQ_* knobs set)");
 }
 
-static int prepare_output(run_t *r, int *layers_done, char **fp) {
+/* Before any loading: --out against the inputs, the lock, an existing OUT, leftovers of dead runs. */
+static int claim_output(run_t *r) {
+    const gq_quant_opts *o = r->o;
+    gq_outdir_init(&r->od, o->out_dir);
+    r->partial = r->od.partial;
+    const char *inputs[2] = {o->model_dir, o->gptq.method == GQ_METHOD_RTN ? NULL : o->calib_path};
+    int rc = gq_outdir_check_inputs(&r->od, inputs, 2);
+    if (!rc) rc = gq_outdir_lock(&r->od, o->force || o->resume);
+    if (!rc) rc = gq_outdir_check_existing(&r->od, o->force);
+    if (!rc) rc = gq_outdir_clean(&r->od);
+    return rc;
+}
+
+/* layers_done of an unfinished run's state.json, -1 if it has none (for messages). */
+static int partial_layers(const char *partial) {
+    char *path = gq_path_join(partial, "state.json");
+    json_t *j = json_load_file(path, 0, NULL);
+    free(path);
+    int done = j && json_is_integer(json_object_get(j, "layers_done"))
+                   ? (int)json_integer_value(json_object_get(j, "layers_done"))
+                   : -1;
+    json_decref(j);
+    return done;
+}
+
+/* An unfinished run in OUT.partial: continued with --resume, discarded with --force, else kept. */
+static int prepare_partial(run_t *r, int *layers_done, char **fp) {
     const gq_quant_opts *o = r->o;
     *layers_done = 0;
-    if (gq_path_exists(o->out_dir) && !o->force)
-        return gq_err(GQ_ERR_EXISTS, "%s: output already exists (use --force to replace it)", o->out_dir);
-    size_t n = strlen(o->out_dir);
-    while (n > 1 && o->out_dir[n - 1] == '/') n--;
-    r->partial = gq_malloc(n + 16);
-    snprintf(r->partial, n + 16, "%.*s.partial", (int)n, o->out_dir);
     *fp = fingerprint(r);
     if (gq_is_dir(r->partial)) {
+        int done = partial_layers(r->partial);
+        char *state = gq_path_join(r->partial, "state.json");
+        int ours = done >= 0 || !gq_path_exists(state);
+        free(state);
         if (o->resume) {
-            int rc = read_state(r->partial, *fp, layers_done);
+            int rc = read_state(r, *fp, layers_done);
             if (rc) return rc;
             gq_info("resuming: %d of %d layers already quantized in %s", *layers_done, r->m.cfg.n_layers, r->partial);
             return GQ_OK;
         }
-        gq_info("removing the unfinished run in %s (use --resume to continue it instead)", r->partial);
+        if (!o->force)
+            return gq_err(GQ_ERR_EXISTS,
+                          "%s: an unfinished run (%d of %d layers done) is kept there; continue it with --resume, "
+                          "or discard it with --force",
+                          r->partial, done < 0 ? 0 : done, r->m.cfg.n_layers);
+        if (!ours) return gq_err(GQ_ERR_EXISTS, "%s: not an unfinished gq run; move it away", r->partial);
+        gq_info("discarding the unfinished run in %s (%d layers done; --force)", r->partial, done < 0 ? 0 : done);
         int rc = gq_rmtree(r->partial);
         if (rc) return rc;
     } else if (o->resume) {
         gq_info("--resume: nothing to resume in %s, starting from layer 0", r->partial);
     }
     int rc = gq_mkdirs(r->partial);
-    if (!rc) rc = write_state(r->partial, *fp, 0);
+    if (!rc) rc = write_state(r, *fp, 0);
     return rc;
 }
 
 static int finish_output(run_t *r) {
-    const gq_quant_opts *o = r->o;
-    char tmp[4096], old[4096];
-    size_t n = strlen(o->out_dir);
-    while (n > 1 && o->out_dir[n - 1] == '/') n--;
-    snprintf(tmp, sizeof tmp, "%.*s.tmp.%d", (int)n, o->out_dir, (int)getpid());
-    snprintf(old, sizeof old, "%.*s.old.%d", (int)n, o->out_dir, (int)getpid());
-    gq_rmtree(tmp);
+    const char *tmp = r->od.tmp;
     int rc = gq_mkdirs(tmp);
-    if (!rc) rc = gq_export_finish(&r->m, o, r->partial, tmp, r->rep);
+    if (!rc) rc = gq_export_finish(&r->m, r->o, r->partial, tmp, r->rep);
     if (rc) {
         gq_rmtree(tmp);
         return rc;
     }
-    int had_old = gq_path_exists(o->out_dir);
-    if (had_old && rename(o->out_dir, old) != 0)
-        return gq_err(GQ_ERR_IO, "%s: cannot move the old output aside: %s (new output left in %s)", o->out_dir,
-                      strerror(errno), tmp);
-    if (rename(tmp, o->out_dir) != 0)
-        return gq_err(GQ_ERR_IO, "%s: cannot rename %s to it: %s", o->out_dir, tmp, strerror(errno));
-    if (had_old) gq_rmtree(old);
-    gq_rmtree(r->partial);
-    return GQ_OK;
+    if ((rc = gq_outdir_install(&r->od))) return rc;
+    return gq_rmtree(r->partial);
 }
 
 static int alloc_buffers(run_t *r) {
@@ -238,10 +335,13 @@ static void free_run(run_t *r) {
     gq_backend_free(r->be);
     gq_calib_free(&r->cs);
     gq_model_close(&r->m);
-    free(r->partial);
+    gq_outdir_free(&r->od);
+    free(r->model_real);
+    free(r->calib_real);
 }
 
-static int check_options(const gq_quant_opts *o, const gq_config *c) {
+/* The options alone, before anything is opened. */
+static int check_settings(const gq_quant_opts *o) {
     const gq_gptq_params *p = &o->gptq;
     if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
         return gq_err(GQ_ERR_ARG, "--bits: expected 2, 3, 4 or 8, got %d", p->bits);
@@ -255,11 +355,33 @@ static int check_options(const gq_quant_opts *o, const gq_config *c) {
     if (p->block_size <= 0) return gq_err(GQ_ERR_ARG, "--block-size: expected a positive size, got %d", p->block_size);
     if (p->static_groups && p->group_size == -1)
         return gq_err(GQ_ERR_ARG, "--static-groups needs a group size (got --group-size -1)");
+    if (!(o->max_shard_mb >= 0))
+        return gq_err(GQ_ERR_ARG, "--max-shard-mb: expected >= 0 (0: one file), got %g", o->max_shard_mb);
+    if (o->min_tokens < 0) return gq_err(GQ_ERR_ARG, "--min-tokens: expected >= 0, got %d", o->min_tokens);
+    if (o->force && o->resume) return gq_err(GQ_ERR_ARG, "--force and --resume are exclusive");
+    return GQ_OK;
+}
+
+/* The options against the model's shapes, before any weight is read. */
+static int check_model_options(const gq_quant_opts *o, const gq_config *c) {
+    const gq_gptq_params *p = &o->gptq;
+    /* every linear's input width: q/k/v and gate/up read hidden, o_proj heads x head_dim, down_proj intermediate */
+    const int k_in[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
+    if (p->group_size > 0)
+        for (int i = 0; i < 3; i++)
+            if (k_in[i] % p->group_size)
+                return gq_err(GQ_ERR_ARG,
+                              "--group-size %d: expected -1 or a size that divides every linear's input width "
+                              "(%s: %d, %d, %d), e.g. 32, 64 or 128",
+                              p->group_size, o->model_dir, k_in[0], k_in[1], k_in[2]);
     /* packing: every linear's input and output widths must fill whole int32 words */
-    const int dims[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
-            if (gq_pack_check(dims[i], dims[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
+            if (gq_pack_check(k_in[i], k_in[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
+    if (c->max_pos > 0 && o->seqlen > c->max_pos)
+        gq_warn("--seqlen %d is past the model's context (max_position_embeddings %d): the calibration sees positions "
+                "the model was not trained on",
+                o->seqlen, c->max_pos);
     return GQ_OK;
 }
 
@@ -350,7 +472,7 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
     if (!rc) {
         double t0 = gq_now();
         rc = gq_export_layer_file(lpath, &r->m, l, res, r->o->gptq.bits, r->o->v2);
-        if (!rc) rc = write_state(r->partial, fp, l + 1);
+        if (!rc) rc = write_state(r, fp, l + 1);
         r->rep->t_export += gq_now() - t0;
     }
     for (int k = 0; k < GQ_LIN_COUNT; k++) gq_qresult_free(&res[k]);
@@ -383,6 +505,15 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     int layers_done = 0, rc;
 
     print_settings(o);
+    const int rtn = o->gptq.method == GQ_METHOD_RTN;
+    if ((rc = check_settings(o))) goto out;
+    /* the device and the precision, before anything is loaded */
+    if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
+    if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
+    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be) == GQ_DT_F16 ? "fp16" : "fp32");
+    gq_backend_arith_id(r.be, rep->arith, sizeof rep->arith);
+    gq_info("precision: %s activations and weights on %s", rep->precision, gq_backend_name(r.be));
+    if ((rc = claim_output(&r))) goto out;
     if ((rc = gq_model_open(&r.m, o->model_dir))) goto out;
     char summary[512];
     gq_config_summary(&r.m.cfg, summary, sizeof summary);
@@ -392,28 +523,24 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
                     o->model_dir);
         goto out;
     }
-    if ((rc = check_options(o, &r.m.cfg))) goto out;
-    const int rtn = o->gptq.method == GQ_METHOD_RTN;
+    if ((rc = check_model_options(o, &r.m.cfg))) goto out;
+    r.model_real = gq_path_resolve(o->model_dir);
+    r.calib_real = gq_path_resolve(o->calib_path);
     if (rtn) {
         gq_info("method rtn: rounding to nearest needs no calibration data; %s is not read", o->calib_path);
     } else {
         if ((rc = load_calibration(&r))) goto out;
     }
-    if ((rc = prepare_output(&r, &layers_done, &fp))) goto out;
-    if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
-    if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
-    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be) == GQ_DT_F16 ? "fp16" : "fp32");
-    gq_info("precision: %s activations and weights on %s", rep->precision, gq_backend_name(r.be));
-    if (!rtn) {
+    if ((rc = prepare_partial(&r, &layers_done, &fp))) goto out;
+    int n_layers = r.m.cfg.n_layers;
+    int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
+    if (!rtn && layers_done < stop) { /* activations only where a layer is left to quantize */
         if ((rc = alloc_buffers(&r))) goto out;
         double t0 = gq_now();
         if ((rc = embed_calibration(&r))) goto out;
         rep->t_load += gq_now() - t0;
     }
     rep->layers_resumed = layers_done;
-
-    int n_layers = r.m.cfg.n_layers;
-    int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
     double t_layers = gq_now();
     for (int l = 0; l < stop && !rc; l++) {
         /* the next layer comes from the disk while this one computes */
@@ -422,7 +549,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         int have_th = l + 1 < stop && pthread_create(&th, NULL, prefetch_main, &pf) == 0;
         char *lpath = gq_export_layer_path(r.partial, l);
         if (l < layers_done) {
-            rc = rtn ? GQ_OK : restore_layer(&r, l, lpath);
+            rc = rtn || layers_done >= stop ? GQ_OK : restore_layer(&r, l, lpath);
             if (!rc) gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
         } else {
             rc = quantize_layer(&r, l, lpath, fp, rtn);

@@ -39,6 +39,10 @@ void gq_backend_free(gq_backend *be);
 const char *gq_backend_name(const gq_backend *be); /* "cpu (OpenBLAS, 16 threads)" */
 int gq_backend_is_gpu(const gq_backend *be);
 gq_dtype gq_backend_act_dtype(const gq_backend *be);
+/* What fixes the arithmetic, for the --resume fingerprint: the CPU backend's
+ * OpenBLAS kernel set ("cpu openblas Haswell"), or the CUDA device
+ * ("cuda NVIDIA H100 80GB HBM3 sm_90"); no thread counts or memory sizes. */
+void gq_backend_arith_id(const gq_backend *be, char *buf, size_t cap);
 /* Choose the arithmetic precision: "auto" (the backend's own: fp32 on the
  * CPU, fp16 on CUDA), "fp16" or "fp32". CUDA fp16: fp16 activations and
  * weights, tensor-core GEMMs with fp32 accumulation (the reference

@@ -62,9 +62,10 @@ typedef struct {
     double t_load, t_forward, t_hessian, t_solve, t_export, t_total;
     size_t peak_rss, peak_device;
     char precision[8];      /* "fp16" or "fp32": the backend's activation dtype */
+    char arith[128];        /* gq_backend_arith_id: what fixes the arithmetic */
     int n_fallback;
     int64_t n_calib_tokens;
-    int layers_resumed;
+    int layers_resumed;     /* layers restored from an interrupted run (their modules are listed too) */
 } gq_quant_report;
 
 int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep);

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "cuda/common.cuh"
+#include "gq/knobs.h"
 
 /* ---- errors ---------------------------------------------------------------------------------------- */
 
@@ -434,16 +435,6 @@ static __global__ void probe_kernel(int *p) {
     if (p) *p = 1;
 }
 
-static int env_choice(const char *name, int def, const char *const *names, int n) {
-    const char *s = getenv(name);
-    if (!s || !*s) return def;
-    for (int i = 0; i < n; i++)
-        if (!strcmp(s, names[i])) return i;
-    gq_warn("%s=%s ignored: expected one of %s%s%s%s%s", name, s, names[0], n > 1 ? ", " : "", n > 1 ? names[1] : "",
-            n > 2 ? ", " : "", n > 2 ? names[2] : "");
-    return def;
-}
-
 static int cuda_setup(gq_backend *be, int device) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     CUDA_CHECK(cudaSetDevice(device));
@@ -483,10 +474,8 @@ static int cuda_setup(gq_backend *be, int device) {
     if (!(c->rope_dev = (float *)gq_cuda_scratch(be, GQ_CUDA_MAX_ROPE_HALF * sizeof(float), "rope frequencies")))
         return gq_errcode();
     c->rope_n = 0;
-    static const char *const attn_names[] = {"0", "1", "2", "3"};
-    static const char *const hinv_names[] = {"f64", "potri", "f32"};
-    c->attn_version = env_choice("GQ_CUDA_ATTN", 0, attn_names, 4);
-    c->hinv_mode = env_choice("GQ_CUDA_HINV", GQ_CUDA_HINV_F64, hinv_names, 3);
+    c->attn_version = gq_knobs_get()->cuda_attn;
+    c->hinv_mode = gq_knobs_get()->cuda_hinv; /* knobs.c lists the modes in the enum's order */
     char mem[32];
     snprintf(be->name, sizeof be->name, "cuda:%d (%s, sm_%d%d, %d SMs, %s)", device, c->prop.name, c->prop.major,
              c->prop.minor, c->prop.multiProcessorCount,

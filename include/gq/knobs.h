@@ -1,0 +1,48 @@
+/*
+ * gq/knobs.h -- the environment knobs, read once into one settings struct.
+ *
+ * Benchmarks and comparisons steer a few internals through the environment.
+ * Every such variable is read here, once, validated (a bad value is ignored
+ * with a warning naming the variable and what it accepts), printed with the
+ * effective settings, recorded in gq_report.json and, where it changes the
+ * numbers, part of the --resume fingerprint. No other file calls getenv for
+ * these.
+ *
+ *   GQ_CPU_ATTN=tasks|blas     CPU attention schedule                 (numbers)
+ *   GQ_CPU_ATTN_TILE=0..4096   CPU attention query rows per tile      (numbers)
+ *   GQ_CUDA_ATTN=0..3          CUDA attention kernel version          (numbers)
+ *   GQ_CUDA_HINV=f64|potri|f32 CUDA inverse-factor mode               (numbers)
+ *   GQ_STREAM_ACTIVATIONS=0|1  stream calibration activations from the host
+ *                              (bitwise equal to the resident run)
+ *   GQ_PPL_PARALLEL=windows|ops  perplexity schedule on the CPU         (timing)
+ * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
+ */
+#ifndef GQ_KNOBS_H
+#define GQ_KNOBS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int cpu_attn_blas;      /* GQ_CPU_ATTN: 0 tasks (default), 1 blas */
+    int cpu_attn_tile;      /* GQ_CPU_ATTN_TILE: 0 = head_dim rows */
+    int cuda_attn;          /* GQ_CUDA_ATTN: 0 = the default kernel for the precision */
+    int cuda_hinv;          /* GQ_CUDA_HINV: index into {f64, potri, f32} */
+    int stream_activations; /* GQ_STREAM_ACTIVATIONS */
+    int ppl_ops;            /* GQ_PPL_PARALLEL=ops */
+    char openblas_coretype[32];
+} gq_knobs;
+
+/* The knobs, read from the environment at the first call. */
+const gq_knobs *gq_knobs_get(void);
+/* "GQ_CUDA_HINV=f32 ..." for the knobs that differ from their defaults, "" if none;
+ * numbers_only: only those that change the computed numbers (the --resume fingerprint). */
+void gq_knobs_str(char *buf, unsigned cap, int numbers_only);
+/* Re-read the environment (tests). */
+void gq_knobs_reload(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GQ_KNOBS_H */

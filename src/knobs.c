@@ -1,0 +1,80 @@
+/* knobs.c -- the environment knobs, read once (gq/knobs.h). */
+#include "gq/knobs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gq/common.h"
+
+static gq_knobs knobs;
+static int loaded;
+
+static const char *const cpu_attn_names[] = {"tasks", "blas"};
+static const char *const cuda_attn_names[] = {"0", "1", "2", "3"};
+static const char *const hinv_names[] = {"f64", "potri", "f32"};
+static const char *const stream_names[] = {"0", "1"};
+static const char *const ppl_names[] = {"windows", "ops"};
+
+static int env_choice(const char *name, const char *const *names, int n) {
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i])) return i;
+    char list[128];
+    int len = 0;
+    for (int i = 0; i < n && len < (int)sizeof list; i++)
+        len += snprintf(list + len, sizeof list - (size_t)len, "%s%s", i ? "|" : "", names[i]);
+    gq_warn("%s=%s ignored: expected %s", name, s, list);
+    return 0;
+}
+
+static int env_int(const char *name, int lo, int hi) {
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end || errno || v < lo || v > hi) {
+        gq_warn("%s=%s ignored: expected an integer in [%d, %d]", name, s, lo, hi);
+        return 0;
+    }
+    return (int)v;
+}
+
+void gq_knobs_reload(void) {
+    memset(&knobs, 0, sizeof knobs);
+    knobs.cpu_attn_blas = env_choice("GQ_CPU_ATTN", cpu_attn_names, 2);
+    knobs.cpu_attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 4096);
+    knobs.cuda_attn = env_choice("GQ_CUDA_ATTN", cuda_attn_names, 4);
+    knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 3);
+    knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2);
+    knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2);
+    const char *ct = getenv("OPENBLAS_CORETYPE");
+    snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
+    loaded = 1;
+}
+
+const gq_knobs *gq_knobs_get(void) {
+    if (!loaded) gq_knobs_reload();
+    return &knobs;
+}
+
+void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
+    const gq_knobs *k = gq_knobs_get();
+    size_t len = 0;
+    buf[0] = 0;
+#define ADD(...) \
+    if (len < cap) len += (size_t)snprintf(buf + len, cap - len, __VA_ARGS__)
+    if (k->cpu_attn_blas) ADD("%sGQ_CPU_ATTN=blas", len ? " " : "");
+    if (k->cpu_attn_tile) ADD("%sGQ_CPU_ATTN_TILE=%d", len ? " " : "", k->cpu_attn_tile);
+    if (k->cuda_attn) ADD("%sGQ_CUDA_ATTN=%d", len ? " " : "", k->cuda_attn);
+    if (k->cuda_hinv) ADD("%sGQ_CUDA_HINV=%s", len ? " " : "", hinv_names[k->cuda_hinv]);
+    if (!numbers_only) {
+        if (k->stream_activations) ADD("%sGQ_STREAM_ACTIVATIONS=1", len ? " " : "");
+        if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");
+        if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
+    }
+#undef ADD
+}
