@@ -1,6 +1,7 @@
 /* calib_gen.c -- `gq calib` as a library call (gq/calib_gen.h): questions ->
  * prompts -> generation -> quality controls -> batched, crash-safe JSONL. */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -244,7 +245,9 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
     c->done_run++;
     char *raw = NULL, *ans;
     size_t raw_n = 0, ans_n;
-    int rc = gq_tok_decode(c->tok, s->out.v, s->out.n, 1, &raw, &raw_n);
+    /* the answer continues its prompt: decoded alone, a leading space of it would be
+     * stripped as the start of a text by SentencePiece-style decoders */
+    int rc = gq_tok_decode_continuation(c->tok, s->prompt, (size_t)s->n_prompt, s->out.v, s->out.n, 1, &raw, &raw_n);
     if (rc) return gq_err_prefix("question %d (%s): decoding the answer", index, c->q.where[index]);
     ans = utf8_clean(raw, raw_n, &ans_n);
     free(raw);
@@ -304,16 +307,15 @@ static void length_stats(run_ctx *c) {
 
 static int check_opts(const gq_calib_gen_opts *o) {
     if (!o->model_dir || !o->questions || !o->out)
-        return gq_err(GQ_ERR_ARG, "gq calib: --model, --questions and --out are required");
-    if (o->batch < 1) return gq_err(GQ_ERR_ARG, "gq calib: --batch: expected >= 1, got %d", o->batch);
-    if (o->n < 0) return gq_err(GQ_ERR_ARG, "gq calib: --n: expected >= 0 (0 = all), got %d", o->n);
+        return gq_err(GQ_ERR_ARG, "--model, --questions and --out are required");
+    if (o->batch < 1) return gq_err(GQ_ERR_ARG, "--batch: expected >= 1, got %d", o->batch);
+    if (o->n < 0) return gq_err(GQ_ERR_ARG, "--n: expected >= 0 (0 = all), got %d", o->n);
     if (o->min_answer_tokens < 0)
-        return gq_err(GQ_ERR_ARG, "gq calib: --min-answer-tokens: expected >= 0, got %d", o->min_answer_tokens);
+        return gq_err(GQ_ERR_ARG, "--min-answer-tokens: expected >= 0, got %d", o->min_answer_tokens);
     if (o->degenerate_period < 0)
-        return gq_err(GQ_ERR_ARG, "gq calib: --degenerate-period: expected >= 0 (0: off), got %d",
-                      o->degenerate_period);
-    if (o->threads < 0) return gq_err(GQ_ERR_ARG, "gq calib: --threads: expected >= 0, got %d", o->threads);
-    if (o->max_len < 0) return gq_err(GQ_ERR_ARG, "gq calib: --max-len: expected >= 0, got %d", o->max_len);
+        return gq_err(GQ_ERR_ARG, "--degenerate-period: expected >= 0 (0: off), got %d", o->degenerate_period);
+    if (o->threads < 0) return gq_err(GQ_ERR_ARG, "--threads: expected >= 0, got %d", o->threads);
+    if (o->max_len < 0) return gq_err(GQ_ERR_ARG, "--max-len: expected >= 0, got %d", o->max_len);
     return gq_gen_sampling_check(&o->sampling);
 }
 
@@ -377,6 +379,106 @@ static int prepare(run_ctx *c, gq_prompt *pt, const gq_model *m) {
     return rc;
 }
 
+/* Load the model onto the device and answer the pending questions seqs[0..npend). */
+static int generate_all(run_ctx *c, const gq_model *m, gq_gen_seq *seqs, int npend, int max_prompt) {
+    const gq_calib_gen_opts *o = c->o;
+    gq_gen_opts go;
+    gq_gen_opts_default(&go);
+    go.max_batch = o->batch < npend ? o->batch : npend;
+    long want = o->max_len ? o->max_len : (long)max_prompt + o->sampling.max_new_tokens;
+    go.max_len = want < m->cfg.max_pos ? (int)want : m->cfg.max_pos;
+    if (go.max_len <= max_prompt)
+        return gq_err(GQ_ERR_ARG, "--max-len %d leaves no room after the longest prompt (%d tokens)", go.max_len,
+                      max_prompt);
+    if (gq_tok_eos(c->tok) >= 0) go.eos_ids[go.n_eos++] = gq_tok_eos(c->tok);
+    gq_backend *be = NULL;
+    gq_gen *g = NULL;
+    int rc = gq_backend_init(&be, o->device);
+    if (rc == GQ_OK) rc = gq_backend_set_precision(be, o->precision);
+    if (rc == GQ_OK) rc = gq_gen_init(&g, m, be, &go);
+    if (rc == GQ_OK) {
+        gq_info("generating answers for %d questions (%ld done before, %ld too long), batch %d, up to %d new tokens",
+                npend, c->rep->n_done_before, c->rep->n_too_long, go.max_batch, o->sampling.max_new_tokens);
+        c->t0 = gq_now();
+        rc = gq_gen_run(g, seqs, npend, &o->sampling, on_done, c);
+        int rc2 = flush_batch(c); /* the last partial batch (what is complete, also after an error) */
+        if (!rc) rc = rc2;
+    }
+    gq_gen_free(g);
+    gq_backend_free(be);
+    return rc;
+}
+
+static void addf(char *b, size_t cap, size_t *k, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static void addf(char *b, size_t cap, size_t *k, const char *fmt, ...) {
+    if (*k >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(b + *k, cap - *k, fmt, ap);
+    va_end(ap);
+    if (w > 0) *k += (size_t)w;
+}
+
+/* The output holds no record after the run: GQ_ERR_DATA saying what became of every question. */
+static int no_records(const run_ctx *c, int max_pos) {
+    const gq_calib_gen_opts *o = c->o;
+    const gq_calib_gen_report *r = c->rep;
+    char why[1024], short_w[96], degen_w[112], n_w[32] = "";
+    size_t k = 0, cap = sizeof why;
+    snprintf(short_w, sizeof short_w, "short (fewer than %d tokens, --min-answer-tokens)", o->min_answer_tokens);
+    snprintf(degen_w, sizeof degen_w, "degenerate (a period of up to %d tokens repeats, --degenerate-period)",
+             o->degenerate_period);
+    if (o->n > 0) snprintf(n_w, sizeof n_w, " (--n %d)", o->n);
+    const struct {
+        long n;
+        const char *what;
+    } drops[] = {{r->n_empty, "empty (only whitespace)"},
+                 {r->n_short, short_w},
+                 {r->n_degenerate, degen_w},
+                 {r->n_duplicate, "duplicate (the text of an earlier answer)"}};
+    const char *sep = "";
+    if (r->n_generated) {
+        addf(why, cap, &k, "%ld answer%s generated, all dropped:", r->n_generated, r->n_generated == 1 ? "" : "s");
+        const char *s2 = " ";
+        for (size_t i = 0; i < sizeof drops / sizeof *drops; i++)
+            if (drops[i].n) {
+                addf(why, cap, &k, "%s%ld %s", s2, drops[i].n, drops[i].what);
+                s2 = ", ";
+            }
+        sep = "; ";
+    }
+    if (r->n_too_long) {
+        addf(why, cap, &k, "%s%ld too long (the prompt leaves no room within max_position_embeddings %d)", sep,
+             r->n_too_long, max_pos);
+        sep = "; ";
+    }
+    if (r->n_done_before)
+        addf(why, cap, &k, "%s%ld dropped by an earlier run (listed in %s; --force starts anew)", sep, r->n_done_before,
+             c->side_path);
+    return gq_err(GQ_ERR_DATA, "%s: no records written, the file holds none: %ld question%s from %s%s: %s", o->out,
+                  r->n_questions, r->n_questions == 1 ? "" : "s", o->questions, n_w, why);
+}
+
+static void run_free(run_ctx *c) {
+    for (int i = 0; i < c->q.n; i++) {
+        gq_ids_free(&c->ids[i]);
+        free(c->prompt[i]);
+    }
+    free(c->ids);
+    free(c->prompt);
+    free(c->state);
+    gq_questions_free(&c->q);
+    strset_free(&c->answers);
+    free(c->lens);
+    free(c->rec.p);
+    free(c->drop.p);
+    free(c->side_path);
+}
+
 int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     memset(rep, 0, sizeof *rep);
     int rc = check_opts(o);
@@ -391,8 +493,6 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     gq_prompt *pt = NULL;
     gq_model m;
     memset(&m, 0, sizeof m);
-    gq_backend *be = NULL;
-    gq_gen *g = NULL;
     gq_gen_seq *seqs = NULL;
     rc = gq_tok_load(&tok, o->model_dir);
     c.tok = tok;
@@ -416,56 +516,20 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
         rc = gq_calib_gen_out_open(&c.out, o->out, append);
         if (!rc) rc = gq_calib_gen_out_open(&c.side, c.side_path, append);
     }
-    if (!rc && npend) {
-        gq_gen_opts go;
-        gq_gen_opts_default(&go);
-        go.max_batch = o->batch < npend ? o->batch : npend;
-        long want = o->max_len ? o->max_len : (long)max_prompt + o->sampling.max_new_tokens;
-        go.max_len = want < m.cfg.max_pos ? (int)want : m.cfg.max_pos;
-        if (go.max_len <= max_prompt) {
-            rc = gq_err(GQ_ERR_ARG, "gq calib: --max-len %d leaves no room after the longest prompt (%d tokens)",
-                        go.max_len, max_prompt);
-        } else {
-            if (gq_tok_eos(tok) >= 0) go.eos_ids[go.n_eos++] = gq_tok_eos(tok);
-            rc = gq_backend_init(&be, o->device);
-            if (rc == GQ_OK) rc = gq_backend_set_precision(be, o->precision);
-            if (!rc) rc = gq_gen_init(&g, &m, be, &go);
-        }
-        if (!rc) {
-            gq_info(
-                "generating answers for %d questions (%ld done before, %ld too long), batch %d, up to %d new tokens",
-                npend, rep->n_done_before, rep->n_too_long, go.max_batch, o->sampling.max_new_tokens);
-            c.t0 = gq_now();
-            rc = gq_gen_run(g, seqs, npend, &o->sampling, on_done, &c);
-            int rc2 = flush_batch(&c); /* the last partial batch (what is complete, also after an error) */
-            if (!rc) rc = rc2;
-        }
-    } else if (!rc) {
-        gq_info("nothing to generate: all %d questions are done", c.q.n);
-    }
+    if (!rc && npend)
+        rc = generate_all(&c, &m, seqs, npend, max_prompt);
+    else if (!rc)
+        gq_info("nothing to generate: all %d questions are done or too long", c.q.n);
     int rc3 = gq_calib_gen_out_close(c.out), rc4 = gq_calib_gen_out_close(c.side);
     if (!rc) rc = rc3 ? rc3 : rc4;
+    if (!rc && rep->n_total == 0) rc = no_records(&c, m.cfg.max_pos); /* nothing to calibrate with */
     length_stats(&c);
     rep->seconds = gq_now() - t_start;
     for (int i = 0; i < npend; i++) gq_gen_seq_free(&seqs[i]);
     free(seqs);
-    gq_gen_free(g);
-    gq_backend_free(be);
     gq_model_close(&m);
     gq_prompt_free(pt);
     gq_tok_free(tok);
-    for (int i = 0; i < c.q.n; i++) {
-        gq_ids_free(&c.ids[i]);
-        free(c.prompt[i]);
-    }
-    free(c.ids);
-    free(c.prompt);
-    free(c.state);
-    gq_questions_free(&c.q);
-    strset_free(&c.answers);
-    free(c.lens);
-    free(c.rec.p);
-    free(c.drop.p);
-    free(c.side_path);
+    run_free(&c);
     return rc;
 }

@@ -66,9 +66,9 @@ int gq_cmd_calib(int argc, char **argv) {
     if (rc) return rc;
     if (!o.model_dir || !o.questions || !o.out) {
         gq_opts_usage(stderr, "calib", syn, opts, n);
-        return gq_err(GQ_ERR_ARG, "gq calib: --model, --questions and --out are required");
+        return gq_err(GQ_ERR_ARG, "--model, --questions and --out are required");
     }
-    if (seed < 0) return gq_err(GQ_ERR_ARG, "gq calib: --seed: expected >= 0, got %d", seed);
+    if (seed < 0) return gq_err(GQ_ERR_ARG, "--seed: expected >= 0, got %d", seed);
     rc = gq_questions_format_parse(qfmt, &o.qformat);
     if (rc) return rc;
     o.sampling.max_new_tokens = max_new;

@@ -15,6 +15,8 @@
  * normalized=true enters the chain as its normalized content (Llama-2's
  * "<s>" as "▁<s>", decoded " <s>"), as `tokenizers` 0.23 does; unlike
  * `tokenizers`, skip_special does skip such tokens.
+ * gq_tok_decode_continuation decodes generated ids after their prompt:
+ * decode(prompt + ids) minus decode(prompt), see gq/tokenizer.h.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -240,5 +242,64 @@ int gq_tok_decode(const gq_tokenizer *t, const int32_t *ids, size_t n, int skip_
     sl_free(&cur);
     *out = b.p;
     if (out_len) *out_len = b.n;
+    return GQ_OK;
+}
+
+/* Length of the longest common prefix of a[0..an) and b[0..bn), cut back to
+ * the start of a UTF-8 character of b (never inside a multi-byte sequence). */
+static size_t common_prefix_chars(const char *a, size_t an, const char *b, size_t bn) {
+    size_t n = an < bn ? an : bn, l = 0;
+    while (l < n && a[l] == b[l]) l++;
+    while (l > 0 && l < bn && ((unsigned char)b[l] & 0xC0) == 0x80) l--;
+    return l;
+}
+
+/*
+ * text(ids | prefix) = decode(prefix + ids) minus decode(prefix). Decoding
+ * ids alone would treat them as the start of a text: Llama-2's Strip (and
+ * Metaspace with a prepend scheme) drops the leading space of the first
+ * token, so an answer "▁▁▁▁return" would lose one of its spaces.
+ *
+ * Fallback when decode(prefix) is not a prefix of decode(prefix + ids):
+ * that happens only where the decoder joins tokens across the boundary --
+ * a UTF-8 sequence begun by byte tokens (or byte-level pieces) at the end
+ * of the prefix and finished by ids (decode(prefix) alone shows U+FFFD
+ * there), or a run of <0xNN> tokens spanning the boundary that is invalid
+ * as a whole (then every byte token of the run becomes U+FFFD). The result
+ * is then what decode(prefix + ids) holds after the longest common prefix
+ * of the two texts, cut back to a character boundary: the characters made
+ * from bytes on both sides go to the continuation, and
+ * decode(prefix + ids) == decode(prefix)[0..L) + result still holds.
+ */
+int gq_tok_decode_continuation(const gq_tokenizer *t, const int32_t *prefix, size_t n_prefix, const int32_t *ids,
+                               size_t n, int skip_special, char **out, size_t *out_len) {
+    *out = NULL;
+    if (out_len) *out_len = 0;
+    if (!n_prefix) return gq_tok_decode(t, ids, n, skip_special, out, out_len);
+    for (size_t i = 0; i < n; i++) /* named here: in prefix + ids its position would be shifted */
+        if (ids[i] < 0 || ids[i] >= t->n_vocab)
+            return gq_err(GQ_ERR_ARG,
+                          "decode: token id %d at position %zu of a continuation (after %zu prefix ids) is outside "
+                          "the vocabulary [0, %d) of %s",
+                          ids[i], i, n_prefix, t->n_vocab, t->path);
+    int32_t *all = gq_malloc((n_prefix + n) * sizeof *all);
+    memcpy(all, prefix, n_prefix * sizeof *all);
+    if (n) memcpy(all + n_prefix, ids, n * sizeof *all);
+    char *full = NULL, *head = NULL;
+    size_t full_n = 0, head_n = 0;
+    int rc = gq_tok_decode(t, all, n_prefix + n, skip_special, &full, &full_n);
+    free(all);
+    if (rc) return gq_err_prefix("the prefix of a continuation");
+    rc = gq_tok_decode(t, prefix, n_prefix, skip_special, &head, &head_n);
+    if (rc) {
+        free(full);
+        return gq_err_prefix("the prefix of a continuation");
+    }
+    size_t l =
+        head_n <= full_n && !memcmp(head, full, head_n) ? head_n : common_prefix_chars(head, head_n, full, full_n);
+    free(head);
+    memmove(full, full + l, full_n - l + 1); /* with the NUL */
+    *out = full;
+    if (out_len) *out_len = full_n - l;
     return GQ_OK;
 }

@@ -14,8 +14,12 @@
  * "question" + "answer" is the text the model saw; "raw_question" (only when
  * it differs from P) is the question of the source file. n counts the prompt
  * ids (with <s> when the model takes one), m the answer ids (eos excluded).
- * The answer is the decoded ids without special tokens; texts are stored
- * as valid UTF-8 (an invalid byte becomes U+FFFD, as transformers' decode).
+ * The answer is its ids decoded, without special tokens, as the
+ * continuation of the prompt ids (gq_tok_decode_continuation:
+ * decode(prompt + answer) minus decode(prompt)), so a SentencePiece
+ * decoder's strip of a text's leading space does not eat the answer's first
+ * space; texts are stored as valid UTF-8 (an invalid byte becomes U+FFFD, as
+ * transformers' decode).
  *
  * Crash safety: records are written in batches (one write, then fsync); a
  * gzip output gets one complete gzip member per batch (concatenated members
@@ -30,13 +34,19 @@
  * Quality controls (each dropped sample counted and printed), in this
  * order: "empty" (the answer is only whitespace), "short" (fewer than
  * min_answer_tokens tokens), "degenerate" (gq_gen_degenerate with periods
- * 1..degenerate_period, default 8, repeating over more than half of the
- * answer; 16-32 also catches whole repeated lines), "duplicate" (the same
- * answer text as an earlier kept sample, across resumed runs too; with
- * batching, "earlier" means finished earlier, so which of two identical
- * answers is kept may depend on --batch, while the set of texts kept does
- * not). Questions whose prompt does not leave room for one token within
+ * 1..degenerate_period, default 64, repeating over more than half of the
+ * answer; a repeated line of code is a period of 10-60 tokens),
+ * "duplicate" (the same answer text as an earlier kept sample, across
+ * resumed runs too; with batching, "earlier" means finished earlier, so
+ * which of two identical answers is kept may depend on --batch, while the
+ * set of texts kept does not). Questions whose prompt does not leave room for one token within
  * the model's max positions are skipped ("too long").
+ *
+ * A run after which the output holds no record (every answer dropped, every
+ * prompt too long, or --resume of a file whose questions were all dropped
+ * before) fails with GQ_ERR_DATA: the message names the output, the number
+ * of questions and how many each rule dropped. The report is filled and the
+ * (empty) output and its ".dropped" list are kept.
  */
 #ifndef GQ_CALIB_GEN_H
 #define GQ_CALIB_GEN_H
@@ -64,7 +74,7 @@ typedef struct {
     const char *template_spec;   /* "raw" */
     int resume, force;
     int min_answer_tokens; /* 8 */
-    int degenerate_period; /* longest repeated period the degenerate rule looks for (8; 0: rule off) */
+    int degenerate_period; /* longest repeated period the degenerate rule looks for (64; 0: rule off) */
     int threads;           /* 0 = all cores */
     int max_len;           /* tokens per sequence (0 = longest prompt + max_new_tokens, capped at the
                               model's max positions) */
@@ -87,6 +97,7 @@ typedef struct {
     double seconds;
 } gq_calib_gen_report;
 
+/* GQ_ERR_DATA (the report filled) when the output holds no record at the end. */
 int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep);
 
 /* ---- the output file (calib_out.c) ----------------------------------------------- */

@@ -133,7 +133,8 @@ typedef struct {
     const int32_t *prompt; /* in: prompt ids (with BOS when the model wants it) */
     int n_prompt;
     uint64_t stream;      /* in: RNG stream, e.g. the question index */
-    gq_ids out;           /* out: the new tokens, eos excluded */
+    gq_ids out;           /* out: the new tokens, eos excluded; their text is
+                             gq_tok_decode_continuation(prompt, out), not out decoded alone */
     gq_gen_finish finish; /* out */
 } gq_gen_seq;
 

@@ -55,6 +55,21 @@ int gq_tok_encode(const gq_tokenizer *t, const char *text, size_t len, int add_s
 int gq_tok_decode(const gq_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char **out,
                   size_t *out_len);
 
+/* Decode ids as the continuation of prefix (e.g. generated ids after their
+ * prompt): decode(prefix + ids) minus decode(prefix), so that
+ * decode(prefix) + result == decode(prefix + ids). Use it for every
+ * generated text: decoding the answer alone treats it as the start of a
+ * text, and a Llama-2 style decoder (Strip of the leading space, Metaspace
+ * prepend) then drops the answer's first space. Where the decoder joins
+ * tokens across the boundary (a UTF-8 character whose bytes are split
+ * between prefix and ids, a byte-fallback run that spans it), decode(prefix)
+ * is not a prefix of decode(prefix + ids): the result is then
+ * decode(prefix + ids) after the longest common prefix of the two texts
+ * (cut back to a character boundary), so the straddling characters belong
+ * to the continuation. n_prefix = 0 is plain gq_tok_decode. */
+int gq_tok_decode_continuation(const gq_tokenizer *t, const int32_t *prefix, size_t n_prefix, const int32_t *ids,
+                               size_t n, int skip_special, char **out, size_t *out_len);
+
 int gq_tok_vocab_size(const gq_tokenizer *t);
 int gq_tok_bos(const gq_tokenizer *t); /* -1 if none */
 int gq_tok_eos(const gq_tokenizer *t); /* -1 if none */
