@@ -3,11 +3,15 @@
 #   make               build build/gq and build/libgq.a (CUDA if nvcc is found)
 #   make CUDA=0        force the CPU-only build;  CUDA=1 requires nvcc
 #   make CUDA_ARCH=90  GPU architecture (default 90: H100/H200)
-#   make test          build and run the whole test suite (tests/run.sh)
-#   make SAN=1 test    the same with AddressSanitizer + UBSan (objects in build-san/)
+#   make test          build and run the whole test suite (tests/run.sh), then the quick suite
+#                      built with AddressSanitizer + UBSan (build-san/; GQ_TEST_SAN=0: not)
+#   make SAN=1 test    the whole suite with AddressSanitizer + UBSan (objects in build-san/)
 #   make bench         build the benchmarks in bench/
 #   make DEBUG=1       -O0 -g
 #   make V=1           show full commands
+#   make install       bin/gq, include/gq/*.h, lib/libgq.a and the data (share/gq/calib/) under
+#                      $(DESTDIR)$(PREFIX), PREFIX=/usr/local by default;  make uninstall removes them
+#   gq --version       VERSION below and the commit (git describe) it was built from
 #
 # Dependencies (Debian): libopenblas-openmp-dev (or libopenblas-dev), liblapacke-dev,
 # libjansson-dev, libpcre2-dev, zlib1g-dev; optional: the CUDA toolkit.
@@ -66,7 +70,7 @@ OPT := -O0 -g
 endif
 
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc $(BLAS_CFLAGS) $(DEPS_CFLAGS)
-LDLIBS := $(DEPS_LIBS) $(BLAS_LIBS) -llapacke -ljansson -lpcre2-8 -lz -lm -fopenmp -lpthread
+LDLIBS := $(DEPS_LIBS) $(BLAS_LIBS) -llapacke -ljansson -lpcre2-8 -lutf8proc -lz -lm -fopenmp -lpthread
 
 ifeq ($(SAN),1)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -148,6 +152,15 @@ $(BIN): $(BUILD)/obj/main.o $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# ---- version (gq --version): only main.o gets it, and is rebuilt when it changes ($(BUILD)/.version),
+# so that a new commit does not rebuild everything.
+VERSION := 0.3.0
+GIT_DESCRIBE := $(or $(if $(wildcard .git),$(shell git describe --tags --always 2>/dev/null)),unknown)
+VERSION_FILE := $(BUILD)/.version
+$(shell echo '$(VERSION) $(GIT_DESCRIBE)' | cmp -s - $(VERSION_FILE) || echo '$(VERSION) $(GIT_DESCRIBE)' > $(VERSION_FILE))
+$(BUILD)/obj/main.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
+$(BUILD)/obj/main.o: $(VERSION_FILE)
+
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
@@ -158,8 +171,19 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
+# make test: the suite, then (unless SAN=1 already, or GQ_TEST_SAN=0) the quick suite again built
+# with AddressSanitizer + UBSan in $(SAN_BUILD)/ (CPU only); tests/run.sh runs both and ends with one
+# "N passed, N failed" over both. On 2 cores the sanitizer build and pass add about N minutes.
+SAN_BUILD ?= build-san
+GQ_TEST_SAN ?= 1
+SAN_TEST_BINS := $(TEST_SRCS:tests/%.c=$(SAN_BUILD)/tests/%)
 test: info $(BIN) $(TEST_BINS)
+ifeq ($(SAN)$(GQ_TEST_SAN),01)
+	@$(MAKE) --no-print-directory SAN=1 BUILD=$(SAN_BUILD) CUDA=0 $(SAN_BUILD)/gq $(SAN_TEST_BINS)
+	@GQ_BIN=$(BIN) GQ_BUILD=$(BUILD) GQ_SAN_BUILD=$(SAN_BUILD) GQ_SAN_TESTS="$(SAN_TEST_BINS)" sh tests/run.sh $(TEST_BINS)
+else
 	@GQ_BIN=$(BIN) GQ_BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+endif
 
 bench: info $(BIN) $(BENCH_BINS)
 
@@ -168,6 +192,25 @@ fuzz:
 	@mkdir -p build-fuzz
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Isrc $(BLAS_CFLAGS) \
 	  tests/fuzz/fuzz_st.c src/st_read.c src/st_write.c src/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
+
+# ---- make install [PREFIX=/usr/local] [DESTDIR=]: the binary finds its data in ../share/gq (gq/datadir.h)
+PREFIX ?= /usr/local
+DESTDIR ?=
+INSTALL ?= install
+INSTALL_ROOT = $(DESTDIR)$(PREFIX)
+.PHONY: install uninstall
+install: $(BIN) $(LIB)
+	$(INSTALL) -d $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/include/gq $(INSTALL_ROOT)/lib \
+	    $(INSTALL_ROOT)/share/gq/calib/questions
+	$(INSTALL) -m 755 $(BIN) $(INSTALL_ROOT)/bin/gq
+	$(INSTALL) -m 644 include/gq/*.h $(INSTALL_ROOT)/include/gq/
+	$(INSTALL) -m 644 $(LIB) $(INSTALL_ROOT)/lib/libgq.a
+	$(INSTALL) -m 644 $(wildcard calib/*.jsonl calib/*.jsonl.gz) calib/README.md $(INSTALL_ROOT)/share/gq/calib/
+	$(INSTALL) -m 644 $(wildcard calib/questions/*) $(INSTALL_ROOT)/share/gq/calib/questions/
+
+uninstall:
+	rm -f $(INSTALL_ROOT)/bin/gq $(INSTALL_ROOT)/lib/libgq.a
+	rm -rf $(INSTALL_ROOT)/include/gq $(INSTALL_ROOT)/share/gq
 
 clean:
 	rm -rf build build-san build-fuzz

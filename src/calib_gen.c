@@ -150,6 +150,7 @@ typedef struct {
     long done_run, pending;
     double t0;
     const char *scan_path; /* for messages */
+    gq_backend *be;        /* made first: a bad --device or --precision is refused before any loading */
 } run_ctx;
 
 static void add_len(run_ctx *c, int m) {
@@ -391,11 +392,8 @@ static int generate_all(run_ctx *c, const gq_model *m, gq_gen_seq *seqs, int npe
         return gq_err(GQ_ERR_ARG, "--max-len %d leaves no room after the longest prompt (%d tokens)", go.max_len,
                       max_prompt);
     if (gq_tok_eos(c->tok) >= 0) go.eos_ids[go.n_eos++] = gq_tok_eos(c->tok);
-    gq_backend *be = NULL;
     gq_gen *g = NULL;
-    int rc = gq_backend_init(&be, o->device);
-    if (rc == GQ_OK) rc = gq_backend_set_precision(be, o->precision);
-    if (rc == GQ_OK) rc = gq_gen_init(&g, m, be, &go);
+    int rc = gq_gen_init(&g, m, c->be, &go);
     if (rc == GQ_OK) {
         gq_info("generating answers for %d questions (%ld done before, %ld too long), batch %d, up to %d new tokens",
                 npend, c->rep->n_done_before, c->rep->n_too_long, go.max_batch, o->sampling.max_new_tokens);
@@ -405,7 +403,6 @@ static int generate_all(run_ctx *c, const gq_model *m, gq_gen_seq *seqs, int npe
         if (!rc) rc = rc2;
     }
     gq_gen_free(g);
-    gq_backend_free(be);
     return rc;
 }
 
@@ -494,7 +491,9 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     gq_model m;
     memset(&m, 0, sizeof m);
     gq_gen_seq *seqs = NULL;
-    rc = gq_tok_load(&tok, o->model_dir);
+    rc = gq_backend_init(&c.be, o->device);
+    if (!rc) rc = gq_backend_set_precision(c.be, o->precision);
+    if (!rc) rc = gq_tok_load(&tok, o->model_dir);
     c.tok = tok;
     if (!rc) rc = gq_prompt_init(&pt, o->template_spec, tok);
     if (!rc) rc = gq_model_open(&m, o->model_dir);
@@ -530,6 +529,7 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     gq_model_close(&m);
     gq_prompt_free(pt);
     gq_tok_free(tok);
+    gq_backend_free(c.be);
     run_free(&c);
     return rc;
 }

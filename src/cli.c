@@ -61,9 +61,9 @@ static const gq_opt *find_opt(const gq_opt *opts, int n, const char *name, size_
     return NULL;
 }
 
-static int set_value(const char *cmd, const gq_opt *o, const char *v) {
+static int set_value(const gq_opt *o, const char *v) {
     if (o->choices && !in_choices(o->choices, v))
-        return gq_err(GQ_ERR_ARG, "gq %s: --%s: expected one of %s, got '%s'", cmd, o->name, o->choices, v);
+        return gq_err(GQ_ERR_ARG, "--%s: expected one of %s, got '%s'", o->name, o->choices, v);
     char *end;
     errno = 0;
     switch (o->type) {
@@ -73,14 +73,14 @@ static int set_value(const char *cmd, const gq_opt *o, const char *v) {
     case GQ_OPT_INT: {
         long x = strtol(v, &end, 10);
         if (!*v || *end || errno || x < -2147483647L || x > 2147483647L)
-            return gq_err(GQ_ERR_ARG, "gq %s: --%s: expected an integer, got '%s'", cmd, o->name, v);
+            return gq_err(GQ_ERR_ARG, "--%s: expected an integer, got '%s'", o->name, v);
         *(int *)o->dst = (int)x;
         break;
     }
     case GQ_OPT_DOUBLE: {
         double x = strtod(v, &end);
         if (!*v || *end || errno || !isfinite(x))
-            return gq_err(GQ_ERR_ARG, "gq %s: --%s: expected a number, got '%s'", cmd, o->name, v);
+            return gq_err(GQ_ERR_ARG, "--%s: expected a number, got '%s'", o->name, v);
         *(double *)o->dst = x;
         break;
     }
@@ -105,29 +105,26 @@ int gq_opts_parse(const char *cmd, const char *synopsis, const gq_opt *opts, int
         }
         if (only_pos || a[0] != '-' || a[1] != '-') {
             if (a[0] == '-' && a[1] && !only_pos)
-                return gq_err(GQ_ERR_ARG, "gq %s: unknown option '%s' (options are --long-names; see gq %s --help)",
-                              cmd, a, cmd);
-            if (np >= max_pos)
-                return gq_err(GQ_ERR_ARG, "gq %s: unexpected argument '%s' (see gq %s --help)", cmd, a, cmd);
+                return gq_err(GQ_ERR_ARG, "unknown option '%s' (options are --long-names; see gq %s --help)", a, cmd);
+            if (np >= max_pos) return gq_err(GQ_ERR_ARG, "unexpected argument '%s' (see gq %s --help)", a, cmd);
             pos[np++] = a;
             continue;
         }
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const gq_opt *o = find_opt(opts, n, name, len);
-        if (!o)
-            return gq_err(GQ_ERR_ARG, "gq %s: unknown option '--%.*s' (see gq %s --help)", cmd, (int)len, name, cmd);
+        if (!o) return gq_err(GQ_ERR_ARG, "unknown option '--%.*s' (see gq %s --help)", (int)len, name, cmd);
         if (o->type == GQ_OPT_FLAG) {
-            if (eq) return gq_err(GQ_ERR_ARG, "gq %s: --%s takes no value", cmd, o->name);
+            if (eq) return gq_err(GQ_ERR_ARG, "--%s takes no value", o->name);
             *(int *)o->dst = o->flag_value ? o->flag_value : 1;
             continue;
         }
         const char *v = eq ? eq + 1 : NULL;
         if (!v) {
-            if (i + 1 >= argc) return gq_err(GQ_ERR_ARG, "gq %s: --%s needs a value", cmd, o->name);
+            if (i + 1 >= argc) return gq_err(GQ_ERR_ARG, "--%s needs a value", o->name);
             v = argv[++i];
         }
-        int rc = set_value(cmd, o, v);
+        int rc = set_value(o, v);
         if (rc) return rc;
     }
     if (npos) *npos = np;

@@ -1,16 +1,52 @@
-/* cmd_inspect.c -- `gq inspect PATH`: what a checkpoint or safetensors file holds. */
+/* cmd_inspect.c -- `gq inspect PATH`: what a checkpoint or safetensors file holds, and (for a
+ * directory with config.json) every problem gq_model_check finds: then the exit status is non-zero. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmds.h"
 #include "gq/cli.h"
 #include "gq/config.h"
-#include "gq/export.h"
+#include "gq/model.h"
 #include "gq/st.h"
 
 static void print_bytes(const char *label, double b) {
     char s[32];
     printf("%-14s %s (%.0f bytes)\n", label, gq_fmt_bytes(s, sizeof s, b), b);
+}
+
+/* --tensors: name, dtype, shape and file of every tensor. */
+static void print_tensors(const gq_st *st) {
+    for (int i = 0; i < gq_st_count(st); i++) {
+        const gq_st_tensor *t = gq_st_at(st, i);
+        char shp[128];
+        int len = snprintf(shp, sizeof shp, "[");
+        for (int d = 0; d < t->ndim; d++)
+            len += snprintf(shp + len, sizeof shp - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        snprintf(shp + len, sizeof shp - len, "]");
+        printf("  %-60s %-5s %-20s %s\n", t->name, gq_dtype_name(t->dtype), shp, gq_st_file_path(st, t->file));
+    }
+}
+
+/* The checkpoint against its config.json (gq_model_check_st): problems and unused tensors printed,
+ * GQ_ERR_FORMAT when there are problems. */
+static int print_check(const gq_config *cfg, const gq_st *st, const char *path) {
+    gq_check_report *r = gq_malloc(sizeof *r);
+    int rc = gq_model_check_st(cfg, st, path, r);
+    if (r->n_unused) {
+        printf("%-14s %d (gq does not read them):", "unused tensors", r->n_unused);
+        for (int i = 0; i < r->n_unused && i < GQ_CHECK_KEEP_UNUSED; i++) printf("%s %s", i ? "," : "", r->unused[i]);
+        printf("%s\n", r->n_unused > GQ_CHECK_KEEP_UNUSED ? ", ..." : "");
+    }
+    if (rc != GQ_OK) {
+        printf("%-14s %d (config.json against the safetensors headers)\n", "problems", r->n_problems);
+        for (int i = 0; i < r->n_problems && i < GQ_CHECK_KEEP; i++) printf("  %s\n", r->problems[i]);
+        if (r->n_problems > GQ_CHECK_KEEP) printf("  ... and %d more\n", r->n_problems - GQ_CHECK_KEEP);
+        rc = gq_err(GQ_ERR_FORMAT, "%s: %d problem%s with the checkpoint (listed under 'problems' above)%s%s", path,
+                    r->n_problems, r->n_problems == 1 ? "" : "s", r->n_problems == 1 ? ": " : "",
+                    r->n_problems == 1 ? r->problems[0] : "");
+    }
+    free(r);
+    return rc;
 }
 
 int gq_cmd_inspect(int argc, char **argv) {
@@ -25,7 +61,7 @@ int gq_cmd_inspect(int argc, char **argv) {
     if (rc) return rc;
     if (npos != 1) {
         gq_opts_usage(stderr, "inspect", syn, opts, 1);
-        return gq_err(GQ_ERR_ARG, "gq inspect: expected one PATH");
+        return gq_err(GQ_ERR_ARG, "expected one PATH");
     }
     const char *path = pos[0];
     if (!gq_path_exists(path)) return gq_err(GQ_ERR_IO, "%s: no such file or directory", path);
@@ -109,17 +145,8 @@ int gq_cmd_inspect(int argc, char **argv) {
     } else {
         printf("%-14s none\n", "quantization");
     }
-    if (show_tensors) {
-        for (int i = 0; i < n; i++) {
-            const gq_st_tensor *t = gq_st_at(st, i);
-            char shp[128];
-            int len = snprintf(shp, sizeof shp, "[");
-            for (int d = 0; d < t->ndim; d++)
-                len += snprintf(shp + len, sizeof shp - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-            snprintf(shp + len, sizeof shp - len, "]");
-            printf("  %-60s %-5s %-20s %s\n", t->name, gq_dtype_name(t->dtype), shp, gq_st_file_path(st, t->file));
-        }
-    }
+    if (show_tensors) print_tensors(st);
+    rc = have_cfg ? print_check(&cfg, st, path) : GQ_OK;
     gq_st_close(st);
-    return GQ_OK;
+    return rc;
 }

@@ -36,10 +36,10 @@ int gq_cmd_ppl(int argc, char **argv) {
     int rc = gq_opts_parse("ppl", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
     if (rc) return rc;
     if (!model || !text_path)
-        return gq_err(GQ_ERR_ARG, "gq ppl: --%s is required (see gq ppl --help)", !model ? "model" : "text");
-    if (po.seqlen < 2) return gq_err(GQ_ERR_ARG, "gq ppl: --seqlen: expected an integer >= 2, got %d", po.seqlen);
-    if (po.max_windows < 0) return gq_err(GQ_ERR_ARG, "gq ppl: --max-windows: expected >= 0, got %d", po.max_windows);
-    if (threads < 0) return gq_err(GQ_ERR_ARG, "gq ppl: --threads: expected >= 0, got %d", threads);
+        return gq_err(GQ_ERR_ARG, "--%s is required (see gq ppl --help)", !model ? "model" : "text");
+    if (po.seqlen < 2) return gq_err(GQ_ERR_ARG, "--seqlen: expected an integer >= 2, got %d", po.seqlen);
+    if (po.max_windows < 0) return gq_err(GQ_ERR_ARG, "--max-windows: expected >= 0, got %d", po.max_windows);
+    if (threads < 0) return gq_err(GQ_ERR_ARG, "--threads: expected >= 0, got %d", threads);
     if (threads > 0) gq_set_threads(threads);
     gq_opts_print("gq ppl: effective settings", opts, n);
 
@@ -49,14 +49,15 @@ int gq_cmd_ppl(int argc, char **argv) {
     gq_backend *be = NULL;
     gq_tokenizer *tok = NULL;
     memset(&m, 0, sizeof m);
-    if ((rc = gq_read_file(text_path, &text, &len)) != GQ_OK) return rc;
+    /* the device and the precision first: a bad one is refused before anything is loaded */
+    if ((rc = gq_backend_init(&be, device)) != GQ_OK) goto done;
+    if ((rc = gq_backend_set_precision(be, precision)) != GQ_OK) goto done;
+    if ((rc = gq_read_file(text_path, &text, &len)) != GQ_OK) goto done;
     if ((rc = gq_model_open(&m, model)) != GQ_OK) goto done;
     char summary[512];
     gq_config_summary(&m.cfg, summary, sizeof summary);
     gq_info("model: %s", summary);
     if ((rc = gq_tok_load(&tok, model)) != GQ_OK) goto done;
-    if ((rc = gq_backend_init(&be, device)) != GQ_OK) goto done;
-    if ((rc = gq_backend_set_precision(be, precision)) != GQ_OK) goto done;
     gq_ppl_result r;
     rc = gq_ppl_text(&m, be, tok, text, len, text_path, &po, &r);
     if (rc == GQ_OK) {

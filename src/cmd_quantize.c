@@ -4,14 +4,36 @@
 
 #include "cmds.h"
 #include "gq/cli.h"
+#include "gq/datadir.h"
 #include "gq/quantize.h"
+
+static const char default_calib[] = "calib/python-sitepackages.jsonl"; /* relative to the data directory */
+
+/* Checks after parsing: required options, exclusive flags, the default calibration file. */
+static int check_opts(const gq_quant_opts *o, int sym, int asym, const char *method, const char *syn,
+                      const gq_opt *opts, int n) {
+    if (!o->model_dir || !o->out_dir) {
+        gq_opts_usage(stderr, "quantize", syn, opts, n);
+        return gq_err(GQ_ERR_ARG, "--model and --out are required");
+    }
+    if (sym && asym) return gq_err(GQ_ERR_ARG, "--sym and --asym are exclusive");
+    if (o->threads < 0) return gq_err(GQ_ERR_ARG, "--threads: expected >= 0, got %d", o->threads);
+    /* the default corpus was not found and GPTQ would read it (RTN does not) */
+    if (o->calib_path == default_calib && strcmp(method, "rtn")) {
+        gq_data_not_found(default_calib);
+        return gq_err_prefix("default --calib");
+    }
+    return GQ_OK;
+}
 
 int gq_cmd_quantize(int argc, char **argv) {
     gq_quant_opts o;
     gq_quant_opts_default(&o);
     const char *method = "gptq", *windowing = "auto", *format = "gptq";
     int sym = 0, asym = 0, act_order = 0, static_groups = 0;
-    o.calib_path = "calib/python-sitepackages.jsonl";
+    /* the bundled corpus wherever gq runs from (gq/datadir.h); NULL when not found */
+    char *calib_default = gq_data_path(default_calib);
+    o.calib_path = calib_default ? calib_default : default_calib;
     gq_opt opts[] = {
         {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32)", NULL, 0, 0},
         {"out", GQ_OPT_STR, &o.out_dir, "output directory (AutoGPTQ layout)", NULL, 0, 0},
@@ -48,12 +70,11 @@ int gq_cmd_quantize(int argc, char **argv) {
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --out DIR [options]";
     int rc = gq_opts_parse("quantize", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
-    if (rc) return rc;
-    if (!o.model_dir || !o.out_dir) {
-        gq_opts_usage(stderr, "quantize", syn, opts, n);
-        return gq_err(GQ_ERR_ARG, "gq quantize: --model and --out are required");
+    if (!rc) rc = check_opts(&o, sym, asym, method, syn, opts, n);
+    if (rc) {
+        free(calib_default);
+        return rc;
     }
-    if (sym && asym) return gq_err(GQ_ERR_ARG, "gq quantize: --sym and --asym are exclusive");
     o.gptq.sym = !asym;
     o.gptq.act_order = act_order;
     o.gptq.static_groups = static_groups;
@@ -63,7 +84,6 @@ int gq_cmd_quantize(int argc, char **argv) {
     o.windowing = !strcmp(windowing, "concat")   ? GQ_WIN_CONCAT
                   : !strcmp(windowing, "sample") ? GQ_WIN_SAMPLE
                                                  : GQ_WIN_AUTO;
-    if (o.threads < 0) return gq_err(GQ_ERR_ARG, "gq quantize: --threads: expected >= 0, got %d", o.threads);
     gq_set_threads(o.threads);
 
     gq_quant_report rep;
@@ -78,5 +98,6 @@ int gq_cmd_quantize(int argc, char **argv) {
         printf("quantized %s -> %s\n", o.model_dir, o.out_dir);
     }
     gq_quant_report_free(&rep);
+    free(calib_default);
     return rc;
 }

@@ -100,7 +100,7 @@ int gq_cmd_tokenize(int argc, char **argv) {
                       "       gq tokenize --model DIR --decode ID,ID,... [--no-special]";
     int rc = gq_opts_parse("tokenize", syn, opts, n, argc - 1, argv + 1, pos, 1, &npos);
     if (rc) return rc;
-    if (!model) return gq_err(GQ_ERR_ARG, "gq tokenize: --model is required (see gq tokenize --help)");
-    if (file && npos) return gq_err(GQ_ERR_ARG, "gq tokenize: give --text FILE or STRING, not both");
+    if (!model) return gq_err(GQ_ERR_ARG, "--model is required (see gq tokenize --help)");
+    if (file && npos) return gq_err(GQ_ERR_ARG, "give --text FILE or STRING, not both");
     return run(model, file, pos[0], decode, ids_only, !no_special);
 }

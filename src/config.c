@@ -80,6 +80,9 @@ static int parse_rope_scaling(gq_config *c, const json_t *rs, const char *where)
         if ((rc = get_num(rs, "low_freq_factor", &c->rope_low_freq_factor, 1, where))) return rc;
         if ((rc = get_num(rs, "high_freq_factor", &c->rope_high_freq_factor, 1, where))) return rc;
         if ((rc = get_int(rs, "original_max_position_embeddings", &c->rope_orig_max_pos, 1, where))) return rc;
+        if (!(c->rope_low_freq_factor > 0))
+            return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling.low_freq_factor must be > 0, got %g", where,
+                          c->rope_low_freq_factor);
         if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
             return gq_err(GQ_ERR_FORMAT, "%s: rope_scaling: high_freq_factor %g must exceed low_freq_factor %g", where,
                           c->rope_high_freq_factor, c->rope_low_freq_factor);
@@ -131,6 +134,9 @@ static int parse_quant(gq_config *c, const json_t *q, const char *where) {
     qc->damp_percent = 0.01;
     if ((rc = get_int(q, "bits", &qc->bits, 1, where))) return rc;
     json_t *g = json_object_get(q, "group_size");
+    if (json_is_integer(g) && (json_integer_value(g) < -1 || json_integer_value(g) > GQ_CFG_MAX_DIM))
+        return gq_err(GQ_ERR_FORMAT, "%s: quantization_config.group_size %lld: expected -1 or a size up to %d", where,
+                      (long long)json_integer_value(g), GQ_CFG_MAX_DIM);
     if (json_is_integer(g))
         qc->group_size = (int)json_integer_value(g);
     else if (g && !json_is_null(g))
@@ -158,19 +164,74 @@ static int parse_quant(gq_config *c, const json_t *q, const char *where) {
     return GQ_OK;
 }
 
-int gq_config_parse(gq_config *c, const char *text, size_t len, const char *where) {
-    json_error_t je;
-    int rc = GQ_OK;
-    memset(c, 0, sizeof *c);
-    json_t *root = json_loadb(text, len, 0, &je);
-    if (!root)
-        return gq_err(GQ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
-    if (!json_is_object(root)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", where, gq_json_kind(root));
-        goto done;
+/* The sizes of the graph: each positive and within the GQ_CFG_MAX_* limits
+ * (so that every product of them fits the ints the forward uses). */
+static int check_sizes(const gq_config *c, const char *where) {
+    const struct {
+        const char *field;
+        int64_t v, max;
+    } lim[] = {
+        {"hidden_size", c->hidden, GQ_CFG_MAX_DIM},
+        {"intermediate_size", c->intermediate, GQ_CFG_MAX_DIM},
+        {"num_hidden_layers", c->n_layers, GQ_CFG_MAX_LAYERS},
+        {"num_attention_heads", c->n_heads, GQ_CFG_MAX_DIM},
+        {"num_key_value_heads", c->n_kv_heads, GQ_CFG_MAX_DIM},
+        {"vocab_size", c->vocab, GQ_CFG_MAX_VOCAB},
+        {"max_position_embeddings", c->max_pos, INT32_MAX},
+    };
+    for (size_t i = 0; i < sizeof lim / sizeof *lim; i++) {
+        if (lim[i].v <= 0)
+            return gq_err(GQ_ERR_FORMAT, "%s: \"%s\" must be positive, got %lld", where, lim[i].field,
+                          (long long)lim[i].v);
+        if (lim[i].v > lim[i].max)
+            return gq_err(GQ_ERR_FORMAT,
+                          "%s: \"%s\" is %lld, beyond gq's limit of %lld (no Llama-family model comes near it)", where,
+                          lim[i].field, (long long)lim[i].v, (long long)lim[i].max);
     }
+    return GQ_OK;
+}
 
-    /* architecture */
+/* hidden, intermediate, layers, heads, kv heads, head_dim, vocab, max
+ * positions and rms_norm_eps. */
+static int parse_sizes(gq_config *c, const json_t *root, const char *where) {
+    int rc;
+    if ((rc = get_int(root, "hidden_size", &c->hidden, 1, where))) return rc;
+    if ((rc = get_int(root, "intermediate_size", &c->intermediate, 1, where))) return rc;
+    if ((rc = get_int(root, "num_hidden_layers", &c->n_layers, 1, where))) return rc;
+    if ((rc = get_int(root, "num_attention_heads", &c->n_heads, 1, where))) return rc;
+    c->n_kv_heads = c->n_heads;
+    if ((rc = get_int(root, "num_key_value_heads", &c->n_kv_heads, 0, where))) return rc;
+    if ((rc = get_int(root, "vocab_size", &c->vocab, 1, where))) return rc;
+    c->max_pos = 2048;
+    if ((rc = get_int(root, "max_position_embeddings", &c->max_pos, 0, where))) return rc;
+    if ((rc = check_sizes(c, where))) return rc;
+    json_t *hdv = json_object_get(root, "head_dim");
+    if ((!hdv || json_is_null(hdv)) && c->hidden % c->n_heads)
+        return gq_err(GQ_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d (and no head_dim)",
+                      where, c->hidden, c->n_heads);
+    if (c->n_heads % c->n_kv_heads)
+        return gq_err(GQ_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", where,
+                      c->n_heads, c->n_kv_heads);
+    c->head_dim = c->hidden / c->n_heads;
+    if ((rc = get_int(root, "head_dim", &c->head_dim, 0, where))) return rc;
+    if (c->head_dim <= 0 || c->head_dim % 2)
+        return gq_err(GQ_ERR_FORMAT, "%s: head_dim must be positive and even, got %d", where, c->head_dim);
+    if ((int64_t)c->n_heads * c->head_dim > GQ_CFG_MAX_DIM)
+        return gq_err(GQ_ERR_FORMAT,
+                      "%s: num_attention_heads %d x head_dim %d = %lld, beyond gq's limit of %d (no "
+                      "Llama-family model comes near it)",
+                      where, c->n_heads, c->head_dim, (long long)c->n_heads * c->head_dim, GQ_CFG_MAX_DIM);
+    double eps = 1e-6;
+    if ((rc = get_num(root, "rms_norm_eps", &eps, 0, where))) return rc;
+    c->rms_eps = (float)eps;
+    if (!(eps > 0) || !(c->rms_eps > 0) || !isfinite(c->rms_eps))
+        return gq_err(GQ_ERR_FORMAT, "%s: \"rms_norm_eps\" must be a number > 0 that float32 holds, got %g", where,
+                      eps);
+    return GQ_OK;
+}
+
+/* "architectures"[0], or what "model_type" implies: Llama or Mistral. */
+static int parse_arch(gq_config *c, const json_t *root, const char *where) {
     json_t *archs = json_object_get(root, "architectures");
     json_t *mt = json_object_get(root, "model_type");
     const char *arch = NULL;
@@ -185,20 +246,32 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         else
             arch = m;
     }
-    if (!arch) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: neither \"architectures\" nor \"model_type\" says what the model is", where);
-        goto done;
-    }
+    if (!arch)
+        return gq_err(GQ_ERR_FORMAT, "%s: neither \"architectures\" nor \"model_type\" says what the model is", where);
     int ok = 0;
     for (size_t i = 0; i < sizeof supported_archs / sizeof *supported_archs; i++)
         if (!strcmp(arch, supported_archs[i])) ok = 1;
-    if (!ok) {
-        rc = gq_err(GQ_ERR_UNSUPPORTED,
-                    "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM)", where,
-                    arch);
+    if (!ok)
+        return gq_err(GQ_ERR_UNSUPPORTED,
+                      "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM)",
+                      where, arch);
+    snprintf(c->arch, sizeof c->arch, "%s", arch);
+    return GQ_OK;
+}
+
+int gq_config_parse(gq_config *c, const char *text, size_t len, const char *where) {
+    json_error_t je;
+    int rc = GQ_OK;
+    memset(c, 0, sizeof *c);
+    json_t *root = json_loadb(text, len, 0, &je);
+    if (!root)
+        return gq_err(GQ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
+    if (!json_is_object(root)) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected a JSON object, got %s", where, gq_json_kind(root));
         goto done;
     }
-    snprintf(c->arch, sizeof c->arch, "%s", arch);
+
+    if ((rc = parse_arch(c, root, where))) goto done;
 
     /* activation and sliding window: only what the Llama graph computes */
     json_t *act = json_object_get(root, "hidden_act");
@@ -213,42 +286,7 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
                 "window)",
                 where);
 
-    if ((rc = get_int(root, "hidden_size", &c->hidden, 1, where))) goto done;
-    if ((rc = get_int(root, "intermediate_size", &c->intermediate, 1, where))) goto done;
-    if ((rc = get_int(root, "num_hidden_layers", &c->n_layers, 1, where))) goto done;
-    if ((rc = get_int(root, "num_attention_heads", &c->n_heads, 1, where))) goto done;
-    c->n_kv_heads = c->n_heads;
-    if ((rc = get_int(root, "num_key_value_heads", &c->n_kv_heads, 0, where))) goto done;
-    if ((rc = get_int(root, "vocab_size", &c->vocab, 1, where))) goto done;
-    c->max_pos = 2048;
-    if ((rc = get_int(root, "max_position_embeddings", &c->max_pos, 0, where))) goto done;
-    if (c->hidden <= 0 || c->intermediate <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
-        c->vocab <= 0) {
-        rc = gq_err(
-            GQ_ERR_FORMAT,
-            "%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, vocab %d)",
-            where, c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab);
-        goto done;
-    }
-    c->head_dim = c->hidden / c->n_heads;
-    if ((rc = get_int(root, "head_dim", &c->head_dim, 0, where))) goto done;
-    if (c->head_dim <= 0 || c->head_dim % 2) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: head_dim must be positive and even, got %d", where, c->head_dim);
-        goto done;
-    }
-    if (!json_object_get(root, "head_dim") && c->hidden % c->n_heads) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", where, c->hidden,
-                    c->n_heads);
-        goto done;
-    }
-    if (c->n_heads % c->n_kv_heads) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", where,
-                    c->n_heads, c->n_kv_heads);
-        goto done;
-    }
-    double eps = 1e-6;
-    if ((rc = get_num(root, "rms_norm_eps", &eps, 0, where))) goto done;
-    c->rms_eps = (float)eps;
+    if ((rc = parse_sizes(c, root, where))) goto done;
 
     /* rope: top level (classic) or inside rope_parameters (transformers 5) */
     c->rope_theta = 10000.0;
@@ -273,8 +311,9 @@ int gq_config_parse(gq_config *c, const char *text, size_t len, const char *wher
         }
         if ((rc = parse_rope_scaling(c, rs, where))) goto done;
     }
-    if (!(c->rope_theta > 0)) {
-        rc = gq_err(GQ_ERR_FORMAT, "%s: rope_theta must be > 0, got %g", where, c->rope_theta);
+    if (!(c->rope_theta > 0) || !isfinite((float)c->rope_theta)) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: rope_theta must be > 0 (and within float32 range), got %g", where,
+                    c->rope_theta);
         goto done;
     }
     if (c->rope_type == GQ_ROPE_DYNAMIC && c->rope_orig_max_pos <= 0) c->rope_orig_max_pos = c->max_pos;

@@ -4,7 +4,8 @@
  *   1. invalid UTF-8 repaired (each maximal ill-formed subpart -> U+FFFD);
  *   2. added tokens with normalized=false matched in the raw text
  *      (leftmost-longest, single_word / lstrip / rstrip honoured);
- *   3. every other piece normalized, then added tokens with normalized=true
+ *   3. every other piece normalized (Prepend, Replace, NFC/NFD/NFKC/NFKD,
+ *      Lowercase, StripAccents, Strip), then added tokens with normalized=true
  *      matched in the normalized text (their content normalized as well,
  *      so Llama-2's "<s>" is matched as "▁<s>");
  *   4. pre-tokenizer steps, each splitting its piece further (regex or
@@ -313,6 +314,28 @@ static char *replace_all(const gq_tok_norm *st, const char *s, size_t n, size_t 
     return out;
 }
 
+/* Strip: White_Space characters (Rust char::is_whitespace) off either end. */
+static char *strip_ws(const gq_tok_norm *st, const char *s, size_t n, size_t *out_n) {
+    size_t a = 0, e = n;
+    while (st->left && a < e) {
+        uint32_t cp;
+        int l = gq_uni_decode(s + a, e - a, &cp);
+        if (!gq_uni_is_whitespace(cp)) break;
+        a += (size_t)l;
+    }
+    while (st->right && e > a) {
+        uint32_t cp;
+        int l = gq_uni_decode_last(s + a, e - a, &cp);
+        if (!gq_uni_is_whitespace(cp)) break;
+        e -= (size_t)l;
+    }
+    char *out = gq_malloc(e - a + 1);
+    memcpy(out, s + a, e - a);
+    out[e - a] = 0;
+    *out_n = e - a;
+    return out;
+}
+
 char *gq_tok_normalize_alloc(const gq_tokenizer *t, const char *s, size_t n, size_t *out_n) {
     char *cur = gq_malloc(n + 1);
     memcpy(cur, s, n);
@@ -320,14 +343,20 @@ char *gq_tok_normalize_alloc(const gq_tokenizer *t, const char *s, size_t n, siz
     for (int i = 0; i < t->n_norm; i++) {
         const gq_tok_norm *st = &t->norm[i];
         char *nx;
-        if (st->kind == GQ_NORM_PREPEND) {
+        switch (st->kind) {
+        case GQ_NORM_PREPEND:
             if (n == 0) continue; /* Prepend leaves an empty string alone */
             nx = gq_malloc(n + st->a_len + 1);
             memcpy(nx, st->a, st->a_len);
             memcpy(nx + st->a_len, cur, n + 1);
             n += st->a_len;
-        } else {
-            nx = replace_all(st, cur, n, &n);
+            break;
+        case GQ_NORM_REPLACE: nx = replace_all(st, cur, n, &n); break;
+        case GQ_NORM_UNICODE: nx = gq_uni_normalize(st->form, cur, n, &n); break;
+        case GQ_NORM_LOWERCASE: nx = gq_uni_lowercase(cur, n, &n); break;
+        case GQ_NORM_STRIP_ACCENTS: nx = gq_uni_strip_marks(cur, n, &n); break;
+        case GQ_NORM_STRIP: nx = strip_ws(st, cur, n, &n); break;
+        default: GQ_ABORT("normalizer kind %d", st->kind);
         }
         free(cur);
         cur = nx;

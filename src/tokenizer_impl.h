@@ -129,14 +129,23 @@ typedef struct {
     uint8_t special, lstrip, rstrip, single_word, normalized;
 } gq_tok_added;
 
-enum { GQ_NORM_PREPEND, GQ_NORM_REPLACE };
+enum {
+    GQ_NORM_PREPEND,
+    GQ_NORM_REPLACE,
+    GQ_NORM_UNICODE, /* NFC, NFD, NFKC, NFKD: form = GQ_UNI_* */
+    GQ_NORM_LOWERCASE,
+    GQ_NORM_STRIP_ACCENTS,
+    GQ_NORM_STRIP
+};
 typedef struct {
     int kind;
     char *a; /* PREPEND: text to prepend; REPLACE: literal pattern (if !re) */
     size_t a_len;
     char *b; /* REPLACE: replacement */
     size_t b_len;
-    pcre2_code *re; /* REPLACE with a Regex pattern */
+    pcre2_code *re;  /* REPLACE with a Regex pattern */
+    int form;        /* UNICODE */
+    int left, right; /* STRIP: strip_left, strip_right */
 } gq_tok_norm;
 
 enum { GQ_PRE_SPLIT, GQ_PRE_BYTELEVEL, GQ_PRE_METASPACE, GQ_PRE_DIGITS };

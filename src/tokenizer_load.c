@@ -5,7 +5,8 @@
  * Supported (anything else is GQ_ERR_UNSUPPORTED naming what was found):
  *   model          BPE (vocab, merges as "a b" or ["a", "b"], unk_token,
  *                  fuse_unk, byte_fallback, ignore_merges)
- *   normalizer     null, Sequence, Prepend, Replace
+ *   normalizer     null, Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD,
+ *                  Lowercase, StripAccents, Strip
  *   pre_tokenizer  null, Sequence, ByteLevel, Split, Metaspace
  *   post_processor null, Sequence, TemplateProcessing, ByteLevel,
  *                  BertProcessing, RobertaProcessing
@@ -115,6 +116,15 @@ static const char *jtype(json_t *o) {
 
 /* ---- normalizer ---- */
 
+/* GQ_UNI_* of a Unicode normalization form's name, or -1. */
+static int unicode_form(const char *ty) {
+    static const char *names[] = {[GQ_UNI_NFC] = "NFC", [GQ_UNI_NFD] = "NFD", [GQ_UNI_NFKC] = "NFKC",
+                                  [GQ_UNI_NFKD] = "NFKD"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(ty, names[i])) return i;
+    return -1;
+}
+
 static int parse_normalizer(gq_tokenizer *t, json_t *n) {
     if (!n || json_is_null(n)) return GQ_OK;
     const char *ty = jtype(n);
@@ -153,9 +163,20 @@ static int parse_normalizer(gq_tokenizer *t, json_t *n) {
         st->b = dupn(c, len);
         st->b_len = len;
         return GQ_OK;
+    } else if ((st->form = unicode_form(ty)) >= 0) {
+        st->kind = GQ_NORM_UNICODE;
+    } else if (!strcmp(ty, "Lowercase")) {
+        st->kind = GQ_NORM_LOWERCASE;
+    } else if (!strcmp(ty, "StripAccents")) {
+        st->kind = GQ_NORM_STRIP_ACCENTS;
+    } else if (!strcmp(ty, "Strip")) {
+        st->kind = GQ_NORM_STRIP;
+        if ((rc = jbool(t->path, "normalizer Strip", n, "strip_left", 1, &st->left))) return rc;
+        if ((rc = jbool(t->path, "normalizer Strip", n, "strip_right", 1, &st->right))) return rc;
     } else {
         return gq_err(GQ_ERR_UNSUPPORTED,
-                      "%s: normalizer type '%s' is not supported (supported: Sequence, Prepend, Replace, null)",
+                      "%s: normalizer type '%s' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, "
+                      "NFKC, NFKD, Lowercase, StripAccents, Strip, null)",
                       t->path, ty);
     }
     t->n_norm++;
@@ -650,8 +671,10 @@ static int setup_added(gq_tokenizer *t) {
             t->dec_piece[a->id] = dupn(a->norm, a->norm_len);
             t->dec_piece_len[a->id] = (uint32_t)a->norm_len;
         }
-        if (a->normalized) gq_tok_trie_add(&t->trie_norm, a->norm, a->norm_len, i);
-        else gq_tok_trie_add(&t->trie_raw, a->content, a->len, i);
+        /* a token that normalizes to nothing (StripAccents of a lone mark)
+         * never matches, as in `tokenizers` */
+        if (a->normalized && a->norm_len) gq_tok_trie_add(&t->trie_norm, a->norm, a->norm_len, i);
+        else if (!a->normalized) gq_tok_trie_add(&t->trie_raw, a->content, a->len, i);
     }
     if (any_single) {
         /* Unicode word characters as `tokenizers` sees them around a
@@ -694,10 +717,13 @@ static int load_config(gq_tokenizer *t, const char *cfg_path, int has_post) {
     }
     const char *bos = cfg ? config_token(cfg, "bos_token") : NULL;
     const char *eos = cfg ? config_token(cfg, "eos_token") : NULL;
+    /* "bos_token": null (Qwen2) says there is none: no guess by name then */
+    int bos_null = cfg && json_is_null(json_object_get(cfg, "bos_token"));
+    int eos_null = cfg && json_is_null(json_object_get(cfg, "eos_token"));
     t->bos = bos ? gq_tok_strmap_get(&t->pieces, bos, strlen(bos)) : -1;
     t->eos = eos ? gq_tok_strmap_get(&t->pieces, eos, strlen(eos)) : -1;
-    if (t->bos < 0) t->bos = t->n_post_pre ? t->post_pre[0] : find_first(t, bos_names);
-    if (t->eos < 0) t->eos = find_first(t, eos_names);
+    if (t->bos < 0) t->bos = t->n_post_pre ? t->post_pre[0] : bos_null ? -1 : find_first(t, bos_names);
+    if (t->eos < 0 && !eos_null) t->eos = find_first(t, eos_names);
     int add_bos = -1, add_eos = -1, rc = GQ_OK;
     if (cfg) {
         json_t *ct = json_object_get(cfg, "chat_template");

@@ -1,8 +1,12 @@
 /* unicode.c -- UTF-8 validation/repair, code point decoding, White_Space,
- * and the GPT-2 byte-level byte <-> code point map. */
+ * the GPT-2 byte-level byte <-> code point map, and the normalizers of
+ * `tokenizers` (Unicode normalization forms through libutf8proc, lowercase,
+ * combining-mark removal). */
 #include "unicode.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "gq/common.h"
 
@@ -158,4 +162,160 @@ int gq_uni_bytelevel_byte(uint32_t cp) {
         }
     }
     return -1;
+}
+
+/* ---- normalizers ---- */
+
+/* growable output buffer */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} ubuf;
+
+static void ub_reserve(ubuf *b, size_t more) {
+    if (b->n + more + 1 <= b->cap) return;
+    b->cap = (b->n + more + 1) * 2;
+    b->p = gq_realloc(b->p, b->cap);
+}
+
+static void ub_put(ubuf *b, const char *s, size_t n) {
+    ub_reserve(b, n);
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+
+static void ub_put_cp(ubuf *b, uint32_t cp) {
+    ub_reserve(b, 4);
+    b->n += (size_t)gq_uni_encode(cp, b->p + b->n);
+}
+
+static char *ub_finish(ubuf *b, size_t *out_n) {
+    ub_reserve(b, 0);
+    b->p[b->n] = 0;
+    *out_n = b->n;
+    return b->p;
+}
+
+static int in_ranges(const gq_uni_range *r, size_t n, uint32_t cp) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cp < r[mid].lo) hi = mid;
+        else if (cp > r[mid].hi) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+/* Append the form of s[0..n) (characters `tokenizers` knows) via utf8proc. */
+static void norm_run(ubuf *b, int form, const char *s, size_t n) {
+    static const utf8proc_option_t opts[4] = {
+        [GQ_UNI_NFC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE,
+        [GQ_UNI_NFD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE,
+        [GQ_UNI_NFKC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT,
+        [GQ_UNI_NFKD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT,
+    };
+    utf8proc_uint8_t *dst = NULL;
+    utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, opts[form]);
+    /* the input is valid UTF-8 (repaired before encoding, checked by jansson
+     * in tokenizer.json): only out of memory is left */
+    if (r < 0) GQ_ABORT("utf8proc_map of a %zu-byte text: %s", n, utf8proc_errmsg(r));
+    ub_put(b, (const char *)dst, (size_t)r);
+    free(dst);
+}
+
+/*
+ * A character at or above U+0300 that the tables of `tokenizers` do not know
+ * (assigned after Unicode 9.0, or one with no normalization data at all) is
+ * an inert starter there: it blocks reordering and composition, so the text
+ * between two of them is normalized on its own and the character itself is
+ * copied. Everything below U+0300 is older than Unicode 9.0 and goes to
+ * utf8proc with its run. Runs whose characters are all below `plain` (which
+ * the form leaves alone) are copied without calling utf8proc.
+ */
+char *gq_uni_normalize(int form, const char *s, size_t n, size_t *out_n) {
+    if (form < GQ_UNI_NFC || form > GQ_UNI_NFKD) GQ_ABORT("normalization form %d", form);
+    static const uint32_t plain_below[4] = {[GQ_UNI_NFC] = 0x300, [GQ_UNI_NFD] = 0xC0, [GQ_UNI_NFKC] = 0xA0,
+                                            [GQ_UNI_NFKD] = 0xA0};
+    uint32_t plain = plain_below[form];
+    ubuf b = {0};
+    ub_reserve(&b, n + n / 4);
+    size_t run = 0, i = 0;
+    int need = 0; /* the run has a character at or above `plain` */
+    while (i < n) {
+        if ((unsigned char)s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        int len = gq_uni_decode(s + i, n - i, &cp);
+        if (cp >= 0x300 && !in_ranges(gq_uni_norm_known, gq_uni_norm_known_n, cp)) {
+            if (need) norm_run(&b, form, s + run, i - run);
+            else ub_put(&b, s + run, i - run);
+            ub_put(&b, s + i, (size_t)len);
+            run = i + (size_t)len;
+            need = 0;
+        } else if (cp >= plain) {
+            need = 1;
+        }
+        i += (size_t)len;
+    }
+    if (need) norm_run(&b, form, s + run, n - run);
+    else ub_put(&b, s + run, n - run);
+    return ub_finish(&b, out_n);
+}
+
+static const gq_uni_case *lower_ex(uint32_t cp) {
+    size_t lo = 0, hi = gq_uni_lower_ex_n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cp < gq_uni_lower_ex[mid].cp) hi = mid;
+        else if (cp > gq_uni_lower_ex[mid].cp) lo = mid + 1;
+        else return &gq_uni_lower_ex[mid];
+    }
+    return NULL;
+}
+
+char *gq_uni_lowercase(const char *s, size_t n, size_t *out_n) {
+    ubuf b = {0};
+    ub_reserve(&b, n + n / 8);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x80) {
+            char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            ub_put(&b, &l, 1);
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        i += (size_t)gq_uni_decode(s + i, n - i, &cp);
+        const gq_uni_case *e = lower_ex(cp);
+        if (!e) {
+            ub_put_cp(&b, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
+            continue;
+        }
+        for (int k = 0; k < 3 && e->lower[k]; k++) ub_put_cp(&b, e->lower[k]);
+    }
+    return ub_finish(&b, out_n);
+}
+
+char *gq_uni_strip_marks(const char *s, size_t n, size_t *out_n) {
+    ubuf b = {0};
+    ub_reserve(&b, n);
+    size_t keep = 0, i = 0; /* s[keep..i) is kept, not yet copied */
+    while (i < n) {
+        if ((unsigned char)s[i] < 0xCC) { /* below U+0300: no mark */
+            i += (size_t)gq_uni_len((unsigned char)s[i]);
+            continue;
+        }
+        uint32_t cp;
+        int len = gq_uni_decode(s + i, n - i, &cp);
+        if (in_ranges(gq_uni_marks, gq_uni_marks_n, cp)) {
+            ub_put(&b, s + keep, i - keep);
+            keep = i + (size_t)len;
+        }
+        i += (size_t)len;
+    }
+    ub_put(&b, s + keep, n - keep);
+    return ub_finish(&b, out_n);
 }

@@ -135,10 +135,63 @@ static void test_errors(void) {
     TEST_FAILS(gq_config_load(&c, "/nonexistent/dir/config.json"), GQ_ERR_IO, "/nonexistent/dir/config.json: cannot open");
 }
 
+/* Values no model has: refused with the field named (gq_model_open runs this before any tensor). */
+static void test_absurd(void) {
+    TEST_BEGIN("absurd values");
+    gq_config c;
+    char buf[1024];
+    /* a valid base with one field spliced in (a later duplicate key wins in jansson) */
+#define BASE                                                                                                           \
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"                          \
+    "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,\"vocab_size\":100"
+    static const struct {
+        const char *extra;
+        const char *msg;
+    } cases[] = {
+        {",\"num_hidden_layers\":1000000000", "\"num_hidden_layers\" is 1000000000, beyond gq's limit of 4096"},
+        {",\"num_hidden_layers\":4097", "\"num_hidden_layers\" is 4097"},
+        {",\"num_hidden_layers\":0", "\"num_hidden_layers\" must be positive, got 0"},
+        {",\"hidden_size\":0", "\"hidden_size\" must be positive, got 0"},
+        {",\"hidden_size\":2000000", "\"hidden_size\" is 2000000, beyond gq's limit of 1048576"},
+        {",\"intermediate_size\":0", "\"intermediate_size\" must be positive"},
+        {",\"vocab_size\":0", "\"vocab_size\" must be positive"},
+        {",\"vocab_size\":20000000", "\"vocab_size\" is 20000000, beyond gq's limit"},
+        {",\"vocab_size\":-5", "field \"vocab_size\": expected an integer in [0, 1e9], got -5"},
+        {",\"num_key_value_heads\":0", "\"num_key_value_heads\" must be positive"},
+        {",\"max_position_embeddings\":0", "\"max_position_embeddings\" must be positive, got 0"},
+        {",\"num_attention_heads\":3", "hidden_size 64 is not a multiple of num_attention_heads 3"},
+        {",\"num_attention_heads\":4,\"num_key_value_heads\":3", "not a multiple of num_key_value_heads 3"},
+        {",\"head_dim\":7", "head_dim must be positive and even, got 7"},
+        {",\"num_attention_heads\":512,\"num_key_value_heads\":512,\"head_dim\":4096",
+         "num_attention_heads 512 x head_dim 4096 = 2097152, beyond gq's limit"},
+        {",\"rms_norm_eps\":0", "\"rms_norm_eps\" must be a number > 0"},
+        {",\"rms_norm_eps\":-1e-5", "\"rms_norm_eps\" must be a number > 0"},
+        {",\"rms_norm_eps\":1e-50", "\"rms_norm_eps\" must be a number > 0 that float32 holds, got 1e-50"},
+        {",\"rms_norm_eps\":\"small\"", "field \"rms_norm_eps\": expected a number, got a string"},
+        {",\"rope_theta\":0", "rope_theta must be > 0"},
+        {",\"rope_theta\":-10000.0", "rope_theta must be > 0"},
+        {",\"rope_theta\":1e300", "rope_theta must be > 0 (and within float32 range), got 1e+300"},
+        {",\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":0}", "rope_scaling.factor must be > 0, got 0"},
+        {",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":0,\"high_freq_factor\":4,"
+         "\"original_max_position_embeddings\":8192}",
+         "rope_scaling.low_freq_factor must be > 0, got 0"},
+        {",\"quantization_config\":{\"quant_method\":\"gptq\",\"bits\":4,\"group_size\":4294967424}",
+         "quantization_config.group_size 4294967424: expected -1 or a size up to 1048576"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(buf, sizeof buf, "%s%s}", BASE, cases[i].extra);
+        TEST_FAILS(parse(&c, buf), GQ_ERR_FORMAT, cases[i].msg);
+    }
+    snprintf(buf, sizeof buf, "%s,\"num_hidden_layers\":4096,\"rms_norm_eps\":1e-6,\"head_dim\":32}", BASE);
+    TEST_OK(parse(&c, buf), "at the limits: 4096 layers; head_dim 32 != 64 / 4 is allowed");
+#undef BASE
+}
+
 int main(void) {
     test_codellama();
     test_pycoder();
     test_variants();
     test_errors();
+    test_absurd();
     return TEST_REPORT();
 }

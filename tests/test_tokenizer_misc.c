@@ -60,8 +60,10 @@ static void test_errors(void) {
                       "model.merges[0]: expected \"left right\"");
     expect_load_error(dir, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": \"one\"}, \"merges\": []}}", GQ_ERR_FORMAT,
                       "model.vocab['b']: expected an id");
-    expect_load_error(dir, "{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"type\": \"BPE\", " VOCAB ", \"merges\": []}}",
-                      GQ_ERR_UNSUPPORTED, "normalizer type 'NFKC' is not supported (supported: Sequence, Prepend, Replace");
+    expect_load_error(dir, "{\"normalizer\": {\"type\": \"Precompiled\"}, \"model\": {\"type\": \"BPE\", " VOCAB ", \"merges\": []}}",
+                      GQ_ERR_UNSUPPORTED, "normalizer type 'Precompiled' is not supported (supported: Sequence, Prepend, Replace, NFC");
+    expect_load_error(dir, "{\"normalizer\": {\"type\": \"Strip\", \"strip_left\": 1}, \"model\": {\"type\": \"BPE\", " VOCAB ", \"merges\": []}}",
+                      GQ_ERR_FORMAT, "normalizer Strip.strip_left: expected true or false");
     expect_load_error(dir, "{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, \"model\": {\"type\": \"BPE\", " VOCAB ", \"merges\": []}}",
                       GQ_ERR_UNSUPPORTED, "pre_tokenizer type 'Whitespace' is not supported");
     expect_load_error(dir, "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, \"behavior\": \"Isolated\"}, "
@@ -157,8 +159,8 @@ static void *encode_job(void *arg) {
 }
 
 static void test_threads(void) {
-    static const char *dirs[] = {"pycoder-5m", "tok/llama3ish", "tok/metaspace"};
-    for (int d = 0; d < 3; d++) {
+    static const char *dirs[] = {"pycoder-5m", "tok/llama3ish", "tok/metaspace", "tok/qwen2ish"};
+    for (int d = 0; d < 4; d++) {
         gq_tokenizer *t = NULL;
         TEST_OK(gq_tok_load(&t, gq_test_data(dirs[d])), "load %s", dirs[d]);
         if (!t) continue;
@@ -230,7 +232,7 @@ static void test_bpe_loops(void) {
 /* ---- pathological inputs ---- */
 
 static void test_big_inputs(void) {
-    static const char *dirs[] = {"pycoder-5m", "tok/llama3ish", "tokenizers/llama2", "tok/metaspace"};
+    static const char *dirs[] = {"pycoder-5m", "tok/llama3ish", "tokenizers/llama2", "tok/metaspace", "tok/qwen2ish"};
     size_t n = 1 << 18;
     char *ws = malloc(n + 2);
     for (size_t i = 0; i < n; i++) ws[i] = " \n\t "[i % 4 ? 0 : (i / 4) % 4];
@@ -239,7 +241,7 @@ static void test_big_inputs(void) {
     char *sp = malloc(n + 1);
     memset(sp, ' ', n);
     sp[n] = 0;
-    for (int d = 0; d < 4; d++) {
+    for (int d = 0; d < 5; d++) {
         gq_tokenizer *t = NULL;
         TEST_OK(gq_tok_load(&t, gq_test_data(dirs[d])), "load %s", dirs[d]);
         if (!t) continue;
@@ -254,7 +256,7 @@ static void test_big_inputs(void) {
             size_t sn = 0;
             gq_tok_decode(t, ids.v, ids.n, 0, &s, &sn);
             /* Metaspace decoding drops the leading space of the first token;
-             * the other three tokenizers are lossless on whitespace */
+             * the others (Qwen2-style NFC too) are lossless on whitespace */
             size_t cut = d == 3 && in[k][0] == ' ' ? 1 : 0;
             TEST_CHECK(rc == 0 && ids.n > 0 && sn + cut == len[k] && !memcmp(s, in[k] + cut, sn),
                        "%s: 256 KiB whitespace run %d encodes and decodes back (%zu ids, %.2f s)", dirs[d], k, ids.n, dt);

@@ -11,7 +11,8 @@
  * Options are `--name value` or `--name=value`; flags take no value and store
  * `flag_value` (default 1). Defaults are the values the destinations hold
  * before parsing. Every parse error is GQ_ERR_ARG with a message naming the
- * option, what was expected and what was given.
+ * option, what was expected and what was given; messages do not start with
+ * "gq <cmd>: ", which main() prints before them.
  */
 #ifndef GQ_CLI_H
 #define GQ_CLI_H

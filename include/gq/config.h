@@ -5,7 +5,12 @@
  * RMSNorm, RoPE, grouped-query attention, SwiGLU MLP). Anything else is
  * GQ_ERR_UNSUPPORTED with a message saying what was found and what is
  * supported; a missing or ill-typed required field is GQ_ERR_FORMAT naming
- * the field.
+ * the field, and so is a value no model has: a size <= 0 or beyond the
+ * GQ_CFG_MAX_* limits, head_dim odd, hidden_size not a multiple of
+ * num_attention_heads (without head_dim), num_attention_heads not a multiple
+ * of num_key_value_heads, rms_norm_eps <= 0 (or 0 as float32), rope_theta
+ * <= 0, a rope_scaling factor <= 0, a group_size other than -1 or 1..limit.
+ * Whether the tensors match the config is gq_model_check's job (model.h).
  */
 #ifndef GQ_CONFIG_H
 #define GQ_CONFIG_H
@@ -15,6 +20,14 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Limits config.json is checked against (GQ_ERR_FORMAT naming the field
+ * beyond them): far above any Llama-family model (Llama-3.1-405B: 126
+ * layers, hidden 16384, ffn 53248, vocab 128256), low enough that products
+ * of sizes (heads x head_dim, 3 x that, 2 x ffn) fit an int. */
+#define GQ_CFG_MAX_LAYERS 4096
+#define GQ_CFG_MAX_DIM (1 << 20)     /* hidden, intermediate, heads, heads x head_dim */
+#define GQ_CFG_MAX_VOCAB (1 << 24)
 
 typedef enum {
     GQ_ROPE_NONE = 0, /* plain RoPE */

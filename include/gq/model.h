@@ -38,8 +38,46 @@ typedef struct {
     int quantized; /* linears stored as qweight/qzeros/scales/g_idx */
 } gq_model;
 
+/* Reads config.json, opens the safetensors and runs gq_model_check: a
+ * checkpoint that does not match its config is refused here, before any
+ * layer is read (GQ_ERR_FORMAT listing the problems). */
 int gq_model_open(gq_model *m, const char *dir);
 void gq_model_close(gq_model *m);
+
+/* ---- validation before any work (model_check.c) ---------------------------- */
+
+#define GQ_CHECK_KEEP 20       /* problems kept (all are counted) */
+#define GQ_CHECK_KEEP_UNUSED 4 /* names of unused tensors kept */
+
+typedef struct {
+    int n_problems;                         /* all problems found */
+    char problems[GQ_CHECK_KEEP][384];      /* the first GQ_CHECK_KEEP, one line each */
+    int n_unused;                           /* tensors gq never reads (not an error) */
+    char unused[GQ_CHECK_KEEP_UNUSED][192]; /* the first of them */
+} gq_check_report;
+
+/*
+ * Check config.json against the safetensors headers (no tensor data is
+ * read): every tensor the model needs is present, with its dtype and shape.
+ *   embed_tokens [vocab, hidden], norm and the layer norms [hidden],
+ *   q [heads x head_dim, hidden], k/v [kv_heads x head_dim, hidden],
+ *   o [hidden, heads x head_dim], gate/up [intermediate, hidden],
+ *   down [hidden, intermediate], biases [out] (attention_bias / mlp_bias),
+ *   lm_head [vocab, hidden] unless tied: F16, BF16 or F32.
+ *   A linear stored quantized (needs quantization_config): qweight I32
+ *   [in x bits / 32, out], qzeros I32 [groups, out x bits / 32], scales F16
+ *   [groups, out], g_idx I32 [in] (optional), groups = ceil(in / group_size)
+ *   or 1; in and out must pack at that width.
+ *   num_hidden_layers must not exceed the layers the tensors hold.
+ * Each problem names the file, the tensor, what was expected and what was
+ * found. Tensors gq does not read (extra layers, biases the config does not
+ * enable, rotary_emb.inv_freq, ...) are counted in n_unused, not problems.
+ * Returns GQ_OK, or GQ_ERR_FORMAT with a message "<dir>: <problem>" (one) or
+ * "<dir>: N problems ...:" and one problem per line (as many as the message
+ * holds). `dir` names the checkpoint in messages. */
+int gq_model_check_st(const gq_config *cfg, const gq_st *st, const char *dir, gq_check_report *rep);
+/* gq_model_check_st on an opened model; logs a warning naming unused tensors. */
+int gq_model_check(const gq_model *m);
 
 /* One decoder layer as f32 host arrays, shapes as in the table above. */
 typedef struct {

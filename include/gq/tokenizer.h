@@ -3,12 +3,16 @@
  *
  * Two families of BPE tokenizers are supported, token for token equal to
  * the Hugging Face `tokenizers` library:
- *   - byte-level (GPT-2, Llama-3, StarCoder, pycoder): the ByteLevel
- *     pre-tokenizer (its built-in GPT-2 regex when use_regex is true, or the
- *     Split regex given in the file, run with PCRE2 and Unicode properties),
- *     the byte-to-unicode map, merges applied by rank, ignore_merges;
+ *   - byte-level (GPT-2, Llama-3, Qwen2/2.5/3, StarCoder, pycoder): the
+ *     ByteLevel pre-tokenizer (its built-in GPT-2 regex when use_regex is
+ *     true, or the Split regex given in the file, run with PCRE2 and Unicode
+ *     properties), the byte-to-unicode map, merges applied by rank,
+ *     ignore_merges;
  *   - SentencePiece style (Llama-2, CodeLlama, Mistral): Prepend/Replace or
  *     Metaspace normalizer and pre-tokenizer, byte fallback <0xNN>, unk.
+ * Normalizers, in any Sequence: Prepend, Replace, NFC, NFD, NFKC, NFKD (with
+ * libutf8proc, limited to the Unicode 9.0 characters that `tokenizers`
+ * knows), Lowercase, StripAccents, Strip.
  * Added/special tokens are matched in the text first (their lstrip/rstrip/
  * single_word/normalized flags honoured). The TemplateProcessing
  * post-processor (e.g. prepend <s>) is applied when add_special is set.
@@ -71,8 +75,13 @@ int gq_tok_decode_continuation(const gq_tokenizer *t, const int32_t *prefix, siz
                                size_t n, int skip_special, char **out, size_t *out_len);
 
 int gq_tok_vocab_size(const gq_tokenizer *t);
-int gq_tok_bos(const gq_tokenizer *t); /* -1 if none */
-int gq_tok_eos(const gq_tokenizer *t); /* -1 if none */
+/* BOS / EOS: tokenizer_config.json's bos_token / eos_token, else the first
+ * id of the post-processor template (BOS), else a usual name ("<s>",
+ * "<|begin_of_text|>", "</s>", "<|endoftext|>", ...); -1 if none, and
+ * always -1 where tokenizer_config.json says "bos_token": null (Qwen2)
+ * unless the template adds one. */
+int gq_tok_bos(const gq_tokenizer *t);
+int gq_tok_eos(const gq_tokenizer *t);
 int gq_tok_unk(const gq_tokenizer *t); /* -1 if none */
 /* Whether the post-processor (add_special) prepends BOS. */
 int gq_tok_adds_bos(const gq_tokenizer *t);
