@@ -14,7 +14,7 @@
 #   gq --version       VERSION below and the commit (git describe) it was built from
 #
 # Dependencies (Debian): libopenblas-openmp-dev (or libopenblas-dev), liblapacke-dev,
-# libjansson-dev, libpcre2-dev, zlib1g-dev; optional: the CUDA toolkit.
+# libjansson-dev, libpcre2-dev, libutf8proc-dev (Unicode normalizers), zlib1g-dev; optional: the CUDA toolkit.
 
 CC      ?= gcc
 NVCC    ?= nvcc
@@ -131,7 +131,7 @@ $(shell mkdir -p $(BUILD) && (echo '$(FLAGS_NOW)' | cmp -s - $(FLAGS_FILE) || ec
 all: info $(BIN)
 
 info:
-	@echo "gq build: $(BUILD)/  ($(CC), $(BLAS_MSG), LAPACKE, jansson, PCRE2, zlib)"
+	@echo "gq build: $(BUILD)/  ($(CC), $(BLAS_MSG), LAPACKE, jansson, PCRE2, utf8proc, zlib)"
 	@echo "  $(CUDA_MSG)"
 
 $(BUILD)/obj/%.o: src/%.c $(FLAGS_FILE)
