@@ -133,6 +133,23 @@ rc=$?
 has "file-size limit reported" "File too large"
 none_like "file-size limit leaves no temporary output" "$T"/fs.tmp.* "$T/fs.lock" "$T/fs"
 
+# ---- 6. a full disk (a 2 MiB tmpfs in a private mount namespace; skipped where mounts are refused) -----
+mkdir -p "$T/full"
+if unshare -m sh -c "mount -t tmpfs -o size=2m tmpfs '$T/full' 2>/dev/null || exit 99
+    $GQ quantize --model '$M' --out '$T/full/q' --method rtn > '$T/out' 2>&1
+    echo \$? > '$T/full.rc'
+    ls -a '$T/full' > '$T/full.ls'
+    ls '$T/full/q.partial' > '$T/full.partial' 2>/dev/null
+    exit 0"; then
+    rc=$(cat "$T/full.rc")
+    [ "$rc" -eq 3 ] && ok || bad "disk full: exit status $rc, expected 3 (I/O)"
+    has "disk full reported" "No space left on device"
+    if grep -qE '^q$|^q\.tmp\.|^q\.lock$|^\..*\.tmp' "$T/full.ls"; then bad "disk full left: $(tr '\n' ' ' < "$T/full.ls")"; else ok; fi
+    grep -q 'state.json' "$T/full.partial" && ok || bad "disk full: the finished layers were not kept in q.partial"
+else
+    s=$((s + 1)); echo "SKIP outdir: disk full: cannot mount a tmpfs here (needs root and mount namespaces)"
+fi
+
 rm -rf "$T"
 echo "test_outdir.sh: $p passed, $f failed, $s skipped"
 echo "RESULT $p $f $s"
