@@ -152,14 +152,14 @@ $(BIN): $(BUILD)/obj/main.o $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-# ---- version (gq --version): only main.o gets it, and is rebuilt when it changes ($(BUILD)/.version),
+# ---- version (gq --version, the output's metadata): only version.o gets it, and is rebuilt when it changes ($(BUILD)/.version),
 # so that a new commit does not rebuild everything.
 VERSION := 0.3.0
 GIT_DESCRIBE := $(or $(if $(wildcard .git),$(shell git describe --tags --always 2>/dev/null)),unknown)
 VERSION_FILE := $(BUILD)/.version
 $(shell echo '$(VERSION) $(GIT_DESCRIBE)' | cmp -s - $(VERSION_FILE) || echo '$(VERSION) $(GIT_DESCRIBE)' > $(VERSION_FILE))
-$(BUILD)/obj/main.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
-$(BUILD)/obj/main.o: $(VERSION_FILE)
+$(BUILD)/obj/version.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
+$(BUILD)/obj/version.o: $(VERSION_FILE)
 
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)

@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GQ_VERSION "0.1.0"
 
 static const char *const copied_files[] = {
     "tokenizer.json",
@@ -140,7 +139,9 @@ int gq_export_load_layer_file(const char *path, const gq_model *m, int layer, in
 static json_t *quant_config(const gq_quant_opts *o) {
     const gq_gptq_params *p = &o->gptq;
     int desc_act = p->act_order && !p->static_groups;
-    json_t *meta = json_pack("{s:[s], s:s, s:b, s:b, s:s, s:i, s:i, s:i}", "quantizer", "gq:" GQ_VERSION, "method",
+    char who[64];
+    snprintf(who, sizeof who, "gq:%s", gq_version());
+    json_t *meta = json_pack("{s:[s], s:s, s:b, s:b, s:s, s:i, s:i, s:i}", "quantizer", who, "method",
                              p->method == GQ_METHOD_RTN ? "rtn" : "gptq", "act_order", p->act_order, "static_groups",
                              p->static_groups, "zero_policy",
                              o->v2    ? "true zeros (gptq_v2)"
@@ -195,6 +196,8 @@ static int write_configs(const gq_model *m, const gq_quant_opts *o, const char *
 
 static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
     const gq_gptq_params *p = &o->gptq;
+    char who[64];
+    snprintf(who, sizeof who, "gq %s", gq_version());
     json_t *mods = json_array();
     double loss = 0;
     for (int i = 0; i < r->n_modules; i++) {
@@ -220,7 +223,7 @@ static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
     json_object_set_new(settings, "arithmetic", json_string(r->arith));
     json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "load", r->t_load, "forward", r->t_forward, "hessian",
                           r->t_hessian, "solve", r->t_solve, "export", r->t_export, "total", r->t_total);
-    return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:i, s:o}", "quantizer", "gq " GQ_VERSION, "settings",
+    return json_pack("{s:s, s:o, s:I, s:i, s:f, s:i, s:o, s:I, s:I, s:i, s:o}", "quantizer", who, "settings",
                      settings, "calibration_tokens", (json_int_t)r->n_calib_tokens, "modules_quantized", r->n_modules,
                      "total_loss", loss, "rtn_fallbacks", r->n_fallback, "seconds", t, "peak_host_bytes",
                      (json_int_t)r->peak_rss, "peak_device_bytes", (json_int_t)r->peak_device, "layers_resumed", r->layers_resumed, "modules", mods);
@@ -244,7 +247,8 @@ static int is_quantized_weight(const char *name, int *layer, int *id) {
 static void set_writer_meta(gq_st_writer *w, const gq_quant_opts *o) {
     char buf[64];
     const gq_gptq_params *p = &o->gptq;
-    gq_st_writer_set_meta(w, "quantizer", "gq " GQ_VERSION);
+    snprintf(buf, sizeof buf, "gq %s", gq_version());
+    gq_st_writer_set_meta(w, "quantizer", buf);
     snprintf(buf, sizeof buf, "%d", p->bits);
     gq_st_writer_set_meta(w, "gptq_bits", buf);
     snprintf(buf, sizeof buf, "%d", p->group_size);

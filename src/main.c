@@ -8,12 +8,6 @@
 #include "gq/common.h"
 
 /* The Makefile passes these (VERSION, `git describe`); defaults for other builds. */
-#ifndef GQ_VERSION
-#define GQ_VERSION "unknown"
-#endif
-#ifndef GQ_GIT
-#define GQ_GIT "unknown"
-#endif
 
 char *openblas_get_corename(void); /* OpenBLAS: the kernel set chosen for this CPU */
 
@@ -70,7 +64,7 @@ static void version(void) {
 #else
     const char *cuda = "off";
 #endif
-    printf("gq %s (git %s, CUDA %s, OpenBLAS %s)\n", GQ_VERSION, GQ_GIT, cuda, openblas_get_corename());
+    printf("gq %s (git %s, CUDA %s, OpenBLAS %s)\n", gq_version(), gq_version_git(), cuda, openblas_get_corename());
 }
 
 int main(int argc, char **argv) {

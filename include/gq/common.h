@@ -88,6 +88,11 @@ void gq_log(gq_log_level lvl, const char *fmt, ...)
 #define gq_warn(...) gq_log(GQ_LOG_WARN, __VA_ARGS__)
 #define gq_debug(...) gq_log(GQ_LOG_DEBUG, __VA_ARGS__)
 
+/* ---- version ------------------------------------------------------------ */
+
+const char *gq_version(void);     /* "0.3.0" */
+const char *gq_version_git(void); /* `git describe` of the build, "unknown" outside a checkout */
+
 /* ---- time, progress, memory -------------------------------------------- */
 
 double gq_now(void); /* monotonic seconds */
