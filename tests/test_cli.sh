@@ -94,11 +94,11 @@ check "--seqlen past the context: a warning" 0 "$GQ" quantize --model "$D/pycode
     --seqlen 100000
 has "context warning" "--seqlen 100000 is past the model's context"
 check "report" 0 cat "$T/q/gq_report.json"
+has "report: precision" '"precision": "fp32"'
 v=$("$GQ" --version | awk '{print $2}')
 has "report: the version gq --version prints" "\"quantizer\": \"gq $v\""
 check "config" 0 cat "$T/q/config.json"
 has "quantization_config: the same version" "\"gq:$v\""
-has "report: precision" '"precision": "fp32"'
 check "tokenize" 0 "$GQ" tokenize --model "$D/pycoder-5m" --ids "def f(x):"
 has "tokenize ids" "1 "
 printf '{"text": "x = 1"}\n' > "$T/tiny.jsonl"
