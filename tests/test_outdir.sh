@@ -40,7 +40,8 @@ wait_for() { # wait_for FILE TEXT: up to 60 s for FILE to contain TEXT
     done
     return 1
 }
-Q="quantize --model $M --nsamples 16 --seqlen 256"
+# the CPU backend everywhere: these cases are about files, and a GPU would finish before a second run or a kill comes
+Q="quantize --device cpu --model $M --nsamples 16 --seqlen 256"
 
 # ---- 1. --out that is, contains or lies inside the model, whatever the flags --------------------
 cp -r "$M" "$T/m"
@@ -123,7 +124,7 @@ run "another CPU thread count refuses to resume (other sums)" 2 $GQ $Q --out "$T
 has "names the thread count" "cpu_threads: 7 now"
 run "--force discards" 0 $GQ $Q --out "$T/u" --max-layers 1 --force
 has "discard said" "discarding the unfinished run in $T/u.partial (2 layers done; --force)"
-run "a path spelled otherwise resumes" 0 $GQ quantize --model "$M/" --nsamples 16 --seqlen 256 --out "$T/./u/" --resume
+run "a path spelled otherwise resumes" 0 $GQ quantize --device cpu --model "$M/" --nsamples 16 --seqlen 256 --out "$T/./u/" --resume
 has "resumed from the layer kept" "resuming: 1 of 4 layers"
 
 # ---- 5. a file-size limit (SIGXFSZ) ------------------------------------------------------------
