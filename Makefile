@@ -172,9 +172,10 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # make test: the suite, then (unless SAN=1 already, or GQ_TEST_SAN=0) the quick suite again built
-# with AddressSanitizer + UBSan in $(SAN_BUILD)/ (CPU only); tests/run.sh runs both and ends with one
-# "N passed, N failed" over both. On 2 cores the sanitizer build and pass add about N minutes.
-SAN_BUILD ?= build-san
+# with AddressSanitizer + UBSan in $(SAN_BUILD)/ (CPU only; build-san/, or BUILD's name + "san" for
+# another BUILD, so that parallel build directories get their own); tests/run.sh runs both and ends with one
+# "N passed, N failed" over both. On 2 idle cores the sanitizer build and pass add about a minute.
+SAN_BUILD ?= $(if $(filter build,$(BUILD)),build-san,$(BUILD)san)
 GQ_TEST_SAN ?= 1
 SAN_TEST_BINS := $(TEST_SRCS:tests/%.c=$(SAN_BUILD)/tests/%)
 test: info $(BIN) $(TEST_BINS)

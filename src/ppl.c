@@ -12,6 +12,12 @@
 #include <omp.h>
 #endif
 
+/* model.c (to move to gq/model.h): the first NaN/Inf of activation rows; gq_fwd_layer with every
+ * op's output checked (parts 3: the whole layer). */
+int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const char *what);
+int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                         gq_fwd_scratch *s, int parts);
+
 void gq_ppl_opts_default(gq_ppl_opts *o) {
     memset(o, 0, sizeof *o);
     o->seqlen = 2048;
@@ -119,7 +125,8 @@ static int layer_step(const chunk_ctx *cx, int w, gq_fwd_scratch *s) {
     return gq_fwd_layer(st->be, &st->m->cfg, cx->bl, window_x(cx, w), st->seqlen, st->inv_freq, s);
 }
 
-/* Final norm and the NLL of the window's seqlen - 1 next-token predictions. */
+/* Final norm and the NLL of the window's seqlen - 1 next-token predictions (NaN/Inf when an
+ * activation was: NaN propagates through every op, the backends' exp included; run_chunk checks). */
 static int head_step(const chunk_ctx *cx, int w, gq_fwd_scratch *s) {
     const ppl_state *st = cx->st;
     const gq_config *c = &st->m->cfg;
@@ -128,9 +135,43 @@ static int head_step(const chunk_ctx *cx, int w, gq_fwd_scratch *s) {
     int64_t cnt = 0;
     int rc = gq_be_rmsnorm(st->be, s->xn, d, window_x(cx, w), d, T, d, &st->norm, c->rms_eps);
     if (rc == GQ_OK) rc = gq_be_nll(st->be, s->xn, d, T - 1, &st->lm, cx->ids + (size_t)w * T + 1, &nll, &cnt, NULL);
-    if (rc == GQ_OK && !isfinite(nll)) rc = gq_err(GQ_ERR_NUMERIC, "window %d of the chunk: the loss is not finite", w);
     cx->out[w] = cnt ? nll / (double)cnt : 0.0;
     return rc;
+}
+
+/*
+ * Window w (of the whole text) gave a non-finite loss: run it again alone, every op of every
+ * layer checked, and name the first NaN/Inf: "window 3 (tokens 6144..8191 of the text): layer 2:
+ * non-finite activation after attention (NaN at token 17, column 40)". The normal path checks
+ * nothing but the loss, which every NaN/Inf reaches; this costs one window's forward, on the
+ * error path only. Uses window slot 0 and scratch 0 (the chunk is abandoned anyway).
+ */
+static int locate_nonfinite(ppl_state *st, const int32_t *ids, int w) {
+    const gq_config *c = &st->m->cfg;
+    gq_backend *be = st->be;
+    int T = st->seqlen, d = c->hidden;
+    const int32_t *wid = ids + (size_t)w * T;
+    void *x = st->x;
+    int rc = gq_model_embed(st->m, wid, T, st->emb);
+    if (rc == GQ_OK) rc = gq_be_upload_f32(be, x, st->emb, (size_t)T * d);
+    for (int l = 0; l < c->n_layers && rc == GQ_OK; l++) {
+        gq_layer_host h;
+        gq_blayer bl;
+        rc = gq_model_load_layer(st->m, l, &h);
+        if (rc != GQ_OK) break;
+        rc = gq_blayer_upload(be, c, &h, &bl);
+        gq_layer_host_free(&h);
+        if (rc != GQ_OK) break;
+        rc = gq_fwd_layer_checked(be, c, &bl, x, T, st->inv_freq, &st->s[0], 3);
+        gq_blayer_free(be, &bl);
+        if (rc == GQ_ERR_NUMERIC) gq_err_prefix("layer %d", l);
+    }
+    if (rc == GQ_OK) rc = gq_be_rmsnorm(be, st->s[0].xn, d, x, d, T, d, &st->norm, c->rms_eps);
+    if (rc == GQ_OK) rc = gq_act_check(be, st->s[0].xn, d, T, d, "after the final norm (model.norm)");
+    if (rc == GQ_OK)
+        rc = gq_err(GQ_ERR_NUMERIC, "the loss is not finite while every activation up to the final norm is: the "
+                                    "logits (lm_head) overflow");
+    return gq_err_prefix("window %d (tokens %lld..%lld of the text)", w, (long long)w * T, (long long)w * T + T - 1);
 }
 
 /* fn for every window w < nw: one after another, or on the CPU one window per
@@ -193,6 +234,8 @@ static int run_chunk(ppl_state *st, const int32_t *ids, int w0, int nw, double *
     }
     if (rc == GQ_OK) rc = for_windows(&cx, nw, head_step);
     if (rc != GQ_OK) return gq_err_prefix("windows %d..%d", w0, w0 + nw - 1);
+    for (int w = 0; w < nw; w++)
+        if (!isfinite(out[w])) return locate_nonfinite(st, ids, w0 + w);
     return GQ_OK;
 }
 

@@ -6,6 +6,11 @@
 
 #include "gq/export.h"
 
+/* model.c (to move to gq/model.h): gq_fwd_layer with every op's output checked for NaN/Inf;
+ * parts 1 = the attention block, 2 = the MLP block. */
+int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
+                         gq_fwd_scratch *s, int parts);
+
 /* Device memory the rest of a layer's work needs besides the activations:
  * the stacked weights (in the activation dtype) twice (the layer and its working copies), the
  * largest Hessian in fp32 and fp64 with the solve's fp32 copy of the widest
@@ -141,16 +146,20 @@ static const gq_bweight *bias(const gq_bweight *b) {
     return b->data ? b : NULL;
 }
 
-/* Stage bookkeeping: a fresh Hessian, the time of the stage loop. */
+/* Stage bookkeeping: a fresh Hessian, the time of the stage loop; the layer's weights and the
+ * block whose activations feed the stage (for locating a non-finite one). */
 typedef struct {
     gq_qlayer *q;
     int l;
     float *H;
     double t0;
+    gq_blayer *bl;
+    int block; /* 1: the attention block (stages A, B), 2: the MLP block (C, D) */
 } stage_t;
 
-static int stage_begin(stage_t *st, int K) {
+static int stage_begin(stage_t *st, int K, int block) {
     st->H = NULL;
+    st->block = block;
     st->t0 = gq_now();
     size_t bytes = (size_t)K * K * sizeof(float);
     st->H = gq_be_alloc(st->q->be, bytes);
@@ -164,6 +173,33 @@ static int hess(stage_t *st, const void *X, int ld, int T, int K) {
     if (!rc && gq_backend_is_gpu(st->q->be)) rc = gq_be_sync(st->q->be);
     st->q->t_hessian += gq_now() - t0;
     return rc;
+}
+
+/*
+ * The solve of layer l refused a non-finite Hessian (GQ_ERR_NUMERIC, message already set): run
+ * the calibration samples through the block that fed it again, every op checked, and name the
+ * first NaN/Inf: "calibration sample 5: layer 3: non-finite activation after attention (NaN at
+ * token 17, column 40)". Block 1 (stages A, B) starts from the layer input, still in X; block 2
+ * (C, D) from h = x + o(attn), which stage C left in X. A non-finite input of layer l is the
+ * output of layer l - 1 (the embedding is checked when it is read), so every activation that
+ * feeds a Hessian is covered; the last layer's output feeds none and is not checked. The
+ * activations are overwritten (the run fails anyway). Keeps the solve's message when every
+ * activation is finite (a Hessian that overflowed from finite inputs).
+ */
+static int locate_nonfinite(stage_t *st) {
+    gq_qlayer *q = st->q;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", gq_errmsg());
+    int rc = GQ_OK;
+    for (int i = 0; i < q->n_seq && rc == GQ_OK; i++) {
+        void *x = x_in(q, i);
+        gq_rope_inv_freq(q->cfg, q->len[i], q->inv_freq);
+        rc = x ? gq_fwd_layer_checked(q->be, q->cfg, st->bl, x, q->len[i], q->inv_freq, &q->s, st->block)
+               : gq_errcode();
+        if (rc == GQ_ERR_NUMERIC) gq_err_prefix("calibration sample %d: layer %d", i, st->l);
+    }
+    q->cur_x = -1; /* the streaming window no longer holds a sequence's rows */
+    return rc == GQ_OK ? gq_err(GQ_ERR_NUMERIC, "%s", msg) : rc;
 }
 
 /* End of a stage loop: solve W with the stage's Hessian and slice the result
@@ -184,7 +220,10 @@ static int stage_end(stage_t *st, int rc, const gq_gptq_params *p, gq_bweight *W
     q->t_solve += secs;
     gq_be_release(q->be, st->H);
     st->H = NULL;
-    if (rc) return gq_err_prefix("layer %d %s", st->l, what);
+    if (rc) {
+        gq_err_prefix("layer %d %s", st->l, what);
+        return rc == GQ_ERR_NUMERIC ? locate_nonfinite(st) : rc;
+    }
     if (g.fallback)
         gq_warn("layer %d %s: Cholesky failed even with damping %g; quantized by rounding to nearest", st->l, what,
                 g.damp_used);
@@ -203,7 +242,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     const int hid = c->hidden, nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
     const int I = c->intermediate, ldqkv = nq + 2 * nkv;
     const size_t k_off = gq_be_act_bytes(be, (size_t)nq), v_off = gq_be_act_bytes(be, (size_t)(nq + nkv));
-    stage_t st = {q, l, NULL, 0};
+    stage_t st = {q, l, NULL, 0, bl, 0};
     int rc = GQ_OK;
 
     if (!res) { /* a restored layer: the decoder forward, the same operations as the stages below */
@@ -222,7 +261,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     /* A: [q, k, v] see rmsnorm1(x) */
     static const gq_linear_id qkv_ids[3] = {GQ_LIN_Q, GQ_LIN_K, GQ_LIN_V};
     const int qkv_rows[3] = {nq, nkv, nkv};
-    rc = stage_begin(&st, hid);
+    rc = stage_begin(&st, hid, 1);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         void *x = x_in(q, i);
         rc = x ? gq_be_rmsnorm(be, s->xn, hid, x, hid, q->len[i], hid, &bl->ln1, c->rms_eps) : gq_errcode();
@@ -233,7 +272,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     /* B: [o] sees the attention output of the quantized q, k, v */
     static const gq_linear_id o_id[1] = {GQ_LIN_O};
     const int o_rows[1] = {hid};
-    rc = stage_begin(&st, nq);
+    rc = stage_begin(&st, nq, 1);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
         char *qkv = s->qkv;
@@ -254,7 +293,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     /* C: h = x + o(attn) in place; [gate, up] see rmsnorm2(h) */
     static const gq_linear_id gu_ids[2] = {GQ_LIN_GATE, GQ_LIN_UP};
     const int gu_rows[2] = {I, I};
-    rc = stage_begin(&st, hid);
+    rc = stage_begin(&st, hid, 2);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
         void *a = a_in(q, i, 1), *x = a ? x_in(q, i) : NULL;
@@ -268,7 +307,7 @@ int gq_qlayer_run(gq_qlayer *q, int l, gq_blayer *bl, const gq_gptq_params *p, g
     /* D: [down] sees silu(gate) * up of the quantized gate/up */
     static const gq_linear_id down_id[1] = {GQ_LIN_DOWN};
     const int down_rows[1] = {hid};
-    rc = stage_begin(&st, I);
+    rc = stage_begin(&st, I, 2);
     for (int i = 0; i < q->n_seq && !rc; i++) {
         const int T = q->len[i];
         void *x = x_in(q, i);

@@ -1,11 +1,13 @@
 /*
  * test_quantize.c -- `gq quantize` end to end: the acceptance figures on the
  * bundled pycoder-5m (full 128 x 2048 calibration, all 155 evaluation
- * windows), the written AutoGPTQ files unpacked independently of gq's
- * packing code, the v1 zero policy, --resume, and bad input.
+ * windows; bounds that hold across OpenBLAS kernel sets and thread counts),
+ * the written AutoGPTQ files unpacked independently of gq's packing code,
+ * the v1 zero policy, --resume, bitwise reproducibility, and bad input.
  *
  * GQ_TEST_QUICK=1 skips the four GPTQ acceptance runs (about 5 minutes on 2
- * cores); everything else takes seconds.
+ * cores); a sanitizer build skips the RTN ones too; everything else takes
+ * seconds.
  */
 #include <jansson.h>
 #include <math.h>
@@ -15,6 +17,20 @@
 #include "gq/ppl.h"
 #include "gq/quantize.h"
 #include "test.h"
+
+/* A sanitizer build (make SAN=1, the second pass of make test): the full-text figures are the
+ * plain build's to check; under AddressSanitizer they would take minutes and test no memory use
+ * that the rest of this file does not. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SAN_BUILD 1
+#endif
+#endif
+#ifndef SAN_BUILD
+#define SAN_BUILD 0
+#endif
 
 static const char *calib_path(void) {
     const char *c = getenv("GQ_TEST_CALIB");
@@ -201,7 +217,8 @@ static int32_t *stdlib_ids(size_t *n) {
     return ids.v;
 }
 
-static double ppl_of(const char *model, const int32_t *ids, size_t n) {
+/* Perplexity of model on ids (max_windows: 0 all 155 windows of 2048), NaN on an error. */
+static double ppl_of(const char *model, const int32_t *ids, size_t n, int max_windows) {
     gq_model m;
     gq_backend *be = NULL;
     gq_ppl_opts po;
@@ -209,6 +226,7 @@ static double ppl_of(const char *model, const int32_t *ids, size_t n) {
     double v = NAN;
     gq_ppl_opts_default(&po);
     po.progress = 0;
+    po.max_windows = max_windows;
     if (gq_model_open(&m, model) == GQ_OK) {
         if (gq_backend_init(&be, "cpu") == GQ_OK && gq_ppl_ids(&m, be, ids, n, &po, &r) == GQ_OK) {
             v = r.ppl;
@@ -221,30 +239,60 @@ static double ppl_of(const char *model, const int32_t *ids, size_t n) {
     return v;
 }
 
-/* The acceptance figures of the CPU issue on pycoder-5m: GPTQ at least as good as the GPTQ
- * paper's implementation on the same calibration tokens (reference in brackets), allowing
- * 0.05% for fp32-versus-fp16 arithmetic; RTN reproduces the reference within 0.05% (RTN has
- * no calibration effect: only the fp16-rounded scales and the v1 zero policy can move it). */
+/* "cpu (OpenBLAS Cooperlake, 2 threads)": the arithmetic the figures come from. */
+static const char *blas_name(void) {
+    static char name[160];
+    gq_backend *be = NULL;
+    if (!name[0] && gq_backend_init(&be, "cpu") == GQ_OK) snprintf(name, sizeof name, "%s", gq_backend_name(be));
+    gq_backend_free(be);
+    return name;
+}
+
+/*
+ * The acceptance figures on pycoder-5m, with bounds that hold on any CPU.
+ *
+ * GPTQ's figures depend on the arithmetic: which OpenBLAS kernel set runs (OpenBLAS picks it from
+ * the CPU) and how many threads split the GEMMs change the summation order of the forward passes
+ * and of the Hessians; codes within an ulp of a rounding tie flip and the error feedback carries the
+ * change along. On one machine with one kernel set and thread count a run is bitwise reproducible
+ * (test_reproducible); across them the same setting moves by up to 0.25% (int4) and 0.5% (int3).
+ * bench/cpu_spread.sh measured every setting under the kernel sets Haswell, SkylakeX, Zen and
+ * Cooperlake (OpenBLAS 0.3.21's pick for an AVX-512-BF16 CPU: CI's) with 1 and 2 threads: lo and hi
+ * below, and docs/testing.md ("Numbers that hold on any CPU") has the table. The bound is
+ * hi + (hi - lo): the largest figure measured plus the measured spread once more as margin for
+ * arithmetics not measured (another CPU's kernels, more threads; 4 threads, measured afterwards,
+ * fell inside [lo, hi]). It stays close to the GPTQ paper's implementation on the same tokens
+ * (ref: -0.04% to +0.61%) and well below what GPTQ degraded to rounding gives (RTN int4 asym
+ * 11.8507, sym 12.0269: 2.5-3.7% above the int4 bounds; RTN int3 asym 14.8310: 15% above the
+ * int3 bound), so a broken GPTQ still fails.
+ * RTN has no calibration and does not move (11.8507 / 12.0269 in all 8 runs): it reproduces the
+ * reference within 0.05%, fp16 scales and the v1 zero policy being all that can move it.
+ */
 static void test_acceptance(const char *tmp) {
     TEST_BEGIN("acceptance pycoder-5m");
     static const struct {
         const char *name;
         gq_method method;
         int bits, sym, act_order, static_groups;
-        double ref, bound; /* bound: max ppl; for RTN +-0.05% of ref */
+        double ref;    /* the GPTQ paper's implementation (RTN: +-0.05% of it) */
+        double lo, hi; /* GPTQ: smallest and largest of the 8 measured arithmetics */
         int slow;
     } cases[] = {
-        {"RTN int4 g128 asym", GQ_METHOD_RTN, 4, 0, 0, 0, 11.8508, 0, 0},
-        {"RTN int4 g128 sym", GQ_METHOD_RTN, 4, 1, 0, 0, 12.0268, 0, 0},
-        {"GPTQ int4 g128 sym", GQ_METHOD_GPTQ, 4, 1, 0, 0, 11.5873, 11.593, 1},
-        {"GPTQ int4 g128 asym", GQ_METHOD_GPTQ, 4, 0, 0, 0, 11.5278, 11.534, 1},
-        {"GPTQ int4 g128 asym act-order static-groups", GQ_METHOD_GPTQ, 4, 0, 1, 1, 11.4562, 11.462, 1},
-        {"GPTQ int3 g128 asym", GQ_METHOD_GPTQ, 3, 0, 0, 0, 12.8011, 12.808, 1},
+        {"RTN int4 g128 asym", GQ_METHOD_RTN, 4, 0, 0, 0, 11.8508, 0, 0, 0},
+        {"RTN int4 g128 sym", GQ_METHOD_RTN, 4, 1, 0, 0, 12.0268, 0, 0, 0},
+        {"GPTQ int4 g128 sym", GQ_METHOD_GPTQ, 4, 1, 0, 0, 11.5873, 11.5348, 11.5586, 1},
+        {"GPTQ int4 g128 asym", GQ_METHOD_GPTQ, 4, 0, 0, 0, 11.5278, 11.4932, 11.5217, 1},
+        {"GPTQ int4 g128 asym act-order static-groups", GQ_METHOD_GPTQ, 4, 0, 1, 1, 11.4562, 11.4487, 11.4708, 1},
+        {"GPTQ int3 g128 asym", GQ_METHOD_GPTQ, 3, 0, 0, 0, 12.8011, 12.7495, 12.8141, 1},
     };
     size_t n = 0;
-    int32_t *ids = stdlib_ids(&n);
+    int32_t *ids = SAN_BUILD ? NULL : stdlib_ids(&n);
     int quick = getenv("GQ_TEST_QUICK") != NULL;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (SAN_BUILD) {
+            TEST_SKIP("%s: sanitizer build (the plain build checks the figures)", cases[i].name);
+            continue;
+        }
         if (cases[i].slow && quick) {
             TEST_SKIP("%s: GQ_TEST_QUICK is set", cases[i].name);
             continue;
@@ -263,14 +311,19 @@ static void test_acceptance(const char *tmp) {
         TEST_OK(gq_quantize_run(&o, &rep), "%s: quantize", cases[i].name);
         double tq = gq_now() - t0;
         gq_quant_report_free(&rep);
-        double p = ppl_of(out, ids, n);
-        fprintf(stderr, "  %s: ppl %.4f (reference %.4f), quantize %.1f s\n", cases[i].name, p, cases[i].ref, tq);
+        double p = ppl_of(out, ids, n, 0);
+        double bound = cases[i].hi + (cases[i].hi - cases[i].lo);
+        fprintf(stderr, "  %s: ppl %.4f (reference %.4f, bound %.4f), quantize %.1f s, %s\n", cases[i].name, p,
+                cases[i].ref, cases[i].method == GQ_METHOD_RTN ? cases[i].ref * 1.0005 : bound, tq, blas_name());
         if (cases[i].method == GQ_METHOD_RTN)
             TEST_NEAR(p, cases[i].ref, 5e-4 * cases[i].ref, "%s: ppl reproduces the reference within 0.05%%",
                       cases[i].name);
         else
-            TEST_CHECK(p <= cases[i].bound, "%s: ppl %.4f <= %.3f (reference %.4f + 0.05%%)", cases[i].name, p,
-                       cases[i].bound, cases[i].ref);
+            TEST_CHECK(p <= bound,
+                       "%s: ppl %.4f <= %.4f: the largest figure measured over 4 OpenBLAS kernel sets x 1-2 threads "
+                       "(%.4f) plus their spread (%.4f) as margin (docs/testing.md, \"Numbers that hold on any "
+                       "CPU\"; reference %.4f; this run: %s)",
+                       cases[i].name, p, bound, cases[i].hi, cases[i].hi - cases[i].lo, cases[i].ref, blas_name());
         free(out);
     }
     free(ids);
@@ -444,6 +497,7 @@ static void test_resume(const char *tmp) {
     base_opts(&o, model, full);
     o.nsamples = 8;
     o.seqlen = 128;
+    o.gptq.group_size = 32; /* a divisor of the tiny model's widths 64, 64, 128 */
     o.gptq.act_order = 1;
     gq_quant_report rep;
     TEST_OK(gq_quantize_run(&o, &rep), "uninterrupted run");
@@ -462,8 +516,9 @@ static void test_resume(const char *tmp) {
     gq_quant_report_free(&rep);
     o.gptq.damp = 0.01;
     TEST_OK(gq_quantize_run(&o, &rep), "resumed run");
-    TEST_CHECK(rep.layers_resumed == 1 && rep.n_modules == 7, "1 layer restored, 7 modules quantized (%d, %d)",
-               rep.layers_resumed, rep.n_modules);
+    TEST_CHECK(rep.layers_resumed == 1 && rep.n_modules == 14,
+               "1 layer restored, 14 modules reported (the restored layer's listed too) (%d, %d)", rep.layers_resumed,
+               rep.n_modules);
     gq_quant_report_free(&rep);
     char *a = gq_path_join(full, "model.safetensors"), *b = gq_path_join(res, "model.safetensors");
     TEST_CHECK(files_equal(a, b), "resumed output is bitwise the uninterrupted one");
@@ -493,6 +548,37 @@ static void test_resume(const char *tmp) {
     free(p2), free(partial), free(model), free(full), free(res);
 }
 
+/* The same settings twice on one machine give bitwise the same files and the same perplexity
+ * bits. (The figures move with the OpenBLAS kernel set and the thread count, see
+ * test_acceptance, but never from one run to the next: gq's parallel loops write disjoint outputs
+ * or reduce in a fixed order, and OpenBLAS splits its work by the thread count alone.)
+ * GPTQ act-order + static groups, asymmetric, on 16 x 512 calibration tokens; 8 windows. */
+static void test_reproducible(const char *tmp) {
+    TEST_BEGIN("bitwise reproducible");
+    char *a = gq_path_join(tmp, "rep-a"), *b = gq_path_join(tmp, "rep-b");
+    gq_quant_opts o;
+    gq_quant_report rep;
+    base_opts(&o, gq_test_data("pycoder-5m"), a);
+    o.nsamples = 16;
+    o.seqlen = 512;
+    o.gptq.sym = 0;
+    o.gptq.act_order = 1;
+    o.gptq.static_groups = 1;
+    TEST_OK(gq_quantize_run(&o, &rep), "first run");
+    gq_quant_report_free(&rep);
+    o.out_dir = b;
+    TEST_OK(gq_quantize_run(&o, &rep), "second run");
+    gq_quant_report_free(&rep);
+    char *fa = gq_path_join(a, "model.safetensors"), *fb = gq_path_join(b, "model.safetensors");
+    TEST_CHECK(files_equal(fa, fb), "the two runs wrote bitwise the same model.safetensors");
+    size_t n = 0;
+    int32_t *ids = stdlib_ids(&n);
+    double p1 = ppl_of(a, ids, n, 8), p2 = ppl_of(a, ids, n, 8), p3 = ppl_of(b, ids, n, 8);
+    TEST_CHECK(isfinite(p1) && !memcmp(&p1, &p2, sizeof p1) && !memcmp(&p1, &p3, sizeof p1),
+               "the same perplexity bits: %.17g, again %.17g, of the second output %.17g", p1, p2, p3);
+    free(ids), free(fa), free(fb), free(a), free(b);
+}
+
 static void test_bad_input(const char *tmp) {
     TEST_BEGIN("bad input");
     char *model = gq_path_join(tmp, "bad"), *out = gq_path_join(tmp, "bad-out");
@@ -501,6 +587,7 @@ static void test_bad_input(const char *tmp) {
     base_opts(&o, model, out);
     o.nsamples = 4;
     o.seqlen = 64;
+    o.gptq.group_size = 32; /* a divisor of the tiny model's widths 64, 64, 128 */
     write_tiny(model, 1);
     TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_NUMERIC, "tensor 'model.layers.1.mlp.up_proj.weight'");
     TEST_CHECK(strstr(gq_errmsg(), "index 777") != NULL, "NaN error gives the index: %s", gq_errmsg());
@@ -532,7 +619,7 @@ static void test_bad_input(const char *tmp) {
     o.gptq.group_size = 0;
     TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_ARG, "--group-size: expected -1");
     gq_quant_report_free(&rep);
-    o.gptq.group_size = 128;
+    o.gptq.group_size = 32;
     o.model_dir = "/nonexistent/model";
     TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_IO, "/nonexistent/model");
     gq_quant_report_free(&rep);
@@ -546,6 +633,7 @@ int main(void) {
     test_format(keep);
     test_zero_policy(keep);
     test_resume(keep);
+    test_reproducible(keep);
     test_bad_input(keep);
     test_acceptance(keep);
     gq_rmtree(keep);
