@@ -17,6 +17,7 @@
 #include <time.h>
 #undef I
 
+#include "gq/knobs.h"
 #include "gq/backend.h"
 #include "gq/model.h"
 
@@ -164,9 +165,11 @@ static void bench_shape(const shape *sh, int T, int reps) {
         for (int ti = 0; ti < 4; ti++) {
             gq_backend *b2;
             setenv("GQ_CPU_ATTN", mode ? "blas" : "tasks", 1);
+            gq_knobs_reload();
             char tile[16];
             snprintf(tile, sizeof tile, "%d", tiles[ti]);
             setenv("GQ_CPU_ATTN_TILE", tile, 1);
+            gq_knobs_reload();
             gq_log_set_level(GQ_LOG_WARN);
             gq_backend_init(&b2, "cpu");
             gq_log_set_level(GQ_LOG_INFO);
@@ -179,7 +182,9 @@ static void bench_shape(const shape *sh, int T, int reps) {
         }
     }
     unsetenv("GQ_CPU_ATTN");
+    gq_knobs_reload();
     unsetenv("GQ_CPU_ATTN_TILE");
+    gq_knobs_reload();
 
     /* the NLL head: final norm output -> logits -> log-softmax, T - 1 rows */
     float *lm = rnd((size_t)c.vocab * d, 0.02f);

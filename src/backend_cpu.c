@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gq/knobs.h"
 #include "backend_cpu.h"
 
 #ifdef _OPENMP
@@ -229,27 +230,12 @@ static const struct gq_backend_i cpu_iface = {
     .nll = gq_cpu_nll,
 };
 
-/* Integer from the environment (benchmark knobs), or def. */
-static int env_int(const char *name, int def, int lo, int hi) {
-    const char *s = getenv(name);
-    if (!s || !*s) return def;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (*end || errno || v < lo || v > hi) {
-        gq_warn("%s=%s ignored: expected an integer in [%d, %d]", name, s, lo, hi);
-        return def;
-    }
-    return (int)v;
-}
-
 int gq_backend_cpu_init(gq_backend **out) {
     gq_backend *be = gq_calloc(1, sizeof *be);
     gq_cpu_ctx *c = gq_calloc(1, sizeof *c);
     c->threads = gq_get_threads();
-    c->attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 0, 4096); /* 0: head_dim rows */
-    const char *m = getenv("GQ_CPU_ATTN");
-    c->attn_mode = m && !strcmp(m, "blas") ? GQ_CPU_ATTN_BLAS : GQ_CPU_ATTN_TASKS;
+    c->attn_tile = gq_knobs_get()->cpu_attn_tile; /* GQ_CPU_ATTN_TILE; 0: head_dim rows */
+    c->attn_mode = gq_knobs_get()->cpu_attn_blas ? GQ_CPU_ATTN_BLAS : GQ_CPU_ATTN_TASKS;
     be->iface = &cpu_iface;
     be->ctx = c;
     be->is_gpu = 0;

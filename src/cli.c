@@ -1,5 +1,6 @@
 /* cli.c -- option-table parsing, usage and settings printing. */
 #include "gq/cli.h"
+#include "gq/knobs.h"
 
 #include <errno.h>
 #include <math.h>
@@ -143,4 +144,7 @@ void gq_opts_print(const char *title, const gq_opt *opts, int n) {
         value_str(&opts[i], v, sizeof v);
         gq_info("  %-18s %s", opts[i].name, v);
     }
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 0);
+    gq_info("  %-18s %s", "environment", knobs[0] ? knobs : "(no GQ_* knobs set)");
 }

@@ -2,6 +2,7 @@
  * ppl.c -- perplexity over token windows, layer-major over chunks of
  * windows (see gq/ppl.h). Tokenizing a text is in ppl_text.c.
  */
+#include "gq/knobs.h"
 #include "gq/ppl.h"
 
 #include <math.h>
@@ -60,8 +61,7 @@ static void state_free(ppl_state *st) {
  * 40% less CPU (multithreaded ops spin at their barriers). On a GPU one.
  * GQ_PPL_PARALLEL=ops forces the one-by-one schedule (for comparisons). */
 static int parallel_windows(gq_backend *be) {
-    const char *par = getenv("GQ_PPL_PARALLEL");
-    if (gq_backend_is_gpu(be) || (par && !strcmp(par, "ops"))) return 1;
+    if (gq_backend_is_gpu(be) || gq_knobs_get()->ppl_ops) return 1;
     return gq_get_threads();
 }
 

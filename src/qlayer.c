@@ -1,4 +1,5 @@
 /* qlayer.c -- GPTQ of one decoder layer on a backend (gq/qlayer.h). */
+#include "gq/knobs.h"
 #include "gq/qlayer.h"
 
 #include <stdlib.h>
@@ -40,15 +41,15 @@ int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq
     const size_t ab = gq_be_act_bytes(be, (size_t)q->n_tokens * nq);
     q->cur_x = q->cur_a = -1;
     q->inv_freq = gq_malloc((size_t)cfg->head_dim / 2 * sizeof(float));
-    const char *force = getenv("GQ_STREAM_ACTIVATIONS");
+    const int force = gq_knobs_get()->stream_activations; /* GQ_STREAM_ACTIVATIONS=1 */
     size_t free_b = gq_be_free_bytes(be);
-    q->stream = (force && *force == '1') || (free_b > 0 && xb + ab + reserve_bytes(be, cfg) > free_b);
+    q->stream = force || (free_b > 0 && xb + ab + reserve_bytes(be, cfg) > free_b);
     if (q->stream) { /* host copies, and device windows for one sequence */
         char b1[32], b2[32];
         gq_info("calibration activations (%s) stay in host memory and stream through the device one sequence at "
                 "a time (%s of device memory free)%s",
                 gq_fmt_bytes(b1, sizeof b1, (double)(xb + ab)), gq_fmt_bytes(b2, sizeof b2, (double)free_b),
-                force && *force == '1' ? " (GQ_STREAM_ACTIVATIONS=1)" : "");
+                force ? " (GQ_STREAM_ACTIVATIONS=1)" : "");
         q->hX = malloc(xb);
         q->hA = malloc(ab);
         if (!q->hX || !q->hA) {

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 
 #include "backend_cpu.h" /* gq_cpu_expf */
+#include "gq/knobs.h"
 #include "gq/backend.h"
 #include "gq/gptq.h"
 #include "gq/ref.h"
@@ -407,7 +408,9 @@ int main(void) {
 
     /* the other attention schedule and an odd tile size */
     setenv("GQ_CPU_ATTN", "blas", 1);
+    gq_knobs_reload();
     setenv("GQ_CPU_ATTN_TILE", "24", 1);
+    gq_knobs_reload();
     be = NULL;
     TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend (blas attention)");
     if (be) {
@@ -418,7 +421,9 @@ int main(void) {
     }
     gq_backend_free(be);
     unsetenv("GQ_CPU_ATTN");
+    gq_knobs_reload();
     setenv("GQ_CPU_ATTN_TILE", "7", 1);
+    gq_knobs_reload();
     be = NULL;
     TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend (tile 7)");
     if (be) {
@@ -427,5 +432,6 @@ int main(void) {
     }
     gq_backend_free(be);
     unsetenv("GQ_CPU_ATTN_TILE");
+    gq_knobs_reload();
     return TEST_REPORT();
 }

@@ -97,6 +97,13 @@ check "report" 0 cat "$T/q/gq_report.json"
 has "report: precision" '"precision": "fp32"'
 v=$("$GQ" --version | awk '{print $2}')
 has "report: the version gq --version prints" "\"quantizer\": \"gq $v\""
+# environment knobs: read once, printed with the settings, recorded in the report; a bad value is ignored with a warning
+check "knobs: printed" 0 env GQ_CPU_ATTN=blas GQ_CUDA_HINV=bogus "$GQ" quantize --model "$D/pycoder-5m" --out "$T/qk" \
+    --method rtn
+has "knobs: the settings line" "environment      GQ_CPU_ATTN=blas"
+has "knobs: a bad value warned" "GQ_CUDA_HINV=bogus ignored: expected f64|potri|f32"
+check "knobs: report" 0 cat "$T/qk/gq_report.json"
+has "knobs: recorded" '"environment": "GQ_CPU_ATTN=blas'
 check "config" 0 cat "$T/q/config.json"
 has "quantization_config: the same version" "\"gq:$v\""
 check "tokenize" 0 "$GQ" tokenize --model "$D/pycoder-5m" --ids "def f(x):"

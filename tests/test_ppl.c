@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gq/knobs.h"
 #include "gq/ppl.h"
 #include "test.h"
 
@@ -105,6 +106,7 @@ static void test_windows(const gq_model *m, gq_backend *be) {
 
     /* the one-window-at-a-time schedule (multithreaded ops) */
     setenv("GQ_PPL_PARALLEL", "ops", 1);
+    gq_knobs_reload();
     gq_ppl_opts o;
     gq_ppl_opts_default(&o);
     o.seqlen = 256;
@@ -114,6 +116,7 @@ static void test_windows(const gq_model *m, gq_backend *be) {
     TEST_NEAR(r.ppl, ppl_ref, TOL_PPL_REL * ppl_ref, "ppl one by one vs transformers");
     gq_ppl_result_free(&r);
     unsetenv("GQ_PPL_PARALLEL");
+    gq_knobs_reload();
 
     /* --max-windows and a dropped tail: 1000 ids at seqlen 256 are 3 windows; keep 2 */
     o.max_windows = 2;

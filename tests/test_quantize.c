@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <math.h>
 
+#include "gq/knobs.h"
 #include "gq/cli.h"
 #include "gq/export.h"
 #include "gq/ppl.h"
@@ -526,10 +527,12 @@ static void test_resume(const char *tmp) {
      * (what a GPU too small for them gets): the same operations, so bitwise the same output */
     char *st = gq_path_join(tmp, "r-stream"), *c = gq_path_join(st, "model.safetensors");
     setenv("GQ_STREAM_ACTIVATIONS", "1", 1);
+    gq_knobs_reload();
     o.out_dir = st;
     o.resume = 0;
     TEST_OK(gq_quantize_run(&o, &rep), "run with streamed activations");
     unsetenv("GQ_STREAM_ACTIVATIONS");
+    gq_knobs_reload();
     gq_quant_report_free(&rep);
     TEST_CHECK(files_equal(a, c), "streamed activations give bitwise the resident run's output");
     free(st), free(c);
