@@ -21,28 +21,38 @@ int gq_model_load_qlinear(const gq_model *m, int layer, gq_linear_id id, int row
 
 /* ---- open / close ------------------------------------------------------------------ */
 
+/* Which width each linear's output and input have: the one description of the layer's shapes. */
+static const struct {
+    gq_dim out, in;
+} linear_dims[GQ_LIN_COUNT] = {
+    [GQ_LIN_Q] = {GQ_DIM_Q, GQ_DIM_HIDDEN},     [GQ_LIN_K] = {GQ_DIM_KV, GQ_DIM_HIDDEN},
+    [GQ_LIN_V] = {GQ_DIM_KV, GQ_DIM_HIDDEN},    [GQ_LIN_O] = {GQ_DIM_HIDDEN, GQ_DIM_Q},
+    [GQ_LIN_GATE] = {GQ_DIM_FFN, GQ_DIM_HIDDEN}, [GQ_LIN_UP] = {GQ_DIM_FFN, GQ_DIM_HIDDEN},
+    [GQ_LIN_DOWN] = {GQ_DIM_HIDDEN, GQ_DIM_FFN},
+};
+
+void gq_linear_dims(gq_linear_id id, gq_dim *out, gq_dim *in) {
+    *out = linear_dims[id].out;
+    *in = linear_dims[id].in;
+}
+
+int64_t gq_dim_size(const gq_config *c, gq_dim d) {
+    switch (d) {
+    case GQ_DIM_Q:
+        return (int64_t)c->n_heads * c->head_dim;
+    case GQ_DIM_KV:
+        return (int64_t)c->n_kv_heads * c->head_dim;
+    case GQ_DIM_FFN:
+        return c->intermediate;
+    default:
+        return c->hidden;
+    }
+}
+
 /* Shape [out][in] of a linear. */
 static void linear_shape(const gq_config *c, gq_linear_id id, int *rows, int *cols) {
-    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
-    switch (id) {
-    case GQ_LIN_Q:
-        *rows = q, *cols = c->hidden;
-        break;
-    case GQ_LIN_K:
-    case GQ_LIN_V:
-        *rows = kv, *cols = c->hidden;
-        break;
-    case GQ_LIN_O:
-        *rows = c->hidden, *cols = q;
-        break;
-    case GQ_LIN_GATE:
-    case GQ_LIN_UP:
-        *rows = c->intermediate, *cols = c->hidden;
-        break;
-    default:
-        *rows = c->hidden, *cols = c->intermediate;
-        break;
-    }
+    *rows = (int)gq_dim_size(c, linear_dims[id].out);
+    *cols = (int)gq_dim_size(c, linear_dims[id].in);
 }
 
 static int has_bias(const gq_config *c, gq_linear_id id) {

@@ -74,38 +74,33 @@ static void expect(chk_t *c, const char *name, int dt, int ndim, const int64_t *
                 shape_str(g, sizeof g, t->ndim, t->shape), why);
 }
 
-/* out x in of a linear, and the config fields each comes from. */
-static void linear_dims(const gq_config *c, gq_linear_id id, int64_t *out, int64_t *in, char *out_why, char *in_why,
-                        size_t cap) {
-    char q[80], kv[80], h[40], ffn[40];
-    snprintf(q, sizeof q, "num_attention_heads %d x head_dim %d", c->n_heads, c->head_dim);
-    snprintf(kv, sizeof kv, "num_key_value_heads %d x head_dim %d", c->n_kv_heads, c->head_dim);
-    snprintf(h, sizeof h, "hidden_size %d", c->hidden);
-    snprintf(ffn, sizeof ffn, "intermediate_size %d", c->intermediate);
-    const int64_t nq = (int64_t)c->n_heads * c->head_dim, nkv = (int64_t)c->n_kv_heads * c->head_dim;
-    const char *ow = h, *iw = h;
-    *out = *in = c->hidden;
-    switch (id) {
-    case GQ_LIN_Q:
-        *out = nq, ow = q;
+/* The config fields a width comes from, for messages. */
+static void dim_why(const gq_config *c, gq_dim d, char *buf, size_t cap) {
+    switch (d) {
+    case GQ_DIM_Q:
+        snprintf(buf, cap, "num_attention_heads %d x head_dim %d", c->n_heads, c->head_dim);
         break;
-    case GQ_LIN_K:
-    case GQ_LIN_V:
-        *out = nkv, ow = kv;
+    case GQ_DIM_KV:
+        snprintf(buf, cap, "num_key_value_heads %d x head_dim %d", c->n_kv_heads, c->head_dim);
         break;
-    case GQ_LIN_O:
-        *in = nq, iw = q;
+    case GQ_DIM_FFN:
+        snprintf(buf, cap, "intermediate_size %d", c->intermediate);
         break;
-    case GQ_LIN_GATE:
-    case GQ_LIN_UP:
-        *out = c->intermediate, ow = ffn;
-        break;
-    default: /* down */
-        *in = c->intermediate, iw = ffn;
+    default:
+        snprintf(buf, cap, "hidden_size %d", c->hidden);
         break;
     }
-    snprintf(out_why, cap, "%s", ow);
-    snprintf(in_why, cap, "%s", iw);
+}
+
+/* out x in of a linear (gq_linear_dims), and the config fields each comes from. */
+static void linear_dims(const gq_config *c, gq_linear_id id, int64_t *out, int64_t *in, char *out_why, char *in_why,
+                        size_t cap) {
+    gq_dim o, i;
+    gq_linear_dims(id, &o, &i);
+    *out = gq_dim_size(c, o);
+    *in = gq_dim_size(c, i);
+    dim_why(c, o, out_why, cap);
+    dim_why(c, i, in_why, cap);
 }
 
 /* A linear stored as qweight/qzeros/scales(/g_idx), out = N, in = K. */

@@ -31,6 +31,12 @@ extern "C" {
 typedef enum { GQ_LIN_Q = 0, GQ_LIN_K, GQ_LIN_V, GQ_LIN_O, GQ_LIN_GATE, GQ_LIN_UP, GQ_LIN_DOWN, GQ_LIN_COUNT } gq_linear_id;
 extern const char *const gq_linear_names[GQ_LIN_COUNT]; /* "self_attn.q_proj", ... */
 
+/* The widths a linear's output and input have: hidden_size, num_attention_heads x head_dim,
+ * num_key_value_heads x head_dim, intermediate_size. */
+typedef enum { GQ_DIM_HIDDEN, GQ_DIM_Q, GQ_DIM_KV, GQ_DIM_FFN } gq_dim;
+void gq_linear_dims(gq_linear_id id, gq_dim *out, gq_dim *in);
+int64_t gq_dim_size(const gq_config *c, gq_dim d);
+
 typedef struct {
     char *dir;
     gq_config cfg;
