@@ -139,6 +139,16 @@ static int head_step(const chunk_ctx *cx, int w, gq_fwd_scratch *s) {
     return rc;
 }
 
+/* Layer l of the model, loaded (dequantized where it is int4) and put on the backend. */
+static int upload_layer(ppl_state *st, int l, gq_blayer *bl) {
+    gq_layer_host h;
+    int rc = gq_model_load_layer(st->m, l, &h);
+    if (rc != GQ_OK) return rc;
+    rc = gq_blayer_upload(st->be, &st->m->cfg, &h, bl);
+    gq_layer_host_free(&h);
+    return rc;
+}
+
 /*
  * Window w (of the whole text) gave a non-finite loss: run it again alone, every op of every
  * layer checked, and name the first NaN/Inf: "window 3 (tokens 6144..8191 of the text): layer 2:
@@ -155,13 +165,8 @@ static int locate_nonfinite(ppl_state *st, const int32_t *ids, int w) {
     int rc = gq_model_embed(st->m, wid, T, st->emb);
     if (rc == GQ_OK) rc = gq_be_upload_f32(be, x, st->emb, (size_t)T * d);
     for (int l = 0; l < c->n_layers && rc == GQ_OK; l++) {
-        gq_layer_host h;
         gq_blayer bl;
-        rc = gq_model_load_layer(st->m, l, &h);
-        if (rc != GQ_OK) break;
-        rc = gq_blayer_upload(be, c, &h, &bl);
-        gq_layer_host_free(&h);
-        if (rc != GQ_OK) break;
+        if ((rc = upload_layer(st, l, &bl)) != GQ_OK) break;
         rc = gq_fwd_layer_checked(be, c, &bl, x, T, st->inv_freq, &st->s[0], 3);
         gq_blayer_free(be, &bl);
         if (rc == GQ_ERR_NUMERIC) gq_err_prefix("layer %d", l);
@@ -221,13 +226,8 @@ static int run_chunk(ppl_state *st, const int32_t *ids, int w0, int nw, double *
         if (rc == GQ_OK) rc = gq_be_upload_f32(be, window_x(&cx, w), st->emb, (size_t)T * d);
     }
     for (int l = 0; l < c->n_layers && rc == GQ_OK; l++) {
-        gq_layer_host h;
         gq_blayer bl;
-        rc = gq_model_load_layer(st->m, l, &h);
-        if (rc != GQ_OK) break;
-        rc = gq_blayer_upload(be, c, &h, &bl);
-        gq_layer_host_free(&h);
-        if (rc != GQ_OK) break;
+        if ((rc = upload_layer(st, l, &bl)) != GQ_OK) break;
         cx.bl = &bl;
         rc = for_windows(&cx, nw, layer_step);
         gq_blayer_free(be, &bl);
