@@ -451,7 +451,6 @@ int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const 
 
 /* ---- the decoder layer --------------------------------------------------------------------- */
 
-enum { FWD_ATTN = 1, FWD_MLP = 2 };
 
 /* An op, then (check) its output rows buf[T][ld], columns [0, width), checked for NaN/Inf. */
 #define STEP(op, buf, ld, width, what)                                                                                 \
@@ -460,7 +459,7 @@ enum { FWD_ATTN = 1, FWD_MLP = 2 };
         if (check) TRY(gq_act_check(be, buf, ld, T, width, what));                                                     \
     } while (0)
 
-/* The parts (FWD_ATTN: x += o(attn(...)) of rmsnorm1(x); FWD_MLP: x += down(swiglu(...)) of
+/* The parts (GQ_FWD_ATTN: x += o(attn(...)) of rmsnorm1(x); GQ_FWD_MLP: x += down(swiglu(...)) of
  * rmsnorm2(x)) of a decoder layer, the same ops in the same order with or without check. */
 static int fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
                      gq_fwd_scratch *s, int parts, int check) {
@@ -469,7 +468,7 @@ static int fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, vo
     int nq = c->n_heads * hd, nkv = c->n_kv_heads * hd, ldqkv = nq + 2 * nkv;
     char *qkv = s->qkv; /* [T][q | k | v] */
     void *k = qkv + gq_be_act_bytes(be, (size_t)nq), *v = qkv + gq_be_act_bytes(be, (size_t)(nq + nkv));
-    if (parts & FWD_ATTN) { /* attention block: x += o(attn(rope(q), rope(k), v)) of rmsnorm1(x) */
+    if (parts & GQ_FWD_ATTN) { /* attention block: x += o(attn(rope(q), rope(k), v)) of rmsnorm1(x) */
         if (check) TRY(gq_act_check(be, x, d, T, d, "at the layer input"));
         STEP(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln1, c->rms_eps), s->xn, d, d, "after input_layernorm");
         STEP(gq_be_linear(be, qkv, ldqkv, s->xn, d, T, &bl->qkv, &bl->b_qkv, 0), qkv, ldqkv, ldqkv,
@@ -483,7 +482,7 @@ static int fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, vo
     } else if (check) {
         TRY(gq_act_check(be, x, d, T, d, "after o_proj and the residual add"));
     }
-    if (parts & FWD_MLP) { /* MLP block: x += down(silu(gate) * up) of rmsnorm2(x) */
+    if (parts & GQ_FWD_MLP) { /* MLP block: x += down(silu(gate) * up) of rmsnorm2(x) */
         STEP(gq_be_rmsnorm(be, s->xn, d, x, d, T, d, &bl->ln2, c->rms_eps), s->xn, d, d,
              "after post_attention_layernorm");
         STEP(gq_be_linear(be, s->gu, 2 * I, s->xn, d, T, &bl->gu, &bl->b_gu, 0), s->gu, 2 * I, 2 * I,
@@ -498,15 +497,14 @@ static int fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, vo
 
 int gq_fwd_layer(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
                  gq_fwd_scratch *s) {
-    return fwd_layer(be, c, bl, x, T, inv_freq, s, FWD_ATTN | FWD_MLP, 0);
+    return fwd_layer(be, c, bl, x, T, inv_freq, s, GQ_FWD_ATTN | GQ_FWD_MLP, 0);
 }
 
 /* gq_fwd_layer with the output of every op checked (gq_act_check), in place on x like it:
  * GQ_ERR_NUMERIC "non-finite activation after attention (NaN at token 17, column 3)" names the
  * first NaN/Inf. parts: 1 the attention block only (x is the layer input), 2 the MLP block only
- * (x is h = input + o(attn)), 3 both. For the error paths of ppl.c and qlayer.c, which declare it
- * (it belongs in gq/model.h). */
+ * (x is h = input + o(attn)), 3 both (gq/model.h). */
 int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
                          gq_fwd_scratch *s, int parts) {
-    return fwd_layer(be, c, bl, x, T, inv_freq, s, parts & (FWD_ATTN | FWD_MLP), 1);
+    return fwd_layer(be, c, bl, x, T, inv_freq, s, parts & (GQ_FWD_ATTN | GQ_FWD_MLP), 1);
 }

@@ -13,11 +13,6 @@
 #include <omp.h>
 #endif
 
-/* model.c (to move to gq/model.h): the first NaN/Inf of activation rows; gq_fwd_layer with every
- * op's output checked (parts 3: the whole layer). */
-int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const char *what);
-int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
-                         gq_fwd_scratch *s, int parts);
 
 void gq_ppl_opts_default(gq_ppl_opts *o) {
     memset(o, 0, sizeof *o);
@@ -167,7 +162,7 @@ static int locate_nonfinite(ppl_state *st, const int32_t *ids, int w) {
     for (int l = 0; l < c->n_layers && rc == GQ_OK; l++) {
         gq_blayer bl;
         if ((rc = upload_layer(st, l, &bl)) != GQ_OK) break;
-        rc = gq_fwd_layer_checked(be, c, &bl, x, T, st->inv_freq, &st->s[0], 3);
+        rc = gq_fwd_layer_checked(be, c, &bl, x, T, st->inv_freq, &st->s[0], GQ_FWD_ATTN | GQ_FWD_MLP);
         gq_blayer_free(be, &bl);
         if (rc == GQ_ERR_NUMERIC) gq_err_prefix("layer %d", l);
     }

@@ -7,10 +7,6 @@
 
 #include "gq/export.h"
 
-/* model.c (to move to gq/model.h): gq_fwd_layer with every op's output checked for NaN/Inf;
- * parts 1 = the attention block, 2 = the MLP block. */
-int gq_fwd_layer_checked(gq_backend *be, const gq_config *c, const gq_blayer *bl, void *x, int T, const float *inv_freq,
-                         gq_fwd_scratch *s, int parts);
 
 /* Device memory the rest of a layer's work needs besides the activations:
  * the stacked weights (in the activation dtype) twice (the layer and its working copies), the

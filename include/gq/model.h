@@ -148,6 +148,20 @@ void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s);
 int gq_fwd_layer(gq_backend *be, const gq_config *cfg, const gq_blayer *bl, void *x, int T, const float *inv_freq,
                  gq_fwd_scratch *s);
 
+/* ---- locating a NaN/Inf (the error paths of ppl and the quantizer) ----------------------- */
+
+enum { GQ_FWD_ATTN = 1, GQ_FWD_MLP = 2 }; /* the parts of a layer for gq_fwd_layer_checked */
+
+/* GQ_OK when columns [0, width) of the activation rows X[T][ld] are all finite, else
+ * GQ_ERR_NUMERIC "non-finite activation <what> (NaN at token t, column j)" for the first one.
+ * Downloads the rows: for locating a NaN/Inf that a cheap check (a non-finite loss or Hessian)
+ * has seen, not for every op of a normal run. */
+int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const char *what);
+/* gq_fwd_layer with the output of every op checked (gq_act_check), in place on x like it;
+ * parts: GQ_FWD_ATTN (x is the layer input), GQ_FWD_MLP (x is input + o(attn)), or both. */
+int gq_fwd_layer_checked(gq_backend *be, const gq_config *cfg, const gq_blayer *bl, void *x, int T,
+                         const float *inv_freq, gq_fwd_scratch *s, int parts);
+
 #ifdef __cplusplus
 }
 #endif
