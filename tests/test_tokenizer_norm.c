@@ -21,35 +21,10 @@
 
 #include "gq/tokenizer.h"
 #include "test.h"
+#include "test_tok_util.h"
 #include "unicode.h"
 
 /* ---- helpers ---- */
-
-static char *unhex(const char *h, size_t *n) {
-    size_t len = strlen(h) / 2;
-    char *b = malloc(len + 1);
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(h + 2 * i, "%2x", &v);
-        b[i] = (char)v;
-    }
-    b[len] = 0;
-    *n = len;
-    return b;
-}
-
-static int ids_equal(const gq_ids *got, json_t *exp, const char *what, const char *name) {
-    size_t n = json_array_size(exp);
-    for (size_t i = 0; i < n && i < got->n; i++) {
-        if (got->v[i] != (int32_t)json_integer_value(json_array_get(exp, i))) {
-            fprintf(stderr, "  %s %s: first difference at %zu: got %d, expected %d\n", name, what, i, got->v[i],
-                    (int)json_integer_value(json_array_get(exp, i)));
-            return 0;
-        }
-    }
-    if (got->n != n) fprintf(stderr, "  %s %s: got %zu ids, expected %zu\n", name, what, got->n, n);
-    return got->n == n;
-}
 
 /* decode(ids) (skip_special as given) equals the hex-encoded text */
 static int decode_matches(const gq_tokenizer *tok, const gq_ids *ids, int skip, json_t *exp_hex, const char *what,
