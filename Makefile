@@ -98,13 +98,13 @@ endif
 endif
 
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC_PATH)))
-SRCS := $(wildcard src/*.c)
-CU_SRCS := $(wildcard src/cuda/*.cu)
+SRCS := $(sort $(shell find src -name '*.c'))
+CU_SRCS := $(sort $(shell find src -name '*.cu'))
 OBJS := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 CFLAGS := $(CFLAGS_BASE)
 ifeq ($(USE_CUDA),1)
 CFLAGS += -DGQ_USE_CUDA
-CU_OBJS := $(CU_SRCS:src/cuda/%.cu=$(BUILD)/obj/cuda/%.o)
+CU_OBJS := $(CU_SRCS:src/%.cu=$(BUILD)/obj/%.o)
 NVCCFLAGS := -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) -Iinclude -Isrc -DGQ_USE_CUDA \
              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fopenmp --expt-relaxed-constexpr -lineinfo
 LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lcusolver -lstdc++
@@ -139,16 +139,16 @@ $(BUILD)/obj/%.o: src/%.c $(FLAGS_FILE)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/obj/cuda/%.o: src/cuda/%.cu $(FLAGS_FILE)
+$(BUILD)/obj/%.o: src/%.cu $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC  $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
-$(LIB): $(filter-out $(BUILD)/obj/main.o,$(OBJS)) $(CU_OBJS)
+$(LIB): $(filter-out $(BUILD)/obj/cmd/main.o,$(OBJS)) $(CU_OBJS)
 	@$(if $(Q),echo "  AR    $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BIN): $(BUILD)/obj/main.o $(LIB)
+$(BIN): $(BUILD)/obj/cmd/main.o $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -158,8 +158,8 @@ VERSION := 0.3.0
 GIT_DESCRIBE := $(or $(if $(wildcard .git),$(shell git describe --tags --always 2>/dev/null)),unknown)
 VERSION_FILE := $(BUILD)/.version
 $(shell echo '$(VERSION) $(GIT_DESCRIBE)' | cmp -s - $(VERSION_FILE) || echo '$(VERSION) $(GIT_DESCRIBE)' > $(VERSION_FILE))
-$(BUILD)/obj/version.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
-$(BUILD)/obj/version.o: $(VERSION_FILE)
+$(BUILD)/obj/base/version.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
+$(BUILD)/obj/base/version.o: $(VERSION_FILE)
 
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
@@ -192,7 +192,7 @@ bench: info $(BIN) $(BENCH_BINS)
 fuzz:
 	@mkdir -p build-fuzz
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude -Isrc $(BLAS_CFLAGS) \
-	  tests/fuzz/fuzz_st.c src/st_read.c src/st_write.c src/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
+	  tests/fuzz/fuzz_st.c src/io/st_read.c src/io/st_write.c src/base/common.c -o build-fuzz/fuzz_st -ljansson -lm -fopenmp
 
 # ---- make install [PREFIX=/usr/local] [DESTDIR=]: the binary finds its data in ../share/gq (gq/datadir.h)
 PREFIX ?= /usr/local

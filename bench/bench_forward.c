@@ -19,6 +19,7 @@
 
 #include "gq/knobs.h"
 #include "gq/backend.h"
+#include "gq/graph.h"
 #include "gq/model.h"
 
 typedef struct {
@@ -98,6 +99,7 @@ static void bench_shape(const shape *sh, int T, int reps) {
     memset(&c, 0, sizeof c);
     c.hidden = sh->hidden, c.intermediate = sh->inter, c.n_heads = sh->n_heads, c.n_kv_heads = sh->n_kv;
     c.head_dim = sh->head_dim, c.vocab = sh->vocab, c.n_layers = 1, c.rms_eps = 1e-5f, c.rope_theta = 10000;
+    c.arch_id = GQ_ARCH_LLAMA, c.rot_dim = sh->head_dim, c.act = GQ_ACT_SILU;
     int d = c.hidden, I = c.intermediate, hd = c.head_dim;
     int nq = c.n_heads * hd, nkv = c.n_kv_heads * hd, ldqkv = nq + 2 * nkv;
     printf("\n%s layer: hidden %d, ffn %d, heads %d/%d x %d, T = %d\n", sh->name, d, I, c.n_heads, c.n_kv_heads, hd,
@@ -108,19 +110,17 @@ static void bench_shape(const shape *sh, int T, int reps) {
         fprintf(stderr, "%s\n", gq_errmsg());
         return;
     }
-    gq_layer_host h;
-    memset(&h, 0, sizeof h);
-    h.w[GQ_LIN_Q] = rnd((size_t)nq * d, 0.02f);
-    h.w[GQ_LIN_K] = rnd((size_t)nkv * d, 0.02f);
-    h.w[GQ_LIN_V] = rnd((size_t)nkv * d, 0.02f);
-    h.w[GQ_LIN_O] = rnd((size_t)d * nq, 0.02f);
-    h.w[GQ_LIN_GATE] = rnd((size_t)I * d, 0.02f);
-    h.w[GQ_LIN_UP] = rnd((size_t)I * d, 0.02f);
-    h.w[GQ_LIN_DOWN] = rnd((size_t)d * I, 0.02f);
-    h.ln1 = rnd((size_t)d, 1), h.ln2 = rnd((size_t)d, 1);
+    /* a layer of random weights: [q; k; v] [ldqkv][d], o [d][nq], [gate; up] [2I][d], down [d][I] */
     gq_blayer bl;
     gq_fwd_scratch s;
-    if (gq_blayer_upload(be, &c, &h, &bl) != GQ_OK || gq_fwd_scratch_init(be, &c, T, &s) != GQ_OK) {
+    float *hw[4] = {rnd((size_t)ldqkv * d, 0.02f), rnd((size_t)d * nq, 0.02f), rnd((size_t)2 * I * d, 0.02f),
+                    rnd((size_t)d * I, 0.02f)};
+    float *ln1 = rnd((size_t)d, 1), *ln2 = rnd((size_t)d, 1);
+    int rc = gq_blayer_alloc(be, &c, 0, &bl);
+    for (int g = 0; g < GQ_GRP_COUNT && !rc; g++) rc = gq_be_weight_set_rows(be, &bl.w[g], 0, bl.w[g].rows, hw[g], GQ_DT_F32);
+    if (!rc) rc = gq_be_weight_upload(be, &bl.norm[GQ_NORM_ATTN_PRE], ln1, 1, d);
+    if (!rc) rc = gq_be_weight_upload(be, &bl.norm[GQ_NORM_MLP_PRE], ln2, 1, d);
+    if (rc != GQ_OK || gq_fwd_scratch_init(be, &c, T, &s) != GQ_OK) {
         fprintf(stderr, "%s\n", gq_errmsg());
         return;
     }
@@ -134,10 +134,10 @@ static void bench_shape(const shape *sh, int T, int reps) {
     timing t, tot = {0, 0};
     double f;
 
-    TIME(reps, t, gq_be_rmsnorm(be, s.xn, d, x, d, T, d, &bl.ln1, 1e-5f));
+    TIME(reps, t, gq_be_rmsnorm(be, s.xn, d, x, d, T, d, &bl.norm[GQ_NORM_ATTN_PRE], 1e-5f));
     report("rmsnorm", t, 0, 0), tot.wall += 2 * t.wall, tot.cpu += 2 * t.cpu;
     f = 2.0 * T * ldqkv * d;
-    TIME(reps, t, gq_be_linear(be, qkv, ldqkv, s.xn, d, T, &bl.qkv, NULL, 0));
+    TIME(reps, t, gq_be_linear(be, qkv, ldqkv, s.xn, d, T, &bl.w[GQ_GRP_ATTN_IN], NULL, 0));
     report("linear qkv", t, f, plain_sgemm(T, ldqkv, d, reps)), tot.wall += t.wall, tot.cpu += t.cpu;
     TIME(reps, t, gq_be_rope(be, qkv, ldqkv, T, c.n_heads, hd, 0, inv); gq_be_rope(be, k, ldqkv, T, c.n_kv_heads, hd, 0, inv));
     report("rope q+k", t, 0, 0), tot.wall += t.wall, tot.cpu += t.cpu;
@@ -145,18 +145,18 @@ static void bench_shape(const shape *sh, int T, int reps) {
     TIME(reps, t, gq_be_attention(be, s.attn, nq, qkv, ldqkv, k, ldqkv, v, ldqkv, T, T, c.n_heads, c.n_kv_heads, hd));
     report("attention", t, f, 0), tot.wall += t.wall, tot.cpu += t.cpu;
     f = 2.0 * T * d * nq;
-    TIME(reps, t, gq_be_linear(be, x, d, s.attn, nq, T, &bl.o, NULL, 1));
+    TIME(reps, t, gq_be_linear(be, x, d, s.attn, nq, T, &bl.w[GQ_GRP_ATTN_OUT], NULL, 1));
     report("linear o (+residual)", t, f, plain_sgemm(T, d, nq, reps)), tot.wall += t.wall, tot.cpu += t.cpu;
     f = 2.0 * T * 2 * I * d;
-    TIME(reps, t, gq_be_linear(be, s.gu, 2 * I, s.xn, d, T, &bl.gu, NULL, 0));
+    TIME(reps, t, gq_be_linear(be, s.gu, 2 * I, s.xn, d, T, &bl.w[GQ_GRP_MLP_IN], NULL, 0));
     report("linear gate+up", t, f, plain_sgemm(T, 2 * I, d, reps)), tot.wall += t.wall, tot.cpu += t.cpu;
     TIME(reps, t, gq_be_swiglu(be, s.act, I, s.gu, 2 * I, T, I));
     report("swiglu", t, 0, 0), tot.wall += t.wall, tot.cpu += t.cpu;
     f = 2.0 * T * d * I;
-    TIME(reps, t, gq_be_linear(be, x, d, s.act, I, T, &bl.down, NULL, 1));
+    TIME(reps, t, gq_be_linear(be, x, d, s.act, I, T, &bl.w[GQ_GRP_MLP_OUT], NULL, 1));
     report("linear down (+resid.)", t, f, plain_sgemm(T, d, I, reps)), tot.wall += t.wall, tot.cpu += t.cpu;
     printf("  %-22s %9.2f ms  cpu %4.0f%%   (sum of the ops)\n", "layer", tot.wall * 1e3, 100.0 * tot.cpu / tot.wall);
-    TIME(reps, t, gq_fwd_layer(be, &c, &bl, x, T, inv, &s));
+    TIME(reps, t, gq_fwd_layer(be, &c, 0, &bl, x, T, inv, &s));
     report("gq_fwd_layer", t, 0, 0);
 
     /* the attention schedules and tile sizes */
@@ -204,8 +204,8 @@ static void bench_shape(const shape *sh, int T, int reps) {
     gq_blayer_free(be, &bl);
     gq_fwd_scratch_free(be, &s);
     gq_be_release(be, x);
-    for (int i = 0; i < GQ_LIN_COUNT; i++) gq_free_aligned(h.w[i]);
-    gq_free_aligned(h.ln1), gq_free_aligned(h.ln2), gq_free_aligned(xh);
+    for (int i = 0; i < 4; i++) gq_free_aligned(hw[i]);
+    gq_free_aligned(ln1), gq_free_aligned(ln2), gq_free_aligned(xh);
     free(inv);
     gq_backend_free(be);
 }

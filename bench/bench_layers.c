@@ -139,6 +139,7 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     cfg.hidden = h, cfg.intermediate = I, cfg.n_layers = layers, cfg.n_heads = nh, cfg.n_kv_heads = nkv;
     cfg.head_dim = hd, cfg.vocab = 32000, cfg.max_pos = seqlen, cfg.rms_eps = 1e-5f, cfg.rope_theta = 10000.0;
     cfg.dtype = GQ_DT_F16;
+    cfg.arch_id = GQ_ARCH_LLAMA, cfg.rot_dim = hd, cfg.act = GQ_ACT_SILU;
 
     /* host weights (fp16, std 0.02), generated once, uploaded per layer */
     uint16_t *hq = rand_f16((size_t)qd * h, 0.02f, 1), *ho = rand_f16((size_t)h * ad, 0.02f, 2);
@@ -171,18 +172,20 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     layer_time *lt = gq_calloc((size_t)layers, sizeof *lt);
     for (int l = 0; l < layers; l++) {
         gq_blayer w;
-        memset(&w, 0, sizeof w);
-        CK(gq_be_weight_upload_raw(be, &w.qkv, hq, GQ_DT_F16, qd, h), "upload qkv");
-        CK(gq_be_weight_upload_raw(be, &w.o, ho, GQ_DT_F16, h, ad), "upload o");
-        CK(gq_be_weight_upload_raw(be, &w.gu, hgu, GQ_DT_F16, 2 * I, h), "upload gu");
-        CK(gq_be_weight_upload_raw(be, &w.down, hdn, GQ_DT_F16, h, I), "upload down");
-        CK(gq_be_weight_upload(be, &w.ln1, ones, 1, h), "upload ln1");
-        CK(gq_be_weight_upload(be, &w.ln2, ones, 1, h), "upload ln2");
-        gq_qresult res[GQ_LIN_COUNT];
+        CK(gq_blayer_alloc(be, &cfg, l, &w), "allocate the layer");
+        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_ATTN_IN], 0, qd, hq, GQ_DT_F16), "upload qkv");
+        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_ATTN_OUT], 0, h, ho, GQ_DT_F16), "upload o");
+        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_MLP_IN], 0, 2 * I, hgu, GQ_DT_F16), "upload gu");
+        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_MLP_OUT], 0, h, hdn, GQ_DT_F16), "upload down");
+        CK(gq_be_weight_upload(be, &w.norm[GQ_NORM_ATTN_PRE], ones, 1, h), "upload ln1");
+        CK(gq_be_weight_upload(be, &w.norm[GQ_NORM_MLP_PRE], ones, 1, h), "upload ln2");
+        gq_module mods[8];
+        int nmods = gq_layer_modules(&cfg, 0, l, mods, 8);
+        gq_qresult res[8];
         double st0 = q.t_stages, so0 = q.t_solve;
         CK(gq_qlayer_run(&q, l, &w, &p, res), "quantizing the layer");
-        for (int k = 0; k < GQ_LIN_COUNT; k++) {
-            if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", gq_linear_names[k]);
+        for (int k = 0; k < nmods; k++) {
+            if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", mods[k].name);
             gq_qresult_free(&res[k]);
         }
         lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be)};

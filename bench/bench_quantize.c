@@ -8,7 +8,7 @@
  *                  [--nsamples 128] [--seqlen 2048] [--method gptq|rtn]
  *
  * Medians over --reps runs (default 1: a pycoder-30m run takes minutes on 2
- * cores). The forward FLOPs are those of the stages of src/qlayer.c (q/k/v,
+ * cores). The forward FLOPs are those of the stages of src/quant/qlayer.c (q/k/v,
  * o, gate/up twice, down, causal attention); the Hessian FLOPs are T K^2
  * per Hessian (the upper triangle of X^T X).
  */
@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
     double med[6];
     for (int k = 0; k < 6; k++) med[k] = median(v[k], reps);
 
-    /* FLOPs of the stages (src/qlayer.c), all layers */
+    /* FLOPs of the stages (src/quant/qlayer.c), all layers */
     const double N = (double)ntok, h = c.hidden, I = c.intermediate, hd = c.head_dim;
     const double q = (double)c.n_heads * hd, kv = (double)c.n_kv_heads * hd, L = c.n_layers;
     const double T = o.seqlen, nseq = N / T;

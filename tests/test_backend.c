@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "backend_cpu.h" /* gq_cpu_expf */
+#include "compute/cpu/backend_cpu.h" /* gq_cpu_expf */
 #include "gq/knobs.h"
 #include "gq/backend.h"
 #include "gq/gptq.h"
@@ -31,6 +31,7 @@
 
 #define TOL_ELEM 1e-6
 #define TOL_DOT 1e-5
+#define TOL_NORM 1e-5
 
 /* ---- random data --------------------------------------------------------------------- */
 
@@ -290,6 +291,463 @@ static void test_gptq_op(gq_backend *be, int act_order) {
     free(W), free(X), free(H), free(Href), free(Wref), free(Wout);
 }
 
+/* ---- family ops ------------------------------------------------------------------------- */
+
+/* How far a reference output moves when an option is switched off: a case asserted to
+ * "change" the result moves it by more than 100x the op's tolerance, so a backend ignoring the
+ * option fails the comparison. */
+#define CHANGE_MIN(tol) (100.0 * (tol))
+
+static void test_layernorm(gq_backend *be, int T, int d, int ldx, int ldy, int with_bias, float mean) {
+    float *X = rand_vec((size_t)T * ldx, 3.0f), *g = rand_vec((size_t)d, 1.0f), *b = rand_vec((size_t)d, 1.0f);
+    for (size_t i = 0; i < (size_t)T * ldx; i++) X[i] += mean;
+    float *Y = nan_vec((size_t)T * ldy), *Yref = nan_vec((size_t)T * ldy);
+    gq_bweight w, bw = {0};
+    TEST_OK(gq_be_weight_upload(be, &w, g, 1, d), "upload layernorm weight");
+    if (with_bias) TEST_OK(gq_be_weight_upload(be, &bw, b, 1, d), "upload layernorm bias");
+    void *dX = dev_from(be, X, (size_t)T * ldx), *dY = dev_from(be, Y, (size_t)T * ldy);
+    TEST_OK(gq_be_layernorm(be, dY, ldy, dX, ldx, T, d, &w, with_bias ? &bw : NULL, 1e-5f), "layernorm");
+    gq_be_download_f32(be, Y, dY, (size_t)T * ldy);
+    gq_layernorm_ref(Yref, ldy, X, ldx, T, d, g, with_bias ? b : NULL, 1e-5f);
+    double e = rel_err(Y, Yref, T, d, ldy);
+    TEST_CHECK(e <= TOL_NORM, "layernorm T=%d d=%d bias=%d mean=%g: rel err %.3g > %g", T, d, with_bias,
+               (double)mean, e, TOL_NORM);
+    TEST_CHECK(pad_untouched(Y, T, d, ldy), "layernorm wrote beyond its %d columns", d);
+    gq_be_weight_free(be, &w);
+    gq_be_weight_free(be, &bw);
+    gq_be_release(be, dX), gq_be_release(be, dY);
+    free(X), free(g), free(b), free(Y), free(Yref);
+}
+
+/* head_rmsnorm in place on X[T][ld] against the ref, and bitwise against gq_be_rmsnorm run on
+ * each head's [T][hd] block (stride ld): the same arithmetic per head. */
+static void test_head_rmsnorm(gq_backend *be, int T, int nh, int hd, int ld) {
+    size_t n = (size_t)T * ld;
+    float *X = rand_vec(n, 2.0f), *g = rand_vec((size_t)hd, 1.0f);
+    for (int t = 0; t < T; t++)
+        for (int c = nh * hd; c < ld; c++) X[(size_t)t * ld + c] = NAN;
+    float *Xref = gq_malloc(n * sizeof(float)), *Xrow = gq_malloc(n * sizeof(float));
+    memcpy(Xref, X, n * sizeof(float));
+    gq_bweight w;
+    TEST_OK(gq_be_weight_upload(be, &w, g, 1, hd), "upload head norm weight");
+    void *dX = dev_from(be, X, n), *dR = dev_from(be, X, n);
+    TEST_OK(gq_be_head_rmsnorm(be, dX, ld, T, nh, hd, &w, 1e-6f), "head_rmsnorm");
+    gq_be_download_f32(be, X, dX, n);
+    gq_head_rmsnorm_ref(Xref, ld, T, nh, hd, g, 1e-6f);
+    double e = rel_err(X, Xref, T, nh * hd, ld);
+    TEST_CHECK(e <= TOL_ELEM, "head_rmsnorm T=%d heads=%d hd=%d ld=%d: rel err %.3g > %g", T, nh, hd, ld, e, TOL_ELEM);
+    TEST_CHECK(pad_untouched(X, T, nh * hd, ld), "head_rmsnorm touched columns beyond its heads");
+    for (int h = 0; h < nh; h++) {
+        char *p = (char *)dR + gq_be_act_bytes(be, (size_t)h * hd);
+        TEST_OK(gq_be_rmsnorm(be, p, ld, p, ld, T, hd, &w, 1e-6f), "rmsnorm of head %d", h);
+    }
+    gq_be_download_f32(be, Xrow, dR, n);
+    TEST_CHECK(memcmp(X, Xrow, n * sizeof(float)) == 0, "head_rmsnorm hd=%d is bitwise rmsnorm per head", hd);
+    gq_be_weight_free(be, &w);
+    gq_be_release(be, dX), gq_be_release(be, dR);
+    free(X), free(g), free(Xref), free(Xrow);
+}
+
+/* glu against the ref; SiLU also bitwise against gq_be_swiglu. GELU-tanh: tanhf is within
+ * ~1 ulp, so the elementwise tolerance holds. */
+static void test_glu(gq_backend *be, int T, int I, int lda, int ldgu, gq_act_kind act) {
+    float *GU = rand_vec((size_t)T * ldgu, 3.0f);
+    GU[0] = -100.0f; /* saturated gates: no NaN from exp / tanh overflow */
+    GU[1] = 100.0f;
+    float *A = nan_vec((size_t)T * lda), *Aref = nan_vec((size_t)T * lda), *Asw = nan_vec((size_t)T * lda);
+    void *dGU = dev_from(be, GU, (size_t)T * ldgu), *dA = dev_from(be, A, (size_t)T * lda);
+    void *dS = dev_from(be, A, (size_t)T * lda);
+    TEST_OK(gq_be_glu(be, dA, lda, dGU, ldgu, T, I, act), "glu act %d", (int)act);
+    gq_be_download_f32(be, A, dA, (size_t)T * lda);
+    gq_glu_ref(Aref, lda, GU, ldgu, T, I, (int)act);
+    double e = rel_err(A, Aref, T, I, lda);
+    TEST_CHECK(e <= TOL_ELEM, "glu act=%d T=%d I=%d: rel err %.3g > %g", (int)act, T, I, e, TOL_ELEM);
+    TEST_CHECK(pad_untouched(A, T, I, lda), "glu wrote beyond its %d columns", I);
+    if (act == GQ_ACT_SILU) {
+        TEST_OK(gq_be_swiglu(be, dS, lda, dGU, ldgu, T, I), "swiglu");
+        gq_be_download_f32(be, Asw, dS, (size_t)T * lda);
+        TEST_CHECK(memcmp(A, Asw, sizeof(float) * (size_t)T * lda) == 0, "glu SiLU is bitwise swiglu (T=%d I=%d)", T,
+                   I);
+    } else { /* the other activation really is another function here */
+        gq_glu_ref(Asw, lda, GU, ldgu, T, I, GQ_ACT_SILU);
+        double d = rel_err(Asw, Aref, T, I, lda);
+        TEST_CHECK(d > CHANGE_MIN(TOL_ELEM), "GeGLU differs from SwiGLU only by %.3g", d);
+    }
+    gq_be_release(be, dGU), gq_be_release(be, dA), gq_be_release(be, dS);
+    free(GU), free(A), free(Aref), free(Asw);
+}
+
+static void test_act(gq_backend *be, int T, int n, int ld, gq_act_kind act) {
+    size_t sz = (size_t)T * ld;
+    float *X = rand_vec(sz, 3.0f), *Xref = gq_malloc(sz * sizeof(float));
+    X[0] = -100.0f;
+    for (int t = 0; t < T; t++)
+        for (int c = n; c < ld; c++) X[(size_t)t * ld + c] = NAN;
+    memcpy(Xref, X, sz * sizeof(float));
+    void *dX = dev_from(be, X, sz);
+    TEST_OK(gq_be_act(be, dX, ld, T, n, act), "act %d", (int)act);
+    gq_be_download_f32(be, X, dX, sz);
+    gq_act_ref(Xref, ld, T, n, (int)act);
+    double e = rel_err(X, Xref, T, n, ld);
+    TEST_CHECK(e <= TOL_ELEM, "act=%d T=%d n=%d ld=%d: rel err %.3g > %g", (int)act, T, n, ld, e, TOL_ELEM);
+    TEST_CHECK(pad_untouched(X, T, n, ld), "act touched columns beyond its %d", n);
+    gq_be_release(be, dX);
+    free(X), free(Xref);
+}
+
+/* Partial rotary on the first rot of hd dims: against the ref; dims rot.. bitwise unchanged;
+ * rot == hd: bitwise gq_be_rope. */
+static void test_rope_partial(gq_backend *be, int T, int nh, int hd, int rot, int ld, int pos0) {
+    size_t sz = (size_t)T * ld;
+    float *X = rand_vec(sz, 1.0f), *Xref = gq_malloc(sz * sizeof(float)), *X0 = gq_malloc(sz * sizeof(float));
+    float *inv = gq_malloc(sizeof(float) * (size_t)(rot / 2));
+    for (int i = 0; i < rot / 2; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    for (int t = 0; t < T; t++)
+        for (int c = nh * hd; c < ld; c++) X[(size_t)t * ld + c] = NAN;
+    memcpy(Xref, X, sz * sizeof(float));
+    memcpy(X0, X, sz * sizeof(float));
+    void *dX = dev_from(be, X, sz), *dF = dev_from(be, X, sz);
+    TEST_OK(gq_be_rope_partial(be, dX, ld, T, nh, hd, rot, pos0, inv), "rope_partial");
+    gq_be_download_f32(be, X, dX, sz);
+    gq_rope_partial_ref(Xref, ld, T, nh, hd, rot, pos0, inv);
+    double e = rel_err(X, Xref, T, nh * hd, ld);
+    TEST_CHECK(e <= TOL_ELEM, "rope_partial T=%d heads=%d hd=%d rot=%d pos0=%d: rel err %.3g > %g", T, nh, hd, rot,
+               pos0, e, TOL_ELEM);
+    TEST_CHECK(pad_untouched(X, T, nh * hd, ld), "rope_partial touched columns beyond its heads");
+    int kept = 1, moved = 0;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++)
+            for (int c = 0; c < hd; c++) {
+                size_t at = (size_t)t * ld + (size_t)h * hd + c;
+                if (c >= rot) kept &= memcmp(&X[at], &X0[at], sizeof(float)) == 0;
+                else moved += X[at] != X0[at];
+            }
+    TEST_CHECK(kept, "rope_partial rot=%d of hd=%d left the pass-through dims unchanged", rot, hd);
+    TEST_CHECK(moved > 0, "rope_partial rot=%d rotated something (positions %d..%d)", rot, pos0, pos0 + T - 1);
+    if (rot == hd) {
+        TEST_OK(gq_be_rope(be, dF, ld, T, nh, hd, pos0, inv), "rope");
+        gq_be_download_f32(be, X0, dF, sz);
+        TEST_CHECK(memcmp(X, X0, sz * sizeof(float)) == 0, "rope_partial with rot = hd is bitwise gq_be_rope");
+    }
+    gq_be_release(be, dX), gq_be_release(be, dF);
+    free(X), free(Xref), free(X0), free(inv);
+}
+
+/* Attention with options o against gq_attention_ex_ref. changes: 1 = the options must move the
+ * reference output by more than CHANGE_MIN(TOL_DOT) from plain attention (so the case tests
+ * them); 0 = they must not change the backend's output at all (window >= Tk, or the default
+ * scale given explicitly): bitwise plain gq_be_attention; -1 = no such claim. */
+static void test_attention_ex(gq_backend *be, const char *mode, int Tq, int Tk, int nh, int nkv, int hd, int pad,
+                              gq_attn_opts o, int changes) {
+    int ldq = nh * hd + pad, ldk = nkv * hd + 2 * pad, ldv = nkv * hd + 3 * pad, ldo = nh * hd + pad;
+    size_t no = (size_t)Tq * ldo;
+    float *Q = rand_vec((size_t)Tq * ldq, 1.5f), *K = rand_vec((size_t)Tk * ldk, 1.5f);
+    float *V = rand_vec((size_t)Tk * ldv, 1.0f);
+    float *O = nan_vec(no), *Oref = nan_vec(no), *Oplain = nan_vec(no);
+    void *dQ = dev_from(be, Q, (size_t)Tq * ldq), *dK = dev_from(be, K, (size_t)Tk * ldk);
+    void *dV = dev_from(be, V, (size_t)Tk * ldv), *dO = dev_from(be, O, no);
+    TEST_OK(gq_be_attention_ex(be, dO, ldo, dQ, ldq, dK, ldk, dV, ldv, Tq, Tk, nh, nkv, hd, &o), "attention_ex");
+    gq_be_download_f32(be, O, dO, no);
+    gq_attention_ex_ref(Oref, ldo, Q, ldq, K, ldk, V, ldv, Tq, Tk, nh, nkv, hd, o.scale, o.softcap, o.window);
+    double e = rel_err(O, Oref, Tq, nh * hd, ldo);
+    TEST_CHECK(e <= TOL_DOT,
+               "attention_ex [%s] Tq=%d Tk=%d heads=%d/%d hd=%d scale=%g softcap=%g window=%d: rel err %.3g > %g",
+               mode, Tq, Tk, nh, nkv, hd, (double)o.scale, (double)o.softcap, o.window, e, TOL_DOT);
+    TEST_CHECK(pad_untouched(O, Tq, nh * hd, ldo), "attention_ex wrote beyond its %d output columns", nh * hd);
+    if (changes == 1) {
+        gq_attention_ref(Oplain, ldo, Q, ldq, K, ldk, V, ldv, Tq, Tk, nh, nkv, hd);
+        double d = rel_err(Oref, Oplain, Tq, nh * hd, ldo);
+        TEST_CHECK(d > CHANGE_MIN(TOL_DOT), "attention_ex [%s] Tq=%d Tk=%d window=%d softcap=%g scale=%g changes the "
+                   "output by only %.3g: the case does not test the options", mode, Tq, Tk, o.window,
+                   (double)o.softcap, (double)o.scale, d);
+    } else if (changes == 0) {
+        TEST_OK(gq_be_attention(be, dO, ldo, dQ, ldq, dK, ldk, dV, ldv, Tq, Tk, nh, nkv, hd), "attention");
+        gq_be_download_f32(be, Oplain, dO, no);
+        TEST_CHECK(memcmp(O, Oplain, no * sizeof(float)) == 0,
+                   "attention_ex [%s] Tq=%d Tk=%d window=%d scale=%g is bitwise plain attention", mode, Tq, Tk,
+                   o.window, (double)o.scale);
+    }
+    gq_be_release(be, dQ), gq_be_release(be, dK), gq_be_release(be, dV), gq_be_release(be, dO);
+    free(Q), free(K), free(V), free(O), free(Oref), free(Oplain);
+}
+
+/* The expected decode step on host copies: rope_partial_ref of each row's q and k heads at
+ * pos[r], k and v into the row's cache slot at pos[r], attention_ex_ref over keys 0..pos[r]. */
+static void decode_ref(float *O, int ldo, float *QKV, int ldqkv, int B, float *Kc, float *Vc, size_t stride,
+                       int ldkv, const int32_t *slot, const int32_t *pos, int nh, int nkv, int hd, int rot,
+                       const float *inv, gq_attn_opts o) {
+    int nq = nh * hd, kvd = nkv * hd;
+    for (int r = 0; r < B; r++) {
+        float *q = QKV + (size_t)r * ldqkv;
+        float *kc = Kc + (size_t)slot[r] * stride, *vc = Vc + (size_t)slot[r] * stride;
+        gq_rope_partial_ref(q, ldqkv, 1, nh + nkv, hd, rot, pos[r], inv);
+        memcpy(kc + (size_t)pos[r] * ldkv, q + nq, sizeof(float) * (size_t)kvd);
+        memcpy(vc + (size_t)pos[r] * ldkv, q + nq + kvd, sizeof(float) * (size_t)kvd);
+        gq_attention_ex_ref(O + (size_t)r * ldo, ldo, q, ldqkv, kc, ldkv, vc, ldkv, 1, pos[r] + 1, nh, nkv, hd, o.scale,
+                            o.softcap, o.window);
+    }
+}
+
+/* One batched decode step (B rows, caches of 64 positions in B + 1 slots, row r at slot
+ * B - r and position 0, 29, 58, 23, ...) against decode_ref: O to TOL_DOT, the rotated q and
+ * the caches to TOL_ELEM. changes as test_attention_ex (1: the options move O; 0: options off
+ * and rot = hd, so bitwise the plain gq_be_decode_attention). */
+static void test_decode_ex(gq_backend *be, int B, int nh, int nkv, int hd, int rot, gq_attn_opts o, int changes) {
+    const int nq = nh * hd, kvd = nkv * hd, ldqkv = nq + 2 * kvd + 3, ldkv = kvd + 2, ldo = nq + 1, max_len = 64;
+    const size_t stride = (size_t)max_len * ldkv, nc = (size_t)(B + 1) * stride, nx = (size_t)B * ldqkv;
+    int32_t *slot = gq_malloc(sizeof(int32_t) * (size_t)B), *pos = gq_malloc(sizeof(int32_t) * (size_t)B);
+    for (int r = 0; r < B; r++) slot[r] = B - r, pos[r] = (r * 29) % max_len;
+    float *inv = gq_malloc(sizeof(float) * (size_t)(rot / 2));
+    for (int i = 0; i < rot / 2; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    float *QKV = rand_vec(nx, 1.5f), *Kc = rand_vec(nc, 1.5f), *Vc = rand_vec(nc, 1.0f);
+    float *QKV0 = gq_malloc(nx * sizeof(float)), *QKVr = gq_malloc(nx * sizeof(float));
+    float *Kr = gq_malloc(nc * sizeof(float)), *Vr = gq_malloc(nc * sizeof(float));
+    memcpy(QKV0, QKV, nx * sizeof(float)), memcpy(QKVr, QKV, nx * sizeof(float));
+    memcpy(Kr, Kc, nc * sizeof(float)), memcpy(Vr, Vc, nc * sizeof(float));
+    float *O = nan_vec((size_t)B * ldo), *Oref = nan_vec((size_t)B * ldo), *O2 = nan_vec((size_t)B * ldo);
+    void *dX = dev_from(be, QKV, nx), *dK = dev_from(be, Kc, nc), *dV = dev_from(be, Vc, nc);
+    void *dO = dev_from(be, O, (size_t)B * ldo);
+    void *dX2 = dev_from(be, QKV, nx), *dK2 = dev_from(be, Kc, nc), *dV2 = dev_from(be, Vc, nc);
+    TEST_OK(gq_be_decode_attention_ex(be, dO, ldo, dX, ldqkv, B, dK, dV, stride, ldkv, slot, pos, nh, nkv, hd, rot,
+                                      inv, &o), "decode_attention_ex");
+    decode_ref(Oref, ldo, QKVr, ldqkv, B, Kr, Vr, stride, ldkv, slot, pos, nh, nkv, hd, rot, inv, o);
+    gq_be_download_f32(be, O, dO, (size_t)B * ldo);
+    gq_be_download_f32(be, QKV, dX, nx), gq_be_download_f32(be, Kc, dK, nc), gq_be_download_f32(be, Vc, dV, nc);
+    double e = rel_err(O, Oref, B, nq, ldo);
+    TEST_CHECK(e <= TOL_DOT, "decode_ex B=%d heads=%d/%d hd=%d rot=%d softcap=%g window=%d: rel err %.3g > %g", B, nh,
+               nkv, hd, rot, (double)o.softcap, o.window, e, TOL_DOT);
+    TEST_CHECK(pad_untouched(O, B, nq, ldo), "decode_ex wrote beyond its %d output columns", nq);
+    e = rel_err(QKV, QKVr, B, ldqkv, ldqkv);
+    TEST_CHECK(e <= TOL_ELEM, "decode_ex rotated q, k: rel err %.3g > %g", e, TOL_ELEM);
+    e = rel_err(Kc, Kr, (int)(nc / ldkv), ldkv, ldkv) + rel_err(Vc, Vr, (int)(nc / ldkv), ldkv, ldkv);
+    TEST_CHECK(e <= TOL_ELEM, "decode_ex caches: rel err %.3g > %g", e, TOL_ELEM);
+    if (changes == 1) {
+        memcpy(QKVr, QKV0, nx * sizeof(float)); /* a second reference step without the options */
+        float *Op = nan_vec((size_t)B * ldo);
+        decode_ref(Op, ldo, QKVr, ldqkv, B, Kr, Vr, stride, ldkv, slot, pos, nh, nkv, hd, rot, inv,
+                   (gq_attn_opts){0});
+        double d = rel_err(Oref, Op, B, nq, ldo);
+        free(Op);
+        TEST_CHECK(d > CHANGE_MIN(TOL_DOT), "decode_ex window=%d softcap=%g changes O by only %.3g", o.window,
+                   (double)o.softcap, d);
+    } else if (changes == 0) {
+        TEST_OK(gq_be_decode_attention(be, dO, ldo, dX2, ldqkv, B, dK2, dV2, stride, ldkv, slot, pos, nh, nkv, hd, inv),
+                "decode_attention");
+        gq_be_download_f32(be, O2, dO, (size_t)B * ldo);
+        TEST_CHECK(memcmp(O, O2, sizeof(float) * (size_t)B * ldo) == 0, "decode_ex without options is bitwise "
+                   "gq_be_decode_attention");
+    }
+    gq_be_release(be, dX), gq_be_release(be, dK), gq_be_release(be, dV), gq_be_release(be, dO);
+    gq_be_release(be, dX2), gq_be_release(be, dK2), gq_be_release(be, dV2);
+    free(slot), free(pos), free(inv), free(QKV), free(QKV0), free(Kc), free(Vc), free(QKVr), free(Kr), free(Vr);
+    free(O), free(Oref), free(O2);
+}
+
+/* gather_rows (idx with repeats; exact copies) and scatter_add_rows (distinct idx, increasing
+ * or shuffled: backend.c's two duplicate checks) on X [rows][ldx]-shaped data. scatter_add's
+ * reference is the same fp32 product and sum, so TOL_ELEM only allows for a contracted FMA;
+ * rows not in idx must stay bitwise unchanged. */
+static void test_gather_scatter(gq_backend *be, int n, int rows, int d, int ldx, int ldy, int sorted) {
+    float *X = rand_vec((size_t)rows * ldx, 1.0f), *Y = nan_vec((size_t)n * ldy);
+    int32_t *idx = gq_malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) idx[i] = (int32_t)(rng_next() % (uint64_t)rows);
+    void *dX = dev_from(be, X, (size_t)rows * ldx), *dY = dev_from(be, Y, (size_t)n * ldy);
+    TEST_OK(gq_be_gather_rows(be, dY, ldy, dX, ldx, idx, n, d), "gather_rows");
+    gq_be_download_f32(be, Y, dY, (size_t)n * ldy);
+    int same = 1;
+    for (int i = 0; i < n; i++) same &= !memcmp(Y + (size_t)i * ldy, X + (size_t)idx[i] * ldx, sizeof(float) * d);
+    TEST_CHECK(same, "gather_rows n=%d rows=%d d=%d: rows copied exactly", n, rows, d);
+    TEST_CHECK(pad_untouched(Y, n, d, ldy), "gather_rows wrote beyond its %d columns", d);
+    gq_be_release(be, dY);
+    free(Y);
+
+    /* scatter: Ys [rows][ldy] += w[i] * X[i] for the first n rows of X as the [n][ldx] source */
+    int32_t *perm = gq_malloc(sizeof(int32_t) * (size_t)rows);
+    for (int i = 0; i < rows; i++) perm[i] = i;
+    for (int i = rows - 1; i > 0; i--) { /* Fisher-Yates; then the first n, sorted or not */
+        int j = (int)(rng_next() % (uint64_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    if (sorted)
+        for (int i = 1; i < n; i++) /* insertion sort of the first n */
+            for (int j = i; j > 0 && perm[j] < perm[j - 1]; j--) {
+                int32_t t = perm[j];
+                perm[j] = perm[j - 1], perm[j - 1] = t;
+            }
+    float *w = rand_vec((size_t)n, 1.0f), *Ys = rand_vec((size_t)rows * ldy, 1.0f);
+    for (int r = 0; r < rows; r++)
+        for (int c = d; c < ldy; c++) Ys[(size_t)r * ldy + c] = NAN;
+    float *Yref = gq_malloc(sizeof(float) * (size_t)rows * ldy);
+    memcpy(Yref, Ys, sizeof(float) * (size_t)rows * ldy);
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < d; c++) {
+            float p = w[i] * X[(size_t)i * ldx + c];
+            Yref[(size_t)perm[i] * ldy + c] = Yref[(size_t)perm[i] * ldy + c] + p;
+        }
+    void *dYs = dev_from(be, Ys, (size_t)rows * ldy);
+    TEST_OK(gq_be_scatter_add_rows(be, dYs, ldy, dX, ldx, perm, w, n, d), "scatter_add_rows");
+    gq_be_download_f32(be, Ys, dYs, (size_t)rows * ldy);
+    double e = rel_err(Ys, Yref, rows, d, ldy);
+    TEST_CHECK(e <= TOL_ELEM, "scatter_add_rows n=%d rows=%d d=%d sorted=%d: rel err %.3g > %g", n, rows, d, sorted, e,
+               TOL_ELEM);
+    int kept = 1;
+    for (int i = n; i < rows; i++)
+        kept &= !memcmp(Ys + (size_t)perm[i] * ldy, Yref + (size_t)perm[i] * ldy, sizeof(float) * d);
+    TEST_CHECK(kept, "scatter_add_rows left the %d rows not in idx unchanged", rows - n);
+    TEST_CHECK(pad_untouched(Ys, rows, d, ldy), "scatter_add_rows wrote beyond its %d columns", d);
+    gq_be_release(be, dX), gq_be_release(be, dYs);
+    free(X), free(idx), free(perm), free(w), free(Ys), free(Yref);
+}
+
+/* The soft-capped NLL in double (logits from double dot products, capped with tanh), and the
+ * capped logits rounded to fp32 into L [T][vocab]. */
+static void nll_softcap_ref(const float *X, int ldx, int T, int d, const float *W, int vocab, const int32_t *tg,
+                            double softcap, double *nll_sum, int64_t *count, float *L) {
+    double *l = gq_malloc(sizeof(double) * (size_t)vocab);
+    for (int t = 0; t < T; t++) {
+        double mx = -INFINITY, se = 0;
+        for (int v = 0; v < vocab; v++) {
+            double s = 0;
+            for (int c = 0; c < d; c++) s += (double)X[(size_t)t * ldx + c] * W[(size_t)v * d + c];
+            l[v] = softcap * tanh(s / softcap);
+            L[(size_t)t * vocab + v] = (float)l[v];
+            mx = l[v] > mx ? l[v] : mx;
+        }
+        if (tg[t] < 0) continue;
+        for (int v = 0; v < vocab; v++) se += exp(l[v] - mx);
+        *nll_sum += mx + log(se) - l[tg[t]];
+        (*count)++;
+    }
+    free(l);
+}
+
+/* nll_ex with a soft-cap against nll_softcap_ref (mean and logits_out to TOL_DOT, as test_nll);
+ * the cap must move the mean NLL by more than CHANGE_MIN(TOL_DOT); softcap 0 is bitwise gq_be_nll. */
+static void test_nll_ex(gq_backend *be, int T, int d, int vocab, float wsd, float softcap) {
+    float *X = rand_vec((size_t)T * d, 1.0f), *W = rand_vec((size_t)vocab * d, wsd);
+    int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) tg[t] = t % 7 == 3 ? -1 : (int32_t)(rng_next() % (uint64_t)vocab);
+    gq_bweight w;
+    TEST_OK(gq_be_weight_upload(be, &w, W, vocab, d), "upload lm head");
+    void *dX = dev_from(be, X, (size_t)T * d);
+    float *L = nan_vec((size_t)T * vocab), *Lref = nan_vec((size_t)T * vocab);
+    double s = 0, s2 = 0, sref = 0, s0 = 0, s1 = 0;
+    int64_t n = 0, n2 = 0, nref = 0, n0 = 0, n1 = 0;
+    TEST_OK(gq_be_nll_ex(be, dX, d, T, &w, tg, softcap, &s, &n, L), "nll_ex softcap %g", (double)softcap);
+    TEST_OK(gq_be_nll_ex(be, dX, d, T, &w, tg, softcap, &s2, &n2, NULL), "nll_ex without logits");
+    TEST_CHECK(s == s2 && n == n2, "nll_ex: the same sum with and without logits_out (%.17g, %.17g)", s, s2);
+    nll_softcap_ref(X, d, T, d, W, vocab, tg, softcap, &sref, &nref, Lref);
+    TEST_CHECK(n == nref, "nll_ex count %lld, expected %lld", (long long)n, (long long)nref);
+    TEST_NEAR(s / n, sref / nref, TOL_DOT * fabs(sref / nref), "nll_ex mean T=%d vocab=%d softcap=%g", T, vocab,
+              (double)softcap);
+    double e = rel_err(L, Lref, T, vocab, vocab);
+    TEST_CHECK(e <= TOL_DOT, "nll_ex logits_out softcap=%g: rel err %.3g > %g", (double)softcap, e, TOL_DOT);
+    gq_nll_ref(X, d, T, d, W, vocab, tg, &s0, &n0);
+    TEST_CHECK(fabs(s0 / n0 - sref / nref) > CHANGE_MIN(TOL_DOT) * fabs(s0 / n0),
+               "nll_ex softcap=%g changes the mean NLL (%.6g vs %.6g uncapped) by more than %g relative",
+               (double)softcap, sref / nref, s0 / n0, CHANGE_MIN(TOL_DOT));
+    s = s1 = 0, n = n1 = 0;
+    TEST_OK(gq_be_nll_ex(be, dX, d, T, &w, tg, 0.0f, &s, &n, NULL), "nll_ex softcap 0");
+    TEST_OK(gq_be_nll(be, dX, d, T, &w, tg, &s1, &n1, NULL), "nll");
+    TEST_CHECK(s == s1 && n == n1, "nll_ex with softcap 0 is bitwise gq_be_nll");
+    gq_be_weight_free(be, &w);
+    gq_be_release(be, dX);
+    free(X), free(W), free(tg), free(L), free(Lref);
+}
+
+/* Argument checks of the family ops (backend.c, shared by every backend): each fails with
+ * GQ_ERR_ARG before touching a buffer, saying what was expected. */
+static void test_family_args(gq_backend *be) {
+    float inv[64] = {0};
+    int32_t slot[2] = {0, 1}, pos[2] = {3, 4}, tg[2] = {0, 1}, idx[3] = {4, 2, 4};
+    float wts[3] = {1, 1, 1};
+    gq_bweight w16 = {.rows = 1, .cols = 16}, w3 = {.data = inv, .rows = 1, .cols = 3};
+    TEST_FAILS(gq_be_rope_partial(be, NULL, 64, 1, 2, 32, 3, 0, inv), GQ_ERR_ARG, "3 rotary dims of head_dim 32");
+    TEST_FAILS(gq_be_rope_partial(be, NULL, 64, 1, 2, 32, 0, 0, inv), GQ_ERR_ARG, "0 rotary dims");
+    TEST_FAILS(gq_be_rope_partial(be, NULL, 64, 1, 2, 32, 34, 0, inv), GQ_ERR_ARG, "34 rotary dims of head_dim 32");
+    TEST_FAILS(gq_be_rope(be, NULL, 64, 1, 2, 31, 0, inv), GQ_ERR_ARG, "31 rotary dims of head_dim 31");
+    TEST_FAILS(gq_be_attention_ex(be, NULL, 64, NULL, 64, NULL, 64, NULL, 64, 4, 4, 4, 2, 16,
+                                  &(gq_attn_opts){.window = -1}), GQ_ERR_ARG, "window -1, expected >= 0");
+    TEST_FAILS(gq_be_attention_ex(be, NULL, 64, NULL, 64, NULL, 64, NULL, 64, 4, 4, 4, 2, 16,
+                                  &(gq_attn_opts){.softcap = -1.0f}), GQ_ERR_ARG, "softcap -1");
+    TEST_FAILS(gq_be_attention_ex(be, NULL, 64, NULL, 64, NULL, 64, NULL, 64, 4, 4, 4, 2, 16,
+                                  &(gq_attn_opts){.scale = -0.5f}), GQ_ERR_ARG, "scale -0.5");
+    TEST_FAILS(gq_be_attention_ex(be, NULL, 64, NULL, 64, NULL, 64, NULL, 64, 4, 4, 4, 2, 16,
+                                  &(gq_attn_opts){.scale = NAN}), GQ_ERR_ARG, "scale nan");
+    TEST_FAILS(gq_be_attention_ex(be, NULL, 64, NULL, 64, NULL, 64, NULL, 64, 4, 4, 4, 2, 16,
+                                  &(gq_attn_opts){.softcap = INFINITY}), GQ_ERR_ARG, "softcap inf");
+    TEST_FAILS(gq_be_decode_attention_ex(be, NULL, 64, NULL, 128, 2, NULL, NULL, 64, 32, slot, pos, 4, 2, 16, 5, inv,
+                                         NULL), GQ_ERR_ARG, "decode attention: 5 rotary dims");
+    TEST_FAILS(gq_be_decode_attention_ex(be, NULL, 64, NULL, 128, 2, NULL, NULL, 64, 32, slot, pos, 4, 2, 16, 16, inv,
+                                         &(gq_attn_opts){.window = -3}), GQ_ERR_ARG, "window -3");
+    TEST_FAILS(gq_be_nll_ex(be, NULL, 16, 2, &w16, tg, -2.0f, NULL, NULL, NULL), GQ_ERR_ARG, "softcap -2");
+    TEST_FAILS(gq_be_glu(be, NULL, 8, NULL, 16, 1, 8, (gq_act_kind)7), GQ_ERR_ARG, "activation 7");
+    TEST_FAILS(gq_be_act(be, NULL, 8, 1, 8, (gq_act_kind)-1), GQ_ERR_ARG, "activation -1");
+    TEST_FAILS(gq_be_layernorm(be, NULL, 16, NULL, 16, 1, 16, &w16, &w3, 1e-5f), GQ_ERR_ARG,
+               "bias has 3 elements for width 16");
+    TEST_FAILS(gq_be_head_rmsnorm(be, NULL, 64, 1, 4, 8, &w16, 1e-6f), GQ_ERR_ARG, "16 elements for head_dim 8");
+    TEST_FAILS(gq_be_gather_rows(be, NULL, 8, NULL, 8, (int32_t[]){0, -1}, 2, 8), GQ_ERR_ARG, "idx[1] = -1");
+    TEST_FAILS(gq_be_scatter_add_rows(be, NULL, 8, NULL, 8, idx, wts, 3, 8), GQ_ERR_ARG,
+               "row 4 appears more than once");
+    TEST_FAILS(gq_be_scatter_add_rows(be, NULL, 8, NULL, 8, (int32_t[]){1, -5}, wts, 2, 8), GQ_ERR_ARG,
+               "idx[1] = -5");
+}
+
+static void run_family_ops(gq_backend *be, const char *mode) {
+    test_layernorm(be, 33, 96, 96, 96, 1, 0.0f);
+    test_layernorm(be, 7, 257, 300, 260, 1, 30.0f); /* odd width, strided, mean 10 sd */
+    test_layernorm(be, 1, 50, 50, 50, 0, -5.0f);    /* T = 1, no bias */
+    test_head_rmsnorm(be, 9, 4, 64, 4 * 64);
+    test_head_rmsnorm(be, 1, 3, 128, 3 * 128 + 5); /* T = 1, strided */
+    test_head_rmsnorm(be, 17, 2, 18, 40);          /* odd-ish head_dim */
+    test_glu(be, 21, 48, 48, 96, GQ_ACT_SILU);
+    test_glu(be, 21, 48, 48, 96, GQ_ACT_GELU_TANH);
+    test_glu(be, 9, 50, 64, 120, GQ_ACT_GELU_TANH);
+    test_glu(be, 1, 37, 37, 74, GQ_ACT_GELU_TANH);
+    test_glu(be, 40, 1000, 1000, 2000, GQ_ACT_GELU_TANH); /* the parallel path */
+    test_act(be, 13, 77, 80, GQ_ACT_GELU_TANH);
+    test_act(be, 1, 31, 31, GQ_ACT_SILU);
+    test_act(be, 40, 1000, 1000, GQ_ACT_GELU_TANH);
+    test_rope_partial(be, 29, 3, 32, 16, 3 * 32, 0);
+    test_rope_partial(be, 17, 2, 80, 32, 200, 1000); /* Phi-2 / StarCoder-style: 32 of 80 dims */
+    test_rope_partial(be, 1, 5, 64, 64, 320, 7);     /* rot = hd: gq_be_rope */
+    test_rope_partial(be, 8, 2, 64, 2, 128, 3);      /* the smallest rot */
+    test_rope_partial(be, 40, 40, 96, 24, 3840, 5);  /* the parallel path */
+    test_gather_scatter(be, 37, 50, 33, 40, 35, 0);
+    test_gather_scatter(be, 37, 50, 33, 40, 35, 1);
+    test_gather_scatter(be, 1, 1, 7, 7, 9, 1);
+    test_gather_scatter(be, 300, 400, 200, 200, 201, 0); /* the parallel path */
+    test_nll_ex(be, 45, 32, 300, 0.3f, 2.0f);
+    test_nll_ex(be, 200, 16, 50000, 2.0f, 30.0f); /* Gemma-2's cap, logits of sd 8, chunks of 83 rows */
+
+    /* attention options (q, k sd 1.5: scores ~ N(0, 5) unscaled; tiles of max(32, hd) rows) */
+    const gq_attn_opts none = {0};
+    test_attention_ex(be, mode, 100, 100, 4, 4, 32, 0, (gq_attn_opts){.window = 16}, 1);
+    test_attention_ex(be, mode, 37, 37, 4, 2, 32, 0, (gq_attn_opts){.window = 1}, 1); /* each query sees itself */
+    test_attention_ex(be, mode, 130, 130, 8, 2, 16, 8, (gq_attn_opts){.window = 50}, 1); /* window > tile */
+    test_attention_ex(be, mode, 130, 130, 8, 2, 16, 8, (gq_attn_opts){.window = 200}, 0); /* window > T */
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 100}, 0); /* window = T */
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 99}, -1);
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, (gq_attn_opts){.softcap = 5.0f}, 1);
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, (gq_attn_opts){.scale = 0.125f, .softcap = 50.0f}, 1);
+    test_attention_ex(be, mode, 130, 130, 8, 2, 16, 8, (gq_attn_opts){.scale = 0.3f, .softcap = 20.0f, .window = 40},
+                      1); /* Gemma-2-like local layer */
+    test_attention_ex(be, mode, 1, 37, 4, 2, 32, 0, (gq_attn_opts){.window = 8}, 1);  /* decode step */
+    test_attention_ex(be, mode, 1, 37, 4, 2, 32, 0, (gq_attn_opts){.window = 40}, 0); /* window > cache */
+    test_attention_ex(be, mode, 5, 37, 2, 1, 64, 0, (gq_attn_opts){.window = 8}, 1);  /* chunked prefill */
+    test_attention_ex(be, mode, 1, 1, 2, 2, 8, 0, (gq_attn_opts){.window = 1, .softcap = 3.0f}, -1); /* one key */
+    test_attention_ex(be, mode, 1, 37, 4, 1, 32, 5, (gq_attn_opts){.softcap = 3.0f}, 1); /* GQA 4, strided */
+    test_attention_ex(be, mode, 200, 200, 2, 1, 128, 3, (gq_attn_opts){.window = 64}, 1);
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, (gq_attn_opts){.scale = (float)(1.0 / sqrt(32.0))}, 0);
+    test_attention_ex(be, mode, 100, 100, 4, 2, 32, 0, none, 0);
+
+    test_decode_ex(be, 4, 4, 2, 32, 16, (gq_attn_opts){.window = 16}, 1);
+    test_decode_ex(be, 3, 2, 2, 64, 64, none, 0);
+    test_decode_ex(be, 2, 8, 2, 16, 8, (gq_attn_opts){.scale = 0.2f, .softcap = 5.0f, .window = 4}, 1);
+    test_decode_ex(be, 1, 4, 1, 32, 32, (gq_attn_opts){.window = 3}, -1); /* position 0: one key either way */
+}
+
 /* ---- the fast exp ------------------------------------------------------------------------ */
 
 static void test_expf(void) {
@@ -403,7 +861,11 @@ int main(void) {
 
     gq_backend *be = NULL;
     TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend");
-    if (be) run_ops(be, "tasks");
+    if (be) {
+        run_ops(be, "tasks");
+        run_family_ops(be, "tasks");
+        test_family_args(be);
+    }
     gq_backend_free(be);
 
     /* the other attention schedule and an odd tile size */
@@ -418,6 +880,9 @@ int main(void) {
         test_attention(be, "blas/24", 130, 130, 8, 2, 16, 8);
         test_attention(be, "blas/24", 1, 37, 4, 2, 32, 0);
         test_attention(be, "blas/24", 5, 37, 2, 1, 64, 0);
+        test_attention_ex(be, "blas/24", 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 16}, 1);
+        test_attention_ex(be, "blas/24", 130, 130, 8, 2, 16, 8, (gq_attn_opts){.window = 30, .softcap = 5.0f}, 1);
+        test_attention_ex(be, "blas/24", 5, 37, 2, 1, 64, 0, (gq_attn_opts){.window = 8, .scale = 0.1f}, 1);
     }
     gq_backend_free(be);
     unsetenv("GQ_CPU_ATTN");
@@ -429,6 +894,9 @@ int main(void) {
     if (be) {
         test_attention(be, "tasks/7", 100, 100, 4, 2, 32, 0);
         test_attention(be, "tasks/7", 5, 37, 2, 1, 64, 0);
+        test_attention_ex(be, "tasks/7", 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 5}, 1); /* window < tile */
+        test_attention_ex(be, "tasks/7", 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 7}, 1); /* window = tile */
+        test_attention_ex(be, "tasks/7", 100, 100, 4, 2, 32, 0, (gq_attn_opts){.window = 23, .softcap = 5.0f}, 1);
     }
     gq_backend_free(be);
     unsetenv("GQ_CPU_ATTN_TILE");

@@ -14,7 +14,7 @@
  * Comparisons are exact: records are compared as JSON text. */
 #include <sys/wait.h>
 
-#include "cmds.h"
+#include "cmd/cmds.h"
 #include "gq/calib.h"
 #include "gq/calib_gen.h"
 #include "test_gen_util.h"

@@ -14,7 +14,9 @@
  *   same inputs); W->data equal to dequant(codes) rounded to fp16 (fp16
  *   pass) or in fp32 (fp32 pass) exactly. The qweight the GPU packs is
  *   exactly gq_pack's words of the GPU's own codes (and of its row
- *   slices); none, and no error, for a shape gq_pack rejects.
+ *   slices); none, and no error, for a shape gq_pack rejects. Both
+ *   backends run one driver (src/quant/gptq.c) and one quantizer source
+ *   (gq/quant_math.h); only their primitives differ.
  */
 #include "cuda_test.h"
 #include "gq/gptq.h"
@@ -184,6 +186,8 @@ static void test_gptq(pair *P) {
     gptq_case(P, "8-bit, block 64, group 96", &p, W, rows, K, H, hs, 0);
     p.method = GQ_METHOD_RTN, p.bits = 4;
     gptq_case(P, "RTN g96", &p, W, rows, K, NULL, hs, 1);
+    p.group_size = -1, p.scale_f16 = 1; /* the shared quantizer's fp16 scales inside the params (gq/quant_math.h) */
+    gptq_case(P, "RTN per-channel, fp16 scales in the solve", &p, W, rows, K, NULL, hs, 1);
     gq_gptq_params_default(&p);
     p.act_order = 1, p.sym = 0;
     const int aw[3] = {2, 3, 8}; /* act-order at the other widths (the packed qweight of permuted codes) */
@@ -230,6 +234,8 @@ static void test_gptq(pair *P) {
     memset(H, 0, sizeof(float) * (size_t)K2 * K2);
     for (int i = 0; i < K2; i++) H[(size_t)i * K2 + i] = -1.0f;
     gptq_case(P, "H = -I, fallback", &p, W, r2, K2, H, 1.0, 1);
+    p.act_order = 1, p.static_groups = 1, p.sym = 0, p.scale_f16 = 1, p.max_retries = 2;
+    gptq_case(P, "H = -I, fallback, act-order + static groups, fp16 scales", &p, W, r2, K2, H, 1.0, 1);
 
     /* input errors: the CPU path's messages */
     set_op("gptq errors");

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gq/graph.h"
 #include "gq/model.h"
 #include "gq/st.h"
 #include "test.h"
@@ -77,14 +78,14 @@ static void check_model(const char *dir, const char *ref_path, int check_inv) {
     int T = (int)T64, d = c->hidden;
 
     /* rotary frequencies for this sequence length */
-    float *inv = gq_malloc(sizeof(float) * (size_t)(c->head_dim / 2));
+    float *inv = gq_malloc(sizeof(float) * (size_t)(c->rot_dim / 2));
     gq_rope_inv_freq(c, T, inv);
     float *inv_ref = ref_f32(ref, "inv_freq", &n);
     if (check_inv && inv_ref) {
-        TEST_CHECK(n == c->head_dim / 2, "%s: inv_freq has %lld values, expected %d", dir, (long long)n,
-                   c->head_dim / 2);
+        TEST_CHECK(n == c->rot_dim / 2, "%s: inv_freq has %lld values, expected %d", dir, (long long)n,
+                   c->rot_dim / 2);
         double worst = 0;
-        for (int i = 0; i < c->head_dim / 2 && i < n; i++) {
+        for (int i = 0; i < c->rot_dim / 2 && i < n; i++) {
             double r = fabs((double)inv[i] - inv_ref[i]) / inv_ref[i];
             if (r > worst) worst = r;
         }
@@ -105,13 +106,10 @@ static void check_model(const char *dir, const char *ref_path, int check_inv) {
     gq_fwd_scratch s;
     TEST_OK(gq_fwd_scratch_init(be, c, T, &s), "scratch");
     for (int l = 0; l < c->n_layers; l++) {
-        gq_layer_host h;
         gq_blayer bl;
         char name[32];
-        TEST_OK(gq_model_load_layer(&m, l, &h), "%s: load layer %d", dir, l);
-        TEST_OK(gq_blayer_upload(be, c, &h, &bl), "upload layer %d", l);
-        gq_layer_host_free(&h);
-        TEST_OK(gq_fwd_layer(be, c, &bl, dx, T, inv, &s), "forward layer %d", l);
+        TEST_OK(gq_blayer_load(be, &m, l, &bl), "%s: load layer %d", dir, l);
+        TEST_OK(gq_fwd_layer(be, c, l, &bl, dx, T, inv, &s), "forward layer %d", l);
         gq_blayer_free(be, &bl);
         gq_be_download_f32(be, x, dx, (size_t)T * d);
         snprintf(name, sizeof name, "hidden.%d", l + 1);
@@ -125,18 +123,14 @@ static void check_model(const char *dir, const char *ref_path, int check_inv) {
     }
 
     /* final norm and logits */
-    float *norm = NULL, *lm = NULL;
-    TEST_OK(gq_model_load_head(&m, &norm, &lm), "load head");
-    gq_bweight wn, wl;
-    TEST_OK(gq_be_weight_upload(be, &wn, norm, 1, d), "upload norm");
-    TEST_OK(gq_be_weight_upload(be, &wl, lm, c->vocab, d), "upload lm_head");
-    TEST_OK(gq_be_rmsnorm(be, s.xn, d, dx, d, T, d, &wn, c->rms_eps), "final norm");
+    gq_bhead head;
+    TEST_OK(gq_bhead_load(be, &m, &head), "load head");
     float *logits = gq_malloc(sizeof(float) * (size_t)T * c->vocab);
     int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) tg[t] = t + 1 < T ? ids[t + 1] : -1;
     double nll = 0;
     int64_t cnt = 0;
-    TEST_OK(gq_be_nll(be, s.xn, d, T, &wl, tg, &nll, &cnt, logits), "logits");
+    TEST_OK(gq_bhead_nll(be, c, &head, s.xn, dx, d, T, tg, &nll, &cnt, logits), "logits");
     float *lr = ref_f32(ref, "logits", &n);
     int64_t np = 0;
     const int32_t *pos = gq_st_find(ref, "logit_pos") ? ref_i32(ref, "logit_pos", &np) : NULL;
@@ -152,9 +146,8 @@ static void check_model(const char *dir, const char *ref_path, int check_inv) {
         TEST_CHECK(worst <= TOL_LOGITS, "%s: logits worst row rel err %.3g > %g", dir, worst, TOL_LOGITS);
         if (getenv("GQ_TEST_VERBOSE")) fprintf(stderr, "%s logits: rel err %.3g\n", dir, worst);
     }
-    free(lr), free(tg), free(logits), free(norm), free(lm), free(x), free(inv);
-    gq_be_weight_free(be, &wn);
-    gq_be_weight_free(be, &wl);
+    free(lr), free(tg), free(logits), free(x), free(inv);
+    gq_bhead_free(be, &head);
     gq_fwd_scratch_free(be, &s);
     gq_be_release(be, dx);
 out:
@@ -274,22 +267,27 @@ static void test_dynamic_short(void) {
 static void test_errors(void) {
     const char *dir = gq_test_tmpdir("fwd");
     gq_model m;
-    gq_layer_host h;
+    gq_blayer bl;
+    gq_backend *be = NULL;
+    TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend");
 
     make_ckpt(dir, OK_CKPT);
     TEST_OK(gq_model_open(&m, dir), "open a good 1-layer checkpoint");
-    TEST_OK(gq_model_load_layer(&m, 0, &h), "load its layer");
-    TEST_CHECK(h.w[GQ_LIN_K] && h.b[GQ_LIN_Q] == NULL && h.ln2 && h.ln2[1] == 0.01f * (float)(7919 % 101) - 0.5f,
-               "layer arrays loaded, no biases");
-    gq_layer_host_free(&h);
-    float *norm, *lm;
-    TEST_OK(gq_model_load_head(&m, &norm, &lm), "tied head");
+    TEST_OK(gq_blayer_load(be, &m, 0, &bl), "load its layer");
+    const float *ln2 = bl.norm[GQ_NORM_MLP_PRE].data;
+    TEST_CHECK(bl.w[GQ_GRP_ATTN_IN].data && !bl.b[GQ_GRP_ATTN_IN].data && ln2 &&
+                   ln2[1] == 0.01f * (float)(7919 % 101) - 0.5f,
+               "layer weights loaded, no biases");
+    gq_blayer_free(be, &bl);
+    gq_bhead head;
+    TEST_OK(gq_bhead_load(be, &m, &head), "tied head");
+    const float *lm = head.lm.data;
     if (lm) TEST_CHECK(lm[5 * 8 + 3] == 0.01f * (float)(((5 * 8 + 3) * 7919) % 101) - 0.5f, "tied head = embedding");
-    free(norm), free(lm);
+    gq_bhead_free(be, &head);
     int32_t ids[3] = {1, 16, 2};
     float out[3 * 8];
     TEST_FAILS(gq_model_embed(&m, ids, 3, out), GQ_ERR_DATA, "token id 16 at position 1");
-    TEST_FAILS(gq_model_load_layer(&m, 1, &h), GQ_ERR_ARG, "layer 1");
+    TEST_FAILS(gq_blayer_load(be, &m, 1, &bl), GQ_ERR_ARG, "layer 1");
     gq_model_close(&m);
 
     /* shapes, missing tensors and biases are found at open (gq_model_check), from the headers */
@@ -299,7 +297,7 @@ static void test_errors(void) {
 
     make_ckpt(dir, HAS_NAN);
     TEST_OK(gq_model_open(&m, dir), "open (NaN found on layer load)");
-    TEST_FAILS(gq_model_load_layer(&m, 0, &h), GQ_ERR_NUMERIC, "'model.layers.0.mlp.up_proj.weight'");
+    TEST_FAILS(gq_blayer_load(be, &m, 0, &bl), GQ_ERR_NUMERIC, "'model.layers.0.mlp.up_proj.weight'");
     TEST_CHECK(strstr(gq_errmsg(), "index 13") != NULL, "NaN error names the index: %s", gq_errmsg());
     gq_model_close(&m);
 
@@ -338,6 +336,7 @@ static void test_errors(void) {
     TEST_CHECK(gq_model_open(&m, nowhere) != GQ_OK && strstr(gq_errmsg(), "nonexistent"), "missing dir: %s",
                gq_errmsg());
     free(nowhere);
+    gq_backend_free(be);
     gq_rmtree(dir);
 }
 

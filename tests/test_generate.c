@@ -1,5 +1,5 @@
-/* test_generate.c -- the generation engine and sampler (src/generate.c,
- * src/sample.c) on tests/data/pycoder-5m:
+/* test_generate.c -- the generation engine and sampler (src/gen/generate.c,
+ * src/gen/sample.c) on tests/data/pycoder-5m:
  *   - greedy decoding equals transformers' greedy decoding token for token
  *     (tests/data/gen/greedy-pycoder-5m.json, tests/ref/gen_generate.py,
  *     float32 on the CPU), at batch sizes 1 and 3;
@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "gq/generate.h"
+#include "gq/graph.h"
 #include "test.h"
 
 typedef struct {
@@ -113,42 +114,29 @@ static int full_forward(const gq_model *m, gq_backend *be, const int32_t *ids, i
     const gq_config *c = &m->cfg;
     int d = c->hidden, rc;
     float *hx = gq_malloc((size_t)T * d * sizeof *hx), inv[256];
-    void *x = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d)),
-         *xn = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
+    void *x = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
     gq_fwd_scratch s;
     rc = gq_model_embed(m, ids, T, hx);
     if (!rc) rc = gq_be_upload_f32(be, x, hx, (size_t)T * d);
     if (!rc) rc = gq_fwd_scratch_init(be, c, T, &s);
     gq_rope_inv_freq(c, T, inv);
     for (int l = 0; l < c->n_layers && !rc; l++) {
-        gq_layer_host h;
         gq_blayer bl;
-        rc = gq_model_load_layer(m, l, &h);
-        if (rc) break;
-        rc = gq_blayer_upload(be, c, &h, &bl);
-        gq_layer_host_free(&h);
-        if (!rc) rc = gq_fwd_layer(be, c, &bl, x, T, inv, &s);
+        rc = gq_blayer_load(be, m, l, &bl);
+        if (!rc) rc = gq_fwd_layer(be, c, l, &bl, x, T, inv, &s);
         gq_blayer_free(be, &bl);
     }
-    float *norm = NULL, *lm = NULL;
-    gq_bweight wn = {0}, wl = {0};
-    if (!rc) rc = gq_model_load_head(m, &norm, &lm);
-    if (!rc) rc = gq_be_weight_upload(be, &wn, norm, 1, d);
-    if (!rc) rc = gq_be_weight_upload(be, &wl, lm, c->vocab, d);
-    if (!rc) rc = gq_be_rmsnorm(be, xn, d, x, d, T, d, &wn, c->rms_eps);
+    gq_bhead head = {0};
+    if (!rc) rc = gq_bhead_load(be, m, &head);
     int32_t *tg = gq_malloc((size_t)T * sizeof *tg);
     for (int t = 0; t < T; t++) tg[t] = -1;
     double nll = 0;
     int64_t cnt = 0;
-    if (!rc) rc = gq_be_nll(be, xn, d, T, &wl, tg, &nll, &cnt, logits);
+    if (!rc) rc = gq_bhead_nll(be, c, &head, s.xn, x, d, T, tg, &nll, &cnt, logits);
     free(tg);
-    free(norm);
-    free(lm);
-    gq_be_weight_free(be, &wn);
-    gq_be_weight_free(be, &wl);
+    gq_bhead_free(be, &head);
     gq_fwd_scratch_free(be, &s);
     gq_be_release(be, x);
-    gq_be_release(be, xn);
     free(hx);
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gq/gptq.h"
+#include "quant/gptq_driver.h"
 #include "test.h"
 
 /* ---- quantizer, hand-computed ------------------------------------------------ */
@@ -95,6 +96,18 @@ static void test_quantizer(void) {
     TEST_CHECK(s == 2.0f / 255.0f && z == 127, "8-bit asym: scale %g zero %d (want 127)", s, z);
     gq_quant_params_ex(x9, 2, 1, 8, 1, GQ_ZERO_FREE, 0, &s, &z);
     TEST_CHECK(z == 128, "8-bit sym zero %d (want 128)", z);
+
+    /* gq/quant_math.h directly (the code the CUDA kernels compile too) */
+    TEST_CHECK(gq_round_scale_f16(1e6f) == 65504.0f && gq_round_scale_f16(0.0f) == ldexpf(1.0f, -24) &&
+                   gq_round_scale_f16(0.1f) == gq_round_f16(0.1f),
+               "gq_round_scale_f16: overflow 65504, 0 -> 2^-24, else the nearest fp16");
+    const gq_qcfg qa = {gq_maxq(3), 0, 0, 1};
+    float s2;
+    int32_t z2;
+    gq_qm_params(-0.3f, 1.7f, qa, &s2, &z2);
+    gq_quant_params_minmax(-0.3f, 1.7f, 3, 0, GQ_ZERO_V1, 1, &s, &z);
+    TEST_CHECK(s2 == s && z2 == z && s == gq_round_f16(2.0f / 7.0f), "gq_qm_params == gq_quant_params_minmax");
+    TEST_CHECK(gq_quant_code(NAN, 0.25f, 5, 15) == 0 && gq_dequant(0, 0.25f, 5) == -1.25f, "NaN -> code 0");
 }
 
 /* ---- fixtures --------------------------------------------------------------------- */
@@ -567,6 +580,170 @@ static void test_shapes(void) {
     free(H0);
 }
 
+/* ---- the driver over a backend's primitives ---------------------------------------- */
+
+/* The CPU primitives behind a spy: the call sequence (s scan, p prepare, f
+ * factor, v solve, F finish, r release), the damping of each factor call,
+ * and injected failures. */
+static struct {
+    char calls[64];
+    int ncalls;
+    double lambda[16];
+    int nf;
+    int not_pd;    /* factor calls that fail with GQ_ERR_NOT_PD before the real factor runs */
+    int factor_rc; /* != 0: every factor call fails with this status (a device error) */
+    int finish_rc; /* != 0: finish fails with this status */
+    int use_factor;
+} spy;
+static gq_gptq_ops spy_ops;
+
+static void spy_log(char c) {
+    if (spy.ncalls < (int)sizeof spy.calls - 1) spy.calls[spy.ncalls++] = c;
+}
+static int spy_scan(gq_gptq_job *j, gq_gptq_scan *s, float *diag) {
+    spy_log('s');
+    return gq_gptq_cpu_ops.scan(j, s, diag);
+}
+static int spy_prepare(gq_gptq_job *j) {
+    spy_log('p');
+    return gq_gptq_cpu_ops.prepare(j);
+}
+static int spy_factor(gq_gptq_job *j, double lambda) {
+    spy_log('f');
+    if (spy.nf < 16) spy.lambda[spy.nf++] = lambda;
+    if (spy.factor_rc) return gq_err(spy.factor_rc, "spy: device lost");
+    if (spy.not_pd > 0) {
+        spy.not_pd--;
+        return gq_err(GQ_ERR_NOT_PD, "spy: leading minor of order 3 is not positive definite");
+    }
+    return gq_gptq_cpu_ops.factor(j, lambda);
+}
+static int spy_solve(gq_gptq_job *j, int use_factor, double *row_loss) {
+    spy_log('v');
+    spy.use_factor = use_factor;
+    return gq_gptq_cpu_ops.solve(j, use_factor, row_loss);
+}
+static int spy_finish(gq_gptq_job *j) {
+    spy_log('F');
+    return spy.finish_rc ? gq_err(spy.finish_rc, "spy: download failed") : gq_gptq_cpu_ops.finish(j);
+}
+static void spy_release(gq_gptq_job *j) {
+    spy_log('r');
+    gq_gptq_cpu_ops.release(j);
+}
+
+/* One drive over the spy (H copied from H0, scaled by hs on the way), W from W0. */
+static int spy_run(const gq_gptq_params *p, const float *W0, float *W, int rows, int cols, const float *H0,
+                   float *H, double hs, gq_qresult *r) {
+    memset(spy.calls, 0, sizeof spy.calls);
+    spy.ncalls = spy.nf = 0;
+    spy.use_factor = -1;
+    memcpy(W, W0, (size_t)rows * cols * sizeof(float));
+    memcpy(H, H0, (size_t)cols * cols * sizeof(float));
+    gq_bweight w = {W, rows, cols, GQ_DT_F32};
+    gq_err_clear();
+    return gq_gptq_drive(&spy_ops, NULL, p, &w, H, hs, r);
+}
+
+static int same_result(const gq_qresult *a, const gq_qresult *b, const float *Wa, const float *Wb) {
+    const size_t n = (size_t)a->rows * a->cols, ng = (size_t)a->ngroups * a->rows;
+    return a->rows == b->rows && a->ngroups == b->ngroups && !memcmp(a->codes, b->codes, n) &&
+           !memcmp(a->scales, b->scales, ng * sizeof(float)) && !memcmp(a->zeros, b->zeros, ng * sizeof(int32_t)) &&
+           !memcmp(a->g_idx, b->g_idx, (size_t)a->cols * sizeof(int32_t)) && !memcmp(Wa, Wb, n * sizeof(float)) &&
+           a->loss == b->loss && a->n_dead == b->n_dead;
+}
+
+static void test_driver(void) {
+    TEST_BEGIN("driver");
+    spy_ops = gq_gptq_cpu_ops;
+    spy_ops.name = "SPY", spy_ops.max_block = 64;
+    spy_ops.scan = spy_scan, spy_ops.prepare = spy_prepare, spy_ops.factor = spy_factor;
+    spy_ops.solve = spy_solve, spy_ops.finish = spy_finish, spy_ops.release = spy_release;
+    const int rows = 24, cols = 96;
+    float *W0 = random_w(rows, cols), *H0 = random_hessian(cols, 400);
+    for (int i = 0; i < cols; i++) H0[(size_t)i * cols + 17] = H0[(size_t)17 * cols + i] = 0.0f; /* a dead column */
+    float *W = malloc((size_t)rows * cols * sizeof(float)), *H = malloc((size_t)cols * cols * sizeof(float));
+    float *Wc = malloc((size_t)rows * cols * sizeof(float)), *Hc = malloc((size_t)cols * cols * sizeof(float));
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    p.group_size = 32, p.block_size = 32, p.act_order = 1, p.sym = 0;
+    gq_qresult r, rc;
+
+    /* h_scale on the way == H scaled beforehand (what the CPU backend gets vs gq_gptq_quantize) */
+    TEST_OK(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), "drive, h_scale 0.5");
+    TEST_CHECK(!strcmp(spy.calls, "spfvFr") && spy.use_factor == 1, "calls %s (want spfvFr), use_factor %d",
+               spy.calls, spy.use_factor);
+    memcpy(Wc, W0, (size_t)rows * cols * sizeof(float));
+    for (size_t i = 0; i < (size_t)cols * cols; i++) Hc[i] = H0[i] * 0.5f;
+    TEST_OK(gq_gptq_quantize(&p, Wc, rows, cols, Hc, &rc), "quantize, H scaled before");
+    TEST_CHECK(same_result(&r, &rc, W, Wc) && r.n_dead == 1 && r.perm && rc.perm &&
+                   !memcmp(r.perm, rc.perm, (size_t)cols * sizeof(int32_t)),
+               "drive with h_scale == quantize of the scaled H, bit for bit (1 dead column: %d)", r.n_dead);
+    gq_qresult_free(&rc);
+    gq_qresult_free(&r);
+
+    /* two NOT_PD failures: two retries at 10x damping, then the factor */
+    const double lambda0 = spy.lambda[0];
+    spy.not_pd = 2;
+    TEST_OK(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), "two failed factors");
+    TEST_CHECK(!strcmp(spy.calls, "spfffvFr") && r.retries == 2 && !r.fallback && spy.use_factor == 1,
+               "calls %s (want spfffvFr), retries %d, fallback %d", spy.calls, r.retries, r.fallback);
+    TEST_NEAR(r.damp_used, 1.0, 1e-12, "damp_used 0.01 -> 0.1 -> 1");
+    TEST_NEAR(spy.lambda[1] / lambda0, 10.0, 1e-9, "lambda x10");
+    TEST_NEAR(spy.lambda[2] / lambda0, 100.0, 1e-9, "lambda x100");
+    gq_qresult_free(&r);
+
+    /* every factor fails: RTN fallback with the same groups, bit for bit RTN's codes */
+    spy.not_pd = 1000;
+    p.max_retries = 3;
+    TEST_OK(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), "fallback");
+    TEST_CHECK(!strcmp(spy.calls, "spffffvFr") && r.fallback == 1 && r.retries == 3 && spy.use_factor == 0 &&
+                   r.loss == 0.0,
+               "calls %s (want spffffvFr), fallback %d, retries %d, use_factor %d", spy.calls, r.fallback,
+               r.retries, spy.use_factor);
+    TEST_NEAR(r.damp_used, 10.0, 1e-12, "damp_used after 3 retries");
+    gq_qresult_free(&r);
+    spy.not_pd = 0;
+
+    /* a device error from factor ends the solve: no solve, release, zeroed result */
+    spy.factor_rc = GQ_ERR_DEVICE;
+    TEST_FAILS(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), GQ_ERR_DEVICE, "device lost");
+    TEST_CHECK(!strcmp(spy.calls, "spfr") && r.codes == NULL, "calls %s (want spfr), no result", spy.calls);
+    spy.factor_rc = 0;
+    spy.finish_rc = GQ_ERR_DEVICE;
+    TEST_FAILS(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), GQ_ERR_DEVICE, "download failed");
+    TEST_CHECK(!strcmp(spy.calls, "spfvFr") && r.codes == NULL, "calls %s (want spfvFr), no result", spy.calls);
+    spy.finish_rc = 0;
+
+    /* the backend's block limit, before anything runs; scan errors: release only */
+    p.block_size = 128;
+    TEST_FAILS(spy_run(&p, W0, W, rows, cols, H0, H, 0.5, &r), GQ_ERR_UNSUPPORTED,
+               "gptq on SPY: block size 128, at most 64 supported");
+    TEST_CHECK(spy.ncalls == 0, "no primitive called: %s", spy.calls);
+    p.block_size = 64;
+    float *Wn = malloc((size_t)rows * cols * sizeof(float));
+    memcpy(Wn, W0, (size_t)rows * cols * sizeof(float));
+    Wn[5 * cols + 9] = NAN;
+    TEST_FAILS(spy_run(&p, Wn, W, rows, cols, H0, H, 0.5, &r), GQ_ERR_NUMERIC,
+               "W[5][9] (output row 5, input column 9) is nan");
+    TEST_CHECK(!strcmp(spy.calls, "sr"), "calls %s (want sr)", spy.calls);
+    free(Wn);
+    H0[3 * cols + 40] = 1e38f; /* finite, but not after h_scale 10 */
+    TEST_FAILS(spy_run(&p, W0, W, rows, cols, H0, H, 10.0, &r), GQ_ERR_NUMERIC, "H[3][40] (row 3, column 40) is inf");
+
+    /* RTN: H unused (NULL), no factor */
+    p.method = GQ_METHOD_RTN;
+    memcpy(W, W0, (size_t)rows * cols * sizeof(float));
+    gq_bweight w = {W, rows, cols, GQ_DT_F32};
+    memset(spy.calls, 0, sizeof spy.calls);
+    spy.ncalls = 0;
+    TEST_OK(gq_gptq_drive(&spy_ops, NULL, &p, &w, NULL, 0.5, &r), "RTN, H NULL");
+    TEST_CHECK(!strcmp(spy.calls, "spvFr") && spy.use_factor == 0 && r.perm == NULL && r.n_dead == 0,
+               "RTN calls %s (want spvFr)", spy.calls);
+    gq_qresult_free(&r);
+    free(W), free(H), free(Wc), free(Hc), free(W0), free(H0);
+}
+
 int main(void) {
     gq_log_set_level(GQ_LOG_WARN); /* the retry and fallback warnings show in the log */
     test_quantizer();
@@ -574,6 +751,7 @@ int main(void) {
     test_retry_and_fallback();
     test_errors();
     test_shapes();
+    test_driver();
     static const char *a_cases[] = {"g128_sym",     "g128_asym",     "g32_asym",     "act_g128_asym",
                                     "actstatic_g128_asym", "perchan_asym", "b3_g128_asym", "b8_g128_asym",
                                     "rtn_g128_sym", "rtn_g128_asym", "ref_g128_asym", "static_g128_asym"};

@@ -2,7 +2,7 @@
  * test_nonfinite.c -- NaN and Inf activations: never undefined behaviour, never a silently NaN
  * perplexity or checkpoint, always an error that names the layer, the op and the token.
  *
- * (a) gq_cpu_expf (src/backend_cpu.h), the exp of the CPU softmax, NLL and SwiGLU: NaN gives NaN,
+ * (a) gq_cpu_expf (src/compute/cpu/backend_cpu.h), the exp of the CPU softmax, NLL and SwiGLU: NaN gives NaN,
  *     +-Inf and huge inputs saturate, finite inputs give what they always gave (a copy of the
  *     original formula, bit for bit) within 2 ulp of expf. Run under `make SAN=1` (UBSan halts
  *     on the first error there) this is the check that a NaN no longer reaches a left shift of a
@@ -25,7 +25,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "backend_cpu.h"
+#include "compute/cpu/backend_cpu.h"
 #include "gq/ppl.h"
 #include "gq/quantize.h"
 #include "gq/st.h"

@@ -27,7 +27,7 @@
 #include "gq/ppl.h"
 #include "test.h"
 
-#include "../src/cmds.h"
+#include "../src/cmd/cmds.h"
 
 #define TOL_WIN 1e-5
 #define TOL_PPL_REL 1e-5

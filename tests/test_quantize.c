@@ -349,14 +349,16 @@ static void test_format(const char *tmp) {
     TEST_OK(gq_st_open(&st, out), "open output");
     int all_sym_words = 1, checked = 0;
     for (int l = 0; l < src.cfg.n_layers && st; l++) {
-        for (int k = 0; k < GQ_LIN_COUNT; k++) {
+        gq_module mods[8];
+        int nmods = gq_layer_modules(&src.cfg, 0, l, mods, 8);
+        for (int k = 0; k < nmods; k++) {
             float *w;
-            int rows, cols;
-            gq_model_load_linear(&src, l, (gq_linear_id)k, &w, &rows, &cols);
+            int rows = mods[k].rows, cols = mods[k].cols;
+            gq_model_load_module(&src, l, &mods[k], &w);
             gq_qresult r;
             gq_gptq_quantize(&o.gptq, w, rows, cols, NULL, &r);
-            char prefix[128];
-            snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, gq_linear_names[k]);
+            char prefix[224];
+            snprintf(prefix, sizeof prefix, "model.layers.%d.%.96s", l, mods[k].name);
             unpacked u;
             int ok = unpack4(st, prefix, rows, cols, 0, &u);
             TEST_CHECK(ok, "%s: qweight/qzeros/scales/g_idx present with the v1 shapes", prefix);
@@ -367,7 +369,7 @@ static void test_format(const char *tmp) {
                 for (int c = 0; c < cols && meta_eq; c++) meta_eq = u.g_idx[c] == c / 128;
                 TEST_CHECK(codes_eq && meta_eq, "%s: unpacked codes %s, zeros/scales/g_idx %s", prefix,
                            codes_eq ? "equal" : "DIFFER", meta_eq ? "equal" : "DIFFER");
-                char nm[160];
+                char nm[256];
                 snprintf(nm, sizeof nm, "%s.qzeros", prefix);
                 const gq_st_tensor *qz = gq_st_find(st, nm);
                 for (int64_t i = 0; qz && i < qz->numel; i++) all_sym_words &= ((const uint32_t *)qz->data)[i] == 0x77777777u;
@@ -456,9 +458,10 @@ static void test_zero_policy(const char *tmp) {
         /* the shifted grid still covers the group: dequantized within half a step */
         gq_model m;
         float *w;
-        int rows, cols;
+        gq_module mods[8];
         gq_model_open(&m, model);
-        gq_model_load_linear(&m, 0, GQ_LIN_Q, &w, &rows, &cols);
+        gq_layer_modules(&m.cfg, 0, 0, mods, 8);
+        gq_model_load_module(&m, 0, &mods[0], &w); /* q_proj */
         double worst = 0;
         for (int k = 0; k < 32; k++) {
             float deq = u1.scales[0] * (float)(u1.codes[k] - u1.zeros[0]);

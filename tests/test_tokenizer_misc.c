@@ -11,9 +11,9 @@
 
 #include "gq/tokenizer.h"
 #include "test.h"
-#include "tokenizer_impl.h"
+#include "text/tokenizer_impl.h"
 
-#include "../src/cmds.h"
+#include "../src/cmd/cmds.h"
 
 static char *text;
 static size_t text_len;

@@ -22,7 +22,7 @@
 #include "gq/tokenizer.h"
 #include "test.h"
 #include "test_tok_util.h"
-#include "unicode.h"
+#include "text/unicode.h"
 
 /* ---- helpers ---- */
 

@@ -134,6 +134,58 @@ int gq_be_swiglu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int
 /* Y[T][ldy] += X[T][ldx], d columns. */
 int gq_be_add(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d);
 
+/* ---- family ops (gq/arch.h): norms, activations, attention variants, MoE routing ---------- */
+
+typedef enum { GQ_ACT_SILU = 0, GQ_ACT_GELU_TANH } gq_act_kind;
+
+/* What the attention of a layer does beyond plain causal softmax(Q K^T / sqrt(hd)) V.
+ * Zero-initialised = plain. */
+typedef struct {
+    float scale;   /* score scale; 0: 1 / sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2) */
+    float softcap; /* 0: none; else scores = softcap * tanh(scores * scale / softcap), before the mask */
+    int window;    /* 0: none; else query at position p sees keys j with p - window < j <= p */
+} gq_attn_opts;
+
+/* Y[T][ldy] = (X - mean(X)) / sqrt(var(X) + eps) * w + b per row of d (torch LayerNorm:
+ * biased variance, statistics in fp32); b may be NULL (no bias). */
+int gq_be_layernorm(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, int d, const gq_bweight *w,
+                    const gq_bweight *b, float eps);
+/* In place on n_heads heads of head_dim at X[t][ld] (head h at columns h * head_dim): each head
+ * x / sqrt(mean(x^2) + eps) * w, w [head_dim] (Qwen3's q_norm / k_norm). */
+int gq_be_head_rmsnorm(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, const gq_bweight *w,
+                       float eps);
+/* A[T][lda] (I cols) = act(GU[:, 0:I]) * GU[:, I:2I] (SwiGLU: GQ_ACT_SILU; GeGLU: GELU-tanh).
+ * gq_be_swiglu is gq_be_glu with GQ_ACT_SILU. */
+int gq_be_glu(gq_backend *be, void *A, int lda, const void *GU, int ldgu, int T, int I, gq_act_kind act);
+/* X[T][ld] (n cols) = act(X) in place (a non-gated MLP: StarCoder2's c_fc). GELU-tanh:
+ * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); SiLU: x / (1 + exp(-x)). */
+int gq_be_act(gq_backend *be, void *X, int ld, int T, int n, gq_act_kind act);
+/* gq_be_rope on the first `rot` dims of each head only (partial rotary: pairs (i, i + rot/2),
+ * i < rot/2, inv_freq rot/2 floats); dims rot .. head_dim-1 unchanged. rot == head_dim is
+ * gq_be_rope. */
+int gq_be_rope_partial(gq_backend *be, void *X, int ld, int T, int n_heads, int head_dim, int rot, int pos0,
+                       const float *inv_freq);
+/* gq_be_attention with the options o (NULL: plain). */
+int gq_be_attention_ex(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk,
+                       const void *V, int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim,
+                       const gq_attn_opts *o);
+/* gq_be_decode_attention with partial rotary (rot dims, as gq_be_rope_partial) and the
+ * attention options o (NULL: plain). The window applies to absolute positions (the cache
+ * keeps every key; keys before pos - window + 1 are masked). */
+int gq_be_decode_attention_ex(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                              size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                              int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o);
+/* Y[i][ldy] = X[idx[i]][ldx] for i < n, d columns (idx: host array, each in range of X's rows). */
+int gq_be_gather_rows(gq_backend *be, void *Y, int ldy, const void *X, int ldx, const int32_t *idx, int n, int d);
+/* Y[idx[i]][ldy] += w[i] * X[i][ldx] for i < n, d columns (idx, w: host arrays; the idx are
+ * distinct, so rows never race), the product and the sum in fp32. */
+int gq_be_scatter_add_rows(gq_backend *be, void *Y, int ldy, const void *X, int ldx, const int32_t *idx,
+                           const float *w, int n, int d);
+/* gq_be_nll with the final-logit soft-cap of Gemma-2 (softcap > 0: logits = softcap *
+ * tanh(logits / softcap), before the softmax and in logits_out). */
+int gq_be_nll_ex(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
+                 float softcap, double *nll_sum, int64_t *count, float *logits_out);
+
 /* ---- calibration and quantization ops ---------------------------------------------- */
 
 /* H[K][K] (f32 buffer, upper triangle j >= i at least) += X^T X, X[T][ldx]. */

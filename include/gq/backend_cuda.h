@@ -1,6 +1,6 @@
 /*
  * gq/backend_cuda.h -- the only CUDA-facing header: plain C, usable from C
- * and C++. The CUDA backend itself (the .cu files in src/cuda/) is reached through the
+ * and C++. The CUDA backend itself (the .cu files in src/compute/cuda/) is reached through the
  * generic gq/backend.h interface; this header adds its constructor, device
  * queries that never fail on a machine without a GPU, and a few knobs for
  * tests and benchmarks.

@@ -1,20 +1,32 @@
 /*
  * gq/config.h -- the model configuration from a Hugging Face config.json.
  *
- * Supported: LlamaForCausalLM and MistralForCausalLM (the same graph:
- * RMSNorm, RoPE, grouped-query attention, SwiGLU MLP). Anything else is
- * GQ_ERR_UNSUPPORTED with a message saying what was found and what is
- * supported; a missing or ill-typed required field is GQ_ERR_FORMAT naming
- * the field, and so is a value no model has: a size <= 0 or beyond the
- * GQ_CFG_MAX_* limits, head_dim odd, hidden_size not a multiple of
- * num_attention_heads (without head_dim), num_attention_heads not a multiple
- * of num_key_value_heads, rms_norm_eps <= 0 (or 0 as float32), rope_theta
- * <= 0, a rope_scaling factor <= 0, a group_size other than -1 or 1..limit.
+ * Supported: the families of gq/arch.h (Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE,
+ * Gemma-2, Phi-3, StarCoder2), found from "architectures"[0] (when given it must be a known
+ * class) or else "model_type"; anything else is GQ_ERR_UNSUPPORTED with a message saying what
+ * was found and listing the known families. Each key means what the family's transformers 5.17
+ * config class and modeling file make of it, and an absent key takes that class's default
+ * (Mistral's sliding_window 4096, Gemma-2's soft-caps 50 / 30 and query_pre_attn_scalar 256,
+ * head_dim 128 for Qwen3 and 256 for Gemma-2, else hidden / heads); null means none (or, for
+ * head_dim, hidden / heads). Gemma-2's activation is hidden_activation, the others' hidden_act
+ * (silu, or the tanh GELU: gelu_pytorch_tanh, gelu_tanh, gelu_new, gelu_fast); StarCoder2's eps
+ * is norm_epsilon and its use_bias sets attention_bias and mlp_bias. sliding_window is 0 when
+ * no layer slides, else the window of the layers layer_sliding[] marks.
+ *
+ * A missing or ill-typed required field is GQ_ERR_FORMAT naming the field, and so is a value
+ * no model has: a size <= 0 or beyond the GQ_CFG_MAX_* limits, head_dim odd, hidden_size not a
+ * multiple of num_attention_heads (without head_dim), num_attention_heads not a multiple of
+ * num_key_value_heads, rms_norm_eps <= 0 (or 0 as float32), rope_theta <= 0, a rope_scaling
+ * factor <= 0, a group_size other than -1 or 1..limit, sliding_window <= 0, layer_types not one
+ * entry per layer, head_dim x partial_rotary_factor not an even whole number >= 2, a soft-cap
+ * <= 0, num_experts_per_tok outside 1..experts, mlp_only_layers naming no layer. An unknown
+ * layer_types entry or activation is GQ_ERR_UNSUPPORTED.
  * Whether the tensors match the config is gq_model_check's job (model.h).
  */
 #ifndef GQ_CONFIG_H
 #define GQ_CONFIG_H
 
+#include "gq/arch.h"
 #include "gq/common.h"
 
 #ifdef __cplusplus
@@ -68,7 +80,22 @@ typedef struct {
     int n_eos;
     int eos_ids[8];
     gq_dtype dtype;          /* torch_dtype / dtype: F16, BF16 or F32 */
-    int attention_bias, mlp_bias;
+    int attention_bias, mlp_bias; /* attention_bias / mlp_bias; StarCoder2's use_bias sets both */
+    /* ---- the family (gq/arch.h) and what its config adds ---- */
+    gq_arch_id arch_id;
+    char model_type[32];     /* "llama", "qwen2", ... (as config.json says, else the family's) */
+    gq_act_kind act;         /* hidden_act / hidden_activation: silu or gelu_pytorch_tanh */
+    int sliding_window;      /* 0: none */
+    unsigned char layer_sliding[GQ_CFG_MAX_LAYERS]; /* 1: layer l uses the sliding window */
+    unsigned char layer_moe[GQ_CFG_MAX_LAYERS];     /* 1: layer l is a sparse MoE block */
+    float attn_softcap;      /* attn_logit_softcapping, 0 = none */
+    float final_softcap;     /* final_logit_softcapping, 0 = none */
+    float query_pre_attn_scalar; /* attention scale is its ^-1/2; 0 = head_dim */
+    int rot_dim;             /* rotary dims per head: head_dim * partial_rotary_factor (even) */
+    int n_experts;           /* num_local_experts / num_experts (0: dense model) */
+    int top_k;               /* num_experts_per_tok */
+    int norm_topk;           /* renormalise the top-k weights (Mixtral: always; Qwen3-MoE: norm_topk_prob) */
+    int moe_inter;           /* an expert's intermediate size (moe_intermediate_size, Mixtral: intermediate_size) */
     int has_quant;           /* quantization_config present (a gq/GPTQ output) */
     gq_qconfig quant;
 } gq_config;

@@ -8,7 +8,10 @@
  *                                   .scales   fp16  [G][N]
  *                                   .g_idx    int32 [K]
  *                                   .bias     (copied when the linear has one)
- * Everything else (embeddings, norms, lm_head) is copied unchanged.
+ * Every linear of every layer (experts included, under the per-expert names the GPTQ MoE
+ * loaders read: "block_sparse_moe.experts.E.w1", "mlp.experts.E.gate_proj", also when the input
+ * held them fused) is quantized; everything else (embeddings, norms, routers, lm_head) is
+ * copied unchanged (a fused Mixtral's router renamed beside its experts, gq_output_name).
  */
 #ifndef GQ_EXPORT_H
 #define GQ_EXPORT_H
@@ -21,13 +24,11 @@
 extern "C" {
 #endif
 
-/* Write the packed linears of one layer to `path` (atomically).
- * res[GQ_LIN_COUNT]: one quantizer result per linear. */
-int gq_export_layer_file(const char *path, const gq_model *m, int layer, const gq_qresult *res, int bits, int v2);
-
-/* Replace the 7 linears of h (loaded from the source model) with the
- * dequantized weights stored in a layer file written by the function above. */
-int gq_export_load_layer_file(const char *path, const gq_model *m, int layer, int bits, int v2, gq_layer_host *h);
+/* Write the packed linears of one layer to `path` (atomically): res[k] is module mods[k]'s
+ * result (gq_layer_modules order), stored under the module's output name. gq_blayer_load_q
+ * reads such a file back (--resume). */
+int gq_export_layer_file(const char *path, const gq_model *m, int layer, const gq_module *mods, int n_mods,
+                         const gq_qresult *res, int bits, int v2);
 
 /* Assemble the output directory `dir` (must not exist): sharded safetensors
  * (quantized tensors from the layer files, the rest copied from the source

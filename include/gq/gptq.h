@@ -1,7 +1,9 @@
 /*
- * gq/gptq.h -- the group-wise integer quantizer and the GPTQ solve (CPU
- * reference, OpenBLAS + LAPACKE), as IST-DASLab/gptq does it
- * (../shared/docs/gptq-reference.md §1):
+ * gq/gptq.h -- the group-wise integer quantizer and the GPTQ solve, as
+ * IST-DASLab/gptq does it (../shared/docs/gptq-reference.md §1). One driver
+ * (src/quant/gptq.c) runs it over a backend's primitives
+ * (src/quant/gptq_driver.h): the CPU's (OpenBLAS + LAPACKE) for
+ * gq_gptq_quantize and the CPU backend, the GPU's for the CUDA backend:
  *
  *   dead columns (diag H == 0 -> H_ii = 1, W[:, i] = 0); optional static
  *   groups (params of each group computed up front on W in original order);
@@ -41,6 +43,7 @@
 #define GQ_GPTQ_H
 
 #include "gq/common.h"
+#include "gq/quant_math.h" /* gq_maxq, gq_quant_code, gq_dequant, gq_qm_params */
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,9 +102,7 @@ void gq_qresult_free(gq_qresult *r);
  * is sliced too: columns [r0, r0 + n) of each of its word rows. */
 void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *out);
 
-/* ---- quantizer (scalar reference) ---------------------------------------- */
-
-static inline int gq_maxq(int bits) { return (1 << bits) - 1; }
+/* ---- quantizer (scalar reference; the math itself is gq/quant_math.h) ---- */
 
 /* Params for n values x[0], x[stride], ... (fp16 scales, as scale_f16 = 1). */
 void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
@@ -113,15 +114,6 @@ void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq
  * max(max(x), 0) (values of the other sign are clamped to 0 here too). */
 void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
                             float *scale, int32_t *zero);
-/* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
-static inline int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
-    float q = __builtin_rintf(x / scale) + (float)zero;
-    if (!(q >= 0.0f)) q = 0.0f; /* also NaN -> 0: never convert NaN to int */
-    if (q > (float)maxq) q = (float)maxq;
-    return (int)q;
-}
-static inline float gq_dequant(int q, float scale, int32_t zero) { return scale * (float)(q - zero); }
-
 /* Round every scale of r to the nearest fp16 value (never 0 or inf). */
 void gq_qresult_round_scales(gq_qresult *r);
 /* Dequantized weights W[rows][cols] from a result. */
@@ -129,7 +121,9 @@ void gq_qresult_dequant(const gq_qresult *r, float *W);
 
 /* ---- solvers -------------------------------------------------------------- */
 
-/* GPTQ (or RTN when p->method == GQ_METHOD_RTN, H unused and may be NULL).
+/* GPTQ (or RTN when p->method == GQ_METHOD_RTN, H unused and may be NULL),
+ * on the CPU: the driver over the CPU primitives, as the CPU backend's
+ * gq_be_gptq with h_scale 1.
  * W [rows][cols]: in, the weights; out, the dequantized weights.
  * H [cols][cols] symmetric (only the upper triangle, j >= i, is read); it is
  * destroyed. A Cholesky failure is retried with growing damping (logged);
@@ -142,14 +136,14 @@ void gq_qresult_dequant(const gq_qresult *r, float *W);
 int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res);
 
 /* Validate params for a rows x cols solve (H may be NULL for RTN): GQ_ERR_ARG
- * naming the bad field. Every backend's solve starts with it. */
+ * naming the bad field. The driver starts with it. */
 int gq_gptq_check_params(const gq_gptq_params *p, int rows, int cols, const float *H);
 /* The act-order permutation: perm[n] = argsort(diag, descending), ties by
  * ascending column (a stable sort, as torch.argsort(descending=True) on the
- * reference's inputs). Every backend's solve uses it. */
+ * reference's inputs). The driver uses it for every backend. */
 void gq_gptq_act_order_perm(const float *diag, int n, int32_t *perm);
 
-/* The inverse factor step alone, exposed for tests and the CUDA reference:
+/* The CPU's inverse factor step alone, exposed for tests and the CUDA reference:
  * H (full symmetric, cols x cols, dead columns already fixed, damping added)
  * -> upper Cholesky factor of H^-1, in place, in double precision.
  * Returns GQ_ERR_NOT_PD when a factorization fails. */

@@ -28,20 +28,44 @@
 extern "C" {
 #endif
 
-typedef enum { GQ_LIN_Q = 0, GQ_LIN_K, GQ_LIN_V, GQ_LIN_O, GQ_LIN_GATE, GQ_LIN_UP, GQ_LIN_DOWN, GQ_LIN_COUNT } gq_linear_id;
-extern const char *const gq_linear_names[GQ_LIN_COUNT]; /* "self_attn.q_proj", ... */
+/* ---- the linears of a layer (the family's modules, gq/arch.h) -------------------------------- */
 
-/* The widths a linear's output and input have: hidden_size, num_attention_heads x head_dim,
- * num_key_value_heads x head_dim, intermediate_size. */
-typedef enum { GQ_DIM_HIDDEN, GQ_DIM_Q, GQ_DIM_KV, GQ_DIM_FFN } gq_dim;
-void gq_linear_dims(gq_linear_id id, gq_dim *out, gq_dim *in);
-int64_t gq_dim_size(const gq_config *c, gq_dim d);
+#define GQ_MODULE_NAME 96
+/* One linear of a layer: a block of rows of its group's stacked weight. */
+typedef struct {
+    char name[GQ_MODULE_NAME]; /* inside "model.layers.L.", no suffix: "self_attn.q_proj",
+                                  "block_sparse_moe.experts.3.w1" (the output's name) */
+    char src[GQ_MODULE_NAME];  /* the input tensor holding it (".weight" added): name, or the fused
+                                  3-D "mlp.experts.gate_up_proj" / "mlp.experts.down_proj" */
+    int64_t src_row0;          /* first row in src viewed as [numel / cols][cols] */
+    gq_group group;
+    int expert;                /* -1: a dense linear */
+    int row0, rows, cols;      /* rows [row0, row0 + rows) of the group's weight [*][cols] */
+    int bias;                  /* has "<name>.bias" */
+} gq_module;
+
+/* Most modules a layer of this config has (for sizing arrays). */
+int gq_layer_module_cap(const gq_config *c);
+/* The modules of layer l in solve order (attention in, attention out, then MLP in and MLP out,
+ * expert by expert in a MoE layer); fused: the checkpoint stores experts in the fused 3-D layout
+ * (src names then point into it). Returns their number. */
+int gq_layer_modules(const gq_config *c, int fused, int layer, gq_module *out, int cap);
+/* Rows of a group's stacked weight (expert groups: the expert's), and its input width. */
+void gq_group_shape(const gq_config *c, int layer, gq_group g, int *rows, int *cols);
+/* 1 when layer l's q/k/v (ATTN_IN), o, MLP in / out have biases. */
+int gq_group_has_bias(const gq_config *c, gq_group g);
+/* 1 when the checkpoint in st holds the experts of a MoE config in the fused 3-D layout. */
+int gq_st_fused_experts(const gq_config *c, const gq_st *st);
+/* The name a non-linear input tensor gets in the output (fused Mixtral: "model.layers.L.mlp.gate.weight"
+ * -> "...block_sparse_moe.gate.weight", so the router sits beside the per-expert names); else name. */
+void gq_output_name(const gq_config *c, int fused, const char *name, char *out, size_t cap);
 
 typedef struct {
     char *dir;
     gq_config cfg;
     gq_st *st;
     int quantized; /* linears stored as qweight/qzeros/scales/g_idx */
+    int fused;     /* MoE experts in the fused 3-D layout (gq_st_fused_experts) */
 } gq_model;
 
 /* Reads config.json, opens the safetensors and runs gq_model_check: a
@@ -85,82 +109,70 @@ int gq_model_check_st(const gq_config *cfg, const gq_st *st, const char *dir, gq
 /* gq_model_check_st on an opened model; logs a warning naming unused tensors. */
 int gq_model_check(const gq_model *m);
 
-/* One decoder layer as f32 host arrays, shapes as in the table above. */
-typedef struct {
-    float *w[GQ_LIN_COUNT]; /* weights [out][in] */
-    float *b[GQ_LIN_COUNT]; /* biases [out] or NULL */
-    float *ln1, *ln2;       /* [hidden] */
-} gq_layer_host;
-
-/* Load, validate shapes (error: tensor name, expected, got) and finiteness
- * (error: tensor name and index of the first NaN/Inf). */
-int gq_model_load_layer(const gq_model *m, int layer, gq_layer_host *out);
-void gq_layer_host_free(gq_layer_host *h);
-/* Load one linear of a layer ([out][in] f32, newly allocated) */
-int gq_model_load_linear(const gq_model *m, int layer, gq_linear_id id, float **w, int *rows, int *cols);
+/* One linear of a layer as f32 [rows][cols] (newly allocated, gq_free_aligned): the raw weight,
+ * or a quantized one dequantized. Errors name the tensor. */
+int gq_model_load_module(const gq_model *m, int layer, const gq_module *mod, float **w);
+/* The quantized linear "<prefix>.qweight/qzeros/scales/g_idx" of st ([rows][cols], bits, group
+ * size, v2: checkpoint_format gptq_v2) dequantized into f32 w (newly allocated); `where` names
+ * the file in errors. A missing g_idx is the trivial one. */
+int gq_qlinear_load(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
+                    int group_size, int v2, float **w);
 
 /* Read every tensor of `layer` from the file into memory (page cache), for a
  * helper thread to run while the previous layer computes. Never fails. */
 void gq_model_prefetch_layer(const gq_model *m, int layer);
 
-/* Embedding rows for ids[0..n) into out[n][hidden]; ids are range-checked. */
+/* Embedding rows for ids[0..n) into out[n][hidden]; ids are range-checked. Gemma: times
+ * sqrt(hidden) (gq_arch.embed_scale). */
 int gq_model_embed(const gq_model *m, const int32_t *ids, int n, float *out);
-/* Final norm [hidden] and lm_head [vocab][hidden] (the embedding when tied). */
-int gq_model_load_head(const gq_model *m, float **norm, float **lm_head);
 
-/* RoPE inverse frequencies (hd/2 floats) for a sequence of seq_len tokens,
+/* RoPE inverse frequencies (rot_dim/2 floats) for a sequence of seq_len tokens,
  * with the checkpoint's rope scaling applied (linear, dynamic, llama3). */
 void gq_rope_inv_freq(const gq_config *cfg, int seq_len, float *inv_freq);
 
 /* ---- a layer on a backend --------------------------------------------------- */
 
+/* The weights of one layer on a backend. Dense groups in w[] / b[] (stacked: ATTN_IN rows
+ * q | k | v, MLP_IN rows gate | up); a MoE layer's MLP groups per expert in ex_in / ex_out
+ * [n_experts], the router [n_experts][hidden] in full precision. Norm weights of the
+ * (1 + w) kind are stored as 1 + w. Absent parts have data NULL. */
 typedef struct {
-    gq_bweight qkv;   /* [(nh + 2 nkv) hd][hidden]: q rows, then k, then v */
-    gq_bweight o;     /* [hidden][nh hd] */
-    gq_bweight gu;    /* [2 inter][hidden]: gate rows, then up */
-    gq_bweight down;  /* [hidden][inter] */
-    gq_bweight ln1, ln2;             /* 1 x hidden */
-    gq_bweight b_qkv, b_o, b_gu, b_down; /* biases (data NULL when absent) */
+    gq_bweight w[GQ_GRP_COUNT], b[GQ_GRP_COUNT];
+    gq_bweight norm[GQ_NORM_SLOTS], norm_b[GQ_NORM_SLOTS]; /* 1 x hidden */
+    gq_bweight q_norm, k_norm;                            /* 1 x head_dim */
+    int n_experts;                                        /* 0: dense MLP */
+    gq_bweight router;
+    gq_bweight *ex_in, *ex_out; /* [n_experts]: [2 moe_inter][hidden], [hidden][moe_inter] */
 } gq_blayer;
 
-int gq_blayer_upload(gq_backend *be, const gq_config *cfg, const gq_layer_host *h, gq_blayer *bl);
-/* Load layer `layer` of m straight onto the backend: F16/BF16/F32 weights go
- * raw into the stacked weights (no f32 host copy for a GPU backend), checked
- * for NaN/Inf (error names the tensor); quantized checkpoints and biases go
- * through gq_model_load_layer + gq_blayer_upload. */
+/* The stacked weight of group g (expert e, or -1 for the dense one) */
+gq_bweight *gq_blayer_weight(gq_blayer *bl, gq_group g, int expert);
+/* Load layer `layer` of m onto the backend: raw F16/BF16/F32 weights go straight into the
+ * stacked weights (no f32 host copy for a GPU backend), quantized ones are dequantized on the
+ * host; everything checked for NaN/Inf (the error names the tensor). qsrc (NULL: none) is a
+ * layer file of gq's (gq/export.h) whose quantized linears replace the model's (--resume):
+ * bits, group_size, v2 describe it. */
 int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl);
+int gq_blayer_load_q(gq_backend *be, const gq_model *m, int layer, const gq_st *qsrc, const char *qwhere, int bits,
+                     int group_size, int v2, gq_blayer *bl);
+/* Allocate (uninitialised) every weight of layer `layer` (for benchmarks filling them). */
+int gq_blayer_alloc(gq_backend *be, const gq_config *c, int layer, gq_blayer *bl);
 void gq_blayer_free(gq_backend *be, gq_blayer *bl);
 
-/* Scratch for the forward of sequences up to T_max tokens. */
+/* The final norm and the LM head on a backend (the embedding when tied), with the family's
+ * final-logit soft-cap. */
 typedef struct {
-    int T_max;
-    void *xn;   /* [T_max][hidden] */
-    void *qkv;  /* [T_max][(nh + 2 nkv) hd] */
-    void *attn; /* [T_max][nh hd] */
-    void *gu;   /* [T_max][2 inter] */
-    void *act;  /* [T_max][inter] */
-} gq_fwd_scratch;
+    gq_bweight norm, norm_b, lm;
+} gq_bhead;
+int gq_bhead_load(gq_backend *be, const gq_model *m, gq_bhead *h);
+void gq_bhead_free(gq_backend *be, gq_bhead *h);
+/* X[T][ldx] -> final norm into xn[T][hidden] (scratch) -> logits -> NLL of targets (gq_be_nll_ex). */
+int gq_bhead_nll(gq_backend *be, const gq_config *c, const gq_bhead *h, void *xn, const void *X, int ldx, int T,
+                 const int32_t *targets, double *nll_sum, int64_t *count, float *logits_out);
 
-int gq_fwd_scratch_init(gq_backend *be, const gq_config *cfg, int T_max, gq_fwd_scratch *s);
-void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s);
-
-/* x[T][hidden] (activation buffer) <- decoder layer(x), in place. */
-int gq_fwd_layer(gq_backend *be, const gq_config *cfg, const gq_blayer *bl, void *x, int T, const float *inv_freq,
-                 gq_fwd_scratch *s);
-
-/* ---- locating a NaN/Inf (the error paths of ppl and the quantizer) ----------------------- */
-
-enum { GQ_FWD_ATTN = 1, GQ_FWD_MLP = 2 }; /* the parts of a layer for gq_fwd_layer_checked */
-
-/* GQ_OK when columns [0, width) of the activation rows X[T][ld] are all finite, else
- * GQ_ERR_NUMERIC "non-finite activation <what> (NaN at token t, column j)" for the first one.
- * Downloads the rows: for locating a NaN/Inf that a cheap check (a non-finite loss or Hessian)
- * has seen, not for every op of a normal run. */
-int gq_act_check(gq_backend *be, const void *X, int ld, int T, int width, const char *what);
-/* gq_fwd_layer with the output of every op checked (gq_act_check), in place on x like it;
- * parts: GQ_FWD_ATTN (x is the layer input), GQ_FWD_MLP (x is input + o(attn)), or both. */
-int gq_fwd_layer_checked(gq_backend *be, const gq_config *cfg, const gq_blayer *bl, void *x, int T,
-                         const float *inv_freq, gq_fwd_scratch *s, int parts);
+/* The family's norm: Y[T][ldy] = norm(X[T][ldx]) over d columns with weight w (and bias b). */
+int gq_norm_apply(gq_backend *be, const gq_config *c, void *Y, int ldy, const void *X, int ldx, int T, int d,
+                  const gq_bweight *w, const gq_bweight *b);
 
 #ifdef __cplusplus
 }

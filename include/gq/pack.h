@@ -14,7 +14,7 @@
  * K must be a multiple of 32 / bits (of 32 for 3 bits), N likewise.
  *
  * A result may arrive with its qweight already packed (gq_qresult.qweight,
- * e.g. by the CUDA solve, src/cuda/pack.cu); gq_pack then copies it instead
+ * e.g. by the CUDA solve, src/compute/cuda/pack.cu); gq_pack then copies it instead
  * of packing the codes, when it was packed at the requested width.
  */
 #ifndef GQ_PACK_H

@@ -4,21 +4,21 @@
  * bench/bench_layers.c on synthetic full-size layers.
  *
  * Stages (true-sequential, as IST-DASLab/gptq llama.py with the groups
- * [q,k,v] -> [o] -> [gate,up] -> [down]); per sequence i of tokens X_i:
- *   A  H_qkv += rmsnorm1(X_i)^T rmsnorm1(X_i)            -> GPTQ of q,k,v rows
- *   B  A_i = attention(rope(q), rope(k), v) of the quantized q,k,v
- *      H_o += A_i^T A_i                                  -> GPTQ of o
- *   C  X_i += o(A_i) (the residual h, in place)
- *      H_gu += rmsnorm2(X_i)^T rmsnorm2(X_i)             -> GPTQ of gate,up rows
- *   D  H_down += act^T act, act = silu(gate(n)) * up(n), n = rmsnorm2(X_i)
- *                                                        -> GPTQ of down
- *   E  X_i += down(silu(gate(n)) * up(n))  (the layer output, in place)
- * q/k/v (and gate/up) see the same input: their rows are stacked into one
- * weight and solved with one Hessian and one factorization, which gives the
- * same result as solving them one by one (GPTQ rows are independent).
- * With res == NULL the layer is only run (gq_fwd_layer, no Hessians, no
- * solves): the same operations in the same order as the stages, so a layer
- * restored by --resume gives bitwise the outputs of the original run.
+ * [q,k,v] -> [o] -> [gate,up] -> [down]), each a run of the layer graph (gq/graph.h) over every
+ * calibration sequence whose hook accumulates the group's Hessian(s), then the solves:
+ *   A  steps ATTN_IN            H += xn^T xn                      -> GPTQ of q, k, v rows
+ *   B  steps ATTN_IN .. ATTN    the attention output a of the quantized q, k, v (kept)
+ *                               H += a^T a                        -> GPTQ of o
+ *   C  steps ATTN_RES .. MLP_IN x += o(a) in place; H += xn^T xn of the MLP input (MoE: one
+ *                               Hessian per expert over the tokens routed to it) -> gate, up
+ *   D  steps MLP_IN .. MLP      H += act^T act (per expert)       -> GPTQ of down
+ *   E  steps MLP_IN .. MLP_RES  x += the MLP output (the layer output, in place)
+ * A group's rows (q/k/v, gate/up) are stacked into one weight and solved with one Hessian and
+ * one factorization, the same result as one by one (GPTQ rows are independent). An expert
+ * routed fewer than moe_min_tokens calibration tokens is rounded to nearest (warned), so no
+ * expert gets a Hessian from too few tokens, NaN or zero scales. With res == NULL the layer is
+ * only run (steps ATTN_IN .. MLP_RES): the same operations, so a layer restored by --resume
+ * gives bitwise the outputs of the original run.
  */
 #ifndef GQ_QLAYER_H
 #define GQ_QLAYER_H
@@ -26,6 +26,7 @@
 #include "gq/backend.h"
 #include "gq/config.h"
 #include "gq/gptq.h"
+#include "gq/graph.h"
 #include "gq/model.h"
 
 #ifdef __cplusplus
@@ -50,6 +51,7 @@ typedef struct {
     unsigned char *hX, *hA;
     int stream, cur_x, cur_a;
     gq_fwd_scratch s; /* per-sequence scratch */
+    int moe_min_tokens; /* an expert routed fewer calibration tokens is rounded to nearest (0: never) */
     float *inv_freq;  /* [head_dim / 2] */
     /* cumulative seconds (device work synchronised at stage ends) */
     double t_stages;  /* stages A-E, Hessian accumulation included */
@@ -68,7 +70,7 @@ int gq_qlayer_get_x(gq_qlayer *q, int i, float *dst);
 /* Bytes of activation memory (on the backend, or on the host when streaming). */
 size_t gq_qlayer_bytes(const gq_qlayer *q);
 
-/* Quantize (res != NULL: res[GQ_LIN_COUNT], one result per linear, each
+/* Quantize (res != NULL: res[gq_layer_modules(cfg, 0, l)], one result per module, each
  * with the solve seconds of its group) or only run (res == NULL) layer `l`
  * with weights bl; the stacked weights of bl are replaced by their
  * dequantized values. Errors name the layer and the module. */

@@ -22,6 +22,7 @@
 
 #include "gq/calib.h"
 #include "gq/gptq.h"
+#include "gq/model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +44,7 @@ typedef struct {
     double max_shard_mb;    /* 0: one file */
     int threads;
     int max_layers;         /* testing: stop after this many layers (0 = all) */
+    int moe_min_tokens;     /* MoE: an expert routed fewer calibration tokens is rounded to nearest */
 } gq_quant_opts;
 
 void gq_quant_opts_default(gq_quant_opts *o);
@@ -50,7 +52,7 @@ void gq_quant_opts_default(gq_quant_opts *o);
 /* Per linear module. */
 typedef struct {
     int layer;
-    char name[32];          /* "self_attn.q_proj" */
+    char name[GQ_MODULE_NAME]; /* "self_attn.q_proj", "mlp.experts.3.gate_proj" (gq_module.name) */
     int rows, cols;
     double loss, damp, seconds;
     int retries, fallback, n_dead;

@@ -39,6 +39,25 @@ void gq_attention_ref(float *O, int ldo, const float *Q, int ldq, const float *K
 /* A[T][lda] (I cols) = silu(GU[:, 0:I]) * GU[:, I:2I]. */
 void gq_swiglu_ref(float *A, int lda, const float *GU, int ldgu, int T, int I);
 
+/* ---- the family ops (see gq_be_* of the same name in gq/backend.h) ---- */
+
+/* LayerNorm per row of d: (x - mean) / sqrt(biased var + eps) * w + b (b may be NULL). */
+void gq_layernorm_ref(float *Y, int ldy, const float *X, int ldx, int T, int d, const float *w, const float *b,
+                      float eps);
+/* RMSNorm of each of n_heads heads of head_dim at X[t][ld], in place, weight w[head_dim]. */
+void gq_head_rmsnorm_ref(float *X, int ld, int T, int n_heads, int head_dim, const float *w, float eps);
+/* act: 0 SiLU, 1 GELU-tanh (gq_act_kind). */
+void gq_glu_ref(float *A, int lda, const float *GU, int ldgu, int T, int I, int act);
+void gq_act_ref(float *X, int ld, int T, int n, int act);
+/* gq_rope_ref on the first rot dims of each head (pairs (i, i + rot/2)), inv_freq[rot/2]. */
+void gq_rope_partial_ref(float *X, int ld, int T, int n_heads, int head_dim, int rot, int pos0,
+                         const float *inv_freq);
+/* gq_attention_ref with scale (0: 1/sqrt(hd)), softcap (0: none), window (0: none); see
+ * gq_attn_opts. */
+void gq_attention_ex_ref(float *O, int ldo, const float *Q, int ldq, const float *K, int ldk, const float *V, int ldv,
+                         int Tq, int Tk, int n_heads, int n_kv, int head_dim, float scale, float softcap,
+                         int window);
+
 /* H[K][K] += X[T][ldx]^T X (the full matrix, both triangles). */
 void gq_hessian_ref(float *H, const float *X, int ldx, int T, int K);
 

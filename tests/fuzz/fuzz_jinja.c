@@ -4,8 +4,8 @@
  * unbounded memory. Seeds: the templates of tests/data/gen/jinja.json.
  *
  *   clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
- *     tests/fuzz/fuzz_jinja.c src/jinja.c src/jinja_lex.c src/jinja_eval.c src/jinja_builtins.c src/jinja_value.c \
- *     src/common.c -o build-fuzz/fuzz_jinja -ljansson -lm -fopenmp
+ *     tests/fuzz/fuzz_jinja.c src/jinja/jinja.c src/jinja/jinja_lex.c src/jinja/jinja_eval.c src/jinja/jinja_builtins.c src/jinja/jinja_value.c \
+ *     src/base/common.c -o build-fuzz/fuzz_jinja -ljansson -lm -fopenmp
  *   python3 -c "import json,os; os.makedirs('build-fuzz/jinja-seeds', exist_ok=True); \
  *     [open(f'build-fuzz/jinja-seeds/{i}.j2','w').write(t['template']) for i, t in \
  *     enumerate(json.load(open('tests/data/gen/jinja.json'))['templates'])]"

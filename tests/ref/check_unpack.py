@@ -42,7 +42,7 @@ verify (no torch): per output
 ppl (torch + transformers, any device; fp32, eager attention): the ORIGINAL model is loaded
 with transformers (the family's class, else AutoModelForCausalLM) in float32, each quantized
 linear's weight replaced by the dequantized one and every other parameter by the output's
-tensor; perplexity as `gq ppl` computes it (src/ppl_text.c, src/ppl.c): ids = <s> +
+tensor; perplexity as `gq ppl` computes it (src/eval/ppl_text.c, src/eval/ppl.c): ids = <s> +
 encode(text) (the BOS is prepended only when the tokenizer's post-processor does not add it),
 cut into consecutive non-overlapping windows of --seqlen tokens (the tail is dropped, only the
 first window starts with <s>), each window an independent sequence whose loss is the mean NLL

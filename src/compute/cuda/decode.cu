@@ -1,0 +1,133 @@
+/*
+ * decode.cu -- one batched decode step (gq_be_decode_attention): B new
+ * tokens, each of its own sequence with its own KV cache and position.
+ *
+ * Row by row this is rope + two copies + attention: four launches per row
+ * and layer, and attention with Tq = 1 runs one warp per head over the whole
+ * cache. Here it is two launches per layer for the whole batch:
+ *   decode_rope_append_kernel  block per row: rotates the first rot dims of
+ *                              the n_heads q and n_kv k heads at pos[r] (the
+ *                              arithmetic of rope_kernel), then writes k and
+ *                              v into the caches at pos[r];
+ *   decode_attn_kernel         block per (head, row), DEC_WARPS warps each
+ *                              taking every DEC_WARPS-th chunk of 32 keys
+ *                              with an online softmax (as attn_v1_kernel),
+ *                              partial (max, sum, o) merged in shared memory.
+ *                              With a sliding window the chunks start at the
+ *                              window's first key; scale and soft-cap as
+ *                              gq_attn_opts.
+ * slot[] and pos[] travel to the device each call (B ints each).
+ */
+#include <math.h>
+
+#include "common.cuh"
+
+#define DEC_WARPS 4
+#define DEC_MAX_HD 256
+
+template <typename E>
+static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc, size_t stride,
+                                                 int ldkv, const int *slot, const int *posv, int nh, int nkv, int hd,
+                                                 int rot, const float *inv_freq) {
+    extern __shared__ float cs[]; /* [rot/2] cos, then [rot/2] sin */
+    const int r = blockIdx.x;
+    rope_angles(cs, (float)posv[r], inv_freq, rot / 2);
+    __syncthreads();
+    E *x = QKV + (size_t)r * ldqkv;
+    rope_rotate(x, nh + nkv, hd, rot, cs); /* q and k heads are adjacent */
+    __syncthreads();
+    const int kvd = nkv * hd;
+    const size_t at = (size_t)slot[r] * stride + (size_t)posv[r] * ldkv;
+    const E *ks = x + (size_t)nh * hd, *vs = ks + kvd;
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        Kc[at + j] = ks[j];
+        Vc[at + j] = vs[j];
+    }
+}
+
+template <typename E>
+static __global__ void __launch_bounds__(DEC_WARPS * 32)
+    decode_attn_kernel(E *O, int ldo, const E *QKV, int ldqkv, const E *Kc, const E *Vc, size_t stride, int ldkv,
+                       const int *slot, const int *posv, int group, int hd, float scale, float cap, int window) {
+    __shared__ float qs[DEC_MAX_HD];
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS][DEC_MAX_HD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.x, r = blockIdx.y, kvh = h / group;
+    const int pos = posv[r]; /* last visible key */
+    const E *q = QKV + (size_t)r * ldqkv + (size_t)h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = to_f(q[d]);
+    __syncthreads();
+    const E *Kh = Kc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    const E *Vh = Vc + (size_t)slot[r] * stride + (size_t)kvh * hd;
+    float o[DEC_MAX_HD / 32];
+#pragma unroll
+    for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    const int k1 = attn_first_key(pos, window); /* first visible key (0 without a window) */
+    for (int k0 = k1 + warp * 32; k0 <= pos; k0 += DEC_WARPS * 32)
+        attn_chunk<DEC_MAX_HD>(qs, Kh, ldkv, Vh, ldkv, k0, pos, hd, scale, cap, m, l, o);
+    if (lane == 0) {
+        wm[warp] = m; /* -inf for a warp that saw no key */
+        wl[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DEC_MAX_HD / 32; e++) {
+        const int d = lane + 32 * e;
+        if (d < hd) wo[warp][d] = o[e];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float M = wm[0]; /* warp 0 saw key k1 */
+        for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
+        float L = 0.0f, acc = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            if (wm[w] == -INFINITY) continue;
+            const float a = expf(wm[w] - M);
+            L += wl[w] * a;
+            acc += wo[w][d] * a;
+        }
+        put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
+    }
+}
+
+/* The two kernels on the stream; dslot, dpos: slot[B] and pos[B] on the device. */
+template <typename E>
+static int launch_decode(gq_cuda_ctx *c, E *O, int ldo, E *QKV, int ldqkv, int B, E *Kc, E *Vc, size_t slot_stride,
+                         int ldkv, const int *dslot, const int *dpos, int n_heads, int n_kv, int head_dim, int rot,
+                         float scale, float cap, int window) {
+    const int work = (n_heads + n_kv) * (rot / 2);
+    const int threads = work >= 256 ? 256 : CEIL_DIV(work, 32) * 32;
+    decode_rope_append_kernel<<<B, threads, (size_t)rot * sizeof(float), c->stream>>>(
+        QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot, dpos, n_heads, n_kv, head_dim, rot, c->rope_dev);
+    CUDA_CHECK_LAUNCH();
+    dim3 grid(n_heads, B);
+    decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot,
+                                                               dpos, n_heads / n_kv, head_dim, scale, cap, window);
+    CUDA_CHECK_LAUNCH();
+    return GQ_OK;
+}
+
+int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                             int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    if (head_dim > DEC_MAX_HD || B > 65535)
+        return gq_err(GQ_ERR_UNSUPPORTED, "cuda decode attention: head_dim %d (at most %d), batch %d (at most 65535)",
+                      head_dim, DEC_MAX_HD, B);
+    int rc = gq_cuda_set_rope_freqs(be, inv_freq, rot / 2);
+    if (rc != GQ_OK) return rc;
+    void *dslot = NULL, *dpos = NULL;
+    rc = gq_cuda_host_arrays(be, slot, sizeof(int32_t) * (size_t)B, pos, sizeof(int32_t) * (size_t)B, &dslot, &dpos,
+                             "decode indices");
+    if (rc != GQ_OK) return rc;
+    const float scale = gq_cuda_attn_scale(o, head_dim), cap = o ? o->softcap : 0.0f;
+    const int window = o ? o->window : 0;
+    if (gq_cuda_f32(be))
+        return launch_decode(c, (float *)O, ldo, (float *)QKV, ldqkv, B, (float *)Kc, (float *)Vc, slot_stride, ldkv,
+                             (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap,
+                             window);
+    return launch_decode(c, (__half *)O, ldo, (__half *)QKV, ldqkv, B, (__half *)Kc, (__half *)Vc, slot_stride, ldkv,
+                         (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap,
+                         window);
+}

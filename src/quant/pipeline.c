@@ -1,0 +1,595 @@
+/* pipeline.c -- the layer-by-layer quantization driver (gq/quantize.h). */
+#include <errno.h>
+#include <pthread.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gq/backend.h"
+#include "gq/export.h"
+#include "gq/knobs.h"
+#include "gq/model.h"
+#include "gq/outdir.h"
+#include "gq/qlayer.h"
+#include "gq/quantize.h"
+#include "gq/tokenizer.h"
+
+void gq_quant_opts_default(gq_quant_opts *o) {
+    memset(o, 0, sizeof *o);
+    gq_gptq_params_default(&o->gptq);
+    o->device = "auto";
+    o->precision = "auto";
+    o->nsamples = 128;
+    o->seqlen = 2048;
+    o->windowing = GQ_WIN_AUTO;
+    o->min_tokens = 32;
+    o->moe_min_tokens = 16;
+    o->max_shard_mb = 4096;
+}
+
+void gq_quant_report_free(gq_quant_report *r) {
+    if (!r) return;
+    free(r->modules);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- run state -------------------------------------------------------------- */
+
+typedef struct {
+    const gq_quant_opts *o;
+    gq_quant_report *rep;
+    gq_model m;
+    gq_backend *be;
+    gq_calib_set cs;
+    gq_qlayer q;
+    gq_outdir od;
+    char *model_real, *calib_real; /* resolved paths (the --resume fingerprint) */
+    const char *partial;           /* od.partial */
+    int last_layer_modules;        /* modules of the layer just quantized */
+} run_t;
+
+/* Report a module. */
+static void add_module(run_t *r, int layer, const char *name, const gq_qresult *res) {
+    gq_quant_report *rep = r->rep;
+    rep->modules = gq_realloc(rep->modules, (size_t)(rep->n_modules + 1) * sizeof *rep->modules);
+    gq_module_report *mr = &rep->modules[rep->n_modules++];
+    memset(mr, 0, sizeof *mr);
+    mr->layer = layer;
+    snprintf(mr->name, sizeof mr->name, "%s", name);
+    mr->rows = res->rows;
+    mr->cols = res->cols;
+    mr->loss = res->loss;
+    mr->damp = res->damp_used;
+    mr->retries = res->retries;
+    mr->fallback = res->fallback;
+    mr->n_dead = res->n_dead;
+    mr->seconds = res->seconds;
+    if (res->fallback) rep->n_fallback++;
+}
+
+/* ---- fingerprint for --resume ------------------------------------------------- */
+
+/* Everything that changes the numbers: inputs (resolved paths, the calibration file's size and
+ * time), settings, the arithmetic (backend and its kernel set, precision) and the knobs. */
+static char *fingerprint(const run_t *r) {
+    const gq_quant_opts *o = r->o;
+    const gq_gptq_params *p = &o->gptq;
+    struct stat st;
+    long long csize = 0, cmtime = 0;
+    if (stat(o->calib_path, &st) == 0) {
+        csize = (long long)st.st_size;
+        cmtime = (long long)st.st_mtime;
+    }
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 1);
+    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:i, s:i, s:i, s:I}",
+                          "model", r->model_real, "calib", r->calib_real, "calib_size", csize, "calib_mtime", cmtime,
+                          "nsamples", o->nsamples, "seqlen", o->seqlen, "windowing", (int)r->cs.windowing, "method",
+                          (int)p->method, "bits", p->bits, "group_size", p->group_size, "sym", p->sym, "act_order",
+                          p->act_order, "damp", p->damp, "static_groups", p->static_groups, "zero_policy",
+                          (int)p->zero_policy, "v2", o->v2, "block_size", p->block_size, "calib_tokens",
+                          (json_int_t)r->cs.n_tokens);
+    json_object_set_new(j, "arithmetic", json_string(r->rep->arith));
+    json_object_set_new(j, "moe_min_tokens", json_integer(o->moe_min_tokens));
+    /* the CPU's sums depend on how OpenBLAS splits them: 2 threads and 1 differ in the last bits (11.5586 vs
+     * 11.5480 on pycoder-5m GPTQ sym, docs/testing.md) */
+    if (!gq_backend_is_gpu(r->be)) json_object_set_new(j, "cpu_threads", json_integer(gq_get_threads()));
+    json_object_set_new(j, "precision", json_string(r->rep->precision));
+    json_object_set_new(j, "knobs", json_string(knobs));
+    char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(j);
+    return s;
+}
+
+/* "bits: 4 now, 3 then; ..." for the keys whose values differ. */
+static void fingerprint_diff(const char *now, const char *then, char *buf, size_t cap) {
+    json_t *a = json_loads(now, 0, NULL), *b = json_loads(then, 0, NULL);
+    size_t len = 0;
+    buf[0] = 0;
+    const char *key;
+    json_t *va;
+    json_object_foreach(a, key, va) {
+        json_t *vb = b ? json_object_get(b, key) : NULL;
+        if (vb && json_equal(va, vb)) continue;
+        char *sa = json_dumps(va, JSON_ENCODE_ANY), *sb = vb ? json_dumps(vb, JSON_ENCODE_ANY) : NULL;
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s: %s now, %s then", len ? "; " : "", key, sa,
+                                    sb ? sb : "(absent)");
+        free(sa);
+        free(sb);
+    }
+    json_decref(a);
+    json_decref(b);
+}
+
+static json_t *modules_json(const gq_quant_report *rep) {
+    json_t *arr = json_array();
+    for (int i = 0; i < rep->n_modules; i++) {
+        const gq_module_report *m = &rep->modules[i];
+        json_array_append_new(arr, json_pack("{s:i, s:s, s:i, s:i, s:f, s:f, s:i, s:i, s:i, s:f}", "layer", m->layer,
+                                             "name", m->name, "rows", m->rows, "cols", m->cols, "loss", m->loss,
+                                             "damp", m->damp, "retries", m->retries, "fallback", m->fallback,
+                                             "n_dead", m->n_dead, "seconds", m->seconds));
+    }
+    return arr;
+}
+
+/* The module records of the layers an interrupted run finished, back into the report. */
+static int restore_modules(run_t *r, json_t *arr, int done, const char *path) {
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m) {
+        gq_qresult res;
+        memset(&res, 0, sizeof res);
+        json_t *name = json_object_get(m, "name");
+        int layer = (int)json_integer_value(json_object_get(m, "layer"));
+        if (!json_is_string(name) || layer < 0 || layer >= done)
+            return gq_err(GQ_ERR_FORMAT, "%s: modules[%zu]: expected a module of layers 0..%d", path, i, done - 1);
+        res.rows = (int)json_integer_value(json_object_get(m, "rows"));
+        res.cols = (int)json_integer_value(json_object_get(m, "cols"));
+        res.loss = json_number_value(json_object_get(m, "loss"));
+        res.damp_used = json_number_value(json_object_get(m, "damp"));
+        res.retries = (int)json_integer_value(json_object_get(m, "retries"));
+        res.fallback = (int)json_integer_value(json_object_get(m, "fallback"));
+        res.n_dead = (int)json_integer_value(json_object_get(m, "n_dead"));
+        res.seconds = json_number_value(json_object_get(m, "seconds"));
+        add_module(r, layer, json_string_value(name), &res);
+    }
+    return GQ_OK;
+}
+
+static int read_state(run_t *r, const char *fp, int *done) {
+    char *path = gq_path_join(r->partial, "state.json");
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    int rc = GQ_OK;
+    *done = 0;
+    if (!j) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: cannot read resume state: %s", path, je.text);
+        goto out;
+    }
+    json_t *f = json_object_get(j, "fingerprint");
+    json_t *d = json_object_get(j, "layers_done");
+    json_t *mods = json_object_get(j, "modules");
+    if (!json_is_string(f) || !json_is_integer(d) || json_integer_value(d) < 0 ||
+        json_integer_value(d) > r->m.cfg.n_layers || (mods && !json_is_array(mods))) {
+        rc = gq_err(GQ_ERR_FORMAT, "%s: expected \"fingerprint\", \"layers_done\" (0..%d) and \"modules\"", path,
+                    r->m.cfg.n_layers);
+        goto out;
+    }
+    if (strcmp(json_string_value(f), fp) != 0) {
+        char diff[2048];
+        fingerprint_diff(fp, json_string_value(f), diff, sizeof diff);
+        rc = gq_err(GQ_ERR_ARG,
+                    "%s: the interrupted run used other settings, inputs or arithmetic (%s); resuming would not give "
+                    "the output of one uninterrupted run. Rerun with its settings, or discard it with --force",
+                    path, diff);
+        goto out;
+    }
+    *done = (int)json_integer_value(d);
+    if (mods) rc = restore_modules(r, mods, *done, path);
+out:
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
+static int write_state(run_t *r, const char *fp, int done) {
+    char *path = gq_path_join(r->partial, "state.json");
+    json_t *j = json_pack("{s:s, s:i, s:o}", "fingerprint", fp, "layers_done", done, "modules", modules_json(r->rep));
+    char *s = json_dumps(j, JSON_INDENT(2));
+    int rc = gq_write_file_atomic(path, s, strlen(s));
+    free(s);
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
+/* ---- setup ------------------------------------------------------------------------ */
+
+static int embed_calibration(run_t *r) {
+    int rc = GQ_OK;
+    float *e = gq_malloc((size_t)r->q.T_max * r->m.cfg.hidden * sizeof(float));
+    for (int i = 0; i < r->cs.n && !rc; i++) {
+        int T = r->cs.len[i];
+        rc = gq_model_embed(&r->m, r->cs.seq[i], T, e);
+        if (rc) {
+            gq_err_prefix("calibration sample %d", i);
+            break;
+        }
+        rc = gq_qlayer_set_x(&r->q, i, e);
+    }
+    free(e);
+    return rc;
+}
+
+static void print_settings(const gq_quant_opts *o) {
+    const gq_gptq_params *p = &o->gptq;
+    gq_info("gq quantize: effective settings");
+    gq_info("  %-16s %s", "model", o->model_dir);
+    gq_info("  %-16s %s", "out", o->out_dir);
+    gq_info("  %-16s %s", "calib", o->calib_path);
+    gq_info("  %-16s %s", "method", p->method == GQ_METHOD_RTN ? "rtn" : "gptq");
+    gq_info("  %-16s %d", "bits", p->bits);
+    gq_info("  %-16s %d", "group-size", p->group_size);
+    gq_info("  %-16s %s", "scheme", p->sym ? "sym (zero = 2^(bits-1))" : "asym (zero points)");
+    gq_info("  %-16s %s", "act-order", p->act_order ? "yes" : "no");
+    gq_info("  %-16s %s", "static-groups", p->static_groups ? "yes" : "no");
+    gq_info("  %-16s %g", "damp", p->damp);
+    gq_info("  %-16s %d", "block-size", p->block_size);
+    gq_info("  %-16s %d x %d (%s)", "calibration", o->nsamples, o->seqlen,
+            o->windowing == GQ_WIN_CONCAT   ? "concat"
+            : o->windowing == GQ_WIN_SAMPLE ? "sample"
+                                            : "auto");
+    gq_info("  %-16s %s", "format", o->v2 ? "gptq_v2 (true zeros)" : "gptq (AutoGPTQ v1)");
+    gq_info("  %-16s %s", "order", "true-sequential [q,k,v] -> [o] -> [gate,up] -> [down]");
+    gq_info("  %-16s %d (MoE: an expert with fewer routed tokens is rounded to nearest)", "moe-min-tokens",
+            o->moe_min_tokens);
+    gq_info("  %-16s %s", "device", o->device ? o->device : "auto");
+    gq_info("  %-16s %s", "precision", o->precision ? o->precision : "auto");
+    gq_info("  %-16s %d", "threads", gq_get_threads());
+    gq_info("  %-16s %s", "resume", o->resume ? "yes" : "no");
+    char knobs[256];
+    gq_knobs_str(knobs, sizeof knobs, 0);
+    gq_info("  %-16s %s", "environment", knobs[0] ? knobs : "(no GQ_* knobs set)");
+}
+
+/* Before any loading: --out against the inputs, the lock, an existing OUT, leftovers of dead runs. */
+static int claim_output(run_t *r) {
+    const gq_quant_opts *o = r->o;
+    gq_outdir_init(&r->od, o->out_dir);
+    r->partial = r->od.partial;
+    const char *inputs[2] = {o->model_dir, o->gptq.method == GQ_METHOD_RTN ? NULL : o->calib_path};
+    int rc = gq_outdir_check_inputs(&r->od, inputs, 2);
+    if (!rc) rc = gq_outdir_lock(&r->od, o->force || o->resume);
+    if (!rc) rc = gq_outdir_check_existing(&r->od, o->force);
+    if (!rc) rc = gq_outdir_clean(&r->od);
+    return rc;
+}
+
+/* layers_done of an unfinished run's state.json, -1 if it has none (for messages). */
+static int partial_layers(const char *partial) {
+    char *path = gq_path_join(partial, "state.json");
+    json_t *j = json_load_file(path, 0, NULL);
+    free(path);
+    int done = j && json_is_integer(json_object_get(j, "layers_done"))
+                   ? (int)json_integer_value(json_object_get(j, "layers_done"))
+                   : -1;
+    json_decref(j);
+    return done;
+}
+
+/* An unfinished run in OUT.partial: continued with --resume, discarded with --force, else kept. */
+static int prepare_partial(run_t *r, int *layers_done, char **fp) {
+    const gq_quant_opts *o = r->o;
+    *layers_done = 0;
+    *fp = fingerprint(r);
+    if (gq_is_dir(r->partial)) {
+        int done = partial_layers(r->partial);
+        char *state = gq_path_join(r->partial, "state.json");
+        int ours = done >= 0 || !gq_path_exists(state);
+        free(state);
+        if (o->resume) {
+            int rc = read_state(r, *fp, layers_done);
+            if (rc) return rc;
+            gq_info("resuming: %d of %d layers already quantized in %s", *layers_done, r->m.cfg.n_layers, r->partial);
+            return GQ_OK;
+        }
+        if (!o->force)
+            return gq_err(GQ_ERR_EXISTS,
+                          "%s: an unfinished run (%d of %d layers done) is kept there; continue it with --resume, "
+                          "or discard it with --force",
+                          r->partial, done < 0 ? 0 : done, r->m.cfg.n_layers);
+        if (!ours) return gq_err(GQ_ERR_EXISTS, "%s: not an unfinished gq run; move it away", r->partial);
+        gq_info("discarding the unfinished run in %s (%d layers done; --force)", r->partial, done < 0 ? 0 : done);
+        int rc = gq_rmtree(r->partial);
+        if (rc) return rc;
+    } else if (o->resume) {
+        gq_info("--resume: nothing to resume in %s, starting from layer 0", r->partial);
+    }
+    int rc = gq_mkdirs(r->partial);
+    if (!rc) rc = write_state(r, *fp, 0);
+    return rc;
+}
+
+static int finish_output(run_t *r) {
+    const char *tmp = r->od.tmp;
+    int rc = gq_mkdirs(tmp);
+    if (!rc) rc = gq_export_finish(&r->m, r->o, r->partial, tmp, r->rep);
+    if (rc) {
+        gq_rmtree(tmp);
+        return rc;
+    }
+    if ((rc = gq_outdir_install(&r->od))) return rc;
+    return gq_rmtree(r->partial);
+}
+
+static int alloc_buffers(run_t *r) {
+    int rc = gq_qlayer_init(&r->q, r->be, &r->m.cfg, r->cs.n, r->cs.len);
+    if (rc) return rc;
+    r->q.moe_min_tokens = r->o->moe_min_tokens;
+    char b[32];
+    gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", r->cs.n, (long long)r->q.n_tokens,
+            gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(&r->q)), gq_backend_name(r->be));
+    return GQ_OK;
+}
+
+static void free_run(run_t *r) {
+    gq_qlayer_free(&r->q);
+    gq_backend_free(r->be);
+    gq_calib_free(&r->cs);
+    gq_model_close(&r->m);
+    gq_outdir_free(&r->od);
+    free(r->model_real);
+    free(r->calib_real);
+}
+
+/* The options alone, before anything is opened. */
+static int check_settings(const gq_quant_opts *o) {
+    const gq_gptq_params *p = &o->gptq;
+    if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
+        return gq_err(GQ_ERR_ARG, "--bits: expected 2, 3, 4 or 8, got %d", p->bits);
+    if (p->group_size != -1 && p->group_size <= 0)
+        return gq_err(GQ_ERR_ARG, "--group-size: expected -1 (one group per row) or a positive size, got %d",
+                      p->group_size);
+    if (o->nsamples <= 0 || o->seqlen <= 1)
+        return gq_err(GQ_ERR_ARG, "--nsamples %d / --seqlen %d: expected positive values (seqlen >= 2)", o->nsamples,
+                      o->seqlen);
+    if (!(p->damp > 0) || p->damp > 10) return gq_err(GQ_ERR_ARG, "--damp: expected a value in (0, 10], got %g", p->damp);
+    if (p->block_size <= 0) return gq_err(GQ_ERR_ARG, "--block-size: expected a positive size, got %d", p->block_size);
+    if (p->static_groups && p->group_size == -1)
+        return gq_err(GQ_ERR_ARG, "--static-groups needs a group size (got --group-size -1)");
+    if (!(o->max_shard_mb >= 0))
+        return gq_err(GQ_ERR_ARG, "--max-shard-mb: expected >= 0 (0: one file), got %g", o->max_shard_mb);
+    if (o->min_tokens < 0) return gq_err(GQ_ERR_ARG, "--min-tokens: expected >= 0, got %d", o->min_tokens);
+    if (o->moe_min_tokens < 0)
+        return gq_err(GQ_ERR_ARG, "--moe-min-tokens: expected >= 0, got %d", o->moe_min_tokens);
+    if (o->force && o->resume) return gq_err(GQ_ERR_ARG, "--force and --resume are exclusive");
+    return GQ_OK;
+}
+
+/* The options against the model's shapes, before any weight is read. */
+static int check_model_options(const gq_quant_opts *o, const gq_config *c) {
+    const gq_gptq_params *p = &o->gptq;
+    /* every linear's input width: q/k/v and gate/up read hidden, o_proj heads x head_dim, down_proj intermediate */
+    const int k_in[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
+    if (p->group_size > 0)
+        for (int i = 0; i < 3; i++)
+            if (k_in[i] % p->group_size)
+                return gq_err(GQ_ERR_ARG,
+                              "--group-size %d: expected -1 or a size that divides every linear's input width "
+                              "(%s: %d, %d, %d), e.g. 32, 64 or 128",
+                              p->group_size, o->model_dir, k_in[0], k_in[1], k_in[2]);
+    /* packing: every linear's input and output widths must fill whole int32 words */
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            if (gq_pack_check(k_in[i], k_in[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
+    if (c->max_pos > 0 && o->seqlen > c->max_pos)
+        gq_warn("--seqlen %d is past the model's context (max_position_embeddings %d): the calibration sees positions "
+                "the model was not trained on",
+                o->seqlen, c->max_pos);
+    return GQ_OK;
+}
+
+typedef struct {
+    const gq_model *m;
+    int layer;
+} prefetch_t;
+
+static void *prefetch_main(void *arg) {
+    const prefetch_t *p = arg;
+    gq_model_prefetch_layer(p->m, p->layer);
+    return NULL;
+}
+
+static int load_calibration(run_t *r) {
+    const gq_quant_opts *o = r->o;
+    gq_tokenizer *tok = NULL;
+    int rc = gq_tok_load(&tok, o->model_dir);
+    if (rc) return rc;
+    gq_calib_opts co;
+    gq_calib_opts_default(&co);
+    co.path = o->calib_path;
+    co.nsamples = o->nsamples;
+    co.seqlen = o->seqlen;
+    co.windowing = o->windowing;
+    co.min_tokens = o->min_tokens;
+    co.skip_bad = o->skip_bad;
+    rc = gq_calib_load(&r->cs, tok, &co);
+    gq_tok_free(tok);
+    if (rc) return rc;
+    if (r->cs.n_bad) gq_warn("%s: skipped %ld bad lines (--skip-bad)", o->calib_path, r->cs.n_bad);
+    gq_info("calibration: %d sequences, %lld tokens (%s windowing) from %s", r->cs.n, (long long)r->cs.n_tokens,
+            r->cs.windowing == GQ_WIN_CONCAT ? "concat" : "sample", o->calib_path);
+    r->rep->n_calib_tokens = r->cs.n_tokens;
+    return GQ_OK;
+}
+
+/* A layer finished by the interrupted run: its quantized weights, then its
+ * forward over the calibration activations. */
+static int restore_layer(run_t *r, int l, const char *lpath) {
+    gq_blayer bl;
+    memset(&bl, 0, sizeof bl);
+    gq_st *ls = NULL;
+    double t0 = gq_now();
+    int rc = gq_st_open(&ls, lpath);
+    if (!rc)
+        rc = gq_blayer_load_q(r->be, &r->m, l, ls, lpath, r->o->gptq.bits, r->o->gptq.group_size, r->o->v2, &bl);
+    gq_st_close(ls);
+    r->rep->t_load += gq_now() - t0;
+    if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, NULL);
+    gq_blayer_free(r->be, &bl);
+    return rc;
+}
+
+/* RTN: each linear rounded on the host, no calibration. */
+static int rtn_layer(run_t *r, int l, const gq_module *mods, int n, gq_qresult *res) {
+    int rc = GQ_OK;
+    for (int k = 0; k < n && !rc; k++) {
+        float *w = NULL;
+        double t0 = gq_now();
+        rc = gq_model_load_module(&r->m, l, &mods[k], &w);
+        r->rep->t_load += gq_now() - t0;
+        t0 = gq_now();
+        if (!rc) rc = gq_gptq_quantize(&r->o->gptq, w, mods[k].rows, mods[k].cols, NULL, &res[k]);
+        if (rc) gq_err_prefix("layer %d %s", l, mods[k].name);
+        r->rep->t_solve += gq_now() - t0;
+        gq_free_aligned(w);
+    }
+    return rc;
+}
+
+static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, int rtn) {
+    int cap = gq_layer_module_cap(&r->m.cfg);
+    gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
+    int n = gq_layer_modules(&r->m.cfg, r->m.fused, l, mods, cap);
+    gq_qresult *res = gq_calloc((size_t)n, sizeof *res);
+    int rc;
+    if (rtn) {
+        rc = rtn_layer(r, l, mods, n, res);
+    } else {
+        gq_blayer bl;
+        double t0 = gq_now();
+        rc = gq_blayer_load(r->be, &r->m, l, &bl);
+        r->rep->t_load += gq_now() - t0;
+        if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, res);
+        gq_blayer_free(r->be, &bl);
+    }
+    for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
+    if (!rc) {
+        double t0 = gq_now();
+        rc = gq_export_layer_file(lpath, &r->m, l, mods, n, res, r->o->gptq.bits, r->o->v2);
+        if (!rc) rc = write_state(r, fp, l + 1);
+        r->rep->t_export += gq_now() - t0;
+    }
+    for (int k = 0; k < n; k++) gq_qresult_free(&res[k]);
+    free(res);
+    free(mods);
+    r->last_layer_modules = n;
+    return rc;
+}
+
+/* "layer 3/8 | loss q_proj 12.3 ... | 10.2 s elapsed, ETA 17.0 s" */
+static void progress(run_t *r, int l, int stop, int layers_done, double t_layers) {
+    const gq_quant_report *rep = r->rep;
+    char eta[96], line[512];
+    int len = 0;
+    int n = r->last_layer_modules > 8 ? 0 : r->last_layer_modules; /* a MoE layer: the summary line only */
+    for (int k = rep->n_modules - n; k < rep->n_modules && len < (int)sizeof line; k++) {
+        const gq_module_report *mr = &rep->modules[k];
+        const char *nm = strchr(mr->name, '.') ? strchr(mr->name, '.') + 1 : mr->name;
+        len +=
+            snprintf(line + len, sizeof line - len, " %s %.3g%s", nm, mr->loss, mr->fallback ? " (RTN fallback)" : "");
+    }
+    gq_eta_str(eta, sizeof eta, l + 1 - layers_done, stop - layers_done, t_layers);
+    gq_info("layer %d/%d | loss%s | %s", l + 1, r->m.cfg.n_layers, line, eta);
+}
+
+int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
+    run_t r;
+    memset(&r, 0, sizeof r);
+    memset(rep, 0, sizeof *rep);
+    r.o = o;
+    r.rep = rep;
+    double t_start = gq_now();
+    char *fp = NULL;
+    int layers_done = 0, rc;
+
+    print_settings(o);
+    const int rtn = o->gptq.method == GQ_METHOD_RTN;
+    if ((rc = check_settings(o))) goto out;
+    /* the device and the precision, before anything is loaded */
+    if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
+    if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
+    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be) == GQ_DT_F16 ? "fp16" : "fp32");
+    gq_backend_arith_id(r.be, rep->arith, sizeof rep->arith);
+    gq_info("precision: %s activations and weights on %s", rep->precision, gq_backend_name(r.be));
+    if ((rc = claim_output(&r))) goto out;
+    if ((rc = gq_model_open(&r.m, o->model_dir))) goto out;
+    char summary[512];
+    gq_config_summary(&r.m.cfg, summary, sizeof summary);
+    gq_info("model: %s", summary);
+    if (r.m.quantized) {
+        rc = gq_err(GQ_ERR_ARG, "%s: this checkpoint is already quantized (quantization_config in config.json)",
+                    o->model_dir);
+        goto out;
+    }
+    if ((rc = check_model_options(o, &r.m.cfg))) goto out;
+    r.model_real = gq_path_resolve(o->model_dir);
+    r.calib_real = gq_path_resolve(o->calib_path);
+    if (rtn) {
+        gq_info("method rtn: rounding to nearest needs no calibration data; %s is not read", o->calib_path);
+    } else {
+        if ((rc = load_calibration(&r))) goto out;
+    }
+    if ((rc = prepare_partial(&r, &layers_done, &fp))) goto out;
+    int n_layers = r.m.cfg.n_layers;
+    int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
+    if (!rtn && layers_done < stop) { /* activations only where a layer is left to quantize */
+        if ((rc = alloc_buffers(&r))) goto out;
+        double t0 = gq_now();
+        if ((rc = embed_calibration(&r))) goto out;
+        rep->t_load += gq_now() - t0;
+    }
+    rep->layers_resumed = layers_done;
+    double t_layers = gq_now();
+    for (int l = 0; l < stop && !rc; l++) {
+        /* the next layer comes from the disk while this one computes */
+        prefetch_t pf = {&r.m, l + 1};
+        pthread_t th;
+        int have_th = l + 1 < stop && pthread_create(&th, NULL, prefetch_main, &pf) == 0;
+        char *lpath = gq_export_layer_path(r.partial, l);
+        if (l < layers_done) {
+            rc = rtn || layers_done >= stop ? GQ_OK : restore_layer(&r, l, lpath);
+            if (!rc) gq_info("layer %d/%d: restored from %s", l + 1, n_layers, lpath);
+        } else {
+            rc = quantize_layer(&r, l, lpath, fp, rtn);
+            if (!rc) progress(&r, l, stop, layers_done, t_layers);
+        }
+        if (have_th) pthread_join(th, NULL);
+        free(lpath);
+    }
+    if (rc) goto out;
+    if (stop < n_layers) {
+        gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
+        goto out;
+    }
+    rep->t_hessian = r.q.t_hessian;
+    rep->t_solve += r.q.t_solve;
+    rep->t_forward = r.q.t_stages - r.q.t_hessian;
+    rep->peak_rss = gq_peak_rss();
+    rep->peak_device = gq_be_peak_bytes(r.be);
+    rep->t_total = gq_now() - t_start;
+    /* free the activations before assembling the output */
+    gq_qlayer_free(&r.q);
+    double t0 = gq_now();
+    rc = finish_output(&r);
+    rep->t_export += gq_now() - t0;
+    rep->t_total = gq_now() - t_start;
+out:
+    free(fp);
+    free_run(&r);
+    return rc;
+}

@@ -1,0 +1,154 @@
+/*
+ * quant.c -- the group-wise min-max integer quantizer (the scalar reference,
+ * IST-DASLab/gptq quant.py `Quantizer.find_params` / `quantize`), the
+ * quantizer result container and its dequantization.
+ *
+ * Everything is float arithmetic in the order torch does it, so that the
+ * codes match a torch run bit for bit: scale = (xmax - xmin) / maxq as one
+ * float division, zero = rint(-xmin / scale), q = clamp(rint(x / scale) +
+ * zero, 0, maxq) with rint = round half to even. The math itself is
+ * gq/quant_math.h, shared with the CUDA kernels.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__STRICT_ANSI__) && !defined(GQ_FP_CONTRACT_OFF)
+#error "build in ISO C mode (-std=c11), or with -ffp-contract=off -DGQ_FP_CONTRACT_OFF: GNU modes contract into FMA"
+#endif
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gq/gptq.h"
+#include "gq/pack.h"
+
+void gq_gptq_params_default(gq_gptq_params *p) {
+    memset(p, 0, sizeof *p);
+    p->method = GQ_METHOD_GPTQ;
+    p->bits = 4;
+    p->group_size = 128;
+    p->sym = 1;
+    p->act_order = 0;
+    p->static_groups = 0;
+    p->damp = 0.01;
+    p->block_size = 128;
+    p->zero_policy = GQ_ZERO_V1;
+    p->max_retries = 8;
+    p->scale_f16 = 0;
+    p->out_f16 = 1;
+}
+
+/* ---- result container ---------------------------------------------------- */
+
+static int qresult_ngroups(const gq_gptq_params *p, int cols) {
+    if (p->group_size <= 0 || p->group_size >= cols) return 1;
+    return (cols + p->group_size - 1) / p->group_size;
+}
+
+static void *alloc_array(size_t n, size_t elem) {
+    size_t bytes;
+    GQ_ASSERT(gq_mul_size(n, elem, &bytes));
+    return gq_calloc(bytes ? bytes : 1, 1);
+}
+
+void gq_qresult_init(gq_qresult *r, const gq_gptq_params *p, int rows, int cols) {
+    GQ_ASSERT(rows > 0 && cols > 0);
+    memset(r, 0, sizeof *r);
+    r->rows = rows;
+    r->cols = cols;
+    r->ngroups = qresult_ngroups(p, cols);
+    r->codes = alloc_array((size_t)rows * (size_t)cols, 1);           /* [rows][cols] */
+    r->scales = alloc_array((size_t)r->ngroups * (size_t)rows, sizeof(float));   /* [ngroups][rows] */
+    r->zeros = alloc_array((size_t)r->ngroups * (size_t)rows, sizeof(int32_t)); /* [ngroups][rows] */
+    r->g_idx = alloc_array((size_t)cols, sizeof(int32_t));            /* [cols] */
+    if (p->act_order && p->method == GQ_METHOD_GPTQ) r->perm = alloc_array((size_t)cols, sizeof(int32_t));
+    r->row_loss = alloc_array((size_t)rows, sizeof(float)); /* [rows] */
+    r->damp_used = p->damp;
+}
+
+void gq_qresult_free(gq_qresult *r) {
+    if (!r) return;
+    free(r->codes);
+    free(r->scales);
+    free(r->zeros);
+    free(r->g_idx);
+    free(r->perm);
+    free(r->qweight);
+    free(r->row_loss);
+    memset(r, 0, sizeof *r);
+}
+
+void gq_qresult_dequant(const gq_qresult *r, float *W) {
+    const int rows = r->rows, cols = r->cols;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < rows; n++) {
+        const uint8_t *q = r->codes + (size_t)n * cols;
+        float *w = W + (size_t)n * cols;
+        for (int k = 0; k < cols; k++) {
+            size_t gi = (size_t)r->g_idx[k] * rows + n;
+            w[k] = gq_dequant(q[k], r->scales[gi], r->zeros[gi]);
+        }
+    }
+}
+
+/* ---- quantizer params (the math: gq/quant_math.h) ------------------------------------------ */
+
+void gq_qresult_round_scales(gq_qresult *r) {
+    for (size_t i = 0; i < (size_t)r->ngroups * r->rows; i++) r->scales[i] = gq_round_scale_f16(r->scales[i]);
+}
+
+void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                            float *scale, int32_t *zero) {
+    const gq_qcfg q = {gq_maxq(bits), sym, zp == GQ_ZERO_FREE, scale_f16};
+    gq_qm_params(xmin, xmax, q, scale, zero);
+}
+
+void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, int scale_f16,
+                        float *scale, int32_t *zero) {
+    float mn = 0.0f, mx = 0.0f; /* min(min(x), 0), max(max(x), 0) */
+    for (int i = 0; i < n; i++) {
+        float v = x[(size_t)i * (size_t)stride];
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
+    }
+    gq_quant_params_minmax(mn, mx, bits, sym, zp, scale_f16, scale, zero);
+}
+
+void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, float *scale,
+                     int32_t *zero) {
+    gq_quant_params_ex(x, n, stride, bits, sym, zp, 1, scale, zero);
+}
+
+void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
+    GQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r->rows);
+    memset(o, 0, sizeof *o);
+    o->rows = n;
+    o->cols = r->cols;
+    o->ngroups = r->ngroups;
+    o->codes = gq_malloc((size_t)n * r->cols);
+    memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    o->scales = gq_malloc((size_t)r->ngroups * n * sizeof(float));
+    o->zeros = gq_malloc((size_t)r->ngroups * n * sizeof(int32_t));
+    for (int g = 0; g < r->ngroups; g++) {
+        memcpy(o->scales + (size_t)g * n, r->scales + (size_t)g * r->rows + r0, (size_t)n * sizeof(float));
+        memcpy(o->zeros + (size_t)g * n, r->zeros + (size_t)g * r->rows + r0, (size_t)n * sizeof(int32_t));
+    }
+    o->g_idx = gq_malloc((size_t)r->cols * sizeof(int32_t));
+    memcpy(o->g_idx, r->g_idx, (size_t)r->cols * sizeof(int32_t));
+    if (r->perm) {
+        o->perm = gq_malloc((size_t)r->cols * sizeof(int32_t));
+        memcpy(o->perm, r->perm, (size_t)r->cols * sizeof(int32_t));
+    }
+    if (r->qweight) { /* [qw_rows][rows] -> [qw_rows][n]: the output rows are qweight's columns */
+        const size_t qw_rows = (size_t)gq_pack_qw_rows(r->cols, r->qweight_bits);
+        o->qweight = gq_malloc(qw_rows * n * sizeof(int32_t));
+        for (size_t i = 0; i < qw_rows; i++)
+            memcpy(o->qweight + i * n, r->qweight + i * r->rows + r0, (size_t)n * sizeof(int32_t));
+        o->qweight_bits = r->qweight_bits;
+    }
+    o->row_loss = gq_malloc((size_t)n * sizeof(float));
+    memcpy(o->row_loss, r->row_loss + r0, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) o->loss += o->row_loss[i];
+    o->damp_used = r->damp_used;
+    o->retries = r->retries;
+    o->fallback = r->fallback;
+    o->n_dead = r->n_dead;
+    o->seconds = r->seconds;
+}
