@@ -1,7 +1,7 @@
 /*
  * test_families.c -- the families after Llama (Qwen2, Qwen3, Mistral, Mixtral, Qwen3-MoE, Gemma-2,
- * Phi-3, StarCoder2) on the CPU backend against transformers' float32 goldens
- * (tests/data/families, README.md there; made by tests/ref/gen_families.py):
+ * Phi-3, StarCoder2) against transformers' float32 goldens (tests/data/families, README.md there;
+ * made by tests/ref/gen_families.py):
  *   1. the config facts each family's config.json must give (arch_id, model_type kept, head_dim,
  *      which layers slide / are sparse);
  *   2. the golden ids through the layer graph: hidden states of every layer, the logits at
@@ -14,16 +14,24 @@
  *   6. the starved-expert policy (moe_min_tokens huge: every expert rounded to nearest);
  *   7. an unknown family refused with the list of known ones.
  *
- * Tolerances (steps 2-3). Both sides compute in fp32 from the same bf16 weights: they differ only
- * in summation order (OpenBLAS vs ATen), exp/tanh/cos implementations (1-2 ulp) and the softmax
- * normalisation order. The goldens' own numpy float64 re-derivation (check_families_numpy.py)
- * matches them to 3e-7 relative (hidden) and 1.5e-5 (logits, NLL). Each bound is several times
- * what gq measures here (GQ_TEST_VERBOSE=1 prints the table; OpenBLAS Haswell, 2 threads) and
- * far below what a real defect moves: check_ablations runs the same checks on deliberately wrong
- * configs (Gemma-2 without either soft-cap, without its window, Mistral's window off by one,
- * Phi-3 without its window) and requires them to fail, by logits 3.5 .. 15 (>= 3e4 x the bound)
- * and with the per-token NLL leaving its bound exactly at the position the defect starts (1 for
- * the attention soft-cap, 0 for the final one, W for a window, W - 1 for the off-by-one). The
+ * Devices: GQ_TEST_DEVICE unset or "cpu": all of it on the CPU backend (make test). "cuda" or
+ * "cuda:N" (bench/gpu.sh test): ONLY the GPU, steps 1-5 twice, with gq_backend_set_precision
+ * "fp16" (the GPU's default: fp16 weights and activations, fp32 accumulation) and "fp32", each
+ * with its own bounds (the arith table below), quantizing with device and precision of the pass;
+ * steps 6-7 do not depend on the device and run in the CPU suite only. Without CUDA compiled in,
+ * or without a GPU, the GPU call skips with the reason (never fails). Every pass prints a table
+ * of the measured errors against its bounds.
+ *
+ * Tolerances of the CPU (steps 2-3). Both sides compute in fp32 from the same bf16 weights: they
+ * differ only in summation order (OpenBLAS vs ATen), exp/tanh/cos implementations (1-2 ulp) and
+ * the softmax normalisation order. The goldens' own numpy float64 re-derivation
+ * (check_families_numpy.py) matches them to 3e-7 relative (hidden) and 1.5e-5 (logits, NLL). Each
+ * bound is several times what gq measures here (OpenBLAS Haswell, 2 threads) and far below what
+ * a real defect moves: check_ablations runs the same checks on deliberately wrong configs
+ * (Gemma-2 without either soft-cap, without its window, Mistral's window off by one, Phi-3
+ * without its window) and requires them to fail, by logits 3.5 .. 15 (>= 3e4 x the bound) and
+ * with the per-token NLL leaving its bound exactly at the position the defect starts (1 for the
+ * attention soft-cap, 0 for the final one, W for a window, W - 1 for the off-by-one). The
  * smallest defect the fixtures document, the exact-erf GELU instead of the tanh one in
  * StarCoder2, moves logits by 3.3e-3: 33x TOL_LOGITS.
  */
@@ -79,6 +87,75 @@
 #define TOL_QWEIGHT8 0.02
 #define TOL_Q8_LOGITS 0.1
 
+/*
+ * The GPU passes (GQ_TEST_DEVICE=cuda). Provisional: set from the measured table of the GPU run
+ * (bench/gpu.sh test), keeping a margin.
+ * CUDA fp32 (fp32 weights and activations, fp32 GEMMs without TF32): the CPU's arithmetic in
+ * another summation order (cuBLAS's blocking, the attention kernel's reductions) with CUDA's
+ * expf / tanhf (<= 2 ulp); test_cuda measured whole checkpoints within 3e-6 of transformers where
+ * the CPU gives 4e-7 .. 1.4e-6: 4x the CPU bounds. Routing (gaps >= 1.2e-4, errors ~1e-7) and all
+ * 16 greedy tokens (margins >= 0.0047, logit errors ~1e-5) must match exactly, as on the CPU.
+ */
+#define TOL32_HIDDEN (4 * TOL_HIDDEN)
+#define TOL32_LOGITS (4 * TOL_LOGITS)
+#define TOL32_NLL_TOK (4 * TOL_NLL_TOK)
+#define TOL32_NLL_MEAN (4 * TOL_NLL_MEAN)
+/*
+ * CUDA fp16 (the GPU's default): fp16 weights and activations, fp32 accumulation. The files hold
+ * bf16, whose 8 significant bits fit fp16's 11: the weights convert exactly (all but the rare
+ * |w| < 2^-14, fp16 subnormals, off by <= 2^-25). The activations are rounded to fp16 after every
+ * op (unit roundoff 2^-11 = 4.9e-4, 2.8e-4 RMS), ~10 roundings a layer compounding over 2-3
+ * layers, the router logits included.
+ * TOL16_HIDDEN 2e-2 rel: test_cuda's TOL_MODEL for the same quantity on the same kind of random
+ *   tiny models (measured up to 1.0e-2 there; ~1e-3 expected per layer).
+ * TOL16_LOGITS 0.1 abs: logit std ~3 times a relative error up to ~1e-2 is ~3e-2 RMS; the largest
+ *   of 4 x 8192 values ~3x that.
+ * TOL16_NLL_TOK 0.1: -log_softmax moves by at most twice the largest logit error, by about one
+ *   typically, and these are 254 values, not 32768.
+ * TOL16_NLL_MEAN 1e-2: the mean of 254 such errors.
+ * TOL16_ABL 10: the ablations must move the logits by 10x TOL16_LOGITS (they move them by
+ *   3.5 .. 15); where the per-token NLL first leaves its bound is checked as on the CPU when
+ *   TOL16_ABL_POS (the defect already moves the NLL past TOL16_NLL_TOK at its first position:
+ *   measured on the CPU, see check_ablations), else only that it does not before.
+ * ROUTE16_GAP 5e-3: fp16 router logits (spacing 2^-10 .. 2^-9 at |logit| 1 .. 4) and the fp16
+ *   hidden error move a probability by ~1e-3, so a token whose k-th and (k+1)-th probabilities
+ *   are closer than 5e-3 may take the other expert (in transformers' goldens: 9 of Mixtral's 256
+ *   token-layers, 12 of Qwen3-MoE's; the smallest gap 1.2e-4). Such a flip is allowed where the
+ *   golden gap is below ROUTE16_GAP (counted and listed), and the positions whose gq gap is below
+ *   it in some layer are left out of the logit and per-token NLL checks (a flip changes that
+ *   token's MLP output by O(1); counted in the table).
+ * GEN16_MARGIN: a greedy token can flip only where transformers' margin between its two best
+ *   logits is below twice the logit bound; the tokens must match up to the first difference, and
+ *   that must be at such a step.
+ */
+#define TOL16_HIDDEN 2e-2
+#define TOL16_LOGITS 0.1
+#define TOL16_NLL_TOK 0.1
+#define TOL16_NLL_MEAN 1e-2
+#define TOL16_ABL 10
+#define TOL16_ABL_POS 1
+#define ROUTE16_GAP 5e-3
+#define GEN16_MARGIN (2 * TOL16_LOGITS)
+
+/* A pass: the device and precision, and the bounds of steps 2-4 (step 5's are the same for all). */
+typedef struct {
+    const char *name, *precision;
+    double hidden, logits, nll_tok, nll_mean;
+    double abl;       /* an ablation moves the logits by more than abl x logits */
+    int abl_pos;      /* ... and the per-token NLL first leaves nll_tok exactly where the defect starts */
+    double route_gap; /* > 0: routing flips allowed where transformers' gap is below */
+    double gen_margin; /* > 0: greedy tokens may part where transformers' margin is below */
+} arith;
+
+static const arith ARITH_CPU = {"cpu", "fp32", TOL_HIDDEN, TOL_LOGITS, TOL_NLL_TOK, TOL_NLL_MEAN, 100, 1, 0, 0};
+static const arith ARITH_GPU[2] = {
+    {"cuda fp16", "fp16", TOL16_HIDDEN, TOL16_LOGITS, TOL16_NLL_TOK, TOL16_NLL_MEAN, TOL16_ABL, TOL16_ABL_POS,
+     ROUTE16_GAP, GEN16_MARGIN},
+    {"cuda fp32", "fp32", TOL32_HIDDEN, TOL32_LOGITS, TOL32_NLL_TOK, TOL32_NLL_MEAN, 100, 1, 0, 0},
+};
+static const arith *A = &ARITH_CPU; /* the pass in progress */
+static const char *device = "cpu";  /* its backend spec (GQ_TEST_DEVICE) */
+
 #define NPOS 4   /* golden hidden: sequence 0, positions 0..3 */
 #define NSEQ 2   /* golden ids [2][128] */
 
@@ -118,11 +195,14 @@ static const family fams[] = {
 /* What was measured, for the summary table at the end. */
 typedef struct {
     double hidden, logits, nll_tok, nll_mean, quant_nll, quant_nll_fused, q4_logits, q4_w, q8_logits, q8_w;
-    int route_bad, route_n, gen_ok;
+    int route_bad, route_n, route_tie, tie_skip, gen_min; /* gen_min: fewest greedy tokens matched */
 } measured;
 static measured meas[NFAM];
 
 static int verbose(void) { return getenv("GQ_TEST_VERBOSE") != NULL; }
+/* GQ_TEST_QUICK (the sanitizer pass of make test): the int8 runs and the ablations, the same code
+ * paths again with other numbers, are left out. */
+static int quick(void) { return getenv("GQ_TEST_QUICK") != NULL; }
 
 static const char *fam_path(const char *dir) {
     static char b[4][512];
@@ -134,36 +214,16 @@ static const char *fam_path(const char *dir) {
 
 /* ---- golden tensors ------------------------------------------------------------------------- */
 
-static const gq_st_tensor *gold(const gq_st *g, const char *name, gq_dtype dt, int64_t numel) {
+/* A copy of golden tensor `name` (a failed check and NULL unless it is dt with numel values). */
+static void *gold(const gq_st *g, const char *name, gq_dtype dt, int64_t numel) {
     const gq_st_tensor *t = gq_st_find(g, name);
-    TEST_CHECK(t && t->dtype == dt && t->numel == numel, "golden '%s' present, %s with %lld values", name,
-               gq_dtype_name(dt), (long long)numel);
-    return t && t->dtype == dt && t->numel == numel ? t : NULL;
+    int ok = t && t->dtype == dt && t->numel == numel;
+    TEST_CHECK(ok, "golden '%s' present, %s with %lld values", name, gq_dtype_name(dt), (long long)numel);
+    return ok ? memcpy(gq_malloc(t->nbytes), t->data, t->nbytes) : NULL;
 }
-
-static float *gold_f32(const gq_st *g, const char *name, int64_t numel) {
-    const gq_st_tensor *t = gold(g, name, GQ_DT_F32, numel);
-    if (!t) return NULL;
-    float *v = gq_malloc(sizeof(float) * (size_t)numel);
-    memcpy(v, t->data, sizeof(float) * (size_t)numel);
-    return v;
-}
-
-static double *gold_f64(const gq_st *g, const char *name, int64_t numel) {
-    const gq_st_tensor *t = gold(g, name, GQ_DT_F64, numel);
-    if (!t) return NULL;
-    double *v = gq_malloc(sizeof(double) * (size_t)numel);
-    memcpy(v, t->data, sizeof(double) * (size_t)numel);
-    return v;
-}
-
-static int32_t *gold_i32(const gq_st *g, const char *name, int64_t numel) {
-    const gq_st_tensor *t = gold(g, name, GQ_DT_I32, numel);
-    if (!t) return NULL;
-    int32_t *v = gq_malloc(sizeof(int32_t) * (size_t)numel);
-    memcpy(v, t->data, sizeof(int32_t) * (size_t)numel);
-    return v;
-}
+#define gold_f32(g, name, n) ((float *)gold(g, name, GQ_DT_F32, n))
+#define gold_f64(g, name, n) ((double *)gold(g, name, GQ_DT_F64, n))
+#define gold_i32(g, name, n) ((int32_t *)gold(g, name, GQ_DT_I32, n))
 
 /* ---- the forward through the layer graph ---------------------------------------------------- */
 
@@ -174,10 +234,11 @@ typedef struct {
     double nll_sum;
     int64_t cnt;
     uint32_t *route; /* [L][T]: bit e set when token t was routed to expert e */
+    float *gap;      /* [L][T]: gq's k-th minus (k+1)-th router probability (dense layers: 1) */
 } fwd_res;
 
 static void fwd_free(fwd_res *r) {
-    free(r->logits), free(r->hidden), free(r->route);
+    free(r->logits), free(r->hidden), free(r->route), free(r->gap);
     memset(r, 0, sizeof *r);
 }
 
@@ -202,8 +263,22 @@ static int route_hook(void *user, gq_group g, int expert, const void *X, int ld,
     return GQ_OK;
 }
 
-/* Layer by layer with gq_layer_run (all six steps, the hook recording the routing), then the
- * head: hidden rows 0..NPOS-1 after each layer, all logits, the NLL of ids[t + 1]. */
+/* The k-th largest minus the (k+1)-th of E router logits (softmax first) or probabilities. */
+static double topk_gap(const float *v, int E, int k, int logits) {
+    double p[64], mx = v[0], sum = 0, a = -1, b = -1;
+    for (int e = 0; e < E; e++) mx = v[e] > mx ? v[e] : mx;
+    for (int e = 0; e < E; e++) sum += (p[e] = logits ? exp(v[e] - mx) : v[e]);
+    for (int j = 0; j <= k; j++) { /* selection: the j-th largest, removed */
+        int best = 0;
+        for (int e = 1; e < E; e++) best = p[e] > p[best] ? e : best;
+        a = b, b = p[best] / (logits ? sum : 1), p[best] = -1;
+    }
+    return a - b;
+}
+
+/* Layer by layer with gq_layer_run (all six steps, the hook recording the routing, the router's
+ * probabilities read from the scratch), then the head: hidden rows 0..NPOS-1 after each layer,
+ * all logits, the NLL of ids[t + 1]. */
 static int forward(const gq_model *m, gq_backend *be, const int32_t *ids, int T, fwd_res *r) {
     const gq_config *c = &m->cfg;
     int d = c->hidden, L = c->n_layers, rc;
@@ -212,6 +287,7 @@ static int forward(const gq_model *m, gq_backend *be, const int32_t *ids, int T,
     r->logits = gq_malloc(sizeof(float) * (size_t)T * c->vocab);
     r->hidden = gq_calloc((size_t)(L + 1) * NPOS * d, sizeof(float));
     r->route = gq_calloc((size_t)L * T, sizeof(uint32_t));
+    r->gap = gq_malloc(sizeof(float) * (size_t)L * T);
     float *hx = gq_malloc(sizeof(float) * (size_t)T * d), *inv = gq_malloc(sizeof(float) * (size_t)c->rot_dim);
     int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
     gq_rope_inv_freq(c, T, inv);
@@ -229,6 +305,9 @@ static int forward(const gq_model *m, gq_backend *be, const int32_t *ids, int T,
         gq_layer_args a = {.be = be, .cfg = c, .layer = l, .bl = &bl, .x = x, .T = T, .first = GQ_STEP_ATTN_IN,
                            .last = GQ_STEP_MLP_RES, .inv_freq = inv, .hook = route_hook, .user = &rr, .s = &s};
         rc = gq_layer_run(&a);
+        for (int t = 0; t < T && !rc; t++)
+            r->gap[(size_t)l * T + t] = c->n_experts && c->layer_moe[l] && c->top_k < c->n_experts
+                ? (float)topk_gap(s.probs + (size_t)t * c->n_experts, c->n_experts, c->top_k, 0) : 1.0f;
         gq_blayer_free(be, &bl);
         if (rr.bad) rc = gq_err(GQ_ERR_DATA, "layer %d: the hook saw %d bad routed rows", l, rr.bad);
         if (!rc) rc = gq_be_download_f32(be, r->hidden + (size_t)(l + 1) * NPOS * d, x, (size_t)NPOS * d);
@@ -323,7 +402,8 @@ static void check_config(const family *f, const gq_model *m) {
 /* ---- 2. hidden states, logits, NLL ---------------------------------------------------------- */
 
 /* Sequence 0's hidden states per layer: hidden[0] (a bf16 -> f32 conversion, Gemma-2 times the
- * fp32 sqrt(32) on both sides) exactly, the layers within TOL_HIDDEN. */
+ * fp32 sqrt(32) on both sides; made on the host on every backend) exactly, the layers within the
+ * pass's bound. */
 static void check_hidden(const family *f, const gq_config *c, const fwd_res *r, const float *gh, measured *ms) {
     size_t n = (size_t)NPOS * c->hidden;
     TEST_CHECK(rel_err(r->hidden, gh, n) == 0.0, "%s: embedding output exact (rel err %.3g)", f->dir,
@@ -331,8 +411,16 @@ static void check_hidden(const family *f, const gq_config *c, const fwd_res *r, 
     for (int l = 1; l <= c->n_layers; l++) {
         double e = rel_err(r->hidden + l * n, gh + l * n, n);
         ms->hidden = e > ms->hidden ? e : ms->hidden;
-        TEST_CHECK(e <= TOL_HIDDEN, "%s: output of layer %d: rel err %.3g > %g", f->dir, l - 1, e, TOL_HIDDEN);
+        TEST_CHECK(e <= A->hidden, "%s: output of layer %d: rel err %.3g > %g", f->dir, l - 1, e, A->hidden);
     }
+}
+
+/* Where routing flips are allowed (fp16), the positions whose gq router gap is below route_gap in
+ * some layer: left out of the logit and per-token NLL checks. */
+static int near_tie(const gq_config *c, const fwd_res *r, int t) {
+    int tie = 0;
+    for (int l = 0; l < c->n_layers && A->route_gap > 0; l++) tie |= r->gap[(size_t)l * r->T + t] < A->route_gap;
+    return tie;
 }
 
 /* Logits at logit_pos and every per-token NLL of sequence b. */
@@ -343,32 +431,36 @@ static void check_logits_nll(const family *f, const gq_config *c, int b, const f
     int wpos = -1;
     for (int k = 0; k < NPOS; k++) {
         const float *got = r->logits + (size_t)pos[k] * V, *want = glog + ((size_t)b * NPOS + k) * V;
+        if (near_tie(c, r, pos[k]) && ++ms->tie_skip) continue;
         for (int i = 0; i < V; i++) {
             double e = fabs((double)got[i] - want[i]);
             if (e > worst) worst = e, wpos = pos[k];
         }
     }
     ms->logits = worst > ms->logits ? worst : ms->logits;
-    TEST_CHECK(worst <= TOL_LOGITS, "%s seq %d: logits max |diff| %.3g > %g (position %d)", f->dir, b, worst,
-               TOL_LOGITS, wpos);
+    TEST_CHECK(worst <= A->logits, "%s seq %d: logits max |diff| %.3g > %g (position %d)", f->dir, b, worst,
+               A->logits, wpos);
     for (int t = 0; t + 1 < T; t++) {
+        if (near_tie(c, r, t) && ++ms->tie_skip) continue;
         double e = fabs(token_nll(r->logits + (size_t)t * V, V, ids[t + 1]) - gnll[(size_t)b * (T - 1) + t]);
         if (e > wn) wn = e, wpos = t;
     }
     ms->nll_tok = wn > ms->nll_tok ? wn : ms->nll_tok;
-    TEST_CHECK(wn <= TOL_NLL_TOK, "%s seq %d: per-token NLL max |diff| %.3g > %g (position %d)", f->dir, b, wn,
-               TOL_NLL_TOK, wpos);
+    TEST_CHECK(wn <= A->nll_tok, "%s seq %d: per-token NLL max |diff| %.3g > %g (position %d)", f->dir, b, wn,
+               A->nll_tok, wpos);
 }
 
 /* ---- 3. MoE routing ------------------------------------------------------------------------- */
 
 /* gq's experts per token (the hook's record) as sets against transformers' top-2 (sequence 0);
- * the dense layers must route nothing. */
+ * where the pass allows it, a token whose golden 2nd and 3rd probabilities are closer than
+ * route_gap may differ (listed). The dense layers must route nothing. */
 static void check_routing(const family *f, const gq_config *c, const gq_st *g, const fwd_res *r, measured *ms) {
-    int T = r->T, nmoe = 0;
+    int T = r->T, E = c->n_experts, nmoe = 0;
     for (int l = 0; l < c->n_layers; l++) nmoe += c->n_experts && c->layer_moe[l];
     int32_t *layers = gold_i32(g, "moe_layers", nmoe), *top = gold_i32(g, "topk_idx", (int64_t)nmoe * T * 2);
-    if (!layers || !top) goto out;
+    float *rl = A->route_gap > 0 ? gold_f32(g, "router_logits", (int64_t)nmoe * T * E) : NULL;
+    if (!layers || !top || (A->route_gap > 0 && !rl)) goto out;
     for (int j = 0; j < nmoe; j++) {
         int l = layers[j], bad = 0, first = -1;
         TEST_CHECK(l >= 0 && l < c->n_layers && c->layer_moe[l], "%s: golden sparse layer %d is sparse in gq", f->dir, l);
@@ -376,7 +468,14 @@ static void check_routing(const family *f, const gq_config *c, const gq_st *g, c
         for (int t = 0; t < T; t++) {
             const int32_t *k = top + ((size_t)j * T + t) * 2;
             uint32_t want = (1u << k[0]) | (1u << k[1]), got = r->route[(size_t)l * T + t];
-            if (got != want && !bad++) first = t;
+            double gap = got != want && rl ? topk_gap(rl + ((size_t)j * T + t) * E, E, 2, 1) : 1;
+            if (gap < A->route_gap) {
+                ms->route_tie++;
+                fprintf(stderr, "note: %s [%s] layer %d token %d: experts 0x%x, transformers {%d, %d}: allowed, golden "
+                        "gap %.3g < %g (gq's %.3g)\n", f->dir, A->name, l, t, got, k[0], k[1], gap, A->route_gap,
+                        r->gap[(size_t)l * T + t]);
+            } else if (got != want && !bad++)
+                first = t;
         }
         ms->route_bad += bad, ms->route_n += T;
         TEST_CHECK(bad == 0, "%s layer %d: %d of %d tokens routed to other experts than transformers' top-2 (first: "
@@ -391,10 +490,10 @@ static void check_routing(const family *f, const gq_config *c, const gq_st *g, c
         TEST_CHECK(!any, "%s: dense layer %d routes no token to an expert", f->dir, l);
     }
 out:
-    free(layers), free(top);
+    free(layers), free(top), free(rl);
 }
 
-/* Steps 2 and 3 on one family; returns its fp32 nll_mean (NAN on failure) and logits [NSEQ][128][vocab]
+/* Steps 2 and 3 on one family; returns its nll_mean (NAN on failure) and logits [NSEQ][128][vocab]
  * for step 5. */
 static double check_forward(const family *f, const gq_model *m, gq_backend *be, const gq_st *g, float *logits,
                             measured *ms) {
@@ -412,7 +511,7 @@ static double check_forward(const family *f, const gq_model *m, gq_backend *be, 
     check_hidden(f, c, &r[0], gh, ms);
     for (int b = 0; b < NSEQ; b++) check_logits_nll(f, c, b, &r[b], glog, pos, gnll, ids + b * T, ms);
     ms->nll_mean = fabs(mean - gmean[0]);
-    TEST_NEAR(mean, gmean[0], TOL_NLL_MEAN, "%s: nll_mean of the 254 predictions", f->dir);
+    TEST_NEAR(mean, gmean[0], A->nll_mean, "%s: nll_mean of the 254 predictions", f->dir);
     if (c->n_experts) check_routing(f, c, g, &r[0], ms);
 out:
     for (int b = 0; b < NSEQ; b++) fwd_free(&r[b]);
@@ -463,6 +562,7 @@ static void window_minus_one(gq_config *c) { c->sliding_window--; }
 static void no_window(gq_config *c) { memset(c->layer_sliding, 0, sizeof c->layer_sliding); }
 
 static void check_ablations(const family *f, const gq_model *m, gq_backend *be, const gq_st *g) {
+    if (quick()) return;
     if (f->id == GQ_ARCH_GEMMA2) {
         ablation(m, be, g, "no attention soft-cap", 1, no_attn_cap); /* position 0 sees one key */
         ablation(m, be, g, "no final soft-cap", 0, no_final_cap);
@@ -793,7 +893,8 @@ static void check_quant(const family *f, gq_backend *be, const gq_st *g, double 
     if (!ids) return;
     qmeas q4, q8, qf;
     char *out = quant_one(f, tmp, f->dir, 4, be, ids, fp32_mean, fp32_logits, &q4);
-    free(quant_one(f, tmp, f->dir, 8, be, ids, fp32_mean, fp32_logits, &q8));
+    if (!quick()) free(quant_one(f, tmp, f->dir, 8, be, ids, fp32_mean, fp32_logits, &q8));
+    else q8.nll_d = q8.logit_rel = q8.w_rel = NAN;
     ms->quant_nll = q4.nll_d, ms->q4_logits = q4.logit_rel, ms->q4_w = q4.w_rel;
     ms->q8_logits = q8.logit_rel, ms->q8_w = q8.w_rel, ms->quant_nll_fused = NAN;
     if (f->fused) {
@@ -960,6 +1061,8 @@ int main(void) {
     for (int i = 0; i < NFAM; i++) check_family(&fams[i], be, tmp, &meas[i]);
     check_starved(tmp);
     check_unknown(tmp);
+    TEST_BEGIN("families");
+    if (quick()) TEST_SKIP("GQ_TEST_QUICK: the int8 quantizations and the config ablations");
     summary();
     gq_backend_free(be);
     gq_rmtree(tmp);

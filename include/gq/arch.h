@@ -70,7 +70,7 @@ typedef struct {
     int gated;              /* act(gate) * up; else act(c_fc) */
     int qkv_bias;           /* 1: q/k/v biases always (Qwen2); 0: per config (attention_bias / use_bias) */
     int qk_norm;            /* RMSNorm over head_dim of each q and k head, before RoPE (Qwen3) */
-    int embed_scale;        /* embeddings times sqrt(hidden), rounded to the model dtype (Gemma) */
+    int embed_scale;        /* embeddings times sqrt(hidden) in fp32 (Gemma; transformers' fp32 normalizer) */
     gq_window_rule window;
     gq_moe_kind moe;
     /* tensor names inside "model.layers.L." without ".weight"/".bias"; unused entries NULL */

@@ -373,19 +373,25 @@ static int check_settings(const gq_quant_opts *o) {
 /* The options against the model's shapes, before any weight is read. */
 static int check_model_options(const gq_quant_opts *o, const gq_config *c) {
     const gq_gptq_params *p = &o->gptq;
-    /* every linear's input width: q/k/v and gate/up read hidden, o_proj heads x head_dim, down_proj intermediate */
-    const int k_in[3] = {c->hidden, c->n_heads * c->head_dim, c->intermediate};
-    if (p->group_size > 0)
-        for (int i = 0; i < 3; i++)
-            if (k_in[i] % p->group_size)
-                return gq_err(GQ_ERR_ARG,
-                              "--group-size %d: expected -1 or a size that divides every linear's input width "
-                              "(%s: %d, %d, %d), e.g. 32, 64 or 128",
-                              p->group_size, o->model_dir, k_in[0], k_in[1], k_in[2]);
-    /* packing: every linear's input and output widths must fill whole int32 words */
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++)
-            if (gq_pack_check(k_in[i], k_in[j], p->bits)) return gq_err_prefix("model %s", o->model_dir);
+    int cap = gq_layer_module_cap(c), rc = GQ_OK;
+    gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
+    /* every linear of every layer (dense and MoE layers differ): its input width divisible by the group
+     * size, its widths packable at the bit width */
+    for (int l = 0; l < c->n_layers && !rc; l++) {
+        int n = gq_layer_modules(c, 0, l, mods, cap);
+        for (int k = 0; k < n && !rc; k++) {
+            const gq_module *m = &mods[k];
+            if (p->group_size > 0 && m->cols % p->group_size)
+                rc = gq_err(GQ_ERR_ARG,
+                            "--group-size %d: expected -1 or a size that divides every linear's input width; "
+                            "%s: layer %d %s has %d inputs (e.g. 32, 64 or 128 divide hidden %d)",
+                            p->group_size, o->model_dir, l, m->name, m->cols, c->hidden);
+            else if (gq_pack_check(m->rows, m->cols, p->bits))
+                rc = gq_err_prefix("model %s: layer %d %s", o->model_dir, l, m->name);
+        }
+    }
+    free(mods);
+    if (rc) return rc;
     if (c->max_pos > 0 && o->seqlen > c->max_pos)
         gq_warn("--seqlen %d is past the model's context (max_position_embeddings %d): the calibration sees positions "
                 "the model was not trained on",
@@ -494,7 +500,7 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
 /* "layer 3/8 | loss q_proj 12.3 ... | 10.2 s elapsed, ETA 17.0 s" */
 static void progress(run_t *r, int l, int stop, int layers_done, double t_layers) {
     const gq_quant_report *rep = r->rep;
-    char eta[96], line[512];
+    char eta[96], line[512] = "";
     int len = 0;
     int n = r->last_layer_modules > 8 ? 0 : r->last_layer_modules; /* a MoE layer: the summary line only */
     for (int k = rep->n_modules - n; k < rep->n_modules && len < (int)sizeof line; k++) {

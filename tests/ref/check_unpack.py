@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """check_unpack.py -- an unpacker of gq's AutoGPTQ checkpoints that shares no code with gq.
 
-It reads a `gq quantize` output directory with `safetensors` + numpy alone, unpacks every
-quantized linear from its own reading of the AutoGPTQ v1/v2 layout (docs/formats.md):
+It reads a `gq quantize` output directory with numpy alone (its own safetensors reader, which
+also checks the file layout and reads BF16), unpacks every quantized linear from its own reading
+of the AutoGPTQ v1/v2 layout (docs/formats.md):
 
     qweight int32 [K*bits/32, N]   codes, a little-endian bit stream down K per output column n
                                    (2/4/8 bits: 32/bits values per word, lowest bits first;
@@ -16,41 +17,81 @@ and dequantizes W[n][k] = scale[g_idx[k]][n] * (q[k][n] - zero[g_idx[k]][n]) in 
 an fp16 scale times an integer of at most 9 bits fits a float32 mantissa).
 
     python3 tests/ref/check_unpack.py verify --orig MODEL OUT [OUT ...]       (numpy only)
+    python3 tests/ref/check_unpack.py same OUT_A OUT_B                        (numpy only)
     python3 tests/ref/check_unpack.py ppl --orig MODEL [--json F] OUT [OUT ...]  (torch + transformers)
+    python3 tests/ref/check_unpack.py ppl --orig MODEL --ids-from golden.safetensors OUT ...
     python3 tests/ref/check_unpack.py table --indep F.json --gq-dir DIR [--md]
+    python3 tests/ref/check_unpack.py famtable --dir D                         (bench/unpack_families.sh)
+
+Families (FAMILIES, from gq's src/model/arch.c and src/model/modules.c, names as gq writes them;
+layer prefix model.layers.L.):
+  llama, mistral, qwen2, qwen3, gemma2   self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj
+  phi3        self_attn.qkv_proj (fused [q; k; v] rows), self_attn.o_proj, mlp.gate_up_proj
+              (fused [gate; up] rows), mlp.down_proj: quantized as the fused matrices they are
+  starcoder2  self_attn.{q,k,v,o}_proj (their biases stay fp), mlp.c_fc, mlp.c_proj (biases fp)
+  mixtral     attention as llama; every layer sparse: block_sparse_moe.experts.E.w1 (gate),
+              .w3 (up), .w2 (down); the router block_sparse_moe.gate stays fp
+  qwen3_moe   attention as llama; sparse layers (not in mlp_only_layers, (L+1) % decoder_sparse_step
+              == 0): mlp.experts.E.{gate,up,down}_proj, router mlp.gate fp; the others a dense
+              mlp.{gate,up,down}_proj
+gq writes the per-expert names whatever the input layout. A fused-layout input (transformers 5.17's
+save_original_format=False: mlp.experts.gate_up_proj [E][2I][H], rows 0..I-1 = expert e's gate
+(w1), I..2I-1 its up (w3); mlp.experts.down_proj [E][H][I] = w2 / down) is mapped tensor by tensor:
+each output expert linear is compared with its rows of the 3-D original, and Mixtral's fused
+router mlp.gate.weight must come out renamed block_sparse_moe.gate.weight (byte-equal).
 
 verify (no torch): per output
+  - every safetensors file: the header's byte ranges tile the data exactly (no gap, overlap or
+    trailing byte), each tensor's size = its dtype's width x its shape;
   - config.json equals the original's apart from quantization_config, which equals
     quantize_config.json and the safetensors metadata; the shard index (if any) is consistent;
-  - every linear of the family (FAMILIES) is quantized (qweight/qzeros/scales/g_idx, no .weight),
-    with the shapes and dtypes of the format; every other tensor (embeddings, norms, lm_head,
-    biases) is byte-equal to the original's, and nothing is missing or extra;
+  - every linear of the family (FAMILIES, above) is quantized (qweight/qzeros/scales/g_idx, no
+    .weight), with the shapes and dtypes of the format (N, K from the original matrix, or from
+    the original's rows of a fused expert tensor); every other tensor (embeddings, norms,
+    lm_head, biases, MoE routers) is byte-equal to the original's (Mixtral's fused router under
+    its per-expert name), and nothing is missing or extra;
   - two unpackers (a generic 64-bit bit-window one and an explicit per-word one that spells out
     AutoGPTQ's 3-bit pattern) agree, and re-packing the codes gives the stored words back (no
     stray bits); zeros are in range (sym: exactly 2^(bits-1); v1 asym: 1..maxq, never the
-    unstorable 0); g_idx is k // group_size, or (desc_act) a permutation of full groups;
+    unstorable 0); g_idx is k // group_size, or (desc_act) a permutation of full groups, shared
+    by the linears that read one input (q/k/v, gate/up, an expert's gate/up);
   - RTN outputs: a numpy RTN of the original weights (IST-DASLab min-max quantizer in float32:
     scale = (xmax - xmin) / maxq, zero = rint(-xmin / scale), code = clamp(rint(w / scale) + zero))
     gives the stored fp16 scales, the zeros and the codes exactly, and its dequantization with
     the stored scales equals ours bit for bit;
   - GPTQ outputs: group 0's scales and zeros (the columns with g_idx == 0, which GPTQ quantizes
     first, before any error feedback reaches them) equal those of the original weights, and
-    without act-order so do the codes of column 0;
+    without act-order so do the codes of column 0 (an expert that gq rounded to nearest for too
+    few routed tokens passes the same test);
   - outputs made with the same settings (gq_report.json, e.g. a sharded and an unsharded one)
     hold identical tensors.
 
+same (no torch): two outputs hold the same tensors (names, dtypes, bytes), the same config.json
+and the same gq_report settings apart from the input path -- e.g. one quantized from a MoE
+checkpoint's per-expert layout and one from its fused sibling.
+
 ppl (torch + transformers, any device; fp32, eager attention): the ORIGINAL model is loaded
-with transformers (the family's class, else AutoModelForCausalLM) in float32, each quantized
+with transformers (the family's class, else AutoModelForCausalLM; MoE models with
+experts_implementation="eager", transformers' reference expert loop) in float32, each quantized
 linear's weight replaced by the dequantized one and every other parameter by the output's
-tensor; perplexity as `gq ppl` computes it (src/eval/ppl_text.c, src/eval/ppl.c): ids = <s> +
+tensor. transformers 5.17 keeps MoE experts fused in memory (mlp.experts.gate_up_proj
+[E][2I][H], mlp.experts.down_proj [E][H][I], for Mixtral too), so each expert's dequantized
+gate/up/down goes into its rows of those parameters; every parameter must be set exactly once
+(checked). The control (the original model as loaded) first checks the mapping: the original's
+own tensors, mapped the same way, equal the loaded parameters bit for bit.
+Perplexity as `gq ppl` computes it (src/eval/ppl_text.c, src/eval/ppl.c): ids = <s> +
 encode(text) (the BOS is prepended only when the tokenizer's post-processor does not add it),
 cut into consecutive non-overlapping windows of --seqlen tokens (the tail is dropped, only the
-first window starts with <s>), each window an independent sequence whose loss is the mean NLL
-of its seqlen - 1 next-token predictions, ppl = exp(mean of the window losses). The fp16 model
+first window starts with <s>; --max-windows N keeps the first N), each window an independent
+sequence whose loss is the mean NLL of its seqlen - 1 next-token predictions, ppl = exp(mean of
+the window losses). With --ids-from F (a family fixture's golden.safetensors) the windows are
+F's `ids` rows as they are ([2][128], no <s> added, no tokenizer needed), and the control is
+compared with F's `ppl` (transformers' own float32 figure for the same model). The fp16 model
 itself is evaluated the same way as the control. --json writes every figure.
 
 table: the markdown table of docs/unpack-check.md from the ppl JSON and the `gq ppl` outputs
 ($DIR/<name>.gqppl.txt, as bench/unpack_check.sh writes them).
+famtable: the family tables of docs/unpack-check.md from the folder bench/unpack_families.sh fills.
 """
 import argparse
 import hashlib
@@ -58,38 +99,48 @@ import json
 import math
 import os
 import re
+import struct
 import sys
 import time
 
 import numpy as np
-from safetensors import safe_open
 
 TEXT = "tests/data/text/python-stdlib-eval.txt"
 
-# Per model family: the transformers class (None: AutoModelForCausalLM), where the decoder layers
-# are, and the linear modules of a layer that gq quantizes. Another family plugs in here.
+ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+SWIGLU = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+
+
+def llama_like(cls):
+    return {"class": cls, "attn": ATTN, "mlp": SWIGLU, "same_input": (QKV, GATE_UP)}
+
+
+# Per model family: the transformers class (None: AutoModelForCausalLM), the linear modules of a
+# layer that gq quantizes (its output names, inside "model.layers.L."), the ones that read the
+# same input (one Hessian: fused by vLLM & co, so with desc_act they must share one g_idx, as
+# AutoGPTQ's do), and for MoE families the expert layout. Another family plugs in here.
 FAMILIES = {
-    "llama": {
-        "class": "LlamaForCausalLM",
-        "layers": "model.layers",
-        "n_layers_key": "num_hidden_layers",
-        "linears": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-        # linears that read the same input (one Hessian): fused by vLLM & co, so with desc_act
-        # they must share one g_idx (AutoGPTQ's do)
-        "same_input": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
-    },
-    "mistral": {
-        "class": "MistralForCausalLM",
-        "layers": "model.layers",
-        "n_layers_key": "num_hidden_layers",
-        "linears": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-        # linears that read the same input (one Hessian): fused by vLLM & co, so with desc_act
-        # they must share one g_idx (AutoGPTQ's do)
-        "same_input": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
-    },
+    "llama": llama_like("LlamaForCausalLM"),
+    "mistral": llama_like("MistralForCausalLM"),
+    "qwen2": llama_like("Qwen2ForCausalLM"),  # q/k/v biases: fp, byte-equal
+    "qwen3": llama_like("Qwen3ForCausalLM"),  # q_norm/k_norm: fp
+    "gemma2": llama_like("Gemma2ForCausalLM"),  # four norms per layer, stored w (applied 1 + w): fp
+    "phi3": {"class": "Phi3ForCausalLM", "attn": ("self_attn.qkv_proj", "self_attn.o_proj"),
+             "mlp": ("mlp.gate_up_proj", "mlp.down_proj"), "same_input": ()},
+    "starcoder2": {"class": "Starcoder2ForCausalLM", "attn": ATTN, "mlp": ("mlp.c_fc", "mlp.c_proj"),
+                   "same_input": (QKV,)},
+    "mixtral": {"class": "MixtralForCausalLM", "attn": ATTN, "same_input": (QKV,),
+                "moe": {"sparse": "all", "router": "block_sparse_moe.gate", "fused_router": "mlp.gate",
+                        "experts": "block_sparse_moe.experts.", "lin": ("w1", "w3", "w2"),
+                        "fused": "mlp.experts.", "dense": None}},
+    "qwen3_moe": {"class": "Qwen3MoeForCausalLM", "attn": ATTN, "same_input": (QKV,),
+                  "moe": {"sparse": "qwen3_moe", "router": "mlp.gate", "fused_router": "mlp.gate",
+                          "experts": "mlp.experts.", "lin": ("gate_proj", "up_proj", "down_proj"),
+                          "fused": "mlp.experts.", "dense": SWIGLU, "dense_same_input": (GATE_UP,)}},
 }
+LAYERS = "model.layers"
 
 QSUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -109,10 +160,146 @@ def family_of(cfg):
     return FAMILIES[mt]
 
 
-# ---- safetensors directories ------------------------------------------------------------------
+def n_experts(cfg):
+    e = cfg.get("num_local_experts", cfg.get("num_experts"))
+    need(isinstance(e, int) and e > 0, f"MoE config without num_local_experts / num_experts ({e!r})")
+    return e
+
+
+def is_sparse(cfg, moe, l):
+    if moe["sparse"] == "all":
+        return True
+    # Qwen3MoeDecoderLayer: experts unless l in mlp_only_layers, and only every decoder_sparse_step-th layer
+    step = int(cfg.get("decoder_sparse_step", 1) or 1)
+    return l not in (cfg.get("mlp_only_layers") or []) and n_experts(cfg) > 0 and (l + 1) % step == 0
+
+
+class LinearMap:
+    """Which output tensors come from which original tensors.
+
+    linears   the output prefixes of the quantized linears, in order
+    src[p]    (original tensor, expert or None, row0 or None, row1): the original matrix of p
+    expert[p] (layer prefix, e, j) for an expert linear (j 0 gate, 1 up, 2 down)
+    consumed  original tensors the linears replace
+    rename    {original name: output name} of the other tensors that gq renames (Mixtral's
+              fused router); every other original tensor keeps its name
+    same_input  tuples of linears that read one input
+    sparse    the layers with experts; fused: whether the original holds the fused layout"""
+
+    def __init__(self, cfg, ot):
+        fam = family_of(cfg)
+        L = int(cfg["num_hidden_layers"])
+        self.linears, self.src, self.expert, self.same_input = [], {}, {}, []
+        self.consumed, self.rename, self.sparse, self.fused = set(), {}, [], None
+        moe = fam.get("moe")
+        H = int(cfg["hidden_size"])
+        for l in range(L):
+            base = f"{LAYERS}.{l}."
+
+            def plain(mods, groups):
+                for m in mods:
+                    self.linears.append(base + m)
+                    self.src[base + m] = (base + m + ".weight", None, None, None)
+                self.same_input.extend(tuple(base + m for m in g) for g in groups)
+
+            plain(fam["attn"], fam["same_input"])
+            if moe is None:
+                plain(fam["mlp"], [g for g in fam["same_input"] if g[0] in fam["mlp"]])
+                continue
+            if not is_sparse(cfg, moe, l):
+                need(moe["dense"] is not None, f"layer {l} is dense, {cfg['model_type']} has no dense MLP")
+                plain(moe["dense"], moe.get("dense_same_input", ()))
+                continue
+            self.sparse.append(l)
+            E = n_experts(cfg)
+            gu, dn = base + moe["fused"] + "gate_up_proj", base + moe["fused"] + "down_proj"
+            fused = gu in ot
+            need(fused == (dn in ot), f"original: one of {gu}, {dn} without the other")
+            need(self.fused in (None, fused), f"original: layer {l} has the {'fused' if fused else 'per-expert'} "
+                 "expert layout, an earlier one the other")
+            self.fused = fused
+            r_out = base + moe["router"] + ".weight"
+            if fused:
+                a, b = ot[gu], ot[dn]
+                need(a.ndim == 3 and a.shape[0] == E and a.shape[1] % 2 == 0 and a.shape[2] == H,
+                     f"original {gu}: shape {a.shape}, expected [{E}][2I][{H}]")
+                I = a.shape[1] // 2
+                need(b.shape == (E, H, I), f"original {dn}: shape {b.shape}, expected [{E}][{H}][{I}]")
+                self.consumed |= {gu, dn}
+                r_in = base + moe["fused_router"] + ".weight"
+                need(r_in in ot, f"original: fused experts in layer {l} but no router {r_in}")
+                if r_in != r_out:
+                    self.rename[r_in] = r_out
+            else:
+                need(r_out in ot, f"original: no router {r_out}")
+            names = [[base + moe["experts"] + f"{e}." + moe["lin"][j] for j in range(3)] for e in range(E)]
+            for e in range(E):
+                for j in range(3):
+                    p = names[e][j]
+                    self.linears.append(p)
+                    self.expert[p] = (base, e, j)
+                    if fused:
+                        self.src[p] = (gu, e, j * I, (j + 1) * I) if j < 2 else (dn, e, None, None)
+                    else:
+                        self.src[p] = (p + ".weight", None, None, None)
+                self.same_input.append((names[e][0], names[e][1]))
+        need(len(set(self.linears)) == len(self.linears), "family table: a linear listed twice")
+        for p in self.linears:
+            name, e = self.src[p][:2]
+            need(name in ot, f"original has no {name} (for {p})")
+            if e is None:
+                need(ot[name].ndim == 2, f"original {name}: {ot[name].ndim}-D, expected a matrix")
+                self.consumed.add(name)
+
+    def out_name(self, orig_name):
+        return self.rename.get(orig_name, orig_name)
+
+
+# ---- safetensors (own reader: numpy has no bfloat16, and the layout is checked too) -------------
+
+ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
+             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_st(path):
+    """{name: array} (BF16 as its uint16 bit patterns), {name: dtype string}, metadata."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    need(len(raw) >= 8, f"{path}: {len(raw)} bytes")
+    n = struct.unpack("<Q", raw[:8])[0]
+    need(8 + n <= len(raw), f"{path}: header of {n} bytes in a file of {len(raw)}")
+    hdr = json.loads(raw[8: 8 + n].decode("utf-8"))
+    meta = hdr.pop("__metadata__", None) or {}
+    data = memoryview(raw)[8 + n:]
+    out, dts, spans = {}, {}, []
+    for k, v in hdr.items():
+        dt, shape, (a, b) = v["dtype"], tuple(v["shape"]), v["data_offsets"]
+        need(dt in ST_DTYPES, f"{path}: {k}: dtype {dt}")
+        npdt = np.dtype(ST_DTYPES[dt])
+        numel = int(np.prod(shape, dtype=np.int64))
+        need(0 <= a <= b <= len(data) and b - a == numel * npdt.itemsize,
+             f"{path}: {k}: bytes [{a}, {b}) for {dt}{list(shape)} (data {len(data)} bytes)")
+        out[k] = np.frombuffer(data, dtype=npdt, count=numel, offset=a).reshape(shape)
+        dts[k] = dt
+        spans.append((a, b, k))
+    spans.sort()
+    pos = 0
+    for a, b, k in spans:
+        need(a == pos, f"{path}: {k} starts at {a}, the previous tensor ends at {pos} (gap or overlap)")
+        pos = b
+    need(pos == len(data), f"{path}: tensors end at {pos}, the data holds {len(data)} bytes")
+    return out, dts, meta
+
+
+def as_f32(a, dt):
+    """A tensor as float32 (exact for BF16/F16/F32)."""
+    if dt == "BF16":
+        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return a.astype(np.float32)
+
 
 def read_dir(d):
-    """{name: numpy array}, {name: file}, metadata of the first file, the index (or None)."""
+    """{name: array}, {name: file}, metadata of the first file, the index (or None), {name: dtype}."""
     idx_path = os.path.join(d, "model.safetensors.index.json")
     index = None
     if os.path.exists(idx_path):
@@ -120,15 +307,14 @@ def read_dir(d):
         files = sorted(set(index["weight_map"].values()))
     else:
         files = ["model.safetensors"]
-    tensors, where, meta = {}, {}, None
+    tensors, where, dtypes, meta = {}, {}, {}, None
     for fn in files:
-        with safe_open(os.path.join(d, fn), framework="numpy") as f:
-            if meta is None:
-                meta = f.metadata() or {}
-            for k in f.keys():
-                need(k not in tensors, f"{d}: tensor {k} in two files ({where.get(k)}, {fn})")
-                tensors[k] = f.get_tensor(k)
-                where[k] = fn
+        t, dts, m = read_st(os.path.join(d, fn))
+        if meta is None:
+            meta = m
+        for k in t:
+            need(k not in tensors, f"{d}: tensor {k} in two files ({where.get(k)}, {fn})")
+            tensors[k], where[k], dtypes[k] = t[k], fn, dts[k]
     if index is not None:
         wm = index["weight_map"]
         need(set(wm) == set(tensors), f"{d}: index names {len(wm)} tensors, the shards hold {len(tensors)}; "
@@ -138,7 +324,7 @@ def read_dir(d):
         total = sum(t.nbytes for t in tensors.values())
         ts = index.get("metadata", {}).get("total_size")
         need(ts == total, f"{d}: index total_size {ts}, the tensors hold {total} bytes")
-    return tensors, where, meta, index
+    return tensors, where, meta, index, dtypes
 
 
 # ---- bit unpacking -------------------------------------------------------------------------------
@@ -326,7 +512,7 @@ class Output:
         rp = os.path.join(path, "gq_report.json")
         if os.path.exists(rp):
             self.report = json.load(open(rp))
-        self.tensors, self.where, self.meta, self.index = read_dir(path)
+        self.tensors, self.where, self.meta, self.index, self.dtypes = read_dir(path)
         self.orig = orig
         self.bits = int(self.qc["bits"])
         self.gs = int(self.qc["group_size"])
@@ -365,39 +551,46 @@ class Output:
                      f"{self.name}: {fn} differs from the original's")
 
     def check_tensors(self):
-        fam = family_of(self.orig.cfg)
-        L = int(self.orig.cfg[fam["n_layers_key"]])
-        prefixes = [f"{fam['layers']}.{l}.{m}" for l in range(L) for m in fam["linears"]]
-        ot = self.orig.tensors
+        lm = self.orig.lm
+        ot, od = self.orig.tensors, self.orig.dtypes
         expect = set()
-        for p in prefixes:
-            need(p + ".weight" in ot, f"original has no {p}.weight")
+        for p in lm.linears:
             need(p + ".weight" not in self.tensors, f"{self.name}: {p}.weight left unquantized")
             for s in QSUFFIXES:
                 need(p + "." + s in self.tensors, f"{self.name}: {p}.{s} missing")
                 expect.add(p + "." + s)
-        # everything else: byte-equal to the original
-        other_o = {k for k in ot if not any(k == p + ".weight" for p in prefixes)}
+        # everything else: byte-equal to the original (under gq's name for a renamed router)
+        want = {lm.out_name(k): k for k in ot if k not in lm.consumed}
+        need(len(want) == len([k for k in ot if k not in lm.consumed]), "two original tensors map to one name")
         other_q = set(self.tensors) - expect
-        need(other_o == other_q, f"{self.name}: non-quantized tensors differ in names: only in original "
-             f"{sorted(other_o - other_q)[:5]}, only in output {sorted(other_q - other_o)[:5]}")
-        for k in sorted(other_o):
-            a, b = ot[k], self.tensors[k]
-            need(a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(),
-                 f"{self.name}: {k} differs from the original ({a.dtype}{a.shape} vs {b.dtype}{b.shape})")
-        self.n_other = len(other_o)
-        self.prefixes = prefixes
+        need(set(want) == other_q, f"{self.name}: non-quantized tensors differ in names: missing "
+             f"{[k + ('' if want[k] == k else f' (original {want[k]})') for k in sorted(set(want) - other_q)][:5]}, "
+             f"unexpected {sorted(other_q - set(want))[:5]}")
+        for k_out, k in sorted(want.items()):
+            a, b = ot[k], self.tensors[k_out]
+            need(od[k] == self.dtypes[k_out] and a.shape == b.shape and a.tobytes() == b.tobytes(),
+                 f"{self.name}: {k_out} differs from the original's {k} ({od[k]}{list(a.shape)} vs "
+                 f"{self.dtypes[k_out]}{list(b.shape)})")
+        self.n_other = len(want)
+        self.prefixes = lm.linears
+        mods = [m.get("module") for m in (self.report or {}).get("modules", [])]
+        if mods:
+            need(sorted(mods) == sorted(lm.linears), f"{self.name}: gq_report.json lists modules "
+                 f"{sorted(set(mods) - set(lm.linears))[:3]} not in the family's linears, misses "
+                 f"{sorted(set(lm.linears) - set(mods))[:3]}")
         maxq = (1 << self.bits) - 1
         G_of = {}
-        for p in prefixes:
-            N, K = ot[p + ".weight"].shape
+        for p in lm.linears:
+            N, K = self.orig.linear(p).shape
             G = -(-K // self.gs) if 0 < self.gs < K else 1
             gsz = self.gs if 0 < self.gs < K else K
             shapes = {"qweight": ((K * self.bits // 32, N), np.int32), "qzeros": ((G, N * self.bits // 32), np.int32),
                       "scales": ((G, N), np.float16), "g_idx": ((K,), np.int32)}
             for s, (shape, dt) in shapes.items():
                 t = self.tensors[p + "." + s]
-                need(t.shape == shape and t.dtype == dt, f"{self.name}: {p}.{s} is {t.dtype}{t.shape}, expected "
+                sdt = {np.int32: "I32", np.float16: "F16"}[dt]
+                need(t.shape == shape and t.dtype == dt and self.dtypes[p + "." + s] == sdt,
+                     f"{self.name}: {p}.{s} is {self.dtypes[p + '.' + s]}{t.shape}, expected "
                      f"{np.dtype(dt)}{shape} (K {K}, N {N}, bits {self.bits}, group {self.gs})")
             codes, zeros, sc, gi = unpack_linear(self.tensors, p, self.bits, self.v2)
             need(codes.min() >= 0 and codes.max() <= maxq, f"{self.name}: {p}: codes out of range")
@@ -426,11 +619,9 @@ class Output:
             G_of[p] = G
         self.G_of = G_of
         if self.desc_act:
-            for l in range(L):
-                for grp in fam.get("same_input", ()):
-                    ps = [f"{fam['layers']}.{l}.{m}" for m in grp]
-                    need(all(np.array_equal(self.codes[ps[0]][3], self.codes[q][3]) for q in ps[1:]),
-                         f"{self.name}: desc_act g_idx differs between {ps} (same input, fused by consumers)")
+            for ps in lm.same_input:
+                need(all(np.array_equal(self.codes[ps[0]][3], self.codes[q][3]) for q in ps[1:]),
+                     f"{self.name}: desc_act g_idx differs between {ps} (same input, fused by consumers)")
 
     def dead_columns(self, p):
         for m in (self.report or {}).get("modules", []):
@@ -448,7 +639,7 @@ class Output:
             n_codes = n_f16_diff = 0
             for p in self.prefixes:
                 codes, zeros, sc, gi = self.codes[p]
-                W = ot[p + ".weight"].astype(np.float32)
+                W = self.orig.linear(p)
                 N, K = W.shape
                 gsz = self.gs if 0 < self.gs < K else K
                 cref = np.empty((N, K), np.int64)
@@ -478,7 +669,7 @@ class Output:
                     skipped += 1
                     continue
                 codes, zeros, sc, gi = self.codes[p]
-                W = ot[p + ".weight"].astype(np.float32)
+                W = self.orig.linear(p)
                 cols = np.nonzero(gi == 0)[0]
                 s32, z = minmax_params(W[:, cols], self.bits, self.sym, not self.v2)
                 need(np.array_equal(f16_scale(s32), sc[0].astype(np.float32)),
@@ -495,17 +686,35 @@ class Output:
     def summary(self):
         nq = sum(w.size for w in self.weights.values())
         files = sorted(set(self.where.values()))
-        return {"name": self.name, "bits": self.bits, "group_size": self.gs, "sym": self.sym,
-                "desc_act": self.desc_act, "checkpoint_format": "gptq_v2" if self.v2 else "gptq",
+        lm = self.orig.lm
+        moe = {}
+        if lm.expert:
+            moe = {"sparse_layers": lm.sparse, "expert_linears": len(lm.expert),
+                   "input_layout": "fused" if lm.fused else "per-expert", "renamed": sorted(lm.rename.values()),
+                   "rtn_fallbacks": sum(1 for m in (self.report or {}).get("modules", []) if m.get("fallback_rtn"))}
+        return {"name": self.name, "family": self.orig.cfg.get("model_type"), "bits": self.bits,
+                "group_size": self.gs, "sym": self.sym, "desc_act": self.desc_act,
+                "checkpoint_format": "gptq_v2" if self.v2 else "gptq",
                 "method": self.method, "files": len(files), "linears": len(self.weights), "weights": nq,
-                "other_tensors_equal": self.n_other, "reference": self.ref, "notes": self.notes}
+                "other_tensors_equal": self.n_other, "reference": self.ref, **moe, "notes": self.notes}
 
 
 class Orig:
     def __init__(self, path):
         self.path = path
         self.cfg = json.load(open(os.path.join(path, "config.json")))
-        self.tensors, _, _, _ = read_dir(path)
+        self.tensors, _, _, _, self.dtypes = read_dir(path)
+        self.lm = LinearMap(self.cfg, self.tensors)
+
+    def linear(self, p):
+        """The original float32 [N][K] matrix of output linear p (rows of a fused expert tensor)."""
+        name, e, r0, r1 = self.lm.src[p]
+        t = self.tensors[name]
+        if e is not None:
+            t = t[e]
+        if r0 is not None:
+            t = t[r0:r1]
+        return as_f32(t, self.dtypes[name])
 
 
 def settings_key(o):
@@ -540,13 +749,47 @@ def verify(orig_path, outs, quiet=False):
         done.append(o)
         res.append(s)
         if not quiet:
-            print(f"ok {o.name}: {s['linears']} linears ({s['weights']} weights, {s['bits']}-bit, group "
+            moe = ""
+            if "expert_linears" in s:
+                moe = (f"; MoE: {s['input_layout']} input, sparse layers {s['sparse_layers']}, {s['expert_linears']} "
+                       f"expert linears, {s['rtn_fallbacks']} RTN fallbacks"
+                       + (f", renamed {len(s['renamed'])} router(s) to {s['renamed'][0]}..." if s["renamed"] else ""))
+            print(f"ok {o.name} ({s['family']}): {s['linears']} linears ({s['weights']} weights, {s['bits']}-bit, group "
                   f"{s['group_size']}, {'sym' if s['sym'] else 'asym'}, desc_act {s['desc_act']}, "
                   f"{s['checkpoint_format']}, {s['method']}) in {s['files']} file(s); {s['other_tensors_equal']} other "
-                  f"tensors byte-equal; reference {s['reference']}"
+                  f"tensors byte-equal{moe}; reference {s['reference']}"
                   + (f"; identical to {s['identical_to']}" if "identical_to" in s else "")
                   + "".join(f"\n   note: {n}" for n in s["notes"]))
     return orig, done, res
+
+
+def run_same(args):
+    """Two outputs: the same tensors, config.json, safetensors metadata and gq settings (but --model)."""
+    a, b = args.outs
+    ta, _, ma, _, da = read_dir(a)
+    tb, _, mb, _, db = read_dir(b)
+    need(set(ta) == set(tb), f"{a} vs {b}: tensor names differ: only in the first {sorted(set(ta) - set(tb))[:5]}, "
+         f"only in the second {sorted(set(tb) - set(ta))[:5]}")
+    diff = [k for k in sorted(ta) if da[k] != db[k] or ta[k].shape != tb[k].shape or ta[k].tobytes() != tb[k].tobytes()]
+    need(not diff, f"{a} vs {b}: {len(diff)} of {len(ta)} tensors differ: {diff[:5]}")
+    ca, cb = (json.load(open(os.path.join(d, "config.json"))) for d in (a, b))
+    need(ca == cb, f"{a} vs {b}: config.json differs in {sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))}")
+    need(ma == mb, f"{a} vs {b}: safetensors metadata differs: {ma} vs {mb}")
+    ra, rb = (json.load(open(os.path.join(d, "gq_report.json"))) if os.path.exists(os.path.join(d, "gq_report.json"))
+              else {} for d in (a, b))
+    sa, sb = (dict(r.get("settings", {})) for r in (ra, rb))
+    for s in (sa, sb):
+        for k in ("model", "threads", "seconds", "max_shard_mb"):
+            s.pop(k, None)
+    need(sa == sb, f"{a} vs {b}: gq settings differ: {sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))}")
+    la = {m["module"]: m.get("loss") for m in ra.get("modules", [])}
+    lb = {m["module"]: m.get("loss") for m in rb.get("modules", [])}
+    need(la.keys() == lb.keys(), f"{a} vs {b}: gq_report modules differ")
+    nl = sum(1 for k in la if la[k] != lb[k])
+    print(f"same: {a} and {b}: all {len(ta)} tensors byte-identical ({sum(t.nbytes for t in ta.values())} bytes), "
+          f"config.json and metadata equal, gq settings equal but --model; per-module GPTQ losses: "
+          f"{len(la) - nl} of {len(la)} equal")
+    return 0
 
 
 # ---- perplexity (torch) -------------------------------------------------------------------------
@@ -563,53 +806,126 @@ def tokenize(model_dir, cfg, text):
     return ids, adds_bos
 
 
-def load_model(orig_path, cfg, device):
+def load_model(orig_path, cfg):
+    """The original model in float32 with eager attention (MoE: the eager expert loop), checked to
+    load every tensor of the checkpoint (a tied lm_head is never in the file)."""
     import torch
     import transformers
     fam = family_of(cfg)
-    cls = getattr(transformers, fam["class"]) if fam.get("class") else transformers.AutoModelForCausalLM
-    m = cls.from_pretrained(orig_path, dtype=torch.float32, attn_implementation="eager")
-    return m.to(device).eval()
+    cls = getattr(transformers, fam["class"], None) if fam.get("class") else None
+    cls = cls or transformers.AutoModelForCausalLM
+    kw = dict(dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    if fam.get("moe"):
+        kw["experts_implementation"] = "eager"
+    m, info = cls.from_pretrained(orig_path, **kw)
+    bad = {}
+    for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        v = [str(x) for x in (info.get(k) or []) if str(x) != "lm_head.weight"]
+        if v:
+            bad[k] = sorted(v)[:5]
+    need(not bad, f"loading {orig_path}: {bad}")
+    impl = {"class": type(m).__name__, "attn": getattr(m.config, "_attn_implementation", None),
+            "experts": getattr(m.config, "_experts_implementation", None)}
+    return m.eval(), impl
 
 
-def window_losses(model, ids, seqlen, max_windows, device, batch):
+def mem_target(params, cfg, lm, p):
+    """Where linear p's [N][K] weight lives in the transformers model: (parameter, expert, row0, row1).
+    A Linear of that name, else (an expert of transformers 5.17's fused in-memory layout) its rows
+    of mlp.experts.gate_up_proj [E][2I][H] (gate 0..I-1, up I..2I-1) or mlp.experts.down_proj [E][H][I]."""
+    if p + ".weight" in params:
+        return p + ".weight", None, None, None
+    need(p in lm.expert, f"{p}: the model has no parameter {p}.weight")
+    base, e, j = lm.expert[p]
+    moe = family_of(cfg)["moe"]
+    gu, dn = base + moe["fused"] + "gate_up_proj", base + moe["fused"] + "down_proj"
+    need(gu in params and dn in params, f"{p}: the model has neither {p}.weight nor {gu} / {dn}")
+    E, I2, H = params[gu].shape
+    need(I2 % 2 == 0 and tuple(params[dn].shape) == (E, H, I2 // 2), f"model: {gu} {tuple(params[gu].shape)}, {dn} "
+         f"{tuple(params[dn].shape)}: not [E][2I][H], [E][H][I]")
+    I = I2 // 2
+    return (gu, e, j * I, (j + 1) * I) if j < 2 else (dn, e, None, None)
+
+
+def mem_other(params, cfg, name):
+    """The model parameter of a non-quantized output tensor: its own name, or (Mixtral's router,
+    block_sparse_moe.gate in the files) the in-memory mlp.gate."""
+    if name in params:
+        return name
+    moe = family_of(cfg).get("moe")
+    if moe and moe["router"] != moe["fused_router"]:
+        alt = name.replace("." + moe["router"] + ".", "." + moe["fused_router"] + ".")
+        if alt in params:
+            return alt
+    need(False, f"tensor {name} is no parameter of the model")
+
+
+def put_weights(model, cfg, lm, weights, others, check_only=False):
+    """weights {linear prefix: float32 [N][K]}, others {output tensor name: float32 array} into the
+    model (or, check_only, compared with what it holds); every parameter row exactly once."""
     import torch
-    nw = len(ids) // seqlen
-    if max_windows:
-        nw = min(nw, max_windows)
-    x = torch.tensor(ids[: nw * seqlen], dtype=torch.long).view(nw, seqlen)
+    params = dict(model.named_parameters())  # tied weights appear once
+    cover = {n: np.zeros(tuple(t.shape[:-1]), np.int64) for n, t in params.items()}
+    diff = []
+
+    def put(name, e, r0, r1, arr, what):
+        t, idx = params[name].data, ()
+        if e is not None:
+            t, idx = t[e], (e,)
+        if r0 is not None:
+            t, idx = t[r0:r1], idx + (slice(r0, r1),)
+        need(tuple(t.shape) == arr.shape, f"{what}: model {name}{list(idx) if idx else ''} is {tuple(t.shape)}, "
+             f"the output's {arr.shape}")
+        src = torch.from_numpy(np.ascontiguousarray(arr))
+        if check_only:
+            if not torch.equal(t.detach().cpu(), src):
+                diff.append(what)
+        else:
+            t.copy_(src)
+        cover[name][idx] += 1
+
+    with torch.no_grad():
+        for p, W in weights.items():
+            put(*mem_target(params, cfg, lm, p), W, p)
+        for k, v in others.items():
+            put(mem_other(params, cfg, k), None, None, None, v, k)
+    bad = [n for n, c in cover.items() if not np.all(c == 1)]
+    need(not bad, f"parameters not set exactly once: {bad[:5]}")
+    return diff
+
+
+def set_weights(model, cfg, lm, o):
+    """Every linear from the dequantized weights, every other parameter from the output."""
+    qt = {p + "." + s for p in o.weights for s in QSUFFIXES}
+    others = {k: as_f32(v, o.dtypes[k]) for k, v in o.tensors.items() if k not in qt}
+    put_weights(model, cfg, lm, o.weights, others)
+
+
+def check_mapping(model, orig):
+    """The original's own tensors, mapped as the outputs' are, equal the loaded model bit for bit."""
+    lm = orig.lm
+    weights = {p: orig.linear(p) for p in lm.linears}
+    others = {lm.out_name(k): as_f32(v, orig.dtypes[k]) for k, v in orig.tensors.items() if k not in lm.consumed}
+    diff = put_weights(model, orig.cfg, lm, weights, others, check_only=True)
+    need(not diff, f"mapping check: {len(diff)} tensors differ from the loaded model: {diff[:5]}")
+    return len(weights) + len(others)
+
+
+def window_losses(model, windows, device, batch):
+    """windows int [R][T]: per row the mean NLL of its T - 1 next-token predictions (float64 sum)."""
+    import torch
+    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.int64))
+    T = x.shape[1]
     out = []
     with torch.no_grad():
-        for b in range(0, nw, batch):
+        for b in range(0, x.shape[0], batch):
             xb = x[b: b + batch].to(device)
             logits = model(input_ids=xb, use_cache=False).logits.float()  # [B][T][V]
             lp = torch.log_softmax(logits[:, :-1], dim=-1)
             nll = -lp.gather(-1, xb[:, 1:, None]).squeeze(-1)  # [B][T-1] float32
-            out.extend((nll.double().sum(dim=1) / (seqlen - 1)).tolist())
+            out.extend((nll.double().sum(dim=1) / (T - 1)).tolist())
             del logits, lp, nll
     return out
-
-
-def set_weights(model, o):
-    """Every linear from the dequantized weights, every other parameter from the output."""
-    import torch
-    params = dict(model.named_parameters())  # tied weights appear once
-    set_names = set()
-    with torch.no_grad():
-        for p, W in o.weights.items():
-            mod = model.get_submodule(p)
-            need(isinstance(mod, torch.nn.Linear), f"{p} is a {type(mod).__name__}, not a Linear")
-            need(tuple(mod.weight.shape) == W.shape, f"{p}: model weight {tuple(mod.weight.shape)}, unpacked {W.shape}")
-            mod.weight.copy_(torch.from_numpy(W))
-            set_names.add(p + ".weight")
-        for k in o.tensors:
-            if k.rsplit(".", 1)[-1] in QSUFFIXES and k.rsplit(".", 1)[0] in o.weights:
-                continue
-            need(k in params, f"{o.name}: tensor {k} is no parameter of the model")
-            params[k].copy_(torch.from_numpy(o.tensors[k].astype(np.float32)))
-            set_names.add(k)
-    missing = [n for n in params if n not in set_names]
-    need(not missing, f"{o.name}: parameters not set from the output: {missing[:5]}")
 
 
 def run_ppl(args):
@@ -618,17 +934,34 @@ def run_ppl(args):
     torch.set_float32_matmul_precision("highest")  # no TF32: plain fp32 GEMMs
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     orig, outs, summaries = verify(args.orig, args.outs)
-    text = open(args.text, encoding="utf-8").read()
-    t0 = time.time()
-    ids, adds_bos = tokenize(args.orig, orig.cfg, text)
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": torch.cuda.get_device_name(0) if device.startswith("cuda")
            else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "transformers": transformers.__version__,
-           "numpy": np.__version__, "text": args.text,
-           "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "n_tokens": len(ids),
-           "tokenizer_adds_bos": adds_bos, "first_ids": ids[:8], "seqlen": args.seqlen,
+           "numpy": np.__version__, "orig": args.orig, "family": orig.cfg.get("model_type"),
            "matmul_precision": torch.get_float32_matmul_precision(), "results": {}}
-    print(f"{len(ids)} tokens ({time.time() - t0:.1f} s), first {ids[:8]}; device {res['device']}; torch "
-          f"{torch.__version__}, transformers {transformers.__version__}", flush=True)
+    t0 = time.time()
+    if args.ids_from:
+        g, _, _ = read_st(args.ids_from)
+        need("ids" in g and g["ids"].ndim == 2, f"{args.ids_from}: no 2-D ids")
+        windows = g["ids"].astype(np.int64)
+        need(windows.min() >= 0 and windows.max() < int(orig.cfg["vocab_size"]), f"{args.ids_from}: ids out of range")
+        res.update(ids_from=args.ids_from, windows_shape=list(windows.shape), first_ids=windows[0, :8].tolist())
+        for k in ("ppl", "nll_mean"):
+            if k in g:
+                res["golden_" + k] = float(g[k].reshape(-1)[0])
+        what = f"{windows.shape[0]} rows of {windows.shape[1]} ids from {args.ids_from} (no <s> added)"
+    else:
+        text = open(args.text, encoding="utf-8").read()
+        ids, adds_bos = tokenize(args.orig, orig.cfg, text)
+        nw = len(ids) // args.seqlen
+        if args.max_windows:
+            nw = min(nw, args.max_windows)
+        need(nw > 0, f"{len(ids)} tokens: no window of {args.seqlen}")
+        windows = np.array(ids[: nw * args.seqlen], dtype=np.int64).reshape(nw, args.seqlen)
+        res.update(text=args.text, text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), n_tokens=len(ids),
+                   tokenizer_adds_bos=adds_bos, first_ids=ids[:8], seqlen=args.seqlen, max_windows=args.max_windows)
+        what = f"{len(ids)} tokens, first {ids[:8]}, {nw} windows of {args.seqlen}"
+    print(f"{what} ({time.time() - t0:.1f} s); device {res['device']}; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}", flush=True)
 
     def save():
         if args.json:
@@ -640,18 +973,26 @@ def run_ppl(args):
     for name, o in jobs:
         t0 = time.time()
         try:
-            model = load_model(args.orig, orig.cfg, "cpu")
-            if o is not None:
-                set_weights(model, o)
+            model, impl = load_model(args.orig, orig.cfg)
+            res["implementation"] = impl
+            r = {}
+            if o is None:
+                r["mapping_checked_tensors"] = check_mapping(model, orig)
+            else:
+                set_weights(model, orig.cfg, orig.lm, o)
             model = model.to(device)
-            w = window_losses(model, ids, args.seqlen, args.max_windows, device, args.batch)
+            w = window_losses(model, windows, device, args.batch)
             mean = float(np.mean(w))
-            r = {"ppl": math.exp(mean), "mean_nll": mean, "windows": len(w), "window_nll": w,
-                 "seconds": round(time.time() - t0, 2)}
+            r.update(ppl=math.exp(mean), mean_nll=mean, windows=len(w), window_nll=w, seconds=round(time.time() - t0, 2))
             if o is not None:
                 r["verify"] = next(s for s in summaries if s["name"] == name)
+            elif "golden_ppl" in res:
+                r["rel_vs_golden"] = r["ppl"] / res["golden_ppl"] - 1
             res["results"][name] = r
-            print(f"{name}: ppl = {r['ppl']:.6f} ({len(w)} windows of {args.seqlen}, {r['seconds']} s)", flush=True)
+            print(f"{name}: ppl = {r['ppl']:.6f} ({len(w)} windows of {windows.shape[1]}, {r['seconds']} s)"
+                  + (f"; mapping checked on {r['mapping_checked_tensors']} tensors" if o is None else "")
+                  + (f"; fixture's golden ppl {res['golden_ppl']:.6f}, relative {r['rel_vs_golden']:+.2e}"
+                     if "rel_vs_golden" in r else ""), flush=True)
             del model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -663,7 +1004,7 @@ def run_ppl(args):
     return 1 if bad else 0
 
 
-# ---- table --------------------------------------------------------------------------------------
+# ---- tables -------------------------------------------------------------------------------------
 
 def gq_ppl_of(path):
     m = re.search(r"ppl = ([0-9.]+) \((\d+) windows", open(path).read())
@@ -695,6 +1036,56 @@ def run_table(args):
     return 0 if worst <= args.tol else 1
 
 
+FIXTURES = ("qwen2", "qwen3", "mistral", "mixtral", "mixtral-fused", "qwen3_moe", "qwen3_moe-fused", "gemma2", "phi3",
+            "starcoder2")
+
+
+def run_famtable(args):
+    """The tables of bench/unpack_families.sh's folder: $D/gqppl/<fx>.{fp16,gptq}.txt (gq ppl),
+    $D/indep/<fx>.text.json and <fx>.ids.json (ppl --json), $D/verify/<fx>.json."""
+    D = args.dir
+    fxs = [f for f in FIXTURES if os.path.exists(os.path.join(D, "indep", f + ".text.json"))
+           or os.path.exists(os.path.join(D, "gqppl", f + ".gptq.txt"))]
+    need(fxs, f"{D}: no results")
+    worst, dev = 0.0, None
+    print(f"| fixture | model | gq ppl (CPU fp32) | unpacker ppl (transformers fp32) | relative difference |")
+    print("|---|---|---:|---:|---:|")
+    for fx in fxs:
+        jp = os.path.join(D, "indep", fx + ".text.json")
+        ind = json.load(open(jp)) if os.path.exists(jp) else {"results": {}}
+        dev = dev or (ind.get("device"), ind.get("torch"), ind.get("transformers"), ind.get("date"))
+        for model, key in (("original (bf16)", "fp16"), ("gptq 4-bit g32", fx)):
+            gp = os.path.join(D, "gqppl", fx + (".fp16.txt" if key == "fp16" else ".gptq.txt"))
+            g = gq_ppl_of(gp) if os.path.exists(gp) else None
+            r = ind["results"].get(key)
+            if g is None or r is None or "error" in r:
+                err = "not run" if r is None else r.get("error", "")
+                print(f"| {fx} | {model} | {'%.4f' % g[0] if g else '?'} | {err or '%.6f' % r['ppl']} | |")
+                continue
+            need(g[1] == r["windows"], f"{fx} {key}: gq used {g[1]} windows, the unpacker {r['windows']}")
+            rel = r["ppl"] / g[0] - 1
+            worst = max(worst, abs(rel))
+            print(f"| {fx} | {model} | {g[0]:.4f} | {r['ppl']:.4f} | {rel:+.2e} |")
+    print(f"\nlargest |relative difference| {worst:.2e} (bound {args.tol:g}); unpacker on {dev[0] if dev else '?'}, torch "
+          f"{dev[1] if dev else '?'}, transformers {dev[2] if dev else '?'}, {dev[3] if dev else '?'}")
+    ids_rows = [(fx, json.load(open(os.path.join(D, "indep", fx + ".ids.json")))) for fx in fxs
+                if os.path.exists(os.path.join(D, "indep", fx + ".ids.json"))]
+    if ids_rows:
+        print("\n| fixture | golden ppl (transformers, fixture) | control: original via the unpacker's loading | "
+              "relative | gptq 4-bit g32 (unpacker) | gptq / original |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for fx, ind in ids_rows:
+            c = ind["results"].get("fp16", {})
+            q = ind["results"].get(fx, {})
+            gp = ind.get("golden_ppl")
+            cs = f"{c['ppl']:.4f}" if "ppl" in c else c.get("error", "?")
+            qs = f"{q['ppl']:.4f}" if "ppl" in q else q.get("error", "?")
+            rel = f"{c['ppl'] / gp - 1:+.2e}" if "ppl" in c and gp else ""
+            ratio = f"{q['ppl'] / c['ppl']:.4f}" if "ppl" in c and "ppl" in q else ""
+            print(f"| {fx} | {gp:.4f} | {cs} | {rel} | {qs} | {ratio} |" if gp else f"| {fx} | ? | {cs} | | {qs} | {ratio} |")
+    return 0 if worst <= args.tol else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -702,11 +1093,15 @@ def main():
     v.add_argument("--orig", required=True, help="the fp16 model the outputs were quantized from")
     v.add_argument("--json", help="write the summaries here")
     v.add_argument("outs", nargs="+")
+    s = sub.add_parser("same", help="two outputs hold identical tensors (numpy only)")
+    s.add_argument("outs", nargs=2)
     p = sub.add_parser("ppl", help="verify, then perplexities with transformers (torch)")
     p.add_argument("--orig", required=True)
     p.add_argument("--text", default=TEXT)
+    p.add_argument("--ids-from", help="evaluate the rows of this safetensors file's `ids` [R][T] (no <s> added; "
+                   "a family fixture's golden.safetensors) instead of --text")
     p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--max-windows", type=int, default=0)
+    p.add_argument("--max-windows", type=int, default=0, help="evaluate at most N windows of --text (0 = all)")
     p.add_argument("--batch", type=int, default=16, help="windows per forward")
     p.add_argument("--device", help="torch device (default cuda if there is one, else cpu)")
     p.add_argument("--json")
@@ -715,6 +1110,9 @@ def main():
     t.add_argument("--indep", required=True, help="the JSON of `ppl --json`")
     t.add_argument("--gq-dir", required=True, help="folder with <name>.gqppl.txt")
     t.add_argument("--tol", type=float, default=1e-3, help="largest relative difference accepted")
+    f = sub.add_parser("famtable", help="the family tables from bench/unpack_families.sh's folder")
+    f.add_argument("--dir", required=True)
+    f.add_argument("--tol", type=float, default=1e-4, help="largest relative difference accepted")
     args = ap.parse_args()
     try:
         if args.cmd == "verify":
@@ -724,8 +1122,12 @@ def main():
                     json.dump(res, f, indent=1)
             print(f"verify: {len(res)} outputs ok")
             return 0
+        if args.cmd == "same":
+            return run_same(args)
         if args.cmd == "ppl":
             return run_ppl(args)
+        if args.cmd == "famtable":
+            return run_famtable(args)
         return run_table(args)
     except CheckError as e:
         print("FAIL:", e, file=sys.stderr)
