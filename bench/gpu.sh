@@ -46,7 +46,7 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq ||
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq build/tests/test_families ||
         { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
@@ -55,6 +55,11 @@ step_test() {
     grep -E '^(FAIL|SKIP)|RESULT|rel err|ppl |timing' "$LOGS/test_cuda.log" | head -n 80
     run test_cuda_gptq 300 ./build/tests/test_cuda_gptq
     grep -E '^(FAIL|SKIP)|RESULT|codes equal' "$LOGS/test_cuda_gptq.log" | head -n 80
+    # the families on the GPU, fp16 and fp32 passes: each pass's table of measured errors and
+    # bounds, the routing / greedy differences allowed at near ties ("note:"), then the failures
+    run test_families 300 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
+    grep -E '^note: |RESULT' "$LOGS/test_families.log" | tee -a "$SUMMARY"
+    grep -E '^(FAIL|SKIP)' "$LOGS/test_families.log" | head -n 60
 }
 
 step_unit() {

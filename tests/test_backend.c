@@ -17,6 +17,22 @@
  *     (linear, hessian, attention, nll): blocked fp32 sums err by ~sqrt(K) u
  *     (1.4e-6 at K = 512) typically and stay far below K u = 3e-5; any
  *     indexing, masking or scaling bug gives errors of order 1.
+ *
+ * The family ops (gq_attn_opts, partial rotary, GeGLU, LayerNorm, per-head
+ * RMSNorm, MoE gather / scatter-add, soft-capped NLL) use the same
+ * tolerances: TOL_ELEM for head_rmsnorm, glu, act, rope_partial and
+ * scatter_add (tanhf of GELU-tanh is within ~1 ulp); TOL_DOT for attention
+ * with options, the decode step and the soft-capped NLL (tanhf of the cap
+ * adds ~softcap * u absolute to a score, far below the dot product's error);
+ *   TOL_NORM = 1e-5 for layernorm: the fp32 mean is rounded once, an error of
+ *     <= u |mean| / sd relative to the normalised output (6e-7 at |mean| =
+ *     10 sd, the test's worst case; measured 1.4e-7), and 1e-5 leaves room
+ *     for |mean| up to ~100 sd as in torch's fp32 statistics.
+ * Every option is also checked to matter in its test case: switched off, the
+ * reference output moves by more than 100x the tolerance (CHANGE_MIN), so a
+ * backend ignoring it fails; options that must not matter (a window >= T,
+ * the default scale given explicitly) must leave the output bitwise unchanged.
+ * Gather is compared bitwise (a copy).
  */
 #include <math.h>
 #include <stdint.h>

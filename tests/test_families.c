@@ -20,7 +20,8 @@
  * with its own bounds (the arith table below), quantizing with device and precision of the pass;
  * steps 6-7 do not depend on the device and run in the CPU suite only. Without CUDA compiled in,
  * or without a GPU, the GPU call skips with the reason (never fails). Every pass prints a table
- * of the measured errors against its bounds.
+ * of the measured errors against its bounds. The goldens, the forward through the graph, staging
+ * and quantizing a fixture and comparing files are tests/test_family_util.h.
  *
  * Tolerances of the CPU (steps 2-3). Both sides compute in fp32 from the same bf16 weights: they
  * differ only in summation order (OpenBLAS vs ATen), exp/tanh/cos implementations (1-2 ulp) and
@@ -47,6 +48,7 @@
 #include "gq/quantize.h"
 #include "gq/st.h"
 #include "test.h"
+#include "test_family_util.h"
 
 /* Hidden states, relative (Frobenius) per layer over sequence 0's positions 0..3: measured 2.6e-7
  * .. 4.2e-7; 1e-5 (24x). A wrong rope pairing, (1 + w) norm or head norm moves them by 1e-2 .. 1.
@@ -64,7 +66,10 @@
  * measured 4.3e-8 .. 2.2e-7; 1e-5 as the brief proposes (45x). */
 #define TOL_NLL_MEAN 1e-5
 /*
- * Quantized outputs (step 5; measured values in the summary table, GQ_TEST_VERBOSE=1 prints it).
+ * Quantized outputs (step 5; measured values in the summary table). The GPU passes quantize on
+ * the GPU in their precision and hold the outputs to the same bounds, against their own
+ * unquantized forward: GPTQ there solves from fp16 (or fp32) activations, an error far below
+ * what int4 / int8 rounding moves.
  * These random tiny models amplify weight errors: int4 g32 moves their logits by 17-47%
  * (relative, all 2 x 128 x 8192) and int8 by 1-5%, RTN alike (Qwen2 int4 RTN: 37%; the golden ids
  * are random tokens, not the calibration text's distribution). nll_mean is a weak
@@ -88,44 +93,38 @@
 #define TOL_Q8_LOGITS 0.1
 
 /*
- * The GPU passes (GQ_TEST_DEVICE=cuda). Provisional: set from the measured table of the GPU run
- * (bench/gpu.sh test), keeping a margin.
- * CUDA fp32 (fp32 weights and activations, fp32 GEMMs without TF32): the CPU's arithmetic in
- * another summation order (cuBLAS's blocking, the attention kernel's reductions) with CUDA's
- * expf / tanhf (<= 2 ulp); test_cuda measured whole checkpoints within 3e-6 of transformers where
- * the CPU gives 4e-7 .. 1.4e-6: 4x the CPU bounds. Routing (gaps >= 1.2e-4, errors ~1e-7) and all
- * 16 greedy tokens (margins >= 0.0047, logit errors ~1e-5) must match exactly, as on the CPU.
+ * The GPU passes (GQ_TEST_DEVICE=cuda); provisional: to be set from the table the GPU run prints.
+ * CUDA fp32 (fp32 weights and activations, GEMMs without TF32): the CPU's arithmetic summed in
+ * another order (cuBLAS, the attention kernel) with CUDA's expf / tanhf; test_cuda measured whole
+ * checkpoints within 3e-6 of transformers (the CPU: 4e-7 .. 1.4e-6): 4x the CPU bounds. Routing
+ * (gaps >= 1.2e-4) and greedy tokens (margins >= 0.0047) must match exactly, as on the CPU.
  */
 #define TOL32_HIDDEN (4 * TOL_HIDDEN)
 #define TOL32_LOGITS (4 * TOL_LOGITS)
 #define TOL32_NLL_TOK (4 * TOL_NLL_TOK)
 #define TOL32_NLL_MEAN (4 * TOL_NLL_MEAN)
 /*
- * CUDA fp16 (the GPU's default): fp16 weights and activations, fp32 accumulation. The files hold
- * bf16, whose 8 significant bits fit fp16's 11: the weights convert exactly (all but the rare
- * |w| < 2^-14, fp16 subnormals, off by <= 2^-25). The activations are rounded to fp16 after every
- * op (unit roundoff 2^-11 = 4.9e-4, 2.8e-4 RMS), ~10 roundings a layer compounding over 2-3
- * layers, the router logits included.
- * TOL16_HIDDEN 2e-2 rel: test_cuda's TOL_MODEL for the same quantity on the same kind of random
- *   tiny models (measured up to 1.0e-2 there; ~1e-3 expected per layer).
- * TOL16_LOGITS 0.1 abs: logit std ~3 times a relative error up to ~1e-2 is ~3e-2 RMS; the largest
- *   of 4 x 8192 values ~3x that.
- * TOL16_NLL_TOK 0.1: -log_softmax moves by at most twice the largest logit error, by about one
- *   typically, and these are 254 values, not 32768.
- * TOL16_NLL_MEAN 1e-2: the mean of 254 such errors.
- * TOL16_ABL 10: the ablations must move the logits by 10x TOL16_LOGITS (they move them by
- *   3.5 .. 15); where the per-token NLL first leaves its bound is checked as on the CPU when
- *   TOL16_ABL_POS (the defect already moves the NLL past TOL16_NLL_TOK at its first position:
- *   measured on the CPU, see check_ablations), else only that it does not before.
- * ROUTE16_GAP 5e-3: fp16 router logits (spacing 2^-10 .. 2^-9 at |logit| 1 .. 4) and the fp16
- *   hidden error move a probability by ~1e-3, so a token whose k-th and (k+1)-th probabilities
- *   are closer than 5e-3 may take the other expert (in transformers' goldens: 9 of Mixtral's 256
- *   token-layers, 12 of Qwen3-MoE's; the smallest gap 1.2e-4). Such a flip is allowed where the
- *   golden gap is below ROUTE16_GAP (counted and listed), and the positions whose gq gap is below
- *   it in some layer are left out of the logit and per-token NLL checks (a flip changes that
- *   token's MLP output by O(1); counted in the table).
+ * CUDA fp16 (the GPU's default): fp16 weights and activations, fp32 accumulation. bf16's 8
+ * significant bits fit fp16's 11, so the weights convert exactly (but for the rare |w| < 2^-14,
+ * fp16 subnormals, off by <= 2^-25); every op's output is rounded to fp16 (2^-11 = 4.9e-4
+ * relative, 2.8e-4 RMS), ~10 roundings a layer over 2-3 layers, the router logits included.
+ * TOL16_HIDDEN 2e-2 rel: test_cuda's TOL_MODEL, the same quantity on the same kind of random tiny
+ *   models (measured there up to 1.0e-2; ~1e-3 a layer expected).
+ * TOL16_LOGITS 0.1 abs: logit std ~3 x a relative error up to 1e-2: ~3e-2 RMS, the largest of
+ *   4 x 8192 ~3x that. TOL16_NLL_TOK 0.1: at most twice the logit error, about one typically,
+ *   over 254 values. TOL16_NLL_MEAN 1e-2: their mean.
+ * TOL16_ABL 10: an ablation must move the logits by 10x TOL16_LOGITS (they move them 3.5 .. 15).
+ *   TOL16_ABL_POS 0: at its first position a defect moves the per-token NLL by 0.059 (Gemma-2's
+ *   attention soft-cap at 1) .. 4.6 on the CPU, not always past TOL16_NLL_TOK; so it must leave
+ *   the bound there or later, not before.
+ * ROUTE16_GAP 5e-3: fp16 router logits (spacing 2^-10 at |logit| 1 .. 2) and the hidden error move
+ *   a probability by ~1e-3: a token may take another expert where transformers' k-th and
+ *   (k+1)-th probabilities are closer than this (9 of Mixtral's 256 token-layers, 12 of
+ *   Qwen3-MoE's; the smallest gap 1.2e-4); such flips are listed and counted. A flip changes the
+ *   token's MLP output by O(1), so the positions where gq's own gap is below it in some layer are
+ *   left out of the logit and per-token NLL checks (the "ties" column).
  * GEN16_MARGIN: a greedy token can flip only where transformers' margin between its two best
- *   logits is below twice the logit bound; the tokens must match up to the first difference, and
+ *   logits is below twice the logit bound: the tokens must match up to the first difference, and
  *   that must be at such a step.
  */
 #define TOL16_HIDDEN 2e-2
@@ -133,13 +132,13 @@
 #define TOL16_NLL_TOK 0.1
 #define TOL16_NLL_MEAN 1e-2
 #define TOL16_ABL 10
-#define TOL16_ABL_POS 1
+#define TOL16_ABL_POS 0
 #define ROUTE16_GAP 5e-3
 #define GEN16_MARGIN (2 * TOL16_LOGITS)
 
-/* A pass: the device and precision, and the bounds of steps 2-4 (step 5's are the same for all). */
+/* A pass: its precision, and the bounds of steps 2-4 (step 5's are the same for all). */
 typedef struct {
-    const char *name, *precision;
+    const char *name, *precision; /* precision: gq_backend_set_precision's (NULL: the CPU's fp32) */
     double hidden, logits, nll_tok, nll_mean;
     double abl;       /* an ablation moves the logits by more than abl x logits */
     int abl_pos;      /* ... and the per-token NLL first leaves nll_tok exactly where the defect starts */
@@ -147,7 +146,7 @@ typedef struct {
     double gen_margin; /* > 0: greedy tokens may part where transformers' margin is below */
 } arith;
 
-static const arith ARITH_CPU = {"cpu", "fp32", TOL_HIDDEN, TOL_LOGITS, TOL_NLL_TOK, TOL_NLL_MEAN, 100, 1, 0, 0};
+static const arith ARITH_CPU = {"cpu", NULL, TOL_HIDDEN, TOL_LOGITS, TOL_NLL_TOK, TOL_NLL_MEAN, 100, 1, 0, 0};
 static const arith ARITH_GPU[2] = {
     {"cuda fp16", "fp16", TOL16_HIDDEN, TOL16_LOGITS, TOL16_NLL_TOK, TOL16_NLL_MEAN, TOL16_ABL, TOL16_ABL_POS,
      ROUTE16_GAP, GEN16_MARGIN},
@@ -155,9 +154,6 @@ static const arith ARITH_GPU[2] = {
 };
 static const arith *A = &ARITH_CPU; /* the pass in progress */
 static const char *device = "cpu";  /* its backend spec (GQ_TEST_DEVICE) */
-
-#define NPOS 4   /* golden hidden: sequence 0, positions 0..3 */
-#define NSEQ 2   /* golden ids [2][128] */
 
 typedef struct {
     const char *dir;     /* tests/data/families/<dir> */
@@ -203,167 +199,6 @@ static int verbose(void) { return getenv("GQ_TEST_VERBOSE") != NULL; }
 /* GQ_TEST_QUICK (the sanitizer pass of make test): the int8 runs and the ablations, the same code
  * paths again with other numbers, are left out. */
 static int quick(void) { return getenv("GQ_TEST_QUICK") != NULL; }
-
-static const char *fam_path(const char *dir) {
-    static char b[4][512];
-    static int k;
-    char *p = b[k++ & 3];
-    snprintf(p, sizeof b[0], "families/%s", dir);
-    return gq_test_data(p);
-}
-
-/* ---- golden tensors ------------------------------------------------------------------------- */
-
-/* A copy of golden tensor `name` (a failed check and NULL unless it is dt with numel values). */
-static void *gold(const gq_st *g, const char *name, gq_dtype dt, int64_t numel) {
-    const gq_st_tensor *t = gq_st_find(g, name);
-    int ok = t && t->dtype == dt && t->numel == numel;
-    TEST_CHECK(ok, "golden '%s' present, %s with %lld values", name, gq_dtype_name(dt), (long long)numel);
-    return ok ? memcpy(gq_malloc(t->nbytes), t->data, t->nbytes) : NULL;
-}
-#define gold_f32(g, name, n) ((float *)gold(g, name, GQ_DT_F32, n))
-#define gold_f64(g, name, n) ((double *)gold(g, name, GQ_DT_F64, n))
-#define gold_i32(g, name, n) ((int32_t *)gold(g, name, GQ_DT_I32, n))
-
-/* ---- the forward through the layer graph ---------------------------------------------------- */
-
-typedef struct {
-    int T;
-    float *logits;   /* [T][vocab] */
-    float *hidden;   /* [L + 1][NPOS][hidden]: the embedding, then each layer's output */
-    double nll_sum;
-    int64_t cnt;
-    uint32_t *route; /* [L][T]: bit e set when token t was routed to expert e */
-    float *gap;      /* [L][T]: gq's k-th minus (k+1)-th router probability (dense layers: 1) */
-} fwd_res;
-
-static void fwd_free(fwd_res *r) {
-    free(r->logits), free(r->hidden), free(r->route), free(r->gap);
-    memset(r, 0, sizeof *r);
-}
-
-typedef struct {
-    uint32_t *mask;
-    int T, bad;
-} route_rec;
-
-/* GQ_STEP_MLP_IN hands each expert its routed rows with their token indices. */
-static int route_hook(void *user, gq_group g, int expert, const void *X, int ld, int T, const int32_t *idx) {
-    route_rec *r = user;
-    (void)X, (void)ld;
-    if (g != GQ_GRP_MLP_IN || expert < 0) return GQ_OK;
-    if (!idx || expert >= 32) {
-        r->bad++;
-        return GQ_OK;
-    }
-    for (int i = 0; i < T; i++) {
-        if (idx[i] < 0 || idx[i] >= r->T) r->bad++;
-        else r->mask[idx[i]] |= 1u << expert;
-    }
-    return GQ_OK;
-}
-
-/* The k-th largest minus the (k+1)-th of E router logits (softmax first) or probabilities. */
-static double topk_gap(const float *v, int E, int k, int logits) {
-    double p[64], mx = v[0], sum = 0, a = -1, b = -1;
-    for (int e = 0; e < E; e++) mx = v[e] > mx ? v[e] : mx;
-    for (int e = 0; e < E; e++) sum += (p[e] = logits ? exp(v[e] - mx) : v[e]);
-    for (int j = 0; j <= k; j++) { /* selection: the j-th largest, removed */
-        int best = 0;
-        for (int e = 1; e < E; e++) best = p[e] > p[best] ? e : best;
-        a = b, b = p[best] / (logits ? sum : 1), p[best] = -1;
-    }
-    return a - b;
-}
-
-/* Layer by layer with gq_layer_run (all six steps, the hook recording the routing, the router's
- * probabilities read from the scratch), then the head: hidden rows 0..NPOS-1 after each layer,
- * all logits, the NLL of ids[t + 1]. */
-static int forward(const gq_model *m, gq_backend *be, const int32_t *ids, int T, fwd_res *r) {
-    const gq_config *c = &m->cfg;
-    int d = c->hidden, L = c->n_layers, rc;
-    memset(r, 0, sizeof *r);
-    r->T = T;
-    r->logits = gq_malloc(sizeof(float) * (size_t)T * c->vocab);
-    r->hidden = gq_calloc((size_t)(L + 1) * NPOS * d, sizeof(float));
-    r->route = gq_calloc((size_t)L * T, sizeof(uint32_t));
-    r->gap = gq_malloc(sizeof(float) * (size_t)L * T);
-    float *hx = gq_malloc(sizeof(float) * (size_t)T * d), *inv = gq_malloc(sizeof(float) * (size_t)c->rot_dim);
-    int32_t *tg = gq_malloc(sizeof(int32_t) * (size_t)T);
-    gq_rope_inv_freq(c, T, inv);
-    void *x = gq_be_alloc(be, gq_be_act_bytes(be, (size_t)T * d));
-    gq_fwd_scratch s;
-    memset(&s, 0, sizeof s);
-    rc = x ? gq_model_embed(m, ids, T, hx) : GQ_ERR_NOMEM;
-    if (!rc) memcpy(r->hidden, hx, sizeof(float) * NPOS * d);
-    if (!rc) rc = gq_be_upload_f32(be, x, hx, (size_t)T * d);
-    if (!rc) rc = gq_fwd_scratch_init(be, c, T, &s);
-    for (int l = 0; l < L && !rc; l++) {
-        gq_blayer bl;
-        if ((rc = gq_blayer_load(be, m, l, &bl))) break;
-        route_rec rr = {r->route + (size_t)l * T, T, 0};
-        gq_layer_args a = {.be = be, .cfg = c, .layer = l, .bl = &bl, .x = x, .T = T, .first = GQ_STEP_ATTN_IN,
-                           .last = GQ_STEP_MLP_RES, .inv_freq = inv, .hook = route_hook, .user = &rr, .s = &s};
-        rc = gq_layer_run(&a);
-        for (int t = 0; t < T && !rc; t++)
-            r->gap[(size_t)l * T + t] = c->n_experts && c->layer_moe[l] && c->top_k < c->n_experts
-                ? (float)topk_gap(s.probs + (size_t)t * c->n_experts, c->n_experts, c->top_k, 0) : 1.0f;
-        gq_blayer_free(be, &bl);
-        if (rr.bad) rc = gq_err(GQ_ERR_DATA, "layer %d: the hook saw %d bad routed rows", l, rr.bad);
-        if (!rc) rc = gq_be_download_f32(be, r->hidden + (size_t)(l + 1) * NPOS * d, x, (size_t)NPOS * d);
-    }
-    gq_bhead head;
-    memset(&head, 0, sizeof head);
-    if (!rc) rc = gq_bhead_load(be, m, &head);
-    for (int t = 0; t < T; t++) tg[t] = t + 1 < T ? ids[t + 1] : -1;
-    if (!rc) rc = gq_bhead_nll(be, c, &head, s.xn, x, d, T, tg, &r->nll_sum, &r->cnt, r->logits);
-    gq_bhead_free(be, &head);
-    gq_fwd_scratch_free(be, &s);
-    gq_be_release(be, x);
-    free(hx), free(inv), free(tg);
-    return rc;
-}
-
-/* -log_softmax(logits)[target] in double. */
-static double token_nll(const float *lg, int V, int target) {
-    double mx = lg[0], sum = 0;
-    for (int i = 1; i < V; i++) mx = lg[i] > mx ? lg[i] : mx;
-    for (int i = 0; i < V; i++) sum += exp((double)lg[i] - mx);
-    return mx + log(sum) - lg[target];
-}
-
-static double rel_err(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)a[i] - ref[i];
-        num += e * e;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-/* Both golden sequences through m: mean NLL (NAN on an error); logits_out (may be NULL) gets
- * [NSEQ][T][vocab], res (may be NULL) each sequence's full result (the caller frees). */
-static double nll_mean_of(const gq_model *m, gq_backend *be, const int32_t *ids, int T, float *logits_out,
-                          fwd_res *res) {
-    double sum = 0;
-    int64_t cnt = 0;
-    size_t V = (size_t)m->cfg.vocab;
-    for (int b = 0; b < NSEQ; b++) {
-        fwd_res r;
-        int rc = forward(m, be, ids + (size_t)b * T, T, &r);
-        TEST_OK(rc, "%s: forward of golden sequence %d", m->dir, b);
-        if (rc) {
-            fwd_free(&r);
-            return NAN;
-        }
-        sum += r.nll_sum, cnt += r.cnt;
-        if (logits_out) memcpy(logits_out + (size_t)b * T * V, r.logits, sizeof(float) * T * V);
-        if (res) res[b] = r;
-        else fwd_free(&r);
-    }
-    return cnt ? sum / (double)cnt : NAN;
-}
 
 /* ---- 1. config facts ------------------------------------------------------------------------ */
 
@@ -431,7 +266,10 @@ static void check_logits_nll(const family *f, const gq_config *c, int b, const f
     int wpos = -1;
     for (int k = 0; k < NPOS; k++) {
         const float *got = r->logits + (size_t)pos[k] * V, *want = glog + ((size_t)b * NPOS + k) * V;
-        if (near_tie(c, r, pos[k]) && ++ms->tie_skip) continue;
+        if (near_tie(c, r, pos[k])) {
+            ms->tie_skip++;
+            continue;
+        }
         for (int i = 0; i < V; i++) {
             double e = fabs((double)got[i] - want[i]);
             if (e > worst) worst = e, wpos = pos[k];
@@ -441,7 +279,10 @@ static void check_logits_nll(const family *f, const gq_config *c, int b, const f
     TEST_CHECK(worst <= A->logits, "%s seq %d: logits max |diff| %.3g > %g (position %d)", f->dir, b, worst,
                A->logits, wpos);
     for (int t = 0; t + 1 < T; t++) {
-        if (near_tie(c, r, t) && ++ms->tie_skip) continue;
+        if (near_tie(c, r, t)) {
+            ms->tie_skip++;
+            continue;
+        }
         double e = fabs(token_nll(r->logits + (size_t)t * V, V, ids[t + 1]) - gnll[(size_t)b * (T - 1) + t]);
         if (e > wn) wn = e, wpos = t;
     }
@@ -521,8 +362,9 @@ out:
 
 /* The bounds catch real mistakes: the same checks on a deliberately wrong config (the model's
  * weights, one config field changed in memory, as the fixtures' ablations do) must fail, and
- * where the defect is positional (a window) the per-token NLL must first exceed its bound at
- * exactly the position where the defect begins. Returns the largest logit |diff| at logit_pos. */
+ * the per-token NLL must first exceed its bound at exactly the position where the defect begins
+ * (where the pass's bound is too wide for that, A->abl_pos 0: not before it). Returns the largest
+ * logit |diff| at logit_pos. */
 static double ablation(const gq_model *m, gq_backend *be, const gq_st *g, const char *what, int first_pos,
                        void (*mutate)(gq_config *)) {
     gq_model mm = *m; /* shares the open file; only the config differs */
@@ -530,7 +372,7 @@ static double ablation(const gq_model *m, gq_backend *be, const gq_st *g, const 
     int T = 128, V = m->cfg.vocab;
     int32_t *ids = gold_i32(g, "ids", NSEQ * T), *pos = gold_i32(g, "logit_pos", NPOS);
     float *glog = gold_f32(g, "logits", (int64_t)NSEQ * NPOS * V), *lg = gq_malloc(sizeof(float) * NSEQ * T * V);
-    double *gnll = gold_f64(g, "nll", NSEQ * (T - 1)), worst = 0;
+    double *gnll = gold_f64(g, "nll", NSEQ * (T - 1)), worst = 0, at = 0;
     int first = T;
     if (ids && pos && glog && gnll && !isnan(nll_mean_of(&mm, be, ids, T, lg, NULL))) {
         for (int b = 0; b < NSEQ; b++) {
@@ -541,16 +383,18 @@ static double ablation(const gq_model *m, gq_backend *be, const gq_st *g, const 
                 }
             for (int t = 0; t + 1 < T; t++) {
                 double e = fabs(token_nll(lg + ((size_t)b * T + t) * V, V, ids[b * T + t + 1]) - gnll[b * (T - 1) + t]);
-                if (e > TOL_NLL_TOK && t < first) first = t;
+                if (e > A->nll_tok && t < first) first = t;
+                if (t == first_pos) at = e > at ? e : at;
             }
         }
-        if (verbose()) fprintf(stderr, "note: %s: %s: logits max |diff| %.3g, per-token NLL first beyond %g at %d\n",
-                               m->dir, what, worst, TOL_NLL_TOK, first);
-        TEST_CHECK(worst > 100 * TOL_LOGITS, "%s with %s: the logits check would fail by 100x (|diff| %.3g)", m->dir,
-                   what, worst);
-        if (first_pos >= 0)
-            TEST_CHECK(first == first_pos, "%s with %s: the per-token NLL first leaves its bound at position %d "
-                       "(expected %d)", m->dir, what, first, first_pos);
+        if (verbose())
+            fprintf(stderr, "note: %s [%s]: %s: logits max |diff| %.3g, per-token NLL first beyond %g at %d (|diff| "
+                    "at %d: %.3g)\n", m->dir, A->name, what, worst, A->nll_tok, first, first_pos, at);
+        TEST_CHECK(worst > A->abl * A->logits, "%s with %s: the logits check would fail by %gx (|diff| %.3g)", m->dir,
+                   what, A->abl, worst);
+        TEST_CHECK(A->abl_pos ? first == first_pos : first >= first_pos && first < T,
+                   "%s with %s: the per-token NLL first leaves its bound %g at position %d (expected %s%d; |diff| "
+                   "there %.3g)", m->dir, what, A->nll_tok, first, A->abl_pos ? "" : ">= ", first_pos, at);
     }
     free(ids), free(pos), free(glog), free(lg), free(gnll);
     return worst;
@@ -626,13 +470,14 @@ static int load_gen(const family *f, json_t *doc, gen_case *gc) {
 /* Both prompts (54 and 31 tokens, <s> first), 16 greedy tokens each, must equal transformers'
  * generate(): transformers' smallest margin between the two best logits is 0.0047 (StarCoder2;
  * >= 0.0097 elsewhere), 400x the fp32 logit differences measured above (~1e-5), so no token may
- * flip. Two engine setups: both prompts decoded together (batch 2, one prefill each), and one at
- * a time with an 8-token prefill chunk (prefill chunks crossing the 32 / 48 windows). The
- * 54-token prompt plus its answer passes every window, so the decode reads a sliding window. */
+ * flip (A->gen_margin > 0, fp16: the first difference only at a step of a smaller margin). Two
+ * engine setups: both prompts decoded together (batch 2, one prefill each), and one at a time
+ * with an 8-token prefill chunk (prefill chunks crossing the 32 / 48 windows). The 54-token
+ * prompt plus its answer passes every window, so the decode reads a sliding window. */
 static void check_generation(const family *f, const gq_model *m, gq_backend *be, json_t *doc, measured *ms) {
     gen_case gc[2];
     if (load_gen(f, doc, gc) != 2) return;
-    int ok = 1;
+    ms->gen_min = 16;
     for (int v = 0; v < 2; v++) {
         gq_gen_opts o;
         gq_gen_opts_default(&o);
@@ -653,81 +498,22 @@ static void check_generation(const family *f, const gq_model *m, gq_backend *be,
         for (int i = 0; i < 2; i++) {
             int k = 0;
             while (k < 16 && k < (int)seqs[i].out.n && seqs[i].out.v[k] == gc[i].want[k]) k++;
-            ok &= k == 16 && seqs[i].out.n == 16;
-            TEST_CHECK(k == 16 && seqs[i].out.n == 16,
-                       "%s prompt %d (%d tokens, batch %d, chunk %d): %zu tokens, first difference at step %d: %d, "
-                       "transformers %d (margin %.3g)", f->dir, i, gc[i].n_prompt, o.max_batch, o.prefill_chunk,
-                       seqs[i].out.n, k, k < (int)seqs[i].out.n ? seqs[i].out.v[k] : -1, k < 16 ? gc[i].want[k] : -1,
-                       k < 16 ? gc[i].margin[k] : 0.0);
+            int same = k == 16 && seqs[i].out.n == 16, tie = k < 16 && gc[i].margin[k] < A->gen_margin;
+            ms->gen_min = k < ms->gen_min ? k : ms->gen_min;
+            char msg[300];
+            snprintf(msg, sizeof msg, "%s prompt %d (%d tokens, batch %d, chunk %d): %zu tokens, first difference at "
+                     "step %d: %d, transformers %d (margin %.3g)", f->dir, i, gc[i].n_prompt, o.max_batch,
+                     o.prefill_chunk, seqs[i].out.n, k, k < (int)seqs[i].out.n ? seqs[i].out.v[k] : -1,
+                     k < 16 ? gc[i].want[k] : -1, k < 16 ? gc[i].margin[k] : 0.0);
+            if (tie) fprintf(stderr, "note: [%s] %s: allowed (margin < %g)\n", A->name, msg, A->gen_margin);
+            TEST_CHECK(same || tie, "%s", msg);
             gq_gen_seq_free(&seqs[i]);
         }
         gq_gen_free(g);
     }
-    ms->gen_ok = ok;
 }
 
 /* ---- 5. quantization ------------------------------------------------------------------------ */
-
-static const char *calib_path(void) {
-    const char *c = getenv("GQ_TEST_CALIB");
-    return c ? c : "calib/python-sitepackages.jsonl";
-}
-
-/* tmp/<name>: a copy of a family folder's config.json and model.safetensors, plus pycoder-5m's
- * tokenizer files (the fixtures' ids are its ids; gq_quantize_run reads the tokenizer from the
- * model directory to tokenize the calibration text). Returns the path (caller frees). */
-static char *stage_model(const char *tmp, const char *src, const char *name) {
-    char *dir = gq_path_join(tmp, name);
-    gq_rmtree(dir);
-    gq_mkdirs(dir);
-    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                                        "special_tokens_map.json"};
-    for (int i = 0; i < 5; i++) {
-        char *s = gq_path_join(i < 2 ? src : gq_test_data("pycoder-5m"), files[i]), *d = gq_path_join(dir, files[i]);
-        TEST_OK(gq_copy_file(s, d), "copy %s", s);
-        free(s), free(d);
-    }
-    return dir;
-}
-
-/* 4-bit, group 32 (divides every input width here: 32, 64, 128 and the experts' 32 / 64), sym,
- * on 8 x 128 calibration tokens: ~1000 tokens, 250+ per expert (top-2 of 8), above the default
- * moe_min_tokens of 16, so the experts get GPTQ too. */
-static int quantize(const char *model, const char *out, gq_method method, int bits, int moe_min, int *n_modules) {
-    gq_quant_opts o;
-    gq_quant_opts_default(&o);
-    o.model_dir = model;
-    o.out_dir = out;
-    o.calib_path = calib_path();
-    o.device = "cpu";
-    o.nsamples = 8;
-    o.seqlen = 128;
-    o.gptq.method = method;
-    o.gptq.bits = bits;
-    o.gptq.group_size = 32;
-    o.moe_min_tokens = moe_min;
-    o.force = 1;
-    gq_quant_report rep;
-    memset(&rep, 0, sizeof rep);
-    int rc = gq_quantize_run(&o, &rep);
-    TEST_OK(rc, "quantize %s (%s int%d g32, moe_min_tokens %d)", model, method == GQ_METHOD_RTN ? "RTN" : "GPTQ", bits,
-            moe_min);
-    if (n_modules) *n_modules = rep.n_modules;
-    gq_quant_report_free(&rep);
-    return rc;
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
-
-/* A linear of the per-expert layout: a 2-D tensor of a layer that is not a MoE router. Written
- * from the fixtures' tensor lists, independently of gq's module table. */
-static int is_linear(const gq_st_tensor *t) {
-    return t->ndim == 2 && !strncmp(t->name, "model.layers.", 13) && ends_with(t->name, ".weight") &&
-           !ends_with(t->name, ".block_sparse_moe.gate.weight") && !ends_with(t->name, ".mlp.gate.weight");
-}
 
 /* The output against the per-expert source `src`: every linear as qweight/qzeros/scales/g_idx and
  * no .weight; every other tensor (embedding, norms, biases, routers) copied byte for byte under
@@ -777,33 +563,13 @@ static void check_out_config(const family *f, const char *out, int bits) {
     json_decref(j);
 }
 
-/* The largest relative (Frobenius) error of a dequantized linear of q against the source's. */
-static double worst_weight_err(const gq_model *q, const gq_model *src, char *which, size_t cap) {
-    int cap_m = gq_layer_module_cap(&src->cfg);
-    gq_module *mq = gq_malloc((size_t)cap_m * sizeof *mq), *ms = gq_malloc((size_t)cap_m * sizeof *ms);
-    double worst = 0;
-    for (int l = 0; l < src->cfg.n_layers; l++) {
-        int n = gq_layer_modules(&q->cfg, 0, l, mq, cap_m), ns = gq_layer_modules(&src->cfg, src->fused, l, ms, cap_m);
-        if (n != ns) return snprintf(which, cap, "layer %d: %d vs %d modules", l, n, ns), INFINITY;
-        for (int k = 0; k < n; k++) {
-            float *a = NULL, *b = NULL;
-            double e = INFINITY;
-            if (!gq_model_load_module(q, l, &mq[k], &a) && !gq_model_load_module(src, l, &ms[k], &b))
-                e = rel_err(a, b, (size_t)mq[k].rows * mq[k].cols);
-            if (!(e <= worst)) worst = e, snprintf(which, cap, "layer %d %s", l, mq[k].name);
-            gq_free_aligned(a), gq_free_aligned(b);
-        }
-    }
-    free(mq), free(ms);
-    return worst;
-}
-
 typedef struct {
     double nll_d, logit_rel, w_rel;
 } qmeas;
 
 /* One quantized output: opens, tensor names, config, every linear's dequantized error, and its
- * forward on the golden ids against fp32's (nll_mean, logits). */
+ * forward on the golden ids against the unquantized model's on the same backend and precision
+ * (fp32_*: the CPU's fp32 here, or the GPU pass's; nll_mean, logits). */
 static void check_quant_output(const family *f, const char *out, int bits, int n_modules, gq_backend *be,
                                const int32_t *ids, double fp32_mean, const float *fp32_logits, qmeas *qm) {
     gq_model q, src;
@@ -832,42 +598,16 @@ static void check_quant_output(const family *f, const char *out, int bits, int n
     double mean = nll_mean_of(&q, be, ids, 128, lg, NULL);
     qm->nll_d = fabs(mean - fp32_mean);
     qm->logit_rel = rel_err(lg, fp32_logits, n);
-    TEST_CHECK(isfinite(mean) && qm->nll_d <= TOL_QUANT_NLL, "%s: int%d nll_mean %.5f vs fp32 %.5f: |diff| %.4f > %g",
-               out, bits, mean, fp32_mean, qm->nll_d, TOL_QUANT_NLL);
+    TEST_CHECK(isfinite(mean) && qm->nll_d <= TOL_QUANT_NLL,
+               "%s: int%d nll_mean %.5f vs unquantized %.5f: |diff| %.4f > %g", out, bits, mean, fp32_mean, qm->nll_d,
+               TOL_QUANT_NLL);
     if (bits == 8)
-        TEST_CHECK(qm->logit_rel <= TOL_Q8_LOGITS, "%s: int8 logits within rel %g of fp32's (%.4f)", out, TOL_Q8_LOGITS,
-                   qm->logit_rel);
+        TEST_CHECK(qm->logit_rel <= TOL_Q8_LOGITS, "%s: int8 logits within rel %g of the unquantized (%.4f)", out,
+                   TOL_Q8_LOGITS, qm->logit_rel);
     free(lg);
 out:
     if (!rq) gq_model_close(&q);
     if (!rs) gq_model_close(&src);
-}
-
-/* Which tensors of two files differ (names of the first few), for the report. */
-static void diff_files(const char *a, const char *b) {
-    gq_st *x = NULL, *y = NULL;
-    if (gq_st_open(&x, a) || gq_st_open(&y, b)) goto out;
-    int shown = 0;
-    for (int i = 0; i < gq_st_count(x); i++) {
-        const gq_st_tensor *t = gq_st_at(x, i), *u = gq_st_find(y, t->name);
-        if (u && u->nbytes == t->nbytes && !memcmp(u->data, t->data, t->nbytes)) continue;
-        if (shown++ < 6) fprintf(stderr, "  | %s differs%s\n", t->name, u ? "" : " (absent in the second)");
-    }
-    for (int i = 0; i < gq_st_count(y); i++)
-        if (!gq_st_find(x, gq_st_at(y, i)->name) && shown++ < 12)
-            fprintf(stderr, "  | %s only in the second\n", gq_st_at(y, i)->name);
-    if (!shown) fprintf(stderr, "  | every tensor equal: the headers / metadata differ\n");
-out:
-    gq_st_close(x);
-    gq_st_close(y);
-}
-
-static int files_equal(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int eq = gq_read_file(a, &x, &nx) == GQ_OK && gq_read_file(b, &y, &ny) == GQ_OK && nx == ny && !memcmp(x, y, nx);
-    free(x), free(y);
-    return eq;
 }
 
 /* Quantize `src_dir` (staged as tmp/<name>) into tmp/<name>-q<bits> and check the output. */
@@ -878,7 +618,7 @@ static char *quant_one(const family *f, const char *tmp, const char *name, int b
     char *model = stage_model(tmp, fam_path(name), name), *out = gq_path_join(tmp, oname);
     int nmod = 0;
     qm->nll_d = qm->logit_rel = qm->w_rel = NAN;
-    if (!quantize(model, out, GQ_METHOD_GPTQ, bits, 16, &nmod))
+    if (!quantize(model, out, device, A->precision, GQ_METHOD_GPTQ, bits, 16, &nmod))
         check_quant_output(f, out, bits, nmod, be, ids, fp32_mean, fp32_logits, qm);
     free(model);
     return out;
@@ -933,20 +673,6 @@ static long check_scales(const gq_st *st, const char *what) {
     return bad ? -1 : n;
 }
 
-/* Tensors of `a` whose name contains `part`: how many, and how many differ from `b`'s. */
-static int count_diff(const gq_st *a, const gq_st *b, const char *part, int *n) {
-    int d = 0;
-    *n = 0;
-    for (int i = 0; i < gq_st_count(a); i++) {
-        const gq_st_tensor *t = gq_st_at(a, i), *u;
-        if (!strstr(t->name, part)) continue;
-        (*n)++;
-        u = gq_st_find(b, t->name);
-        d += !u || u->nbytes != t->nbytes || memcmp(u->data, t->data, t->nbytes);
-    }
-    return d;
-}
-
 /* moe_min_tokens above any count: every expert of Qwen3-MoE takes the rounding-to-nearest route.
  * The run must succeed with sane scales, and its expert tensors must be bitwise those of a plain
  * RTN run of the same settings, while the attention linears (GPTQ in both GPTQ runs) and the
@@ -956,8 +682,8 @@ static void check_starved(const char *tmp) {
     char *model = gq_path_join(tmp, "qwen3_moe"), *st_out = gq_path_join(tmp, "qwen3_moe-starved");
     char *rtn_out = gq_path_join(tmp, "qwen3_moe-rtn"), *gptq_out = gq_path_join(tmp, "qwen3_moe-q4");
     gq_st *s = NULL, *r = NULL, *g = NULL;
-    if (quantize(model, st_out, GQ_METHOD_GPTQ, 4, 1 << 30, NULL) ||
-        quantize(model, rtn_out, GQ_METHOD_RTN, 4, 16, NULL))
+    if (quantize(model, st_out, "cpu", NULL, GQ_METHOD_GPTQ, 4, 1 << 30, NULL) ||
+        quantize(model, rtn_out, "cpu", NULL, GQ_METHOD_RTN, 4, 16, NULL))
         goto out;
     TEST_OK(gq_st_open(&s, st_out), "open the starved run's output");
     TEST_OK(gq_st_open(&r, rtn_out), "open the RTN run's output");
@@ -1007,7 +733,9 @@ static void check_unknown(const char *tmp) {
 /* ---- main ----------------------------------------------------------------------------------- */
 
 static void check_family(const family *f, gq_backend *be, const char *tmp, measured *ms) {
-    TEST_BEGIN(f->dir);
+    static char name[64];
+    snprintf(name, sizeof name, A->precision ? "%s [%s]" : "%s", f->dir, A->name);
+    TEST_BEGIN(name);
     gq_model m;
     gq_st *g = NULL;
     char *gp = gq_path_join(fam_path(f->dir), "golden.safetensors"), *jp = gq_path_join(fam_path(f->dir), "golden.json");
@@ -1017,6 +745,7 @@ static void check_family(const family *f, gq_backend *be, const char *tmp, measu
     json_t *doc = test_load_json(jp);
     double t0 = gq_now(), mean = NAN;
     float *logits = gq_malloc(sizeof(float) * NSEQ * 128 * 8192);
+    ms->gen_min = -1;
     if (!rc && g && doc) {
         check_config(f, &m);
         mean = check_forward(f, &m, be, g, m.cfg.vocab == 8192 ? logits : NULL, ms);
@@ -1027,7 +756,7 @@ static void check_family(const family *f, gq_backend *be, const char *tmp, measu
     double t1 = gq_now();
     if (g && isfinite(mean) && m.cfg.vocab == 8192) check_quant(f, be, g, mean, logits, tmp, ms);
     free(logits);
-    if (verbose()) fprintf(stderr, "note: %s: forward + generation %.2f s, quantization %.2f s\n", f->dir, t1 - t0,
+    if (verbose()) fprintf(stderr, "note: %s: forward + generation %.2f s, quantization %.2f s\n", name, t1 - t0,
                            gq_now() - t1);
     json_decref(doc);
     gq_st_close(g);
@@ -1035,36 +764,68 @@ static void check_family(const family *f, gq_backend *be, const char *tmp, measu
     free(gp), free(jp);
 }
 
-static void summary(void) {
-    fprintf(stderr, "note: %-10s %8s %8s %8s %8s %7s %6s | %7s %7s %7s %7s | %7s %7s %6s\n", "family", "hidden",
-            "logits", "nll/tok", "nll_mean", "routing", "greedy", "q4 dnll", "fused", "q4 lgt", "q4 w", "q8 lgt",
-            "q8 w", "");
+/* The pass's measured errors against its bounds (always printed: the GPU run sets its bounds from
+ * them). routing: tokens as transformers' (+ flips allowed at a near tie) / all; ties: positions
+ * left out of the logit / NLL checks; greedy: "same", else the fewest leading tokens matched. */
+static void summary(gq_backend *be) {
+    fprintf(stderr, "note: pass %s: %s\n", A->name, gq_backend_name(be));
+    fprintf(stderr, "note: %-10s %8s %8s %8s %8s %9s %4s %6s | %7s %7s %7s %7s | %7s %7s\n", "family", "hidden",
+            "logits", "nll/tok", "nll_mean", "routing", "ties", "greedy", "q4 dnll", "fused", "q4 lgt", "q4 w",
+            "q8 lgt", "q8 w");
     for (int i = 0; i < NFAM; i++) {
         const measured *m = &meas[i];
-        char route[32] = "-";
-        if (m->route_n) snprintf(route, sizeof route, "%d/%d", m->route_n - m->route_bad, m->route_n);
-        fprintf(stderr, "note: %-10s %8.2e %8.2e %8.2e %8.2e %7s %6s | %7.4f %7.4f %7.4f %7.4f | %7.4f %7.4f\n",
-                fams[i].dir, m->hidden, m->logits, m->nll_tok, m->nll_mean, route, m->gen_ok ? "same" : "DIFF",
-                m->quant_nll, m->quant_nll_fused, m->q4_logits, m->q4_w, m->q8_logits, m->q8_w);
+        char route[32] = "-", gen[16] = "-";
+        int same = m->route_n - m->route_bad - m->route_tie;
+        if (m->route_n && m->route_tie) snprintf(route, sizeof route, "%d+%d/%d", same, m->route_tie, m->route_n);
+        else if (m->route_n) snprintf(route, sizeof route, "%d/%d", same, m->route_n);
+        if (m->gen_min == 16) snprintf(gen, sizeof gen, "same");
+        else if (m->gen_min >= 0) snprintf(gen, sizeof gen, "%d/16", m->gen_min);
+        fprintf(stderr, "note: %-10s %8.2e %8.2e %8.2e %8.2e %9s %4d %6s | %7.4f %7.4f %7.4f %7.4f | %7.4f %7.4f\n",
+                fams[i].dir, m->hidden, m->logits, m->nll_tok, m->nll_mean, route, m->tie_skip, gen, m->quant_nll,
+                m->quant_nll_fused, m->q4_logits, m->q4_w, m->q8_logits, m->q8_w);
     }
-    fprintf(stderr, "note: bounds: hidden %g rel, logits %g abs, nll/tok %g, nll_mean %g; int4: |dnll_mean| %g, "
-            "weights rel %g; int8: logits rel %g, weights rel %g\n", TOL_HIDDEN, TOL_LOGITS, TOL_NLL_TOK,
-            TOL_NLL_MEAN, TOL_QUANT_NLL, TOL_QWEIGHT4, TOL_Q8_LOGITS, TOL_QWEIGHT8);
+    fprintf(stderr, "note: bounds: hidden %g rel, logits %g abs, nll/tok %g, nll_mean %g, ablations > %gx, routing "
+            "gap %g, greedy margin %g; int4: |dnll_mean| %g, weights rel %g; int8: logits rel %g, weights rel %g\n",
+            A->hidden, A->logits, A->nll_tok, A->nll_mean, A->abl, A->route_gap, A->gen_margin, TOL_QUANT_NLL,
+            TOL_QWEIGHT4, TOL_Q8_LOGITS, TOL_QWEIGHT8);
+}
+
+/* Every family on `device` with the arithmetic a. 0: ran; -1: no GPU (skipped); 1: the backend failed. */
+static int run_pass(const arith *a, const char *tmp) {
+    gq_backend *be = NULL;
+    A = a;
+    memset(meas, 0, sizeof meas);
+    TEST_BEGIN("families");
+    int rc = gq_backend_init(&be, device);
+    if (rc == GQ_ERR_DEVICE && strstr(gq_errmsg(), "no CUDA device found")) {
+        TEST_SKIP("GQ_TEST_DEVICE=%s: no GPU here (%s): the GPU passes skipped", device, gq_errmsg());
+        return -1;
+    }
+    TEST_OK(rc, "backend %s", device);
+    if (!rc && a->precision) TEST_OK(rc = gq_backend_set_precision(be, a->precision), "precision %s", a->precision);
+    for (int i = 0; i < NFAM && !rc; i++) check_family(&fams[i], be, tmp, &meas[i]);
+    if (!rc) summary(be);
+    gq_backend_free(be);
+    return rc ? 1 : 0;
 }
 
 int main(void) {
     gq_log_set_level(verbose() ? GQ_LOG_INFO : GQ_LOG_ERROR);
-    gq_backend *be = NULL;
-    TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend");
-    if (!be) return TEST_REPORT();
+    const char *env = getenv("GQ_TEST_DEVICE");
+    device = env && *env ? env : "cpu";
     char *tmp = gq_strdup(gq_test_tmpdir("families"));
-    for (int i = 0; i < NFAM; i++) check_family(&fams[i], be, tmp, &meas[i]);
-    check_starved(tmp);
-    check_unknown(tmp);
+    TEST_BEGIN("families");
+    if (!strcmp(device, "cpu")) {
+        if (run_pass(&ARITH_CPU, tmp) == 0) check_starved(tmp), check_unknown(tmp);
+    } else if (strncmp(device, "cuda", 4)) {
+        TEST_CHECK(0, "GQ_TEST_DEVICE=%s: expected cpu, cuda or cuda:N", device);
+    } else if (!gq_backend_cuda_compiled()) {
+        TEST_SKIP("GQ_TEST_DEVICE=%s: gq built without CUDA (make CUDA=0 or no nvcc): the GPU passes skipped", device);
+    } else {
+        for (int p = 0; p < 2 && run_pass(&ARITH_GPU[p], tmp) != -1; p++) {}
+    }
     TEST_BEGIN("families");
     if (quick()) TEST_SKIP("GQ_TEST_QUICK: the int8 quantizations and the config ablations");
-    summary();
-    gq_backend_free(be);
     gq_rmtree(tmp);
     free(tmp);
     return TEST_REPORT();

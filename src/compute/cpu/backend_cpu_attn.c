@@ -13,9 +13,8 @@
  * The softmax of each row over its visible keys (max subtracted, fp32; the
  * other entries zeroed) is followed by O_tile = P V[k0:k0+nk] and a division
  * by the row sums. Scratch is one [tile][Tk] buffer per thread ([tile][tile +
- * window - 1] when that is smaller). Without
- * options the arithmetic is that of the plain op before the options existed,
- * bit for bit.
+ * window - 1] when that is smaller). Without options the arithmetic is that
+ * of the plain op before the options existed, bit for bit.
  *
  * Two schedules (GQ_CPU_ATTN, measured by bench/bench_forward.c on this
  * 2-core machine at T = 2048, idle):
