@@ -631,7 +631,6 @@ class Output:
 
     def check_reference(self):
         """RTN: everything re-derived from the original weights; GPTQ: group 0 (and column 0)."""
-        ot = self.orig.tensors
         st = (self.report or {}).get("settings", {})
         static = bool(st.get("static_groups", self.qc.get("static_groups", False)))
         self.ref = {"method": self.method}
@@ -1048,7 +1047,7 @@ def run_famtable(args):
            or os.path.exists(os.path.join(D, "gqppl", f + ".gptq.txt"))]
     need(fxs, f"{D}: no results")
     worst, dev = 0.0, None
-    print(f"| fixture | model | gq ppl (CPU fp32) | unpacker ppl (transformers fp32) | relative difference |")
+    print("| fixture | model | gq ppl (CPU fp32) | unpacker ppl (transformers fp32) | relative difference |")
     print("|---|---|---:|---:|---:|")
     for fx in fxs:
         jp = os.path.join(D, "indep", fx + ".text.json")
