@@ -19,7 +19,10 @@
  * numbers (IST-DASLab/gptq on an H100, /work/shared/docs/reference-
  * results.md) and the arithmetic floor of each part.
  *
- *   bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N] [--nsamples N]
+ * MoE shapes (Mixtral-8x7B, Qwen3-30B-A3B): the same stages with the experts' Hessians over their
+ * routed rows and one solve per expert linear (random router: about uniform routing).
+ *
+ *   bench_layers [--shape 7b|34b|70b|mixtral|qwen3moe|all|moe|tiny|tinymoe] [--layers N] [--nsamples N]
  *                [--seqlen N] [--device cuda|cpu|auto] [--precision auto|fp16|fp32]
  */
 #include <math.h>
@@ -46,13 +49,20 @@ typedef struct {
     int hidden, inter, nh, nkv;
     /* reference (H100, 128 x 2048): s/layer, forward + Hessian, solve, GiB */
     double ref_total, ref_fwd, ref_solve, ref_mem;
+    /* MoE (experts > 0): the family, experts, top-k, an expert's ffn (inter), head_dim (0: hidden / nh) */
+    gq_arch_id arch;
+    int experts, top_k, head_dim;
 } shape;
 
 static const shape shapes[] = {
-    {"7b", 4096, 11008, 32, 32, 12.2, 3.7, 8.5, 6.3},
-    {"34b", 8192, 22016, 64, 8, 29.1, 13.1, 16.1, 16.8},
-    {"70b", 8192, 28672, 64, 8, 36.1, 17.3, 18.7, 21.4},
-    {"tiny", 256, 688, 4, 2, 0, 0, 0, 0},
+    {"7b", 4096, 11008, 32, 32, 12.2, 3.7, 8.5, 6.3, GQ_ARCH_LLAMA, 0, 0, 0},
+    {"34b", 8192, 22016, 64, 8, 29.1, 13.1, 16.1, 16.8, GQ_ARCH_LLAMA, 0, 0, 0},
+    {"70b", 8192, 28672, 64, 8, 36.1, 17.3, 18.7, 21.4, GQ_ARCH_LLAMA, 0, 0, 0},
+    /* Mixtral-8x7B: 8 experts of ffn 14336, top-2; Qwen3-30B-A3B: 128 experts of 768, top-8, head_dim 128 */
+    {"mixtral", 4096, 14336, 32, 8, 0, 0, 0, 0, GQ_ARCH_MIXTRAL, 8, 2, 0},
+    {"qwen3moe", 2048, 768, 32, 4, 0, 0, 0, 0, GQ_ARCH_QWEN3_MOE, 128, 8, 128},
+    {"tiny", 256, 688, 4, 2, 0, 0, 0, 0, GQ_ARCH_LLAMA, 0, 0, 0},
+    {"tinymoe", 256, 128, 4, 2, 0, 0, 0, 0, GQ_ARCH_QWEN3_MOE, 16, 4, 64},
 };
 
 #define GEMM16_RATE 700e12 /* fp16 tensor-core GEMMs, fp32 accumulate */
@@ -99,19 +109,22 @@ typedef struct {
 } flops;
 
 static flops count_flops(const shape *sh, int nsamples, int seqlen) {
-    const double T = (double)nsamples * seqlen, h = sh->hidden, I = sh->inter, hd = (double)sh->hidden / sh->nh;
+    const double T = (double)nsamples * seqlen, h = sh->hidden, I = sh->inter;
+    const double hd = sh->head_dim ? sh->head_dim : (double)sh->hidden / sh->nh;
     const double q = (sh->nh + 2.0 * sh->nkv) * hd, a = sh->nh * hd;
+    /* the MLP: dense, or E experts each seeing its share of the T x top_k routed rows */
+    const double E = sh->experts ? sh->experts : 1, Tr = sh->experts ? T * sh->top_k : T;
     flops f;
-    /* B: qkv, C: o, D: gu, E: gu + down */
-    f.gemm16 = 2.0 * T * (h * q + a * h + 2.0 * h * 2.0 * I + I * h);
+    /* B: qkv, C: o, D: gu, E: gu + down (C, D, E: the router too) */
+    f.gemm16 = 2.0 * T * (h * q + a * h) + 2.0 * Tr * (2.0 * h * 2.0 * I + I * h) + (E > 1 ? 2.0 * 3 * T * h * E : 0);
     /* causal attention: QK^T and PV, half of 2 S^2 hd each, per head and sequence */
     f.attn16 = 2.0 * (double)seqlen * seqlen * hd * sh->nh * nsamples;
-    /* upper-triangle Hessians T K^2 (a full X^T X is 2 T K^2) */
-    f.hess16 = T * (h * h + a * a + h * h + I * I);
+    /* upper-triangle Hessians T K^2 (a full X^T X is 2 T K^2); the experts' over their routed rows */
+    f.hess16 = T * (h * h + a * a) + Tr * (h * h + I * I);
     /* lazy block updates ~ rows K^2 and in-block rank-1 updates rows K 128 */
-    f.solve32 = q * h * h + h * a * a + 2.0 * I * h * h + h * I * I + 128.0 * (q * h + h * a + 2.0 * I * h + h * I);
+    f.solve32 = q * h * h + h * a * a + 128.0 * (q * h + h * a) + E * (2.0 * I * h * h + h * I * I + 128.0 * 3 * I * h);
     /* potrf + trtri: 2/3 K^3 per factorization */
-    f.chol64 = 2.0 / 3.0 * (h * h * h + a * a * a + h * h * h + I * I * I);
+    f.chol64 = 2.0 / 3.0 * (h * h * h + a * a * a + E * (h * h * h + I * I * I));
     return f;
 }
 
@@ -127,8 +140,31 @@ static int cmp_d(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
+/* Fill layer w (allocated) with the host weights: attention, and the dense MLP or every expert (all the
+ * same random matrices: the timing does not depend on their values) with a random router. */
+static void fill_layer(gq_backend *be, const gq_config *c, gq_blayer *w, const uint16_t *const hw[5],
+                       const float *ones) {
+    const int h = c->hidden;
+    for (int g = 0; g < GQ_GRP_COUNT; g++) {
+        if (!w->w[g].data) continue;
+        CK(gq_be_weight_set_rows(be, &w->w[g], 0, w->w[g].rows, hw[g], GQ_DT_F16), "upload a linear");
+    }
+    for (int e = 0; e < w->n_experts; e++) {
+        CK(gq_be_weight_set_rows(be, &w->ex_in[e], 0, w->ex_in[e].rows, hw[GQ_GRP_MLP_IN], GQ_DT_F16), "expert in");
+        CK(gq_be_weight_set_rows(be, &w->ex_out[e], 0, h, hw[GQ_GRP_MLP_OUT], GQ_DT_F16), "expert out");
+    }
+    if (w->n_experts) CK(gq_be_weight_set_rows(be, &w->router, 0, c->n_experts, hw[4], GQ_DT_F16), "router");
+    CK(gq_be_weight_upload(be, &w->norm[GQ_NORM_ATTN_PRE], ones, 1, h), "upload ln1");
+    CK(gq_be_weight_upload(be, &w->norm[GQ_NORM_MLP_PRE], ones, 1, h), "upload ln2");
+    if (gq_arch_get(c->arch_id)->qk_norm) {
+        CK(gq_be_weight_upload(be, &w->q_norm, ones, 1, c->head_dim), "q_norm");
+        CK(gq_be_weight_upload(be, &w->k_norm, ones, 1, c->head_dim), "k_norm");
+    }
+}
+
 static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen) {
-    const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, hd = h / nh, S = seqlen;
+    const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, S = seqlen;
+    const int hd = sh->head_dim ? sh->head_dim : h / nh;
     const int qd = (nh + 2 * nkv) * hd, ad = nh * hd;
     char b1[32], b2[32];
     fprintf(stderr, "%s: hidden %d, inter %d, heads %d/%d x %d, %d x %d tokens, %d layers (1 warm-up)\n", sh->name,
@@ -139,11 +175,19 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     cfg.hidden = h, cfg.intermediate = I, cfg.n_layers = layers, cfg.n_heads = nh, cfg.n_kv_heads = nkv;
     cfg.head_dim = hd, cfg.vocab = 32000, cfg.max_pos = seqlen, cfg.rms_eps = 1e-5f, cfg.rope_theta = 10000.0;
     cfg.dtype = GQ_DT_F16;
-    cfg.arch_id = GQ_ARCH_LLAMA, cfg.rot_dim = hd, cfg.act = GQ_ACT_SILU;
+    cfg.arch_id = sh->arch, cfg.rot_dim = hd, cfg.act = GQ_ACT_SILU;
+    snprintf(cfg.arch, sizeof cfg.arch, "%s", gq_arch_get(sh->arch)->hf_arch);
+    if (sh->experts) {
+        cfg.n_experts = sh->experts, cfg.top_k = sh->top_k, cfg.norm_topk = 1, cfg.moe_inter = I;
+        for (int l = 0; l < layers && l < GQ_CFG_MAX_LAYERS; l++) cfg.layer_moe[l] = 1;
+        fprintf(stderr, "  MoE: %d experts of ffn %d, top-%d\n", sh->experts, I, sh->top_k);
+    }
 
-    /* host weights (fp16, std 0.02), generated once, uploaded per layer */
+    /* host weights (fp16, std 0.02), generated once, uploaded per layer (and per expert) */
     uint16_t *hq = rand_f16((size_t)qd * h, 0.02f, 1), *ho = rand_f16((size_t)h * ad, 0.02f, 2);
     uint16_t *hgu = rand_f16((size_t)2 * I * h, 0.02f, 3), *hdn = rand_f16((size_t)h * I, 0.02f, 4);
+    uint16_t *hr = rand_f16((size_t)(sh->experts ? sh->experts : 1) * h, 0.02f, 5);
+    const uint16_t *const hw[5] = {hq, ho, hgu, hdn, hr};
     float *ones = gq_malloc(sizeof(float) * (size_t)h);
     for (int i = 0; i < h; i++) ones[i] = 1.0f;
 
@@ -173,21 +217,19 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     for (int l = 0; l < layers; l++) {
         gq_blayer w;
         CK(gq_blayer_alloc(be, &cfg, l, &w), "allocate the layer");
-        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_ATTN_IN], 0, qd, hq, GQ_DT_F16), "upload qkv");
-        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_ATTN_OUT], 0, h, ho, GQ_DT_F16), "upload o");
-        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_MLP_IN], 0, 2 * I, hgu, GQ_DT_F16), "upload gu");
-        CK(gq_be_weight_set_rows(be, &w.w[GQ_GRP_MLP_OUT], 0, h, hdn, GQ_DT_F16), "upload down");
-        CK(gq_be_weight_upload(be, &w.norm[GQ_NORM_ATTN_PRE], ones, 1, h), "upload ln1");
-        CK(gq_be_weight_upload(be, &w.norm[GQ_NORM_MLP_PRE], ones, 1, h), "upload ln2");
-        gq_module mods[8];
-        int nmods = gq_layer_modules(&cfg, 0, l, mods, 8);
-        gq_qresult res[8];
+        fill_layer(be, &cfg, &w, hw, ones);
+        int cap = gq_layer_module_cap(&cfg);
+        gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
+        int nmods = gq_layer_modules(&cfg, 0, l, mods, cap);
+        gq_qresult *res = gq_calloc((size_t)nmods, sizeof *res);
         double st0 = q.t_stages, so0 = q.t_solve;
         CK(gq_qlayer_run(&q, l, &w, &p, res), "quantizing the layer");
         for (int k = 0; k < nmods; k++) {
             if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", mods[k].name);
             gq_qresult_free(&res[k]);
         }
+        free(res);
+        free(mods);
         lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be)};
         fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s, total %.3f s, peak %s\n", l,
                 l == 0 && layers > 1 ? " (warm-up)" : "", lt[l].fwd, lt[l].solve, lt[l].fwd + lt[l].solve,
@@ -226,7 +268,7 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     fflush(stdout);
     free(v), free(lt), free(len);
     gq_qlayer_free(&q);
-    free(hq), free(ho), free(hgu), free(hdn), free(ones);
+    free(hq), free(ho), free(hgu), free(hdn), free(hr), free(ones);
 }
 
 static int arg_int(const char *s, const char *name, int lo, int hi) {
@@ -252,7 +294,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seqlen") && v) seqlen = arg_int(v, a, 1, 65536), i++;
         else {
             fprintf(stderr,
-                    "usage: bench_layers [--shape 7b|34b|70b|all|tiny] [--layers N (4)] [--nsamples N (128)]\n"
+                    "usage: bench_layers [--shape 7b|34b|70b|mixtral|qwen3moe|all|moe|tiny|tinymoe] [--layers N (4)]\n"
+                    "                    [--nsamples N (128)]\n"
                     "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n"
                     "                    [--precision auto|fp16|fp32 (auto)]\n");
             return 2;
@@ -263,13 +306,14 @@ int main(int argc, char **argv) {
     int any = 0;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const shape *sh = &shapes[k];
-        int pick = !strcmp(shape_name, sh->name) || (!strcmp(shape_name, "all") && strcmp(sh->name, "tiny"));
+        int pick = !strcmp(shape_name, sh->name) || (!strcmp(shape_name, "all") && strncmp(sh->name, "tiny", 4)) ||
+                   (!strcmp(shape_name, "moe") && sh->experts && strncmp(sh->name, "tiny", 4));
         if (!pick) continue;
         any = 1;
         run_shape(be, sh, layers, nsamples, seqlen);
     }
     if (!any) {
-        fprintf(stderr, "bench_layers: unknown shape '%s' (7b, 34b, 70b, all, tiny)\n", shape_name);
+        fprintf(stderr, "bench_layers: unknown shape '%s' (7b, 34b, 70b, mixtral, qwen3moe, all, moe, tiny, tinymoe)\n", shape_name);
         return 2;
     }
     gq_backend_free(be);
