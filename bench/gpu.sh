@@ -46,13 +46,15 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq build/tests/test_families ||
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families ||
         { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
 step_test() {
     run test_cuda 300 ./build/tests/test_cuda
     grep -E '^(FAIL|SKIP)|RESULT|rel err|ppl |timing' "$LOGS/test_cuda.log" | head -n 80
+    run test_cuda_family 300 ./build/tests/test_cuda_family
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_family.log" | head -n 40
     run test_cuda_gptq 300 ./build/tests/test_cuda_gptq
     grep -E '^(FAIL|SKIP)|RESULT|codes equal' "$LOGS/test_cuda_gptq.log" | head -n 80
     # the families on the GPU, fp16 and fp32 passes: each pass's table of measured errors and
