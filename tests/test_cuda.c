@@ -1,10 +1,8 @@
 /*
  * test_cuda.c -- the CUDA backend's ops, whole checkpoints and perplexity
- * against the CPU backend (fp32, OpenBLAS) and transformers, and the family
- * ops (layernorm, head_rmsnorm, glu / act, partial rope, attention options,
- * decode with them, gather / scatter rows, the logit soft-cap) against the
- * scalar reference of gq/ref.h, on fresh random inputs, in both precisions
- * (test_cuda_gptq.c: the GPTQ solve). Without a CUDA device (or without CUDA
+ * against the CPU backend (fp32, OpenBLAS) and transformers, on fresh random
+ * inputs, in both precisions (test_cuda_family.c: the family ops against
+ * gq/ref.h; test_cuda_gptq.c: the GPTQ solve). Without a CUDA device (or without CUDA
  * compiled in) only the device-less paths run and everything else is skipped
  * with a message.
  *

@@ -29,6 +29,9 @@
  * returned dequantized with them (out_f16), so the forward of the next
  * modules sees exactly the exported model. scale_f16 = 1 instead rounds
  * each scale before it is used (measured slightly worse on pycoder-5m).
+ * Clipping (p->clip, off by default): the scale from the shrunk range that
+ * minimises the group's (optionally diag(H)-weighted) |q(x) - x|^2.4 error
+ * instead of the full range (gq/quant_math.h gq_qm_params_clip).
  * Zero policy GQ_ZERO_V1: an asymmetric zero of 0 cannot be stored in the
  * AutoGPTQ v1 format (stored value = zero - 1); such a group gets zero 1 and
  * scale = (xmax - xmin) / (maxq - 1), the grid shifted up by one step, which
@@ -51,6 +54,16 @@ extern "C" {
 
 typedef enum { GQ_METHOD_GPTQ = 0, GQ_METHOD_RTN } gq_method;
 typedef enum { GQ_ZERO_V1 = 0, GQ_ZERO_FREE } gq_zero_policy;
+/* How a group's scale (and zero) is chosen (gq/quant_math.h, "the clipping
+ * search"): MINMAX: the range of the values (the reference); MSE: the
+ * shrunk range [p xmin, p xmax], p in 1, 0.99, ..., 0.21, that minimises
+ * sum |q(x) - x|^2.4 over the group (GPTQModel's `mse`, quant.py's grid
+ * search); MSE_H: the same error weighted by diag(H) of each column (the
+ * activation energy; unweighted for RTN, which has no Hessian). The values
+ * searched are the weights the params are computed from: the current
+ * (error-updated) W at a dynamic group's start, W itself for static groups
+ * and per-row params. The output stays plain v1 (one scale, zero per group). */
+typedef enum { GQ_CLIP_MINMAX = 0, GQ_CLIP_MSE, GQ_CLIP_MSE_H } gq_clip;
 
 typedef struct {
     gq_method method;
@@ -68,9 +81,19 @@ typedef struct {
     int out_f16;       /* with scale_f16 = 0: round the result's scales to fp16
                           (the checkpoint's dtype) and return W dequantized
                           with them (default 1); 0: fp32 outputs */
+    gq_clip clip;          /* group scale search (GQ_CLIP_MINMAX) */
+    int clip_grid;         /* shrink factors p = 1 - i / clip_grid (GQ_CLIP_GRID, 100) */
+    double clip_maxshrink; /* i < int(clip_maxshrink * clip_grid) (GQ_CLIP_MAXSHRINK, 0.8: 80 candidates) */
+    float clip_norm;       /* error exponent (GQ_CLIP_NORM, 2.4) */
 } gq_gptq_params;
 
 void gq_gptq_params_default(gq_gptq_params *p);
+/* The quantizer config of a solve (gq/quant_math.h); weighted: diag(H) is
+ * available to weight the clipping search (GQ_CLIP_MSE_H with a Hessian). */
+gq_qcfg gq_gptq_qcfg(const gq_gptq_params *p, int weighted);
+/* "minmax", "mse", "mse-h" (the --clip values); gq_clip_parse: GQ_ERR_ARG for another string. */
+const char *gq_clip_name(gq_clip c);
+int gq_clip_parse(const char *s, gq_clip *out);
 
 typedef struct {
     int rows, cols, ngroups;

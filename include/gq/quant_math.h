@@ -101,12 +101,17 @@ GQ_QM_FN int gq_maxq(int bits) {
     return (1 << bits) - 1;
 }
 
-/* What fixes the params of a group (gq_gptq_params, resolved). */
+/* What fixes the params of a group (gq_gptq_params, resolved). The clip_*
+ * fields (the clipping search, below) are 0 for plain min-max. */
 typedef struct {
     int maxq;      /* gq_maxq(bits) */
     int sym;       /* zero = (maxq + 1) / 2 */
     int zero_free; /* GQ_ZERO_FREE: an asymmetric zero may be 0 (else GQ_ZERO_V1's shifted grid) */
     int scale_f16; /* round each scale to fp16 before it is used */
+    int clip_n;        /* candidates of the clipping search, int(maxshrink * grid); 0: min-max only */
+    int clip_grid;     /* candidate i shrinks the range by p_i = 1 - i / clip_grid */
+    float clip_norm;   /* error = sum wt_k |q(x_k) - x_k|^clip_norm */
+    int clip_weighted; /* the caller passes weights wt (diag(H) of the group's columns: --clip mse-h) */
 } gq_qcfg;
 
 /* s to the nearest fp16 value (round to nearest even), kept finite and
@@ -122,9 +127,11 @@ GQ_QM_FN float gq_round_scale_f16(float s) {
     return h;
 }
 
-/* Params from a range: xmin = min(min(x), 0), xmax = max(max(x), 0) (a
- * value of the other sign is clamped to 0 here too). */
-GQ_QM_FN void gq_qm_params(float xmin, float xmax, gq_qcfg q, float *scale, int32_t *zero) {
+/* The quantizer's range from xmin = min(min(x), 0), xmax = max(max(x), 0)
+ * (a value of the other sign is clamped to 0 here too): quant.py's xmin /
+ * xmax after the symmetric fix and the [-1, 1] of an all-zero group. */
+GQ_QM_FN void gq_qm_range(float *xmin_p, float *xmax_p, gq_qcfg q) {
+    float xmin = *xmin_p, xmax = *xmax_p;
     if (xmin > 0.0f) xmin = 0.0f;
     if (xmax < 0.0f) xmax = 0.0f;
     if (q.sym) {
@@ -139,6 +146,12 @@ GQ_QM_FN void gq_qm_params(float xmin, float xmax, gq_qcfg q, float *scale, int3
         xmin = -1.0f;
         xmax = 1.0f;
     }
+    *xmin_p = xmin;
+    *xmax_p = xmax;
+}
+
+/* Params of a range that gq_qm_range has fixed already. */
+GQ_QM_FN void gq_qm_params_range(float xmin, float xmax, gq_qcfg q, float *scale, int32_t *zero) {
     float s = gq_qm_div(gq_qm_sub(xmax, xmin), (float)q.maxq);
     if (q.scale_f16) s = gq_round_scale_f16(s);
     float z;
@@ -159,6 +172,13 @@ GQ_QM_FN void gq_qm_params(float xmin, float xmax, gq_qcfg q, float *scale, int3
     *zero = (int32_t)z;
 }
 
+/* Params from a range: xmin = min(min(x), 0), xmax = max(max(x), 0) (a
+ * value of the other sign is clamped to 0 here too). */
+GQ_QM_FN void gq_qm_params(float xmin, float xmax, gq_qcfg q, float *scale, int32_t *zero) {
+    gq_qm_range(&xmin, &xmax, q);
+    gq_qm_params_range(xmin, xmax, q, scale, zero);
+}
+
 /* q = clamp(rint(x / scale) + zero, 0, maxq) -- rint: half to even. */
 GQ_QM_FN int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
     float q = gq_qm_add(gq_qm_rint(gq_qm_div(x, scale)), (float)zero);
@@ -170,6 +190,212 @@ GQ_QM_FN int gq_quant_code(float x, float scale, int32_t zero, int maxq) {
 /* scale * (q - zero) */
 GQ_QM_FN float gq_dequant(int q, float scale, int32_t zero) {
     return gq_qm_mul(scale, (float)(q - zero));
+}
+
+/* ---- the clipping search (gq_gptq_params.clip) -------------------------------------------------------------- */
+
+/* GPTQModel's / IST-DASLab quant.py `find_params` with mse on: after the
+ * min-max params (the range [xmin, xmax] of gq_qm_range), try the ranges
+ * [p xmin, p xmax] for p_i = 1 - i / grid, i = 0 .. int(maxshrink * grid) - 1
+ * (grid 100, maxshrink 0.8: p = 1, 0.99, ..., 0.21), each with its params
+ * (gq_qm_params_range: scale, and the zero when asymmetric), and keep the
+ * first candidate with the smallest error sum_k wt_k |q(x_k) - x_k|^norm
+ * (norm 2.4; wt_k = 1, or diag(H) of column k for the Hessian-weighted
+ * variant), where q(x) = scale (clamp(rint(x / scale) + zero, 0, maxq) -
+ * zero) is the dequantized value. p = 1 is the min-max range itself, so the
+ * result is never worse (in this error) than min-max; a candidate whose
+ * error is not finite (an overflowing range) is never kept, and when none is
+ * finite the min-max params stay. Arithmetic, as torch does it on fp32
+ * tensors: p_i computed in double and rounded to fp32 (the Python float
+ * that multiplies an fp32 tensor), p xmin and p xmax in fp32, the terms
+ * fp32, their sum fp32 in column order (torch's sum order is its own; this
+ * one is a plain sequential sum), the exponent norm as fp32 (2.4f, as torch
+ * casts it). |d|^norm is gq_qm_pow: correctly rounded in all but a
+ * vanishing fraction of cases (the reference's powf is not specified to the
+ * last bit either), and the same bits on the host and the device. */
+#define GQ_CLIP_GRID 100      /* shrink steps */
+#define GQ_CLIP_MAXSHRINK 0.8 /* the smallest range tried is (1 - maxshrink + 1/grid) of min-max */
+#define GQ_CLIP_NORM 2.4f     /* the error exponent */
+
+GQ_QM_FN double gq_qm_dadd(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+GQ_QM_FN double gq_qm_dsub(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+GQ_QM_FN double gq_qm_dmul(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+GQ_QM_FN double gq_qm_ddiv(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __ddiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+GQ_QM_FN float gq_qm_d2f(double a) { /* round to nearest even */
+#ifdef __CUDA_ARCH__
+    return __double2float_rn(a);
+#else
+    return (float)a;
+#endif
+}
+GQ_QM_FN double gq_qm_drint(double a) {
+#ifdef __CUDA_ARCH__
+    return rint(a);
+#else
+    return __builtin_rint(a);
+#endif
+}
+GQ_QM_FN uint64_t gq_qm_dbits(double a) {
+#ifdef __CUDA_ARCH__
+    return (uint64_t)__double_as_longlong(a);
+#else
+    uint64_t u;
+    __builtin_memcpy(&u, &a, sizeof u);
+    return u;
+#endif
+}
+GQ_QM_FN double gq_qm_dfrom(uint64_t u) {
+#ifdef __CUDA_ARCH__
+    return __longlong_as_double((long long)u);
+#else
+    double a;
+    __builtin_memcpy(&a, &u, sizeof a);
+    return a;
+#endif
+}
+GQ_QM_FN float gq_qm_inf(void) {
+#ifdef __CUDA_ARCH__
+    return __int_as_float(0x7f800000);
+#else
+    return __builtin_inff();
+#endif
+}
+
+/* x^y for x >= 0 (or NaN) and y > 0, as fp32: exp(y ln x) evaluated in
+ * double with explicitly rounded operations (relative error ~1e-14 before
+ * the final rounding to fp32), so host and device give the same bits.
+ * y == 2 is fl(x * x) (torch's own special case), y == 1 is x. */
+GQ_QM_FN float gq_qm_pow(float x, float y) {
+    if (!(x > 0.0f)) return x == 0.0f ? 0.0f : x; /* 0, or NaN */
+    if (gq_qm_isinf(x)) return x;
+    if (y == 2.0f) return gq_qm_mul(x, x);
+    if (y == 1.0f) return x;
+    const double LN2_HI = 6.93147180369123816490e-01; /* 0x3fe62e42fee00000: k * LN2_HI exact for |k| < 2^21 */
+    const double LN2_LO = 1.90821492927058770002e-10;
+    const double SQRT2 = 1.41421356237309504880;
+    /* x = m 2^e, m in [sqrt(1/2), sqrt(2)) (every fp32 value is a normal double) */
+    const uint64_t b = gq_qm_dbits((double)x);
+    int e = (int)((b >> 52) & 0x7ff) - 1023;
+    double m = gq_qm_dfrom((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    if (m > SQRT2) {
+        m = gq_qm_dmul(m, 0.5);
+        e += 1;
+    }
+    /* ln m = 2 atanh(t) = 2 (t + t^3/3 + ... + t^21/21), t = (m - 1) / (m + 1), |t| < 0.1716 */
+    const double t = gq_qm_ddiv(gq_qm_dsub(m, 1.0), gq_qm_dadd(m, 1.0)), t2 = gq_qm_dmul(t, t);
+    double s = 1.0 / 21.0;
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 19.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 17.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 15.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 13.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 11.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 9.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 7.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 5.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0 / 3.0);
+    s = gq_qm_dadd(gq_qm_dmul(s, t2), 1.0);
+    const double ln_m = gq_qm_dmul(gq_qm_dmul(2.0, t), s);
+    const double ln_x = gq_qm_dadd(gq_qm_dmul((double)e, LN2_HI), gq_qm_dadd(gq_qm_dmul((double)e, LN2_LO), ln_m));
+    const double v = gq_qm_dmul((double)y, ln_x);
+    if (v > 89.0) return gq_qm_inf();  /* e^89 > FLT_MAX */
+    if (v < -105.0) return 0.0f;       /* e^-105 < 2^-151: below half the smallest fp32 subnormal */
+    /* e^v = 2^k e^r, r = v - k ln2, |r| <= ln2 / 2 (+ rounding); e^r by its Taylor series to r^13 / 13! */
+    const double kd = gq_qm_drint(gq_qm_dmul(v, 1.44269504088896340736));
+    const double r = gq_qm_dsub(gq_qm_dsub(v, gq_qm_dmul(kd, LN2_HI)), gq_qm_dmul(kd, LN2_LO));
+    double p = 1.0 / 6227020800.0; /* 1/13! */
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 479001600.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 39916800.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 3628800.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 362880.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 40320.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 5040.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 720.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 120.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 24.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0 / 6.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 0.5);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0);
+    p = gq_qm_dadd(gq_qm_dmul(p, r), 1.0);
+    const uint64_t two_k = (uint64_t)((int)kd + 1023) << 52; /* k in [-152, 129]: a normal double */
+    return gq_qm_d2f(gq_qm_dmul(p, gq_qm_dfrom(two_k)));
+}
+
+/* p_i = 1 - i / grid: computed in double and rounded to fp32, as torch
+ * applies the Python float p to an fp32 tensor. */
+GQ_QM_FN float gq_qm_clip_shrink(int i, int grid) {
+    return gq_qm_d2f(gq_qm_dsub(1.0, gq_qm_ddiv((double)i, (double)grid)));
+}
+
+/* Params of candidate i on the range [xmin, xmax] (fixed by gq_qm_range). */
+GQ_QM_FN void gq_qm_clip_candidate(float xmin, float xmax, int i, gq_qcfg q, float *scale, int32_t *zero) {
+    const float p = gq_qm_clip_shrink(i, q.clip_grid);
+    gq_qm_params_range(gq_qm_mul(p, xmin), gq_qm_mul(p, xmax), q, scale, zero);
+}
+
+/* The error of params (scale, zero) on x[0 .. n): sum_k wt_k |q(x_k) - x_k|^norm
+ * (wt NULL: 1), summed in order. */
+GQ_QM_FN float gq_qm_clip_err(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q) {
+    float e = 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float dq = gq_dequant(gq_quant_code(x[k], scale, zero, q.maxq), scale, zero);
+        float t = gq_qm_pow(gq_qm_fabs(gq_qm_sub(dq, x[k])), q.clip_norm);
+        if (wt) t = gq_qm_mul(wt[k], t);
+        e = gq_qm_add(e, t);
+    }
+    return e;
+}
+
+/* Candidate (e, i) is better than (best_e, best_i): a smaller error, or the
+ * same with a smaller index. The sequential search (first strictly smaller
+ * error in index order) keeps the same candidate as a reduction over any
+ * split of the indices with this order, each part starting at (inf, any). */
+GQ_QM_FN int gq_qm_clip_better(float e, int i, float best_e, int best_i) {
+    return e < best_e || (e == best_e && i < best_i);
+}
+
+/* Params of the values x[0 .. n) with min xmin = min(min(x), 0), max xmax =
+ * max(max(x), 0): min-max (q.clip_n == 0), or the clipping search above
+ * (wt: the weights of the weighted variant, or NULL). */
+GQ_QM_FN void gq_qm_params_clip(const float *x, const float *wt, int n, float xmin, float xmax, gq_qcfg q,
+                                float *scale, int32_t *zero) {
+    gq_qm_range(&xmin, &xmax, q);
+    gq_qm_params_range(xmin, xmax, q, scale, zero);
+    float best = gq_qm_inf();
+    for (int i = 0; i < q.clip_n; i++) {
+        float s;
+        int32_t z;
+        gq_qm_clip_candidate(xmin, xmax, i, q, &s, &z);
+        const float e = gq_qm_clip_err(x, wt, n, s, z, q);
+        if (e < best) {
+            best = e;
+            *scale = s;
+            *zero = z;
+        }
+    }
 }
 
 #endif /* GQ_QUANT_MATH_H */

@@ -31,6 +31,7 @@ int gq_cmd_quantize(int argc, char **argv) {
     gq_quant_opts_default(&o);
     const char *method = "gptq", *windowing = "auto", *format = "gptq";
     int sym = 0, asym = 0, act_order = 0, static_groups = 0;
+    const char *clip = gq_clip_name(o.gptq.clip);
     /* the bundled corpus wherever gq runs from (gq/datadir.h); NULL when not found */
     char *calib_default = gq_data_path(default_calib);
     o.calib_path = calib_default ? calib_default : default_calib;
@@ -47,6 +48,10 @@ int gq_cmd_quantize(int argc, char **argv) {
         {"act-order", GQ_OPT_FLAG, &act_order, "quantize columns in order of decreasing Hessian diagonal", NULL, 0, 0},
         {"static-groups", GQ_OPT_FLAG, &static_groups,
          "group parameters fixed before the solve (act-order keeps a trivial g_idx)", NULL, 0, 0},
+        {"clip", GQ_OPT_STR, &clip,
+         "group scales: min-max range, or the shrunk range minimising sum |q(x) - x|^2.4 (mse-h: weighted by "
+         "diag(H))",
+         "minmax|mse|mse-h", 0, 0},
         {"damp", GQ_OPT_DOUBLE, &o.gptq.damp, "relative damping of the Hessian diagonal", NULL, 0, 0},
         {"block-size", GQ_OPT_INT, &o.gptq.block_size, "lazy-batch block of columns", NULL, 0, 0},
         {"nsamples", GQ_OPT_INT, &o.nsamples, "calibration sequences", NULL, 0, 0},
@@ -73,6 +78,7 @@ int gq_cmd_quantize(int argc, char **argv) {
     const char *syn = "--model DIR --out DIR [options]";
     int rc = gq_opts_parse("quantize", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
     if (!rc) rc = check_opts(&o, sym, asym, method, syn, opts, n);
+    if (!rc) rc = gq_clip_parse(clip, &o.gptq.clip);
     if (rc) {
         free(calib_default);
         return rc;

@@ -88,6 +88,7 @@ static json_t *quant_config(const gq_quant_opts *o) {
                              : p->sym ? "symmetric"
                                       : "v1: zero 0 shifted to 1",
                              "nsamples", o->nsamples, "seqlen", o->seqlen, "block_size", p->block_size);
+    json_object_set_new(meta, "clip", json_string(gq_clip_name(p->clip)));
     return json_pack("{s:i, s:i, s:f, s:b, s:b, s:b, s:b, s:s, s:s, s:s, s:b, s:o}", "bits", p->bits, "group_size",
                      p->group_size, "damp_percent", p->damp, "desc_act", desc_act, "static_groups", p->static_groups,
                      "sym", p->sym, "true_sequential", 1, "model_file_base_name", "model", "quant_method", "gptq",
@@ -160,6 +161,7 @@ static json_t *report_json(const gq_quant_opts *o, const gq_quant_report *r) {
     char knobs[256];
     gq_knobs_str(knobs, sizeof knobs, 0);
     json_object_set_new(settings, "environment", json_string(knobs));
+    json_object_set_new(settings, "clip", json_string(gq_clip_name(p->clip)));
     json_object_set_new(settings, "arithmetic", json_string(r->arith));
     json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "load", r->t_load, "forward", r->t_forward, "hessian",
                           r->t_hessian, "solve", r->t_solve, "export", r->t_export, "total", r->t_total);

@@ -53,6 +53,17 @@ int gq_gptq_check_params(const gq_gptq_params *p, int rows, int cols, const floa
             return gq_err(GQ_ERR_ARG, "gptq: damping must be a finite value >= 0, got %g", p->damp);
         if (p->max_retries < 0) return gq_err(GQ_ERR_ARG, "gptq: max_retries must be >= 0, got %d", p->max_retries);
     }
+    if (p->clip != GQ_CLIP_MINMAX && p->clip != GQ_CLIP_MSE && p->clip != GQ_CLIP_MSE_H)
+        return gq_err(GQ_ERR_ARG, "gptq: unknown clip mode %d", (int)p->clip);
+    if (p->clip != GQ_CLIP_MINMAX) {
+        if (p->clip_grid < 1 || p->clip_grid > 100000)
+            return gq_err(GQ_ERR_ARG, "gptq: clip grid must be in [1, 100000], got %d", p->clip_grid);
+        if (!(p->clip_maxshrink > 0.0 && p->clip_maxshrink <= 1.0) || (int)(p->clip_maxshrink * p->clip_grid) < 1)
+            return gq_err(GQ_ERR_ARG, "gptq: clip maxshrink must be in (0, 1] with at least one candidate, got %g",
+                          p->clip_maxshrink);
+        if (!(p->clip_norm > 0.0f) || isinf(p->clip_norm))
+            return gq_err(GQ_ERR_ARG, "gptq: clip norm must be a finite value > 0, got %g", (double)p->clip_norm);
+    }
     return GQ_OK;
 }
 
@@ -220,7 +231,7 @@ int gq_gptq_drive(const gq_gptq_ops *ops, gq_backend *be, const gq_gptq_params *
     memset(&j, 0, sizeof j);
     j.be = be, j.p = p, j.W = W, j.H = H, j.h_scale = h_scale, j.rows = rows, j.cols = cols;
     j.gptq = p->method == GQ_METHOD_GPTQ;
-    j.q = (gq_qcfg){gq_maxq(p->bits), p->sym, p->zero_policy == GQ_ZERO_FREE, p->scale_f16};
+    j.q = gq_gptq_qcfg(p, j.gptq); /* mse-h weights: diag(H), so not for RTN */
     j.round_out = p->out_f16 && !p->scale_f16;
     j.state = gq_calloc(1, ops->state_bytes ? ops->state_bytes : 1);
     drive_arrays a = {0};

@@ -93,6 +93,9 @@ static char *fingerprint(const run_t *r) {
                           (json_int_t)r->cs.n_tokens);
     json_object_set_new(j, "arithmetic", json_string(r->rep->arith));
     json_object_set_new(j, "moe_min_tokens", json_integer(o->moe_min_tokens));
+    json_object_set_new(j, "clip", json_pack("{s:s, s:i, s:f, s:f}", "mode", gq_clip_name(p->clip), "grid",
+                                             p->clip_grid, "maxshrink", p->clip_maxshrink, "norm",
+                                             (double)p->clip_norm));
     /* the CPU's sums depend on how OpenBLAS splits them: 2 threads and 1 differ in the last bits (11.5586 vs
      * 11.5480 on pycoder-5m GPTQ sym, docs/testing.md) */
     if (!gq_backend_is_gpu(r->be)) json_object_set_new(j, "cpu_threads", json_integer(gq_get_threads()));
@@ -237,6 +240,9 @@ static void print_settings(const gq_quant_opts *o) {
     gq_info("  %-16s %s", "scheme", p->sym ? "sym (zero = 2^(bits-1))" : "asym (zero points)");
     gq_info("  %-16s %s", "act-order", p->act_order ? "yes" : "no");
     gq_info("  %-16s %s", "static-groups", p->static_groups ? "yes" : "no");
+    gq_info("  %-16s %s", "clip", p->clip == GQ_CLIP_MSE     ? "mse (scale search, |err|^2.4)"
+                                  : p->clip == GQ_CLIP_MSE_H ? "mse-h (scale search, diag(H)-weighted |err|^2.4)"
+                                                             : "minmax");
     gq_info("  %-16s %g", "damp", p->damp);
     gq_info("  %-16s %d", "block-size", p->block_size);
     gq_info("  %-16s %d x %d (%s)", "calibration", o->nsamples, o->seqlen,

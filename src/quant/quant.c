@@ -33,6 +33,40 @@ void gq_gptq_params_default(gq_gptq_params *p) {
     p->max_retries = 8;
     p->scale_f16 = 0;
     p->out_f16 = 1;
+    p->clip = GQ_CLIP_MINMAX;
+    p->clip_grid = GQ_CLIP_GRID;
+    p->clip_maxshrink = GQ_CLIP_MAXSHRINK;
+    p->clip_norm = GQ_CLIP_NORM;
+}
+
+gq_qcfg gq_gptq_qcfg(const gq_gptq_params *p, int weighted) {
+    gq_qcfg q;
+    memset(&q, 0, sizeof q);
+    q.maxq = gq_maxq(p->bits);
+    q.sym = p->sym;
+    q.zero_free = p->zero_policy == GQ_ZERO_FREE;
+    q.scale_f16 = p->scale_f16;
+    if (p->clip != GQ_CLIP_MINMAX) {
+        q.clip_n = (int)(p->clip_maxshrink * p->clip_grid);
+        q.clip_grid = p->clip_grid;
+        q.clip_norm = p->clip_norm;
+        q.clip_weighted = p->clip == GQ_CLIP_MSE_H && weighted;
+    }
+    return q;
+}
+
+const char *gq_clip_name(gq_clip c) {
+    return c == GQ_CLIP_MSE ? "mse" : c == GQ_CLIP_MSE_H ? "mse-h" : c == GQ_CLIP_MINMAX ? "minmax" : "?";
+}
+
+int gq_clip_parse(const char *s, gq_clip *out) {
+    static const gq_clip all[] = {GQ_CLIP_MINMAX, GQ_CLIP_MSE, GQ_CLIP_MSE_H};
+    for (size_t i = 0; s && i < sizeof all / sizeof *all; i++)
+        if (!strcmp(s, gq_clip_name(all[i]))) {
+            *out = all[i];
+            return GQ_OK;
+        }
+    return gq_err(GQ_ERR_ARG, "--clip: expected minmax, mse or mse-h, got \"%s\"", s ? s : "(null)");
 }
 
 /* ---- result container ---------------------------------------------------- */
@@ -96,8 +130,10 @@ void gq_qresult_round_scales(gq_qresult *r) {
 
 void gq_quant_params_minmax(float xmin, float xmax, int bits, int sym, gq_zero_policy zp, int scale_f16,
                             float *scale, int32_t *zero) {
-    const gq_qcfg q = {gq_maxq(bits), sym, zp == GQ_ZERO_FREE, scale_f16};
-    gq_qm_params(xmin, xmax, q, scale, zero);
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    p.bits = bits, p.sym = sym, p.zero_policy = zp, p.scale_f16 = scale_f16;
+    gq_qm_params(xmin, xmax, gq_gptq_qcfg(&p, 0), scale, zero);
 }
 
 void gq_quant_params_ex(const float *x, int n, int stride, int bits, int sym, gq_zero_policy zp, int scale_f16,

@@ -159,23 +159,37 @@ static int cpu_scan(gq_gptq_job *j, gq_gptq_scan *s, float *diag) {
 }
 
 /* Params of groups of gs original columns (ng groups) of every row of W,
- * dead columns read as 0, into res->scales / res->zeros [ng][rows]. */
+ * dead columns read as 0, into res->scales / res->zeros [ng][rows]; with
+ * the clipping search on the group's values (weighted by diag(H) of the
+ * original columns for mse-h). */
 static void group_params(const gq_gptq_job *j, const float *W, int gs, int ng, const uint8_t *dead) {
-    const int rows = j->rows, cols = j->cols;
+    const int rows = j->rows, cols = j->cols, clip = j->q.clip_n > 0;
+    const float *wt = j->q.clip_weighted ? j->diag : NULL;
     gq_qresult *res = j->res;
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
-        const float *w = W + (size_t)r * cols;
-        for (int g = 0; g < ng; g++) {
-            const int k0 = g * gs, k1 = k0 + gs < cols ? k0 + gs : cols;
-            float mn = 0.0f, mx = 0.0f; /* min(min(x), 0), max(max(x), 0) */
-            for (int k = k0; k < k1; k++) {
-                const float v = dead && dead[k] ? 0.0f : w[k];
-                if (v < mn) mn = v;
-                if (v > mx) mx = v;
+#pragma omp parallel
+    {
+        float *x = clip ? gq_malloc((size_t)gs * sizeof(float)) : NULL; /* the group's values */
+#pragma omp for schedule(static)
+        for (int r = 0; r < rows; r++) {
+            const float *w = W + (size_t)r * cols;
+            for (int g = 0; g < ng; g++) {
+                const int k0 = g * gs, k1 = k0 + gs < cols ? k0 + gs : cols;
+                float mn = 0.0f, mx = 0.0f; /* min(min(x), 0), max(max(x), 0) */
+                for (int k = k0; k < k1; k++) {
+                    const float v = dead && dead[k] ? 0.0f : w[k];
+                    if (v < mn) mn = v;
+                    if (v > mx) mx = v;
+                    if (clip) x[k - k0] = v;
+                }
+                float *sc = &res->scales[(size_t)g * rows + r];
+                int32_t *zr = &res->zeros[(size_t)g * rows + r];
+                if (clip)
+                    gq_qm_params_clip(x, wt ? wt + k0 : NULL, k1 - k0, mn, mx, j->q, sc, zr);
+                else
+                    gq_qm_params(mn, mx, j->q, sc, zr);
             }
-            gq_qm_params(mn, mx, j->q, &res->scales[(size_t)g * rows + r], &res->zeros[(size_t)g * rows + r]);
         }
+        free(x);
     }
 }
 
@@ -239,7 +253,24 @@ static void dynamic_params(const solve_ctx *c, int j, int r0, int r1) {
     }
     float *sc = c->j->res->scales + (size_t)g * c->rows + r0;
     int32_t *zr = c->j->res->zeros + (size_t)g * c->rows + r0;
-    for (int r = 0; r < nr; r++) gq_qm_params(mn[r], mx[r], c->j->q, &sc[r], &zr[r]);
+    const gq_qcfg q = c->j->q;
+    if (q.clip_n <= 0) {
+        for (int r = 0; r < nr; r++) gq_qm_params(mn[r], mx[r], q, &sc[r], &zr[r]);
+        return;
+    }
+    /* the clipping search on each row's values; mse-h weights: diag(H) of the permuted columns */
+    const int n = jend - j;
+    float *x = gq_malloc((size_t)n * sizeof(float)), *wt = NULL;
+    if (q.clip_weighted) {
+        wt = gq_malloc((size_t)n * sizeof(float));
+        for (int k = 0; k < n; k++) wt[k] = c->j->diag[c->j->perm ? c->j->perm[j + k] : j + k];
+    }
+    for (int r = 0; r < nr; r++) {
+        for (int k = 0; k < n; k++) x[k] = c->Wt[(size_t)(j + k) * c->rows + r0 + r];
+        gq_qm_params_clip(x, wt, n, mn[r], mx[r], q, &sc[r], &zr[r]);
+    }
+    free(x);
+    free(wt);
 }
 
 /* Columns [i1, i2) for rows [r0, r1): W1 [cnt][rows] is the block's working

@@ -8,7 +8,9 @@
  *            diag--> host (the driver: dead columns, mean(diag), act-order
  *            perm, group of every column)
  *   prepare: per-row / static group params up front (one warp per (row,
- *            group)) on W in original order; W (fp16, or fp32 with
+ *            group)) on W in original order (with --clip mse / mse-h: the
+ *            clipping search of gq/quant_math.h, its candidates spread over
+ *            the warp's lanes, on an fp32 copy); W (fp16, or fp32 with
  *            --precision fp32) --gather(perm), dead columns 0--> Wf [rows][K]
  *            fp32 working copy
  *   factor:  Hd = H[perm][perm] + damping, fp64 (or fp32) --cuSOLVER--> upper
@@ -27,7 +29,8 @@
  * Hinv[i1:i2, i1:i2] sits in shared memory. Per column j: params at a
  * (dynamic) group start from the global W (columns j .. j+gs of the global
  * buffer, which for this block still hold the block-start values: the
- * kernel writes its results back only at the end), or the precomputed
+ * kernel writes its results back only at the end; with --clip the
+ * clipping search over the same values, gptq_block_kernel<1>), or the precomputed
  * params when the group changes; the column value is broadcast from its
  * owner lane; every lane computes the same q, dq, err, loss term (so no
  * further communication); the rank-1 update of the lanes' later columns uses
@@ -113,6 +116,72 @@ static __global__ void group_params_kernel(const E *W, int rows, int K, int gs, 
     }
 }
 
+/* The clipping search (gq/quant_math.h gq_qm_params_clip) by one warp: the
+ * candidates are spread over the lanes (lane l tries i = l, l + 32, ...),
+ * each evaluated with the shared sequential error sum over x[0 .. n) (all
+ * lanes read the same x[k] at once: a broadcast), then the best (error,
+ * index) is reduced over the warp (gq_qm_clip_better), which keeps the
+ * candidate the sequential host loop keeps. Every lane returns the params.
+ * xmin, xmax: min(min(x), 0), max(max(x), 0). */
+static __device__ void warp_params_clip(const float *x, const float *wt, int n, float xmin, float xmax, gq_qcfg q,
+                                        int lane, float *scale, int32_t *zero) {
+    gq_qm_range(&xmin, &xmax, q);
+    float be = gq_qm_inf();
+    int bi = 0x7fffffff;
+    for (int i = lane; i < q.clip_n; i += 32) {
+        float s;
+        int32_t z;
+        gq_qm_clip_candidate(xmin, xmax, i, q, &s, &z);
+        const float e = gq_qm_clip_err(x, wt, n, s, z, q);
+        if (e < be) be = e, bi = i; /* strict: a non-finite error never counts */
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float e2 = __shfl_xor_sync(GQ_FULL_MASK, be, o);
+        const int i2 = __shfl_xor_sync(GQ_FULL_MASK, bi, o);
+        if (gq_qm_clip_better(e2, i2, be, bi)) be = e2, bi = i2;
+    }
+    if (bi == 0x7fffffff) /* no finite error: min-max */
+        gq_qm_params_range(xmin, xmax, q, scale, zero);
+    else
+        gq_qm_clip_candidate(xmin, xmax, bi, q, scale, zero);
+}
+
+/* Params of group g (columns [g*gs, min((g+1)*gs, K))) of row r from the
+ * fp32 copy Wf [rows][K] (original column order, dead columns already 0
+ * where they count) with the clipping search, weighted by wt [K] (mse-h) or
+ * not (NULL): one warp per (row, group). */
+static __global__ void clip_params_kernel(const float *Wf, int rows, int K, int gs, int ngroups, const float *wt,
+                                          gq_qcfg q, float *scales, int32_t *zeros) {
+    const int lane = threadIdx.x & 31;
+    const size_t nw = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t w = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < (size_t)rows * ngroups;
+         w += nw) {
+        const int g = (int)(w / rows), r = (int)(w - (size_t)g * rows);
+        const int c0 = g * gs, c1 = c0 + gs < K ? c0 + gs : K;
+        const float *x = Wf + (size_t)r * K + c0;
+        float mn = 0.0f, mx = 0.0f;
+        for (int c = lane; c < c1 - c0; c += 32) {
+            float v = x[c];
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+        mn = warp_min(mn);
+        mx = warp_max(mx);
+        float s;
+        int32_t z;
+        warp_params_clip(x, wt ? wt + c0 : NULL, c1 - c0, mn, mx, q, lane, &s, &z);
+        if (lane == 0) {
+            scales[(size_t)g * rows + r] = s;
+            zeros[(size_t)g * rows + r] = z;
+        }
+    }
+}
+
+/* out[j] = in[perm[j]]: diag(H) in the permuted column order (the mse-h weights of dynamic groups). */
+static __global__ void permute_f32_kernel(float *out, const float *in, const int32_t *perm, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = in[perm[i]];
+}
+
 /* Wf[r][j] = W[r][perm[j]] (0 for dead columns), fp16 (or fp32) -> fp32. */
 template <typename E>
 static __global__ void gather_w_kernel(float *Wf, const E *W, int rows, int K, const int32_t *perm,
@@ -175,11 +244,14 @@ typedef struct {
     float *scales;        /* [ngroups][rows] */
     int32_t *zeros;       /* [ngroups][rows] */
     const int32_t *gcol;  /* [K] group of each permuted column */
+    const float *wdiag;   /* [K] diag(H) of the permuted columns: the mse-h weights (NULL: unweighted) */
     double *row_loss;     /* [rows] */
     int rows, K, i1, cnt, gs, dynamic;
     gq_qcfg q;
 } blk_args;
 
+/* CLIP: dynamic group params by the clipping search (q.clip_n > 0); 0: min-max (the search's code kept out). */
+template <int CLIP>
 static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_args a) {
     extern __shared__ float Hs[]; /* [cnt][GPTQ_BLK]: Hinv[i1 + j][i1 + c] for j <= c < cnt, else 0 */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -223,7 +295,11 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
                         }
                         mn = warp_min(mn);
                         mx = warp_max(mx);
-                        gq_qm_params(mn, mx, a.q, &scale, &zero);
+                        if (CLIP)
+                            warp_params_clip(wrow + col, a.wdiag ? a.wdiag + col : NULL, cend - col, mn, mx, a.q,
+                                             lane, &scale, &zero);
+                        else
+                            gq_qm_params(mn, mx, a.q, &scale, &zero);
                         if (lane == 0) {
                             a.scales[(size_t)g * a.rows + r] = scale;
                             a.zeros[(size_t)g * a.rows + r] = zero;
@@ -310,6 +386,7 @@ typedef struct {
     float *scales;             /* [ngroups][rows] */
     int32_t *zeros;            /* [ngroups][rows] */
     float *diag;               /* [K] diag of the scaled H (dead ones 1 after prepare) */
+    float *wdiag;              /* [K] diag in the permuted order (mse-h with dynamic groups and act-order) */
     int32_t *gcol;             /* [K] group of each permuted column */
     int32_t *perm, *invperm;   /* [K] act-order permutation and its inverse (NULL without) */
     double *row_loss;          /* [rows] */
@@ -324,7 +401,7 @@ typedef struct {
 static void gptq_dev_free(gq_backend *be, gptq_dev *m) {
     void *ps[] = {m->Wf,   m->codes, m->codes_out, m->dead,     m->Err, m->scales, m->diag, m->zeros,
                   m->gcol, m->perm,  m->invperm,   m->row_loss, m->bad, m->Hd,     m->ws,   m->info,
-                  m->qweight};
+                  m->qweight, m->wdiag};
     for (size_t i = 0; i < sizeof ps / sizeof *ps; i++) gq_be_release(be, ps[i]);
     free(m->ws_host);
     memset(m, 0, sizeof *m);
@@ -438,13 +515,14 @@ static int cuda_prepare(gq_gptq_job *j) {
     const int rows = j->rows, K = j->cols, ngroups = j->ngroups;
     const size_t nW = (size_t)rows * K;
     const void *W = j->W->data;
+    const int clip = j->q.clip_n > 0;
     int rc = GQ_OK;
     TRY_ALLOC(m->scales, float *, (size_t)ngroups * rows * sizeof(float), "gptq: scales");
     TRY_ALLOC(m->zeros, int32_t *, (size_t)ngroups * rows * sizeof(int32_t), "gptq: zeros");
     TRY_ALLOC(m->gcol, int32_t *, (size_t)K * sizeof(int32_t), "gptq: column groups");
     TRY_ALLOC(m->Wf, float *, nW * sizeof(float), "gptq: fp32 working copy of W");
     TRY_ALLOC(m->codes, uint8_t *, nW, "gptq: codes");
-    if (j->mode == GQ_GROUPS_ONE) {
+    if (j->mode == GQ_GROUPS_ONE && !clip) {
         launch_group_params(c->stream, m->f32, (size_t)rows, W, rows, K, K, 1, NULL, j->q, m->scales, m->zeros);
         TRY(GQ_CU_OK(cudaGetLastError()));
     }
@@ -453,9 +531,25 @@ static int cuda_prepare(gq_gptq_job *j) {
         TRY(gq_be_upload(be, m->dead, j->dead, (size_t)K));
         TRY(gq_be_upload(be, m->diag, j->diag, (size_t)K * sizeof(float)));
     }
-    if (j->mode == GQ_GROUPS_STATIC) {
+    if (j->mode == GQ_GROUPS_STATIC && !clip) {
         launch_group_params(c->stream, m->f32, (size_t)rows * ngroups, W, rows, K, j->gs, ngroups, m->dead, j->q,
                             m->scales, m->zeros);
+        TRY(GQ_CU_OK(cudaGetLastError()));
+    }
+    if (clip && j->mode != GQ_GROUPS_DYNAMIC) {
+        /* the clipping search on an fp32 copy in the original column order (per-row params: before the
+         * dead-column fix, as above; static groups: dead columns 0), weighted by diag(H) for mse-h; Wf is
+         * overwritten by the working copy below */
+        const int one = j->mode == GQ_GROUPS_ONE, gs = one ? K : j->gs, ng = one ? 1 : ngroups;
+        if (m->f32)
+            gather_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>(m->Wf, (const float *)W, rows, K, NULL,
+                                                                 one ? NULL : m->dead);
+        else
+            gather_w_kernel<<<grid_for(nW), 256, 0, c->stream>>>(m->Wf, (const __half *)W, rows, K, NULL,
+                                                                 one ? NULL : m->dead);
+        TRY(GQ_CU_OK(cudaGetLastError()));
+        clip_params_kernel<<<grid_for((size_t)rows * ng * 32), 256, 0, c->stream>>>(
+            m->Wf, rows, K, gs, ng, j->q.clip_weighted ? m->diag : NULL, j->q, m->scales, m->zeros);
         TRY(GQ_CU_OK(cudaGetLastError()));
     }
     if (j->perm) {
@@ -463,6 +557,11 @@ static int cuda_prepare(gq_gptq_job *j) {
         TRY_ALLOC(m->invperm, int32_t *, (size_t)K * sizeof(int32_t), "gptq: inverse permutation");
         TRY(gq_be_upload(be, m->perm, j->perm, (size_t)K * sizeof(int32_t)));
         TRY(gq_be_upload(be, m->invperm, j->invperm, (size_t)K * sizeof(int32_t)));
+    }
+    if (clip && j->q.clip_weighted && j->mode == GQ_GROUPS_DYNAMIC && m->perm) {
+        TRY_ALLOC(m->wdiag, float *, (size_t)K * sizeof(float), "gptq: permuted diag(H)");
+        permute_f32_kernel<<<grid_for((size_t)K), 256, 0, c->stream>>>(m->wdiag, m->diag, m->perm, K);
+        TRY(GQ_CU_OK(cudaGetLastError()));
     }
     TRY(gq_be_upload(be, m->gcol, j->gcol, (size_t)K * sizeof(int32_t)));
     if (m->f32)
@@ -631,10 +730,11 @@ static int cuda_factor(gq_gptq_job *j, double lambda) {
 /* ---- solve, finish ------------------------------------------------------------------------------------------- */
 
 /* Grid for the block kernel: enough CTAs to fill the GPU at its occupancy. */
-static int block_grid(gq_backend *be, int rows, size_t smem) {
+static int block_grid(gq_backend *be, int rows, size_t smem, int clip) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gptq_block_kernel, GPTQ_WARPS * 32, smem) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, clip ? gptq_block_kernel<1> : gptq_block_kernel<0>,
+                                                      GPTQ_WARPS * 32, smem) !=
             cudaSuccess ||
         per_sm < 1) {
         (void)cudaGetLastError();
@@ -657,17 +757,19 @@ static int cuda_solve(gq_gptq_job *j, int use_factor, double *row_loss) {
     const float minus_one = -1.0f, one = 1.0f;
     size_t smem = 0;
     int rc = GQ_OK;
+    /* the search's kernel only where dynamic groups use it (precomputed params are read as they are) */
+    const int clip = j->q.clip_n > 0 && j->mode == GQ_GROUPS_DYNAMIC;
     factor_scratch_free(be, m);
     if (Hinv) {
         TRY_ALLOC(m->Err, float *, (size_t)rows * GPTQ_BLK * sizeof(float), "gptq: block errors");
         TRY_ALLOC(m->row_loss, double *, (size_t)rows * sizeof(double), "gptq: row losses");
         TRY(GQ_CU_OK(cudaMemsetAsync(m->row_loss, 0, (size_t)rows * sizeof(double), c->stream)));
         smem = (size_t)GPTQ_BLK * GPTQ_BLK * sizeof(float);
-        TRY(GQ_CU_OK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)smem)));
+        TRY(GQ_CU_OK(cudaFuncSetAttribute(clip ? gptq_block_kernel<1> : gptq_block_kernel<0>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)));
     }
     {
-        const int grid = block_grid(be, rows, smem);
+        const int grid = block_grid(be, rows, smem, clip);
         for (int i1 = 0; i1 < K; i1 += B) {
             const int i2 = i1 + B < K ? i1 + B : K, cnt = i2 - i1;
             blk_args a;
@@ -678,6 +780,7 @@ static int cuda_solve(gq_gptq_job *j, int use_factor, double *row_loss) {
             a.scales = m->scales;
             a.zeros = m->zeros;
             a.gcol = m->gcol;
+            a.wdiag = j->q.clip_weighted ? (m->wdiag ? m->wdiag : m->diag) : NULL;
             a.row_loss = m->row_loss;
             a.rows = rows;
             a.K = K;
@@ -686,8 +789,11 @@ static int cuda_solve(gq_gptq_job *j, int use_factor, double *row_loss) {
             a.gs = j->gs;
             a.dynamic = j->mode == GQ_GROUPS_DYNAMIC;
             a.q = j->q;
-            gptq_block_kernel<<<grid, GPTQ_WARPS * 32, Hinv ? (size_t)cnt * GPTQ_BLK * sizeof(float) : 0,
-                                c->stream>>>(a);
+            const size_t sm = Hinv ? (size_t)cnt * GPTQ_BLK * sizeof(float) : 0;
+            if (clip)
+                gptq_block_kernel<1><<<grid, GPTQ_WARPS * 32, sm, c->stream>>>(a);
+            else
+                gptq_block_kernel<0><<<grid, GPTQ_WARPS * 32, sm, c->stream>>>(a);
             TRY(GQ_CU_OK(cudaGetLastError()));
             if (Hinv && i2 < K) {
                 /* W[:, i2:] -= Err [rows][cnt] * Hinv[i1:i2, i2:], column-major view:
