@@ -418,6 +418,12 @@ static void test_format(const char *tmp) {
     /* an existing output is not overwritten without --force */
     TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_EXISTS, "output already exists (use --force");
     gq_quant_report_free(&rep);
+    /* the library refuses a missing calibration path (it crashed before), also for RTN */
+    const char *calib = o.calib_path;
+    o.calib_path = NULL;
+    TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_ARG, "no calibration file");
+    gq_quant_report_free(&rep);
+    o.calib_path = calib;
     free(out);
 }
 

@@ -115,7 +115,8 @@ static int state_init(ppl_state *st, const gq_model *m, gq_backend *be, int seql
 /* What a KL run keeps on the host. */
 typedef struct {
     ppl_state *base;      /* the base model's evaluation */
-    int vocab, rows;      /* logits rows per head call */
+    int vocab;            /* the lm heads' rows */
+    int rows;             /* logits rows per head call */
     float *lm, *lb;       /* [nscratch][rows][vocab] each thread's logits: the model's, the base's */
     double *token;        /* [nw][seqlen - 1] per-token KL */
     double *wmean;        /* [nw] */

@@ -231,9 +231,9 @@ static int embed_calibration(run_t *r) {
 static void print_settings(const gq_quant_opts *o) {
     const gq_gptq_params *p = &o->gptq;
     gq_info("gq quantize: effective settings");
-    gq_info("  %-16s %s", "model", o->model_dir);
-    gq_info("  %-16s %s", "out", o->out_dir);
-    gq_info("  %-16s %s", "calib", o->calib_path);
+    gq_info("  %-16s %s", "model", o->model_dir ? o->model_dir : "(none)");
+    gq_info("  %-16s %s", "out", o->out_dir ? o->out_dir : "(none)");
+    gq_info("  %-16s %s", "calib", o->calib_path ? o->calib_path : "(none)");
     gq_info("  %-16s %s", "method", p->method == GQ_METHOD_RTN ? "rtn" : "gptq");
     gq_info("  %-16s %d", "bits", p->bits);
     gq_info("  %-16s %d", "group-size", p->group_size);
@@ -355,6 +355,11 @@ static void free_run(run_t *r) {
 /* The options alone, before anything is opened. */
 static int check_settings(const gq_quant_opts *o) {
     const gq_gptq_params *p = &o->gptq;
+    if (!o->model_dir || !o->out_dir || !o->calib_path)
+        return gq_err(GQ_ERR_ARG, "quantize: the model, output and calibration paths must all be given (got %s, %s, %s)",
+                      o->model_dir ? "a model" : "no model", o->out_dir ? "an output" : "no output",
+                      o->calib_path ? "a calibration file" : "no calibration file (the CLI's default is the bundled "
+                                                              "calib/python-sitepackages.jsonl; RTN does not read it)");
     if (p->bits != 2 && p->bits != 3 && p->bits != 4 && p->bits != 8)
         return gq_err(GQ_ERR_ARG, "--bits: expected 2, 3, 4 or 8, got %d", p->bits);
     if (p->group_size != -1 && p->group_size <= 0)
