@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 m30 m30f32 e2e gen stream calib
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe kld m30 m30f32 e2e gen stream calib
 #                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
@@ -74,6 +74,23 @@ step_layers() {
         GQ_LOG=debug run "layers_$s" 240 ./build/bench/bench_layers --shape "$s" --layers 3
         grep -A 8 "^$s on" "$LOGS/layers_$s.log" | tee -a "$SUMMARY"
     done
+}
+
+# MoE layers (Mixtral-8x7B, Qwen3-30B-A3B shapes): one solve chain per expert linear today
+step_moe() {
+    for s in mixtral qwen3moe; do
+        GQ_LOG=debug run "layers_$s" 300 ./build/bench/bench_layers --shape "$s" --layers 3
+        grep -A 8 "^$s on" "$LOGS/layers_$s.log" | tee -a "$SUMMARY"
+    done
+}
+
+# gq ppl --base on the GPU: pycoder-5m against its GPTQ int4 (the KL figures of docs/accuracy.md)
+step_kld() {
+    M=tests/data/pycoder-5m
+    mkdir -p bench-models
+    run kld_q5m 120 $GQ quantize --model $M --out bench-models/q5m-sym --calib $CALIB --device cuda --force
+    run kld_5m 120 $GQ ppl --model bench-models/q5m-sym --base $M --text $TEXT --device cuda
+    grep -E '^(ppl|base ppl|kld) ' "$LOGS/kld_5m.log" | tee -a "$SUMMARY"
 }
 
 step_m30() {
