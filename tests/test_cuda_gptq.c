@@ -14,7 +14,9 @@
  *   same inputs); W->data equal to dequant(codes) rounded to fp16 (fp16
  *   pass) or in fp32 (fp32 pass) exactly. The qweight the GPU packs is
  *   exactly gq_pack's words of the GPU's own codes (and of its row
- *   slices); none, and no error, for a shape gq_pack rejects. Both
+ *   slices); none, and no error, for a shape gq_pack rejects. The same
+ *   with the clipping search (--clip mse / mse-h): its per-row and static
+ *   params identical too. Both
  *   backends run one driver (src/quant/gptq.c) and one quantizer source
  *   (gq/quant_math.h); only their primitives differ.
  */
@@ -209,6 +211,33 @@ static void test_gptq(pair *P) {
                    t.hinv_f64 ? 64 : 32);
         gq_cuda_set_hinv_mode(P->gpu, old);
     }
+
+    /* the clipping search (--clip mse / mse-h, gq/quant_math.h): per-row and static-group params must be
+     * identical (the same search, the same fp32 operations, on the same values and diag(H) weights; the
+     * candidates spread over a warp's lanes keep the candidate of the host's sequential loop), RTN's codes
+     * too; dynamic groups search the error-updated W, equal within the min-max cases' 99% */
+    gq_gptq_params_default(&p);
+    p.clip = GQ_CLIP_MSE;
+    gptq_case(P, "g128 sym, clip mse", &p, W, rows, K, H, hs, 0);
+    p.clip = GQ_CLIP_MSE_H;
+    gptq_case(P, "g128 sym, clip mse-h", &p, W, rows, K, H, hs, 0);
+    p.act_order = 1; /* the mse-h weights of dynamic groups in the permuted order */
+    gptq_case(P, "act-order, clip mse-h", &p, W, rows, K, H, hs, 0);
+    p.static_groups = 1;
+    gptq_case(P, "act-order + static groups, clip mse-h", &p, W, rows, K, H, hs, 0);
+    p.clip = GQ_CLIP_MSE;
+    gptq_case(P, "act-order + static groups, clip mse", &p, W, rows, K, H, hs, 0);
+    p.act_order = p.static_groups = 0, p.group_size = -1, p.clip = GQ_CLIP_MSE_H;
+    gptq_case(P, "per-channel, clip mse-h", &p, W, rows, K, H, hs, 0);
+    p.group_size = 32, p.sym = 0, p.clip = GQ_CLIP_MSE;
+    gptq_case(P, "g32 asym, clip mse", &p, W, rows, K, H, hs, 0);
+    p.scale_f16 = 1, p.bits = 3, p.static_groups = 1;
+    gptq_case(P, "3-bit g32 asym static, fp16 scales, clip mse", &p, W, rows, K, H, hs, 0);
+    gq_gptq_params_default(&p);
+    p.method = GQ_METHOD_RTN, p.group_size = 96, p.clip = GQ_CLIP_MSE;
+    gptq_case(P, "RTN g96, clip mse", &p, W, rows, K, NULL, hs, 1);
+    p.group_size = -1, p.clip = GQ_CLIP_MSE_H; /* no Hessian: unweighted */
+    gptq_case(P, "RTN per-channel, clip mse-h", &p, W, rows, K, NULL, hs, 1);
     free(W), free(H);
 
     /* K not a multiple of the block, odd rows */

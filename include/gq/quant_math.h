@@ -357,16 +357,22 @@ GQ_QM_FN void gq_qm_clip_candidate(float xmin, float xmax, int i, gq_qcfg q, flo
 }
 
 /* The error of params (scale, zero) on x[0 .. n): sum_k wt_k |q(x_k) - x_k|^norm
- * (wt NULL: 1), summed in order. */
-GQ_QM_FN float gq_qm_clip_err(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q) {
+ * (wt NULL: 1), summed in order; the sum stops as soon as it is not below
+ * `bound` (the terms are >= 0 and fp32 addition is monotone, so the full sum
+ * would not be below it either: the search's choice is the same). */
+GQ_QM_FN float gq_qm_clip_err_below(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q,
+                                    float bound) {
     float e = 0.0f;
-    for (int k = 0; k < n; k++) {
+    for (int k = 0; k < n && e < bound; k++) {
         const float dq = gq_dequant(gq_quant_code(x[k], scale, zero, q.maxq), scale, zero);
         float t = gq_qm_pow(gq_qm_fabs(gq_qm_sub(dq, x[k])), q.clip_norm);
         if (wt) t = gq_qm_mul(wt[k], t);
         e = gq_qm_add(e, t);
     }
     return e;
+}
+GQ_QM_FN float gq_qm_clip_err(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q) {
+    return gq_qm_clip_err_below(x, wt, n, scale, zero, q, gq_qm_inf());
 }
 
 /* Candidate (e, i) is better than (best_e, best_i): a smaller error, or the
@@ -389,7 +395,7 @@ GQ_QM_FN void gq_qm_params_clip(const float *x, const float *wt, int n, float xm
         float s;
         int32_t z;
         gq_qm_clip_candidate(xmin, xmax, i, q, &s, &z);
-        const float e = gq_qm_clip_err(x, wt, n, s, z, q);
+        const float e = gq_qm_clip_err_below(x, wt, n, s, z, q, best);
         if (e < best) {
             best = e;
             *scale = s;

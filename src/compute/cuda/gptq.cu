@@ -132,7 +132,7 @@ static __device__ void warp_params_clip(const float *x, const float *wt, int n, 
         float s;
         int32_t z;
         gq_qm_clip_candidate(xmin, xmax, i, q, &s, &z);
-        const float e = gq_qm_clip_err(x, wt, n, s, z, q);
+        const float e = gq_qm_clip_err_below(x, wt, n, s, z, q, be); /* the lanes diverge here; reconverge below */
         if (e < be) be = e, bi = i; /* strict: a non-finite error never counts */
     }
     for (int o = 16; o > 0; o >>= 1) {
