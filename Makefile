@@ -9,7 +9,7 @@
 #   make bench         build the benchmarks in bench/
 #   make DEBUG=1       -O0 -g
 #   make V=1           show full commands
-#   make install       bin/gq, include/gq/*.h, lib/libgq.a and the data (share/gq/calib/) under
+#   make install       bin/gq, include/gq/*.h, lib/libgq.a and the data (share/gq/calib/, calib/eval/) under
 #                      $(DESTDIR)$(PREFIX), PREFIX=/usr/local by default;  make uninstall removes them
 #   gq --version       VERSION below and the commit (git describe) it was built from
 #
@@ -202,12 +202,15 @@ INSTALL_ROOT = $(DESTDIR)$(PREFIX)
 .PHONY: install uninstall
 install: $(BIN) $(LIB)
 	$(INSTALL) -d $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/include/gq $(INSTALL_ROOT)/lib \
-	    $(INSTALL_ROOT)/share/gq/calib/questions
+	    $(INSTALL_ROOT)/share/gq/calib/questions $(INSTALL_ROOT)/share/gq/calib/eval/humaneval $(INSTALL_ROOT)/share/gq/calib/eval/mbpp
 	$(INSTALL) -m 755 $(BIN) $(INSTALL_ROOT)/bin/gq
 	$(INSTALL) -m 644 include/gq/*.h $(INSTALL_ROOT)/include/gq/
 	$(INSTALL) -m 644 $(LIB) $(INSTALL_ROOT)/lib/libgq.a
 	$(INSTALL) -m 644 $(wildcard calib/*.jsonl calib/*.jsonl.gz) calib/README.md $(INSTALL_ROOT)/share/gq/calib/
 	$(INSTALL) -m 644 $(wildcard calib/questions/*) $(INSTALL_ROOT)/share/gq/calib/questions/
+	$(INSTALL) -m 644 calib/eval/README.md calib/eval/LICENSE.human-eval calib/eval/LICENSE.mbpp $(INSTALL_ROOT)/share/gq/calib/eval/
+	$(INSTALL) -m 644 calib/eval/humaneval/HumanEval.jsonl.gz $(INSTALL_ROOT)/share/gq/calib/eval/humaneval/
+	$(INSTALL) -m 644 calib/eval/mbpp/mbpp.jsonl $(INSTALL_ROOT)/share/gq/calib/eval/mbpp/
 
 uninstall:
 	rm -f $(INSTALL_ROOT)/bin/gq $(INSTALL_ROOT)/lib/libgq.a

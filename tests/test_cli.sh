@@ -140,7 +140,7 @@ bad "tokenize: bad --decode" 2 "$GQ" tokenize --model "$M" --decode 1,x
 readme=${GQ_README:-README.md}
 if [ -f "$readme" ]; then
     awk '/^## Usage/ {u = 1; next} u && /^```/ {if (b) exit; b = 1; next} b' "$readme" > "$T/usage"
-    for cmd in quantize ppl calib inspect tokenize; do
+    for cmd in quantize ppl calib inspect tokenize eval; do
         "$GQ" "$cmd" --help > "$T/help" 2>&1
         grep '^  --' "$T/help" | grep -vF '(testing)' | sed 's/^  --\([a-z0-9-]*\).*/\1/' | grep -vx help | sort -u > "$T/h"
         awk -v c="$cmd" '/^gq / {on = ($2 == c)} on' "$T/usage" | grep -o -- '--[a-z0-9][a-z0-9-]*' | sed 's/^--//' \

@@ -10,5 +10,6 @@ int gq_cmd_ppl(int argc, char **argv);
 int gq_cmd_inspect(int argc, char **argv);
 int gq_cmd_tokenize(int argc, char **argv);
 int gq_cmd_calib(int argc, char **argv);
+int gq_cmd_eval(int argc, char **argv);
 
 #endif /* GQ_CMDS_H */

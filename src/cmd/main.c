@@ -21,6 +21,7 @@ static const struct {
     {"inspect", gq_cmd_inspect, "summarize a checkpoint directory or safetensors file"},
     {"tokenize", gq_cmd_tokenize, "encode or decode text with a checkpoint's tokenizer"},
     {"calib", gq_cmd_calib, "self-generated calibration set: the model answers questions (JSONL)"},
+    {"eval", gq_cmd_eval, "HumanEval / MBPP pass@k of a model (and its fp16 base), sandboxed"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof *commands)
 
