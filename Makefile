@@ -14,7 +14,8 @@
 #   gq --version       VERSION below and the commit (git describe) it was built from
 #
 # Dependencies (Debian): libopenblas-openmp-dev (or libopenblas-dev), liblapacke-dev,
-# libjansson-dev, libpcre2-dev, libutf8proc-dev (Unicode normalizers), zlib1g-dev; optional: the CUDA toolkit.
+# libjansson-dev, libpcre2-dev, libutf8proc-dev (Unicode normalizers), zlib1g-dev; python3 at run time for gq eval (the
+# completions it scores); optional: the CUDA toolkit.
 
 CC      ?= gcc
 NVCC    ?= nvcc
