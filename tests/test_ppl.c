@@ -26,6 +26,7 @@
 #include "gq/knobs.h"
 #include "gq/ppl.h"
 #include "test.h"
+#include "test_cmd_util.h"
 
 #include "../src/cmd/cmds.h"
 
@@ -130,25 +131,7 @@ static void test_windows(const gq_model *m, gq_backend *be) {
 
 /* Run gq_cmd_ppl with stdout captured into out (NUL-terminated). */
 static int run_cmd(char **argv, int argc, char *out, size_t cap) {
-    char path[256];
-    snprintf(path, sizeof path, "%s/gq-test-ppl-out-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
-    fflush(stdout);
-    int saved = dup(1), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    close(fd);
-    int rc = gq_cmd_ppl(argc, argv);
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved);
-    out[0] = 0;
-    FILE *f = fopen(path, "r");
-    if (f) {
-        size_t n = fread(out, 1, cap - 1, f);
-        out[n] = 0;
-        fclose(f);
-    }
-    unlink(path);
-    return rc;
+    return test_run_captured(gq_cmd_ppl, argv, argc, out, cap);
 }
 
 static void test_errors_and_cmd(const gq_model *m, gq_backend *be) {

@@ -111,6 +111,15 @@ void *gq_malloc(size_t n);
 void *gq_calloc(size_t n, size_t size);
 void *gq_realloc(void *p, size_t n);
 char *gq_strdup(const char *s);
+/* A growing text of whole lines: p holds n bytes (NUL-terminated), count lines. Zero-initialise;
+ * free(p) when done. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int count;
+} gq_linebuf;
+/* Append s and a newline. */
+void gq_linebuf_add(gq_linebuf *b, const char *s);
 /* 64-byte aligned, for BLAS buffers; free with gq_free_aligned. */
 void *gq_malloc_aligned(size_t n);
 void gq_free_aligned(void *p);

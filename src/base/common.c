@@ -522,3 +522,16 @@ int gq_get_threads(void) {
     if (n_threads <= 0) gq_set_threads(0);
     return n_threads;
 }
+
+void gq_linebuf_add(gq_linebuf *b, const char *s) {
+    size_t n = strlen(s);
+    if (b->n + n + 2 > b->cap) {
+        b->cap = (b->n + n + 2) * 2;
+        b->p = gq_realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n++] = '\n';
+    b->p[b->n] = 0;
+    b->count++;
+}

@@ -51,24 +51,6 @@ typedef struct job {
     struct job *next;
 } job;
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int count;
-} lines;
-
-static void lines_add(lines *b, const char *s) {
-    size_t n = strlen(s);
-    if (b->n + n + 2 > b->cap) {
-        b->cap = (b->n + n + 2) * 2;
-        b->p = gq_realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n++] = '\n';
-    b->p[b->n] = 0;
-    b->count++;
-}
 
 typedef struct {
     const gq_eval_opts *o;
@@ -91,7 +73,7 @@ typedef struct {
     double t0;
     /* the output */
     gq_calib_gen_out *out;
-    lines buf;
+    gq_linebuf buf;
     int err;
     char errmsg[1024];
     /* resume scan */
@@ -180,7 +162,7 @@ static void record(ctx *c, job *j, int outcome, const char *detail, double wall,
         s->exec_samples++;
     }
     c->executed++;
-    if (line) lines_add(&c->buf, line);
+    if (line) gq_linebuf_add(&c->buf, line);
     if (c->buf.count >= 16) flush_lines(c);
     pthread_mutex_unlock(&c->mu);
     free(line);
@@ -590,8 +572,8 @@ static int open_output(ctx *c) {
     }
     int rc = gq_calib_gen_out_open(&c->out, o->out, append);
     if (!rc && !append) {
-        lines h = {0};
-        lines_add(&h, c->header);
+        gq_linebuf h = {0};
+        gq_linebuf_add(&h, c->header);
         rc = gq_calib_gen_out_write(c->out, h.p, h.n);
         free(h.p);
     }

@@ -110,24 +110,6 @@ static void strset_free(strset *t) {
     free(t->s);
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int count;
-} tbuf;
-
-static void tbuf_line(tbuf *b, const char *s) {
-    size_t n = strlen(s);
-    if (b->n + n + 2 > b->cap) {
-        b->cap = (b->n + n + 2) * 2;
-        b->p = gq_realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n++] = '\n';
-    b->p[b->n] = 0;
-    b->count++;
-}
 
 /* ---- the run ---------------------------------------------------------------------------- */
 
@@ -146,7 +128,7 @@ typedef struct {
     size_t nlens, caplens;
     gq_calib_gen_out *out, *side;
     char *side_path;
-    tbuf rec, drop; /* the batch being collected */
+    gq_linebuf rec, drop; /* the batch being collected */
     long done_run, pending;
     double t0;
     const char *scan_path; /* for messages */
@@ -232,7 +214,7 @@ static int flush_batch(run_ctx *c) {
 static void drop(run_ctx *c, int index, const char *reason, long *counter) {
     char line[128];
     snprintf(line, sizeof line, "{\"index\": %d, \"reason\": \"%s\"}", index, reason);
-    tbuf_line(&c->drop, line);
+    gq_linebuf_add(&c->drop, line);
     (*counter)++;
 }
 
@@ -272,7 +254,7 @@ static int on_done(gq_gen_seq *s, int k, void *user) {
         if (strcmp(c->prompt[index], c->q.text[index]))
             json_object_set_new(r, "raw_question", json_string(c->q.text[index]));
         char *line = json_dumps(r, JSON_COMPACT);
-        tbuf_line(&c->rec, line);
+        gq_linebuf_add(&c->rec, line);
         free(line);
         json_decref(r);
         c->rep->n_written++;
