@@ -125,6 +125,15 @@ static inline json_t *test_load_json(const char *path) {
 
 /* FNV-1a (64-bit) of token ids, each as 4 little-endian bytes: the form of the goldens'
  * hashes (tests/ref/gen_tokenizer.py, gen_calib.py). */
+/* 1 when files a and b hold the same bytes (both readable). */
+static inline int test_files_equal(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int eq = gq_read_file(a, &x, &nx) == GQ_OK && gq_read_file(b, &y, &ny) == GQ_OK && nx == ny && !memcmp(x, y, nx);
+    free(x), free(y);
+    return eq;
+}
+
 static inline uint64_t test_fnv1a64(const int32_t *ids, size_t n) {
     uint64_t h = 0xCBF29CE484222325ull;
     for (size_t i = 0; i < n; i++) {

@@ -641,7 +641,7 @@ static void check_quant(const family *f, gq_backend *be, const gq_st *g, double 
         char *fo = quant_one(f, tmp, f->fused, 4, be, ids, fp32_mean, fp32_logits, &qf);
         ms->quant_nll_fused = qf.nll_d;
         char *a = gq_path_join(out, "model.safetensors"), *b = gq_path_join(fo, "model.safetensors");
-        int eq = files_equal(a, b);
+        int eq = test_files_equal(a, b);
         if (!eq) diff_files(a, b);
         TEST_CHECK(eq, "%s and %s (same weights, same settings): byte-identical model.safetensors", f->dir, f->fused);
         free(a), free(b), free(fo);

@@ -287,14 +287,6 @@ out:
     gq_st_close(y);
 }
 
-static int files_equal(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int eq = gq_read_file(a, &x, &nx) == GQ_OK && gq_read_file(b, &y, &ny) == GQ_OK && nx == ny && !memcmp(x, y, nx);
-    free(x), free(y);
-    return eq;
-}
-
 /* Tensors of `a` whose name contains `part`: how many, and how many differ from `b`'s. */
 static int count_diff(const gq_st *a, const gq_st *b, const char *part, int *n) {
     int d = 0;

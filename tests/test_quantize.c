@@ -489,14 +489,6 @@ static void test_zero_policy(const char *tmp) {
     free(model), free(o1), free(o2);
 }
 
-static int files_equal(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int eq = gq_read_file(a, &x, &nx) == GQ_OK && gq_read_file(b, &y, &ny) == GQ_OK && nx == ny && !memcmp(x, y, nx);
-    free(x), free(y);
-    return eq;
-}
-
 /* --resume continues after the last finished layer and gives bitwise the output of an
  * uninterrupted run; other settings are refused; without --resume the partial run is dropped. */
 static void test_resume(const char *tmp) {
@@ -531,7 +523,7 @@ static void test_resume(const char *tmp) {
                rep.n_modules);
     gq_quant_report_free(&rep);
     char *a = gq_path_join(full, "model.safetensors"), *b = gq_path_join(res, "model.safetensors");
-    TEST_CHECK(files_equal(a, b), "resumed output is bitwise the uninterrupted one");
+    TEST_CHECK(test_files_equal(a, b), "resumed output is bitwise the uninterrupted one");
     /* activations kept on the host and streamed through the backend one sequence at a time
      * (what a GPU too small for them gets): the same operations, so bitwise the same output */
     char *st = gq_path_join(tmp, "r-stream"), *c = gq_path_join(st, "model.safetensors");
@@ -543,7 +535,7 @@ static void test_resume(const char *tmp) {
     unsetenv("GQ_STREAM_ACTIVATIONS");
     gq_knobs_reload();
     gq_quant_report_free(&rep);
-    TEST_CHECK(files_equal(a, c), "streamed activations give bitwise the resident run's output");
+    TEST_CHECK(test_files_equal(a, c), "streamed activations give bitwise the resident run's output");
     free(st), free(c);
     TEST_CHECK(!gq_path_exists(partial), "partial directory removed after success");
     free(a), free(b);
@@ -582,7 +574,7 @@ static void test_reproducible(const char *tmp) {
     TEST_OK(gq_quantize_run(&o, &rep), "second run");
     gq_quant_report_free(&rep);
     char *fa = gq_path_join(a, "model.safetensors"), *fb = gq_path_join(b, "model.safetensors");
-    TEST_CHECK(files_equal(fa, fb), "the two runs wrote bitwise the same model.safetensors");
+    TEST_CHECK(test_files_equal(fa, fb), "the two runs wrote bitwise the same model.safetensors");
     size_t n = 0;
     int32_t *ids = stdlib_ids(&n);
     double p1 = ppl_of(a, ids, n, 8), p2 = ppl_of(a, ids, n, 8), p3 = ppl_of(b, ids, n, 8);
