@@ -12,8 +12,10 @@
 #   CORETYPES  default "Haswell SkylakeX Zen Cooperlake" (Cooperlake is what OpenBLAS 0.3.21
 #              picks by itself on an AVX-512-BF16 Zen 4; a CPU runs only the sets it supports)
 #   THREADS    default "1 2"
-#   CASES      default all seven: fp16 (the checkpoint itself, no quantization) gptq_sym gptq_asym
-#              gptq_ao_sg gptq_int3 rtn_asym rtn_sym; also rtn_int3 (RTN int3 g128 asym)
+#   CASES      default all eight: fp16 (the checkpoint itself, no quantization) default (gq's default
+#              profile: int4 g128 sym, --clip mse, act-order, static groups) gptq_sym gptq_asym gptq_ao_sg
+#              gptq_int3 (these four with min-max scales, the reference's) rtn_asym rtn_sym; also
+#              rtn_int3 (RTN int3 g128 asym)
 #   GQ_BIN     default ./build/gq (copy it first if the build may change during the run)
 #
 # Prints one line per run as it finishes (also appended to OUTDIR/runs.tsv), then a table per
@@ -23,7 +25,7 @@ W=${1:-${TMPDIR:-/tmp}/gq-cpu-spread}
 GQ=${GQ_BIN:-./build/gq}
 CORETYPES=${CORETYPES:-"Haswell SkylakeX Zen Cooperlake"}
 THREADS=${THREADS:-"1 2"}
-CASES=${CASES:-"fp16 gptq_sym gptq_asym gptq_ao_sg gptq_int3 rtn_asym rtn_sym"}
+CASES=${CASES:-"fp16 default gptq_sym gptq_asym gptq_ao_sg gptq_int3 rtn_asym rtn_sym"}
 TEXT=tests/data/text/python-stdlib-eval.txt
 MODEL=tests/data/pycoder-5m
 mkdir -p "$W"
@@ -32,10 +34,11 @@ runs=$W/runs.tsv
 
 opts_of() {
     case $1 in
-    gptq_sym) echo "" ;;
-    gptq_asym) echo "--asym" ;;
-    gptq_ao_sg) echo "--asym --act-order --static-groups" ;;
-    gptq_int3) echo "--asym --bits 3" ;;
+    default) echo "" ;;
+    gptq_sym) echo "--clip minmax --no-act-order" ;;
+    gptq_asym) echo "--asym --clip minmax --no-act-order" ;;
+    gptq_ao_sg) echo "--asym --clip minmax --act-order --static-groups" ;;
+    gptq_int3) echo "--asym --bits 3 --clip minmax --no-act-order" ;;
     rtn_asym) echo "--method rtn --asym" ;;
     rtn_sym) echo "--method rtn" ;;
     rtn_int3) echo "--method rtn --asym --bits 3" ;;

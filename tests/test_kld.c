@@ -333,6 +333,7 @@ int main(void) {
     qo.device = "cpu";
     qo.calib_path = "calib/python-sitepackages.jsonl"; /* named in the report; RTN reads none */
     qo.gptq.method = GQ_METHOD_RTN;
+    qo.gptq.clip = GQ_CLIP_MINMAX; /* the golden's checkpoint: RTN with min-max scales */
     gq_quant_report rep;
     int qrc = gq_quantize_run(&qo, &rep);
     TEST_OK(qrc, "RTN int4 g128 sym quantization of pycoder-5m");

@@ -269,22 +269,31 @@ static const char *blas_name(void) {
  * RTN has no calibration and does not move (11.8507 / 12.0269 in all 8 runs): it reproduces the
  * reference within 0.05%, fp16 scales and the v1 zero policy being all that can move it.
  */
+/* gq's default profile (gq_quant_opts_default): --clip mse, act-order, static groups; int4 g128 sym,
+ * plain v1 output. lo / hi: bench/cpu_spread.sh CASES=default, as for the rows above. */
+#define DEFAULT_CASE                                                                                             \
+    {"GPTQ int4 g128 sym, the default (mse, act-order, static groups)", GQ_METHOD_GPTQ, 4, 1, 1, 1, GQ_CLIP_MSE, \
+     11.5873, 11.40, 11.46, 1}
+
 static void test_acceptance(const char *tmp) {
     TEST_BEGIN("acceptance pycoder-5m");
     static const struct {
         const char *name;
         gq_method method;
         int bits, sym, act_order, static_groups;
+        gq_clip clip;
         double ref;    /* the GPTQ paper's implementation (RTN: +-0.05% of it) */
         double lo, hi; /* GPTQ: smallest and largest of the 8 measured arithmetics */
         int slow;
     } cases[] = {
-        {"RTN int4 g128 asym", GQ_METHOD_RTN, 4, 0, 0, 0, 11.8508, 0, 0, 0},
-        {"RTN int4 g128 sym", GQ_METHOD_RTN, 4, 1, 0, 0, 12.0268, 0, 0, 0},
-        {"GPTQ int4 g128 sym", GQ_METHOD_GPTQ, 4, 1, 0, 0, 11.5873, 11.5348, 11.5586, 1},
-        {"GPTQ int4 g128 asym", GQ_METHOD_GPTQ, 4, 0, 0, 0, 11.5278, 11.4932, 11.5217, 1},
-        {"GPTQ int4 g128 asym act-order static-groups", GQ_METHOD_GPTQ, 4, 0, 1, 1, 11.4562, 11.4487, 11.4708, 1},
-        {"GPTQ int3 g128 asym", GQ_METHOD_GPTQ, 3, 0, 0, 0, 12.8011, 12.7495, 12.8141, 1},
+        {"RTN int4 g128 asym", GQ_METHOD_RTN, 4, 0, 0, 0, GQ_CLIP_MINMAX, 11.8508, 0, 0, 0},
+        {"RTN int4 g128 sym", GQ_METHOD_RTN, 4, 1, 0, 0, GQ_CLIP_MINMAX, 12.0268, 0, 0, 0},
+        {"GPTQ int4 g128 sym", GQ_METHOD_GPTQ, 4, 1, 0, 0, GQ_CLIP_MINMAX, 11.5873, 11.5348, 11.5586, 1},
+        {"GPTQ int4 g128 asym", GQ_METHOD_GPTQ, 4, 0, 0, 0, GQ_CLIP_MINMAX, 11.5278, 11.4932, 11.5217, 1},
+        {"GPTQ int4 g128 asym act-order static-groups", GQ_METHOD_GPTQ, 4, 0, 1, 1, GQ_CLIP_MINMAX, 11.4562, 11.4487,
+         11.4708, 1},
+        {"GPTQ int3 g128 asym", GQ_METHOD_GPTQ, 3, 0, 0, 0, GQ_CLIP_MINMAX, 12.8011, 12.7495, 12.8141, 1},
+        DEFAULT_CASE,
     };
     size_t n = 0;
     int32_t *ids = SAN_BUILD ? NULL : stdlib_ids(&n);
@@ -307,6 +316,7 @@ static void test_acceptance(const char *tmp) {
         o.gptq.sym = cases[i].sym;
         o.gptq.act_order = cases[i].act_order;
         o.gptq.static_groups = cases[i].static_groups;
+        o.gptq.clip = cases[i].clip;
         gq_quant_report rep;
         double t0 = gq_now();
         TEST_OK(gq_quantize_run(&o, &rep), "%s: quantize", cases[i].name);
@@ -501,6 +511,7 @@ static void test_resume(const char *tmp) {
     o.seqlen = 128;
     o.gptq.group_size = 32; /* a divisor of the tiny model's widths 64, 64, 128 */
     o.gptq.act_order = 1;
+    o.gptq.static_groups = 0; /* a permuted g_idx in the resumed layers too */
     gq_quant_report rep;
     TEST_OK(gq_quantize_run(&o, &rep), "uninterrupted run");
     gq_quant_report_free(&rep);

@@ -17,6 +17,9 @@
  *     min_tokens are skipped. Sequences have their own lengths, no padding.
  *   GQ_WIN_AUTO: CONCAT if the first usable record is {"text"}, SAMPLE if it
  *     is question/answer.
+ * Calibration draws (seed != 0): the same windowing over the file's lines in a
+ * shuffled order, so other records make the first nsamples windows, in
+ * another order; the file is then read into memory first.
  * Too little data for nsamples windows is GQ_ERR_DATA saying how many
  * windows (and tokens) there are.
  */
@@ -52,6 +55,8 @@ typedef struct {
     gq_windowing windowing;
     int min_tokens;    /* SAMPLE: skip shorter records (default 32) */
     int skip_bad;      /* skip bad lines instead of failing */
+    uint64_t seed;     /* 0: records in file order; else the file's lines in a permutation drawn from
+                          this seed (Fisher-Yates, gq_gen_rng stream 0), read whole before windowing */
 } gq_calib_opts;
 
 typedef struct {

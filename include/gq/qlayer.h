@@ -52,6 +52,7 @@ typedef struct {
     int stream, cur_x, cur_a;
     gq_fwd_scratch s; /* per-sequence scratch */
     int moe_min_tokens; /* an expert routed fewer calibration tokens is rounded to nearest (0: never) */
+    int hessian_skip;   /* the first hessian_skip tokens of each sequence feed no Hessian (0: all do) */
     float *inv_freq;  /* [head_dim / 2] */
     /* cumulative seconds (device work synchronised at stage ends) */
     double t_stages;  /* stages A-E, Hessian accumulation included */

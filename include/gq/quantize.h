@@ -45,6 +45,8 @@ typedef struct {
     int threads;
     int max_layers;         /* testing: stop after this many layers (0 = all) */
     int moe_min_tokens;     /* MoE: an expert routed fewer calibration tokens is rounded to nearest */
+    uint64_t calib_seed;    /* 0: calibration records in file order; else shuffled (gq_calib_opts.seed) */
+    int hessian_skip;       /* the first N tokens of each calibration sequence feed no Hessian (0) */
 } gq_quant_opts;
 
 void gq_quant_opts_default(gq_quant_opts *o);

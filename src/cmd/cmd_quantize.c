@@ -30,8 +30,8 @@ int gq_cmd_quantize(int argc, char **argv) {
     gq_quant_opts o;
     gq_quant_opts_default(&o);
     const char *method = "gptq", *windowing = "auto", *format = "gptq";
-    int sym = 0, asym = 0, act_order = 0, static_groups = 0;
-    const char *clip = gq_clip_name(o.gptq.clip);
+    int sym = 0, asym = 0, act_order = 0, no_act_order = 0, static_groups = 0, no_static_groups = 0, calib_seed = 0;
+    const char *clip = NULL; /* the profile's for GPTQ (gq_quant_opts_default), minmax for RTN */
     /* the bundled corpus wherever gq runs from (gq/datadir.h); NULL when not found */
     char *calib_default = gq_data_path(default_calib);
     o.calib_path = calib_default ? calib_default : default_calib;
@@ -45,12 +45,18 @@ int gq_cmd_quantize(int argc, char **argv) {
          0},
         {"sym", GQ_OPT_FLAG, &sym, "symmetric quantization, zero = 2^(bits-1) (the default)", NULL, 0, 0},
         {"asym", GQ_OPT_FLAG, &asym, "asymmetric quantization with zero points", NULL, 0, 0},
-        {"act-order", GQ_OPT_FLAG, &act_order, "quantize columns in order of decreasing Hessian diagonal", NULL, 0, 0},
+        {"act-order", GQ_OPT_FLAG, &act_order,
+         "quantize columns in order of decreasing Hessian diagonal (the default for gptq)", NULL, 0, 0},
+        {"no-act-order", GQ_OPT_FLAG, &no_act_order, "quantize columns in their order (the GPTQ paper's)", NULL, 0, 0},
         {"static-groups", GQ_OPT_FLAG, &static_groups,
-         "group parameters fixed before the solve (act-order keeps a trivial g_idx)", NULL, 0, 0},
+         "group parameters fixed before the solve, so act-order keeps a trivial g_idx (the default)", NULL, 0, 0},
+        {"no-static-groups", GQ_OPT_FLAG, &no_static_groups,
+         "group parameters at each group's start in the solve order (act-order then writes a permuted g_idx, "
+         "which TensorRT-LLM rejects and vLLM ignores)",
+         NULL, 0, 0},
         {"clip", GQ_OPT_STR, &clip,
          "group scales: min-max range, or the shrunk range minimising sum |q(x) - x|^2.4 (mse-h: weighted by "
-         "diag(H))",
+         "diag(H)); default mse for gptq, minmax for rtn",
          "minmax|mse|mse-h", 0, 0},
         {"damp", GQ_OPT_DOUBLE, &o.gptq.damp, "relative damping of the Hessian diagonal", NULL, 0, 0},
         {"block-size", GQ_OPT_INT, &o.gptq.block_size, "lazy-batch block of columns", NULL, 0, 0},
@@ -59,6 +65,10 @@ int gq_cmd_quantize(int argc, char **argv) {
         {"windowing", GQ_OPT_STR, &windowing, "concat: one stream cut into windows; sample: one sequence per record",
          "auto|concat|sample", 0, 0},
         {"min-tokens", GQ_OPT_INT, &o.min_tokens, "sample windowing: skip records with fewer tokens", NULL, 0, 0},
+        {"calib-seed", GQ_OPT_INT, &calib_seed,
+         "0: calibration records in file order; N > 0: shuffled with seed N (another draw of windows)", NULL, 0, 0},
+        {"hessian-skip", GQ_OPT_INT, &o.hessian_skip,
+         "leave the first N tokens of each calibration sequence out of the Hessians", NULL, 0, 0},
         {"moe-min-tokens", GQ_OPT_INT, &o.moe_min_tokens,
          "MoE: an expert routed fewer calibration tokens is rounded to nearest", NULL, 0, 0},
         {"skip-bad", GQ_OPT_FLAG, &o.skip_bad, "skip (and count) calibration lines that are not valid records", NULL, 0,
@@ -78,14 +88,24 @@ int gq_cmd_quantize(int argc, char **argv) {
     const char *syn = "--model DIR --out DIR [options]";
     int rc = gq_opts_parse("quantize", syn, opts, n, argc - 1, argv + 1, NULL, 0, NULL);
     if (!rc) rc = check_opts(&o, sym, asym, method, syn, opts, n);
-    if (!rc) rc = gq_clip_parse(clip, &o.gptq.clip);
+    if (!rc && act_order && no_act_order) rc = gq_err(GQ_ERR_ARG, "--act-order and --no-act-order are exclusive");
+    if (!rc && static_groups && no_static_groups)
+        rc = gq_err(GQ_ERR_ARG, "--static-groups and --no-static-groups are exclusive");
+    if (!rc && clip) rc = gq_clip_parse(clip, &o.gptq.clip);
+    if (!rc && !strcmp(method, "rtn")) { /* RTN: min-max, the reference's anchor; no column order to choose */
+        if (!clip) o.gptq.clip = GQ_CLIP_MINMAX;
+        o.gptq.act_order = o.gptq.static_groups = 0;
+    }
+    if (!rc && calib_seed < 0) rc = gq_err(GQ_ERR_ARG, "--calib-seed: expected >= 0, got %d", calib_seed);
+    if (!rc && o.hessian_skip < 0) rc = gq_err(GQ_ERR_ARG, "--hessian-skip: expected >= 0, got %d", o.hessian_skip);
     if (rc) {
         free(calib_default);
         return rc;
     }
+    o.calib_seed = (uint64_t)calib_seed;
     o.gptq.sym = !asym;
-    o.gptq.act_order = act_order;
-    o.gptq.static_groups = static_groups;
+    if (act_order || no_act_order) o.gptq.act_order = act_order;
+    if (static_groups || no_static_groups) o.gptq.static_groups = static_groups;
     o.gptq.method = strcmp(method, "rtn") ? GQ_METHOD_GPTQ : GQ_METHOD_RTN;
     o.v2 = !strcmp(format, "gptq_v2");
     o.gptq.zero_policy = o.v2 ? GQ_ZERO_FREE : GQ_ZERO_V1;

@@ -15,6 +15,7 @@
 #include "gq/calib.h"
 
 #include <jansson.h>
+#include "gq/generate.h" /* gq_gen_rng: the shuffle of --calib-seed */
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -186,6 +187,71 @@ void gq_calib_free(gq_calib_set *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* ---- record order: the file's, or (seed != 0) a permutation of its lines ---- */
+
+typedef struct {
+    gq_jsonl *j;
+    char **line;   /* seed != 0: every non-blank line, [n] */
+    size_t *len;   /* [n] */
+    long *lineno;  /* [n] */
+    size_t *order; /* [n]: the shuffled order */
+    size_t n, next;
+} rec_src;
+
+static void rec_src_free(rec_src *r) {
+    for (size_t i = 0; i < r->n; i++) free(r->line[i]);
+    free(r->line), free(r->len), free(r->lineno), free(r->order);
+    if (r->j) gq_jsonl_close(r->j);
+    memset(r, 0, sizeof *r);
+}
+
+/* Read the whole file and shuffle its lines: Fisher-Yates, xoshiro256** seeded from (seed, 0). */
+static int rec_src_shuffle(rec_src *r, uint64_t seed) {
+    const char *line;
+    size_t len, cap = 0;
+    long lineno;
+    int rc;
+    while ((rc = gq_jsonl_next(r->j, &line, &len, &lineno)) == 1) {
+        if (r->n == cap) {
+            cap = cap ? 2 * cap : 256;
+            r->line = gq_realloc(r->line, cap * sizeof *r->line);
+            r->len = gq_realloc(r->len, cap * sizeof *r->len);
+            r->lineno = gq_realloc(r->lineno, cap * sizeof *r->lineno);
+        }
+        r->line[r->n] = gq_malloc(len + 1);
+        memcpy(r->line[r->n], line, len + 1);
+        r->len[r->n] = len, r->lineno[r->n] = lineno;
+        r->n++;
+    }
+    if (rc < 0) return rc;
+    r->order = gq_malloc((r->n ? r->n : 1) * sizeof *r->order);
+    for (size_t i = 0; i < r->n; i++) r->order[i] = i;
+    gq_gen_rng g;
+    gq_gen_rng_seed(&g, seed, 0);
+    for (size_t i = r->n; i > 1; i--) {
+        size_t k = (size_t)(gq_gen_rng_next(&g) % i), t = r->order[i - 1];
+        r->order[i - 1] = r->order[k], r->order[k] = t;
+    }
+    return GQ_OK;
+}
+
+static int rec_src_open(rec_src *r, const char *path, uint64_t seed) {
+    memset(r, 0, sizeof *r);
+    int rc = gq_jsonl_open(&r->j, path);
+    if (!rc && seed) rc = rec_src_shuffle(r, seed);
+    if (rc) rec_src_free(r);
+    return rc;
+}
+
+/* gq_jsonl_next's contract, in the source's order. */
+static int rec_src_next(rec_src *r, const char **line, size_t *len, long *lineno) {
+    if (!r->order) return gq_jsonl_next(r->j, line, len, lineno);
+    if (r->next == r->n) return 0;
+    size_t i = r->order[r->next++];
+    *line = r->line[i], *len = r->len[i], *lineno = r->lineno[i];
+    return 1;
+}
+
 static const char *win_name(gq_windowing w) {
     return w == GQ_WIN_CONCAT ? "concat" : w == GQ_WIN_SAMPLE ? "sample" : "auto";
 }
@@ -199,8 +265,8 @@ int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opt
     size_t total;
     if (!gq_mul_size((size_t)o->nsamples, (size_t)o->seqlen, &total) || total > ((size_t)1 << 34) / sizeof(int32_t))
         return gq_err(GQ_ERR_ARG, "calibration: %d x %d tokens is too many", o->nsamples, o->seqlen);
-    gq_jsonl *j;
-    int rc = gq_jsonl_open(&j, o->path);
+    rec_src src;
+    int rc = rec_src_open(&src, o->path, o->seed);
     if (rc) return rc;
 
     gq_windowing win = o->windowing;
@@ -216,7 +282,7 @@ int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opt
     while (rc == GQ_OK) {
         if (win == GQ_WIN_CONCAT && stream.n >= total) break;
         if (win == GQ_WIN_SAMPLE && nseq == o->nsamples) break;
-        int r = gq_jsonl_next(j, &line, &len, &lineno);
+        int r = rec_src_next(&src, &line, &len, &lineno);
         if (r < 0) {
             rc = r;
             break;
@@ -259,7 +325,7 @@ int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opt
             lens[nseq++] = (int)k;
         }
     }
-    gq_jsonl_close(j);
+    rec_src_free(&src);
     gq_ids_free(&enc);
     if (rc == GQ_OK) {
         if (win == GQ_WIN_AUTO) win = GQ_WIN_CONCAT; /* no usable record at all */
@@ -301,7 +367,9 @@ int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opt
     out->n_records = n_records;
     out->n_bad = n_bad;
     out->n_short = n_short;
-    gq_info("calibration: %d %s sequences, %lld tokens from %ld records of %s%s", nseq, win_name(win),
-            (long long)off, n_records, o->path, n_bad ? " (bad lines skipped)" : "");
+    char order[48] = "";
+    if (o->seed) snprintf(order, sizeof order, " (records shuffled, seed %llu)", (unsigned long long)o->seed);
+    gq_info("calibration: %d %s sequences, %lld tokens from %ld records of %s%s%s", nseq, win_name(win),
+            (long long)off, n_records, o->path, order, n_bad ? " (bad lines skipped)" : "");
     return GQ_OK;
 }

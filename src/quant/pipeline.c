@@ -19,6 +19,12 @@
 void gq_quant_opts_default(gq_quant_opts *o) {
     memset(o, 0, sizeof *o);
     gq_gptq_params_default(&o->gptq);
+    /* gq's default profile (docs/accuracy.md, "Fidelity"): act-order with static groups, so g_idx stays
+     * trivial and the output plain v1, and the group scale search; the GPTQ paper's setting is
+     * act_order = static_groups = 0, clip = GQ_CLIP_MINMAX */
+    o->gptq.act_order = 1;
+    o->gptq.static_groups = 1;
+    o->gptq.clip = GQ_CLIP_MSE;
     o->device = "auto";
     o->precision = "auto";
     o->nsamples = 128;
@@ -93,6 +99,8 @@ static char *fingerprint(const run_t *r) {
                           (json_int_t)r->cs.n_tokens);
     json_object_set_new(j, "arithmetic", json_string(r->rep->arith));
     json_object_set_new(j, "moe_min_tokens", json_integer(o->moe_min_tokens));
+    json_object_set_new(j, "calib_seed", json_integer((json_int_t)o->calib_seed));
+    json_object_set_new(j, "hessian_skip", json_integer(o->hessian_skip));
     json_object_set_new(j, "clip", json_pack("{s:s, s:i, s:f, s:f}", "mode", gq_clip_name(p->clip), "grid",
                                              p->clip_grid, "maxshrink", p->clip_maxshrink, "norm",
                                              (double)p->clip_norm));
@@ -249,6 +257,11 @@ static void print_settings(const gq_quant_opts *o) {
             o->windowing == GQ_WIN_CONCAT   ? "concat"
             : o->windowing == GQ_WIN_SAMPLE ? "sample"
                                             : "auto");
+    if (o->calib_seed)
+        gq_info("  %-16s %llu (records shuffled)", "calib-seed", (unsigned long long)o->calib_seed);
+    else
+        gq_info("  %-16s %s", "calib-seed", "0 (records in file order)");
+    gq_info("  %-16s %d", "hessian-skip", o->hessian_skip);
     gq_info("  %-16s %s", "format", o->v2 ? "gptq_v2 (true zeros)" : "gptq (AutoGPTQ v1)");
     gq_info("  %-16s %s", "order", "true-sequential [q,k,v] -> [o] -> [gate,up] -> [down]");
     gq_info("  %-16s %d (MoE: an expert with fewer routed tokens is rounded to nearest)", "moe-min-tokens",
@@ -336,6 +349,7 @@ static int alloc_buffers(run_t *r) {
     int rc = gq_qlayer_init(&r->q, r->be, &r->m.cfg, r->cs.n, r->cs.len);
     if (rc) return rc;
     r->q.moe_min_tokens = r->o->moe_min_tokens;
+    r->q.hessian_skip = r->o->hessian_skip;
     char b[32];
     gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", r->cs.n, (long long)r->q.n_tokens,
             gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(&r->q)), gq_backend_name(r->be));
@@ -434,6 +448,7 @@ static int load_calibration(run_t *r) {
     co.windowing = o->windowing;
     co.min_tokens = o->min_tokens;
     co.skip_bad = o->skip_bad;
+    co.seed = o->calib_seed;
     rc = gq_calib_load(&r->cs, tok, &co);
     gq_tok_free(tok);
     if (rc) return rc;

@@ -162,10 +162,16 @@ typedef struct {
 
 static int stage_hook(void *user, gq_group g, int e, const void *X, int ld, int T, const int32_t *idx) {
     stage_t *st = user;
-    (void)idx;
     if (g != st->g) return GQ_OK;
     int i = e < 0 ? 0 : e;
     if (i >= st->n_h) return gq_err(GQ_ERR_ARG, "layer %d: expert %d of %d", st->l, e, st->n_h);
+    /* --hessian-skip: the sequence's first tokens stay out (a MoE expert's rows are its tokens in
+     * ascending order, idx[T], so they are a prefix there too) */
+    int skip = 0;
+    while (skip < T && (idx ? idx[skip] : skip) < st->q->hessian_skip) skip++;
+    if (skip == T) return GQ_OK;
+    X = (const char *)X + gq_be_act_bytes(st->q->be, (size_t)skip * ld);
+    T -= skip;
     double t0 = gq_now();
     int rc = gq_be_hessian_accum(st->q->be, st->H[i], X, ld, T, st->K);
     if (!rc && gq_backend_is_gpu(st->q->be)) rc = gq_be_sync(st->q->be);
