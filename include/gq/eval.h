@@ -32,9 +32,16 @@
  *                to the first fence): for HumanEval the program is
  *                prompt + "\n" + code when the code defines the entry point
  *                (it replaces the prompt's stub), prompt + code otherwise.
- * Generation stops at eos or max_new_tokens; gq_gen_run has no per-token hook,
- * so a completion is cut at its stop sequence after generation (the tokens
- * before the stop are the same either way).
+ * Generation stops at eos, at max_new_tokens, or as soon as the cut above is
+ * decided (early stop, gq_gen_run_stop's per-token check; gq_eval_cut_decided):
+ * when the answer's text holds a stop sequence (raw, STRING) or the closing
+ * fence of its code block (chat) such that no later token can change where
+ * the text is cut. The text is still cut as before, so a completion is the
+ * one that generating to max_new_tokens and cutting afterwards gives (the
+ * tokens before the cut are the same, except where batching rounds a greedy
+ * near-tie differently, gq/generate.h); the record's tokens count what was
+ * generated. What that saves depends on how often the model writes a stop
+ * sequence (docs/eval.md: pycoder-5m's HumanEval tokens -26%, MBPP's -1%).
  */
 #ifndef GQ_EVAL_H
 #define GQ_EVAL_H
@@ -89,6 +96,24 @@ int gq_eval_chat_cut(char *text);
 /* The code of an answer: the inside of its first ``` block (a language tag
  * after the fence skipped), the whole answer when it has none. */
 char *gq_eval_chat_code(const char *answer);
+/* Early stop. How a completion's text is cut: at the earliest of the stop
+ * sequences (gq_eval_truncate), after the closing fence of the first code
+ * block (gq_eval_chat_cut), or at the first fence (chat, where the prompt
+ * opened the block). */
+typedef enum { GQ_EVAL_CUT_STOPS = 0, GQ_EVAL_CUT_CHAT, GQ_EVAL_CUT_FENCE } gq_eval_cut;
+/* ids[0..n) without a trailing run of byte-fallback tokens ("<0xNN>"): the
+ * run's text may still change (its bytes, or one U+FFFD per token when they
+ * are not valid UTF-8 as a whole), the text before it no longer does. */
+size_t gq_eval_stable_tokens(const gq_tokenizer *tok, const int32_t *ids, size_t n);
+/* *decided = 1 when every answer that begins with ids[0..n) (generated after
+ * prompt) has its text cut where the text of ids[0..n) is cut, so generation
+ * may stop there. It decides on the text of the stable tokens without its
+ * trailing U+FFFDs (an unfinished UTF-8 sequence), a prefix of every later
+ * text: a cut found there is decided unless an earlier start of another stop
+ * sequence runs into its end (it could still complete and come first).
+ * stops: gq_eval_stops (GQ_EVAL_CUT_STOPS only). Errors: decoding. */
+int gq_eval_cut_decided(const gq_tokenizer *tok, const int32_t *prompt, size_t n_prompt, const int32_t *ids, size_t n,
+                        gq_eval_cut how, const char *const *stops, int *decided);
 /* What a completion is: the continuation of prompt (human-eval's samples,
  * the controls), of gen_prompt (gq's raw / STRING generation), or the code
  * of a chat answer. */
@@ -150,6 +175,7 @@ typedef struct {
     const char *python; /* NULL: /usr/bin/python3, else python3 on PATH */
     const char *device, *precision;
     int threads;
+    int no_early_stop; /* generate to eos / max_new_tokens and cut afterwards (tests, timing: the same completions) */
 } gq_eval_opts;
 
 void gq_eval_opts_default(gq_eval_opts *o);

@@ -36,8 +36,11 @@
  * or order.
  *
  * Stopping: an eos id (all eos ids of the config plus extra ids given in the
- * options; the eos itself is not part of the output), max_new_tokens, or
- * the sequence (prompt + answer) reaching max_len tokens.
+ * options; the eos itself is not part of the output), max_new_tokens, the
+ * sequence (prompt + answer) reaching max_len tokens, or (gq_gen_run_stop)
+ * the caller's stop check, asked after each token appended to the answer:
+ * `gq eval` ends a completion there as soon as its text holds a stop
+ * sequence instead of generating max_new_tokens and cutting afterwards.
  */
 #ifndef GQ_GENERATE_H
 #define GQ_GENERATE_H
@@ -126,8 +129,13 @@ int gq_gen_decode(gq_gen *g, const int *slots, const int32_t *tok, int B, float 
 
 /* ---- generating answers ------------------------------------------------------------ */
 
-typedef enum { GQ_GEN_FINISH_NONE = 0, GQ_GEN_FINISH_EOS, GQ_GEN_FINISH_LENGTH } gq_gen_finish;
-const char *gq_gen_finish_name(gq_gen_finish f); /* "eos", "length", "none" */
+typedef enum {
+    GQ_GEN_FINISH_NONE = 0,
+    GQ_GEN_FINISH_EOS,
+    GQ_GEN_FINISH_LENGTH,
+    GQ_GEN_FINISH_STOP /* the stop check of gq_gen_run_stop */
+} gq_gen_finish;
+const char *gq_gen_finish_name(gq_gen_finish f); /* "eos", "length", "stop", "none" */
 
 typedef struct {
     const int32_t *prompt; /* in: prompt ids (with BOS when the model wants it) */
@@ -142,9 +150,25 @@ typedef struct {
  * stops the run and is returned by gq_gen_run. */
 typedef int (*gq_gen_done_fn)(gq_gen_seq *seq, int index, void *user);
 
+/* Asked after each token appended to seq->out (seq->out.n >= 1; never for an
+ * eos, which is not appended), before the max_new_tokens / max_len check: a
+ * non-zero return finishes the sequence with GQ_GEN_FINISH_STOP, keeping
+ * every token generated so far (seq->out, the last one included: cutting
+ * the text is the caller's business). It must not change seq. index and user
+ * are those of gq_gen_done_fn. It runs once per token of every active
+ * sequence, between decode steps: keep it cheap (look at the tail of the
+ * answer, not the whole of it). */
+typedef int (*gq_gen_stop_fn)(const gq_gen_seq *seq, int index, void *user);
+
 /* Generate for seqs[0..n). A prompt must be 1 .. max_len - 1 tokens
  * (GQ_ERR_ARG naming its index otherwise, checked before any work). */
 int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *s, gq_gen_done_fn done, void *user);
+/* gq_gen_run with a stop check (NULL: none, the same as gq_gen_run). A
+ * sequence stopped early frees its slot for the next prompt at once; the
+ * tokens it kept are those gq_gen_run gives up to that point (the same
+ * sampling stream; greedy decoding up to the batching note above). */
+int gq_gen_run_stop(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *s, gq_gen_stop_fn stop,
+                    gq_gen_done_fn done, void *user);
 void gq_gen_seq_free(gq_gen_seq *s);
 
 /* ---- answer quality ------------------------------------------------------------------ */

@@ -42,7 +42,10 @@ void gq_gen_opts_default(gq_gen_opts *o) {
 }
 
 const char *gq_gen_finish_name(gq_gen_finish f) {
-    return f == GQ_GEN_FINISH_EOS ? "eos" : f == GQ_GEN_FINISH_LENGTH ? "length" : "none";
+    return f == GQ_GEN_FINISH_EOS      ? "eos"
+           : f == GQ_GEN_FINISH_LENGTH ? "length"
+           : f == GQ_GEN_FINISH_STOP   ? "stop"
+                                       : "none";
 }
 
 /* activation element offset -> pointer */
@@ -264,13 +267,18 @@ typedef struct {
     int32_t last;
 } slot_state;
 
-/* Take token t for sequence s; returns 1 when it finished. */
-static int accept(const gq_gen *g, gq_gen_seq *s, int32_t t, const gq_gen_sampling *sp) {
+/* Take token t for sequence s (index i); returns 1 when it finished. */
+static int accept(const gq_gen *g, gq_gen_seq *s, int i, int32_t t, const gq_gen_sampling *sp, gq_gen_stop_fn stop,
+                  void *user) {
     if (gq_gen_is_eos(g, t)) {
         s->finish = GQ_GEN_FINISH_EOS;
         return 1;
     }
     gq_ids_push(&s->out, t);
+    if (stop && stop(s, i, user)) {
+        s->finish = GQ_GEN_FINISH_STOP;
+        return 1;
+    }
     if ((int)s->out.n >= sp->max_new_tokens || s->n_prompt + (int)s->out.n >= g->max_len) {
         s->finish = GQ_GEN_FINISH_LENGTH;
         return 1;
@@ -279,6 +287,11 @@ static int accept(const gq_gen *g, gq_gen_seq *s, int32_t t, const gq_gen_sampli
 }
 
 int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *sp, gq_gen_done_fn done, void *user) {
+    return gq_gen_run_stop(g, seqs, n, sp, NULL, done, user);
+}
+
+int gq_gen_run_stop(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *sp, gq_gen_stop_fn stop,
+                    gq_gen_done_fn done, void *user) {
     TRY(gq_gen_sampling_check(sp));
     for (int i = 0; i < n; i++) {
         if (seqs[i].n_prompt < 1 || seqs[i].n_prompt >= g->max_len)
@@ -305,7 +318,7 @@ int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *sp, gq
                 if (rc) break;
                 gq_gen_rng_seed(&st[k].rng, sp->seed, s->stream);
                 int32_t t = gq_gen_sample(logits, vocab, sp, &st[k].rng);
-                if (accept(g, s, t, sp)) {
+                if (accept(g, s, i, t, sp, stop, user)) {
                     if (done) rc = done(s, i, user);
                 } else {
                     st[k].seq = i;
@@ -329,7 +342,7 @@ int gq_gen_run(gq_gen *g, gq_gen_seq *seqs, int n, const gq_gen_sampling *sp, gq
             slot_state *ss = &st[slots[r]];
             gq_gen_seq *s = &seqs[ss->seq];
             int32_t t = gq_gen_sample(logits + (size_t)r * vocab, vocab, sp, &ss->rng);
-            if (accept(g, s, t, sp)) {
+            if (accept(g, s, ss->seq, t, sp, stop, user)) {
                 if (done) rc = done(s, ss->seq, user);
                 ss->seq = -1;
             } else {
