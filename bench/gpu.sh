@@ -6,6 +6,7 @@
 # printed last.
 #
 #   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe kld m30 m30f32 e2e gen stream calib
+#                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
@@ -46,7 +47,7 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families ||
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families build/tests/test_cuda_w4a16 build/tests/test_w4a16_ref build/tests/test_cuda_q4_model ||
         { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
@@ -156,6 +157,21 @@ step_stream() {
     fi
     GQ_STREAM_ACTIVATIONS=1 run layers_7b_stream 240 ./build/bench/bench_layers --shape 7b --layers 3
     grep -A 5 "^7b on" "$LOGS/layers_7b_stream.log" | tee -a "$SUMMARY"
+}
+
+step_w4a16() {
+    run test_cuda_w4a16 300 ./build/tests/test_cuda_w4a16
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_w4a16.log" | head -n 40
+    run test_cuda_q4_model 300 ./build/tests/test_cuda_q4_model
+    grep -E '^(FAIL|SKIP)|RESULT|ppl' "$LOGS/test_cuda_q4_model.log" | head -n 20
+    run test_w4a16_ref 120 ./build/tests/test_w4a16_ref
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_w4a16_ref.log" | head -n 10
+    run bench_w4a16 300 ./build/bench/bench_w4a16
+    grep -E '^\||bandwidth|floor' "$LOGS/bench_w4a16.log" | tee -a "$SUMMARY"
+    run bench_w4a16_prefill 300 ./build/bench/bench_w4a16 --T 131072 --shapes 4096x4096,4096x11008,11008x4096
+    grep -E '^\|' "$LOGS/bench_w4a16_prefill.log" | tee -a "$SUMMARY"
+    run bench_w4a16_ao 200 ./build/bench/bench_w4a16 --act-order --T 1,8
+    grep -E '^\|' "$LOGS/bench_w4a16_ao.log" | tee -a "$SUMMARY"
 }
 
 step_calib() {

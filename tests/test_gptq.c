@@ -615,7 +615,7 @@ static int spy_run(const gq_gptq_params *p, const float *W0, float *W, int rows,
     spy.use_factor = -1;
     memcpy(W, W0, (size_t)rows * cols * sizeof(float));
     memcpy(H, H0, (size_t)cols * cols * sizeof(float));
-    gq_bweight w = {W, rows, cols, GQ_DT_F32};
+    gq_bweight w = {.data = W, .rows = rows, .cols = cols, .dtype = GQ_DT_F32};
     gq_err_clear();
     return gq_gptq_drive(&spy_ops, NULL, p, &w, H, hs, r);
 }
@@ -709,7 +709,7 @@ static void test_driver(void) {
     /* RTN: H unused (NULL), no factor */
     p.method = GQ_METHOD_RTN;
     memcpy(W, W0, (size_t)rows * cols * sizeof(float));
-    gq_bweight w = {W, rows, cols, GQ_DT_F32};
+    gq_bweight w = {.data = W, .rows = rows, .cols = cols, .dtype = GQ_DT_F32};
     memset(spy.calls, 0, sizeof spy.calls);
     spy.ncalls = 0;
     TEST_OK(gq_gptq_drive(&spy_ops, NULL, &p, &w, NULL, 0.5, &r), "RTN, H NULL");

@@ -270,10 +270,14 @@ static const char *blas_name(void) {
  * reference within 0.05%, fp16 scales and the v1 zero policy being all that can move it.
  */
 /* gq's default profile (gq_quant_opts_default): --clip mse, act-order, static groups; int4 g128 sym,
- * plain v1 output. lo / hi: bench/cpu_spread.sh CASES=default, as for the rows above. */
+ * plain v1 output. lo / hi: bench/cpu_spread.sh CASES=default, as for the rows above (2026-12-07:
+ * Haswell 11.4540 / 11.4479 with 1 / 2 threads, SkylakeX 11.4414 / 11.4414, Zen 11.4540 / 11.4479,
+ * Cooperlake 11.4548 / 11.4548). Its bound, 11.4682, is below the fidelity issue's target for
+ * pycoder-5m (11.5072, 0.8 of the reference's gap to fp16) and below the smallest min-max figure of
+ * the row "GPTQ int4 g128 sym" (11.5348): the test fails if the default stops beating the reference. */
 #define DEFAULT_CASE                                                                                             \
     {"GPTQ int4 g128 sym, the default (mse, act-order, static groups)", GQ_METHOD_GPTQ, 4, 1, 1, 1, GQ_CLIP_MSE, \
-     11.5873, 11.40, 11.46, 1}
+     11.5873, 11.4414, 11.4548, 1}
 
 static void test_acceptance(const char *tmp) {
     TEST_BEGIN("acceptance pycoder-5m");

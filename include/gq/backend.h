@@ -24,6 +24,7 @@
 
 #include "gq/common.h"
 #include "gq/gptq.h"
+#include "gq/pack.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,6 +81,8 @@ typedef struct {
     void *data;   /* backend buffer [rows][cols] in `dtype` */
     int rows, cols;
     gq_dtype dtype; /* the activation dtype: F32 on CPU, F16 (or F32) on CUDA */
+    void *q4;       /* NULL for plain weights; else a backend-owned int4 weight (gq_be_weight_upload_q4),
+                       data may then be NULL */
 } gq_bweight;
 
 /* Upload an f32 host matrix [rows][cols] (a vector is rows = 1). */
@@ -93,11 +96,36 @@ int gq_be_weight_upload_raw(gq_backend *be, gq_bweight *w, const void *src, gq_d
 int gq_be_weight_alloc(gq_backend *be, gq_bweight *w, int rows, int cols);
 int gq_be_weight_set_rows(gq_backend *be, gq_bweight *w, int row0, int nrows, const void *src, gq_dtype dt);
 void gq_be_weight_free(gq_backend *be, gq_bweight *w);
+/* Device (or host, on the CPU) bytes a weight holds: rows x cols x dtype size for a plain
+ * weight, the resident int4 layout for a q4 weight; 0 for an empty one. */
+size_t gq_be_weight_bytes(const gq_bweight *w);
+
+/* ---- int4 weights kept resident (W4A16) ------------------------------------------------
+ *
+ * 1 when this backend can keep int4 GPTQ weights resident and run gq_be_linear on them,
+ * dequantizing on the fly with fp32 accumulation: CUDA with fp16 activations. 0 for the CPU
+ * and for CUDA with --precision fp32 (dequantize with gq_packed_dequant and upload fp
+ * weights there). */
+int gq_be_q4_supported(const gq_backend *be);
+/* Make w an int4-resident weight of rows = sum of the parts' rows (out_features, stacked in
+ * order: a fused q|k|v or gate|up projection) x cols = K (in_features, the same for every
+ * part); each part keeps its own scales, zeros, g_idx and group size (trivial or act-order
+ * g_idx). The parts are AutoGPTQ tensors as gq/pack.h describes them (v1 or v2 zeros); the
+ * backend repacks them once into its own device layout (the host structs are not kept). Then
+ * gq_be_linear(.., w, ..) computes Y = X * W^T (+ bias, accumulate as for plain weights) with
+ * W[n][k] = scale[g_idx[k]][n] * (q - zero); w->data may stay NULL, w->dtype is the
+ * activation dtype; gq_be_weight_free releases it. Checks: bits 4, every part the same K,
+ * K % 8 == 0, rows % 8 == 0, 1 <= ngroups <= K, every g_idx in 0..ngroups-1, scales finite
+ * with |scale| * 16 <= 65504 (the dequantized weights are fp16); GQ_ERR_ARG / FORMAT /
+ * UNSUPPORTED / NUMERIC naming the part, what was expected and what was found.
+ * GQ_ERR_UNSUPPORTED when gq_be_q4_supported(be) is 0. */
+int gq_be_weight_upload_q4(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts);
 
 /* ---- forward ops --------------------------------------------------------------- */
 
 /* Y[T][ldy] (cols 0..W.rows-1) = X[T][ldx] (cols 0..W.cols-1) * W^T + bias.
- * bias may be NULL (else a 1 x W.rows weight). accumulate: Y += instead. */
+ * bias may be NULL (else a 1 x W.rows weight). accumulate: Y += instead.
+ * W may be an int4-resident weight (W->q4, gq_be_weight_upload_q4). */
 int gq_be_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
                  const gq_bweight *bias, int accumulate);
 /* Y[T][ldy] = X / sqrt(mean(X^2) + eps) * w, per row of d elements. */

@@ -66,6 +66,8 @@ typedef struct {
     gq_st *st;
     int quantized; /* linears stored as qweight/qzeros/scales/g_idx */
     int fused;     /* MoE experts in the fused 3-D layout (gq_st_fused_experts) */
+    int q4_resident; /* 1 (gq_model_open's default): gq_blayer_load keeps 4-bit linears packed on a
+                        backend that runs them (gq_be_q4_supported; `--int4-kernel on`); 0: dequantized */
 } gq_model;
 
 /* Reads config.json, opens the safetensors and runs gq_model_check: a
@@ -117,6 +119,10 @@ int gq_model_load_module(const gq_model *m, int layer, const gq_module *mod, flo
  * the file in errors. A missing g_idx is the trivial one. */
 int gq_qlinear_load(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
                     int group_size, int v2, float **w);
+/* The same linear's packed tensors as they are stored (gq/pack.h; gq_packed_free), checked for
+ * dtype and shape; a missing g_idx is made trivial. */
+int gq_qlinear_read(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
+                    int group_size, int v2, gq_packed *p);
 
 /* Read every tensor of `layer` from the file into memory (page cache), for a
  * helper thread to run while the previous layer computes. Never fails. */
@@ -149,7 +155,9 @@ typedef struct {
 gq_bweight *gq_blayer_weight(gq_blayer *bl, gq_group g, int expert);
 /* Load layer `layer` of m onto the backend: raw F16/BF16/F32 weights go straight into the
  * stacked weights (no f32 host copy for a GPU backend), quantized ones are dequantized on the
- * host; everything checked for NaN/Inf (the error names the tensor). qsrc (NULL: none) is a
+ * host, except that with m->q4_resident a group whose modules are all stored 4-bit becomes one
+ * int4-resident weight (gq_be_weight_upload_q4, the parts stacked in the group's row order) on a
+ * backend that supports it; everything checked for NaN/Inf (the error names the tensor). qsrc (NULL: none) is a
  * layer file of gq's (gq/export.h) whose quantized linears replace the model's (--resume):
  * bits, group_size, v2 describe it. */
 int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl);

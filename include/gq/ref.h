@@ -12,6 +12,7 @@
 #define GQ_REF_H
 
 #include "gq/common.h"
+#include "gq/pack.h" /* gq_packed (gq_w4a16_ref) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,6 +61,14 @@ void gq_attention_ex_ref(float *O, int ldo, const float *Q, int ldq, const float
 
 /* H[K][K] += X[T][ldx]^T X (the full matrix, both triangles). */
 void gq_hessian_ref(float *H, const float *X, int ldx, int T, int K);
+
+/* W4A16: Y[T][ldy] (cols 0 .. sum of the parts' rows - 1) = X[T][ldx] (cols 0..K-1) * W^T, where W
+ * stacks the int4 parts by output rows (a fused q|k|v or gate|up projection: every part has the
+ * same K = cols, its own rows, scales, zeros, g_idx and group size) and
+ * W[n][k] = scale[g_idx[k]][n] * (q - zero), q and zero read straight from the packed words
+ * (gq/pack.h, bits 4; zero = stored + 1 for v1, stored for v2). Sums in double; Y is overwritten
+ * (no bias, no accumulate). src/compute/ref_w4a16.c. */
+void gq_w4a16_ref(float *Y, int ldy, const float *X, int ldx, int T, const gq_packed *const *parts, int nparts);
 
 /* Sum over t < T with targets[t] >= 0 of -log softmax(X[t] Wlm^T)[targets[t]];
  * Wlm [vocab][d]. Adds to *nll_sum and *count. */

@@ -323,8 +323,87 @@ int gq_be_weight_set_rows(gq_backend *be, gq_bweight *w, int row0, int nrows, co
 
 void gq_be_weight_free(gq_backend *be, gq_bweight *w) {
     if (!w) return;
-    if (w->data) be->iface->weight_free(be, w);
+    if (w->q4) {
+        GQ_ASSERT(be->iface->weight_free_q4 && "an int4 weight on a backend without int4 weights");
+        be->iface->weight_free_q4(be, w);
+    } else if (w->data) {
+        be->iface->weight_free(be, w);
+    }
     memset(w, 0, sizeof *w);
+}
+
+size_t gq_be_weight_bytes(const gq_bweight *w) {
+    if (!w) return 0;
+    if (w->q4) return ((const gq_q4_head *)w->q4)->device_bytes;
+    return w->data ? (size_t)w->rows * (size_t)w->cols * gq_dtype_size(w->dtype) : 0;
+}
+
+/* ---- int4 weights ------------------------------------------------------------------ */
+
+int gq_be_q4_supported(const gq_backend *be) {
+    return be->iface->q4_supported && be->iface->weight_upload_q4 && be->iface->weight_free_q4 ?
+               be->iface->q4_supported(be) : 0;
+}
+
+/* Part i of an int4 upload: complete, 4 bits, K as part 0's, K and rows multiples of 8, 1 <= ngroups <= K,
+ * g_idx in range, scales finite and small enough that scale * (q - zero), |q - zero| <= 16, is a finite fp16. */
+static int check_q4_part(const gq_packed *p, int i, int K) {
+    if (!p || !p->qweight || !p->qzeros || !p->scales || !p->g_idx)
+        return gq_err(GQ_ERR_ARG, "int4 weight part %d: incomplete packed tensors (qweight, qzeros, scales and g_idx "
+                                  "are all needed)", i);
+    if (p->bits != 4)
+        return gq_err(GQ_ERR_UNSUPPORTED, "int4 weight part %d: %d-bit weights, expected 4 bits (the W4A16 kernels "
+                                          "are int4 only; dequantize other widths with gq_packed_dequant)", i, p->bits);
+    if (p->cols != K)
+        return gq_err(GQ_ERR_ARG, "int4 weight part %d: in_features (K) %d, expected %d as part 0 (fused parts share "
+                                  "their input)", i, p->cols, K);
+    if (K <= 0 || K % 8)
+        return gq_err(GQ_ERR_ARG, "int4 weight part %d: in_features (K) %d, expected a positive multiple of 8", i, K);
+    if (p->rows <= 0 || p->rows % 8)
+        return gq_err(GQ_ERR_ARG, "int4 weight part %d: out_features (N) %d, expected a positive multiple of 8", i,
+                      p->rows);
+    if (p->ngroups < 1 || p->ngroups > K)
+        return gq_err(GQ_ERR_ARG, "int4 weight part %d: %d groups for K = %d, expected 1 .. K (group size -1, or "
+                                  "1 .. K columns per group)", i, p->ngroups, K);
+    for (int k = 0; k < K; k++)
+        if (p->g_idx[k] < 0 || p->g_idx[k] >= p->ngroups)
+            return gq_err(GQ_ERR_FORMAT, "int4 weight part %d: g_idx[%d] = %d, expected 0..%d (scales have %d groups)",
+                          i, k, (int)p->g_idx[k], p->ngroups - 1, p->ngroups);
+    const size_t ns = (size_t)p->ngroups * p->rows;
+    for (size_t j = 0; j < ns; j++) {
+        const float sc = gq_f16_to_f32(p->scales[j]);
+        if (!isfinite(sc))
+            return gq_err(GQ_ERR_NUMERIC, "int4 weight part %d: scale of group %zu, output row %zu is %g, expected "
+                                          "a finite value", i, j / p->rows, j % p->rows, (double)sc);
+        if (fabsf(sc) * 16.0f > 65504.0f)
+            return gq_err(GQ_ERR_UNSUPPORTED, "int4 weight part %d: scale of group %zu, output row %zu is %g; "
+                                              "expected |scale| <= 4094 (scale * (q - zero) must be a finite fp16)",
+                          i, j / p->rows, j % p->rows, (double)sc);
+    }
+    return GQ_OK;
+}
+
+int gq_be_weight_upload_q4(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts) {
+    memset(w, 0, sizeof *w);
+    if (!parts || nparts < 1)
+        return gq_err(GQ_ERR_ARG, "int4 weight upload: %d parts, expected at least 1", parts ? nparts : 0);
+    const int K = parts[0] ? parts[0]->cols : 0;
+    int64_t rows = 0;
+    for (int i = 0; i < nparts; i++) {
+        int rc = check_q4_part(parts[i], i, K);
+        if (rc != GQ_OK) return rc;
+        rows += parts[i]->rows;
+        if (rows > INT32_MAX)
+            return gq_err(GQ_ERR_ARG, "int4 weight upload: %lld output rows over %d parts, expected at most %d",
+                          (long long)rows, nparts, INT32_MAX);
+    }
+    if (!gq_be_q4_supported(be))
+        return gq_err(GQ_ERR_UNSUPPORTED,
+                      "int4 weight upload: backend %s cannot keep int4 weights resident (%s); dequantize them "
+                      "(gq_packed_dequant) and upload fp weights instead", be->name,
+                      be->is_gpu ? "it computes in fp32 (--precision fp32); int4 needs fp16 activations"
+                                 : "the CPU backend computes with fp32 weights");
+    return be->iface->weight_upload_q4(be, w, parts, nparts);
 }
 
 /* ---- forward ops ----------------------------------------------------------------- */

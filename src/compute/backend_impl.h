@@ -49,6 +49,13 @@ struct gq_backend_i {
     int (*gptq)(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
     int (*nll)(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
                float softcap, double *nll_sum, int64_t *count, float *logits_out);
+    /* (optional) int4 weights kept resident (gq_be_q4_supported, gq_be_weight_upload_q4): all
+     * three NULL on backends without them. q4_supported NULL means 0; weight_upload_q4 gets parts
+     * that backend.c has validated; weight_free_q4 frees w->q4 (and w->data if set). A backend
+     * that sets them runs gq_be_linear on W->q4 weights in its `linear`. */
+    int (*q4_supported)(const gq_backend *be);
+    int (*weight_upload_q4)(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts);
+    void (*weight_free_q4)(gq_backend *be, gq_bweight *w);
     /* (optional) one batched decode step; backend.c loops rope/copy_act/attention when NULL */
     int (*decode_attention)(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
@@ -63,7 +70,16 @@ struct gq_backend {
     gq_dtype act_dtype;
     size_t bytes_in_use, peak_bytes; /* maintained by backend.c for alloc/release */
     struct gq_alloc_table *allocs;    /* backend.c: size of each live allocation (NULL at construction) */
+    /* the backend's scratch for int4 weights (CUDA: the fp16 dequantization buffer of the prefill
+     * path, grown to the largest weight seen; from gq_be_alloc, freed by the backend's free) */
+    void *q4_scratch;
+    size_t q4_scratch_bytes;
 };
+
+/* Every backend's int4 weight object (gq_bweight.q4) starts with this header. */
+typedef struct {
+    size_t device_bytes; /* what gq_be_weight_bytes reports */
+} gq_q4_head;
 
 /* Constructors of the backends (backend_cpu.c, cuda/backend_cuda.cu). */
 int gq_backend_cpu_init(gq_backend **out);

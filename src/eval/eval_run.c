@@ -28,6 +28,7 @@ void gq_eval_opts_default(gq_eval_opts *o) {
     o->batch = 16;
     o->device = "auto";
     o->precision = "auto";
+    o->int4_kernel = 1;
     gq_sb_opts_default(&o->sandbox);
 }
 
@@ -421,6 +422,7 @@ static int generate(ctx *c, int si, gq_backend *be) {
     g.tok = tok;
     if (!rc) rc = gq_prompt_init(&pt, o->template_spec, tok);
     if (!rc) rc = gq_model_open(&m, s->dir);
+    if (!rc) m.q4_resident = o->int4_kernel;
     int nseq = 0, max_prompt = 0;
     if (!rc) {
         seqs = gq_calloc((size_t)npend, sizeof *seqs);

@@ -155,25 +155,33 @@ gq_bweight *gq_blayer_weight(gq_blayer *bl, gq_group g, int expert) {
     return g == GQ_GRP_MLP_IN ? &bl->ex_in[expert] : &bl->ex_out[expert];
 }
 
-int gq_blayer_alloc(gq_backend *be, const gq_config *c, int layer, gq_blayer *bl) {
-    memset(bl, 0, sizeof *bl);
+/* Every weight slot of the layer that is still empty (no data and no int4 weight): the expert
+ * arrays first when the layer is MoE and has none yet. */
+static int blayer_alloc_empty(gq_backend *be, const gq_config *c, int layer, gq_blayer *bl) {
     int moe = c->n_experts > 0 && c->layer_moe[layer], rows, cols;
     for (int g = 0; g < GQ_GRP_COUNT; g++) {
         if (moe && g >= GQ_GRP_MLP_IN) break;
         gq_group_shape(c, layer, (gq_group)g, &rows, &cols);
-        TRY(gq_be_weight_alloc(be, &bl->w[g], rows, cols));
+        if (!bl->w[g].data && !bl->w[g].q4) TRY(gq_be_weight_alloc(be, &bl->w[g], rows, cols));
     }
     if (!moe) return GQ_OK;
-    bl->n_experts = c->n_experts;
-    bl->ex_in = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_in);
-    bl->ex_out = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_out);
+    if (!bl->ex_in) {
+        bl->n_experts = c->n_experts;
+        bl->ex_in = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_in);
+        bl->ex_out = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_out);
+    }
     for (int e = 0; e < c->n_experts; e++) {
         gq_group_shape(c, layer, GQ_GRP_MLP_IN, &rows, &cols);
-        TRY(gq_be_weight_alloc(be, &bl->ex_in[e], rows, cols));
+        if (!bl->ex_in[e].data && !bl->ex_in[e].q4) TRY(gq_be_weight_alloc(be, &bl->ex_in[e], rows, cols));
         gq_group_shape(c, layer, GQ_GRP_MLP_OUT, &rows, &cols);
-        TRY(gq_be_weight_alloc(be, &bl->ex_out[e], rows, cols));
+        if (!bl->ex_out[e].data && !bl->ex_out[e].q4) TRY(gq_be_weight_alloc(be, &bl->ex_out[e], rows, cols));
     }
     return gq_be_weight_alloc(be, &bl->router, c->n_experts, c->hidden);
+}
+
+int gq_blayer_alloc(gq_backend *be, const gq_config *c, int layer, gq_blayer *bl) {
+    memset(bl, 0, sizeof *bl);
+    return blayer_alloc_empty(be, c, layer, bl);
 }
 
 void gq_blayer_free(gq_backend *be, gq_blayer *bl) {
@@ -245,7 +253,61 @@ static int load_small(gq_backend *be, const gq_model *m, int layer, gq_blayer *b
     return load_module_into(be, m, layer, &r, NULL, &bl->router);
 }
 
-static int load_layer(gq_backend *be, const gq_model *m, int layer, const qsource *q, gq_blayer *bl) {
+#define GRP_MAX_PARTS 4 /* modules stacked in one group: q, k, v at most */
+
+/* With q4: the weight of group g (expert e) as one int4-resident weight when every module of it is
+ * stored 4-bit in q's file; *done = 0 (and nothing changed) when one is not. mods: the layer's
+ * modules, in each group's row order. */
+static int load_group_q4(gq_backend *be, int layer, const gq_module *mods, int n, gq_group g, int e,
+                         const qsource *q, gq_bweight *W, int *done) {
+    gq_packed parts[GRP_MAX_PARTS];
+    const gq_packed *pp[GRP_MAX_PARTS];
+    int np = 0, rc = GQ_OK;
+    char base[192], name[200];
+    *done = 0;
+    for (int i = 0, cnt = 0; i < n; i++) {
+        if ((int)mods[i].group != (int)g || mods[i].expert != e) continue;
+        snprintf(name, sizeof name, "model.layers.%d.%s.qweight", layer, mods[i].name);
+        if (++cnt > GRP_MAX_PARTS || !gq_st_find(q->st, name)) return GQ_OK; /* a raw module: dequantized path */
+    }
+    for (int i = 0; i < n && rc == GQ_OK; i++) {
+        if ((int)mods[i].group != (int)g || mods[i].expert != e) continue;
+        snprintf(base, sizeof base, "model.layers.%d.%s", layer, mods[i].name);
+        rc = gq_qlinear_read(q->st, q->where, base, mods[i].rows, mods[i].cols, q->bits, q->group_size, q->v2,
+                             &parts[np]);
+        if (rc == GQ_OK) pp[np] = &parts[np], np++;
+    }
+    if (rc == GQ_OK && np > 0) {
+        rc = gq_be_weight_upload_q4(be, W, pp, np);
+        if (rc != GQ_OK) gq_err_prefix("%s: layer %d: int4 weights of group %d", q->where, layer, (int)g);
+        *done = rc == GQ_OK;
+    }
+    for (int i = 0; i < np; i++) gq_packed_free(&parts[i]);
+    return rc;
+}
+
+/* The layer's groups that can be int4-resident, uploaded so (gq_blayer_load's q4 rule). */
+static int load_layer_q4(gq_backend *be, const gq_model *m, int layer, const qsource *q, const gq_module *mods,
+                         int n, gq_blayer *bl) {
+    const gq_config *c = &m->cfg;
+    int moe = c->n_experts > 0 && c->layer_moe[layer], done;
+    for (int g = 0; g < GQ_GRP_COUNT; g++) {
+        if (moe && g >= GQ_GRP_MLP_IN) break;
+        TRY(load_group_q4(be, layer, mods, n, (gq_group)g, -1, q, &bl->w[g], &done));
+    }
+    if (!moe) return GQ_OK;
+    bl->n_experts = c->n_experts;
+    bl->ex_in = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_in);
+    bl->ex_out = gq_calloc((size_t)c->n_experts, sizeof *bl->ex_out);
+    for (int e = 0; e < c->n_experts; e++) {
+        TRY(load_group_q4(be, layer, mods, n, GQ_GRP_MLP_IN, e, q, &bl->ex_in[e], &done));
+        TRY(load_group_q4(be, layer, mods, n, GQ_GRP_MLP_OUT, e, q, &bl->ex_out[e], &done));
+    }
+    return GQ_OK;
+}
+
+/* q4: keep 4-bit groups packed (gq_blayer_load's rule), else every quantized module dequantized. */
+static int load_layer(gq_backend *be, const gq_model *m, int layer, const qsource *q, int q4, gq_blayer *bl) {
     const gq_config *c = &m->cfg;
     memset(bl, 0, sizeof *bl);
     if (layer < 0 || layer >= c->n_layers)
@@ -253,9 +315,12 @@ static int load_layer(gq_backend *be, const gq_model *m, int layer, const qsourc
     int cap = gq_layer_module_cap(c);
     gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
     int n = gq_layer_modules(c, m->fused, layer, mods, cap);
-    int rc = gq_blayer_alloc(be, c, layer, bl);
-    for (int i = 0; i < n && !rc; i++)
-        rc = load_module_into(be, m, layer, &mods[i], q, gq_blayer_weight(bl, mods[i].group, mods[i].expert));
+    int rc = q4 ? load_layer_q4(be, m, layer, q, mods, n, bl) : GQ_OK;
+    if (!rc) rc = blayer_alloc_empty(be, c, layer, bl);
+    for (int i = 0; i < n && !rc; i++) {
+        gq_bweight *W = gq_blayer_weight(bl, mods[i].group, mods[i].expert);
+        if (!W->q4) rc = load_module_into(be, m, layer, &mods[i], q, W);
+    }
     if (!rc) rc = load_biases(be, m, layer, mods, n, bl);
     if (!rc) rc = load_small(be, m, layer, bl);
     free(mods);
@@ -270,13 +335,14 @@ int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl) 
     if (m->quantized && !m->cfg.has_quant)
         return gq_err(GQ_ERR_FORMAT, "%s: linears are stored quantized but config.json has no quantization_config",
                       m->dir);
-    return load_layer(be, m, layer, m->quantized ? &q : NULL, bl);
+    int q4 = m->quantized && m->q4_resident && qc->bits == 4 && gq_be_q4_supported(be);
+    return load_layer(be, m, layer, m->quantized ? &q : NULL, q4, bl);
 }
 
 int gq_blayer_load_q(gq_backend *be, const gq_model *m, int layer, const gq_st *qsrc, const char *qwhere, int bits,
                      int group_size, int v2, gq_blayer *bl) {
     qsource q = {qsrc, qwhere, bits, group_size, v2};
-    return load_layer(be, m, layer, &q, bl);
+    return load_layer(be, m, layer, &q, 0, bl);
 }
 
 /* ---- the head ------------------------------------------------------------------------------ */

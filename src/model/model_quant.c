@@ -30,9 +30,9 @@ static int read_raw(const gq_st *st, const char *where, const char *prefix, cons
     return GQ_OK;
 }
 
-int gq_qlinear_load(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
-                    int group_size, int v2, float **w) {
-    *w = NULL;
+int gq_qlinear_read(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
+                    int group_size, int v2, gq_packed *p) {
+    memset(p, 0, sizeof *p);
     int N = rows, K = cols;
     int rc = gq_pack_check(N, K, bits);
     if (rc != GQ_OK) return gq_err_prefix("%s: %s", where, prefix);
@@ -43,32 +43,38 @@ int gq_qlinear_load(const gq_st *st, const char *where, const char *prefix, int 
     int G = group_size > 0 ? (K + group_size - 1) / group_size : 1;
     if (ts && ts->ndim == 2 && ts->shape[0] >= 1 && ts->shape[0] <= K) G = (int)ts->shape[0];
 
-    gq_packed p;
-    memset(&p, 0, sizeof p);
-    p.bits = bits, p.rows = N, p.cols = K, p.ngroups = G, p.v2 = v2;
-    rc = read_raw(st, where, prefix, "qweight", GQ_DT_I32, gq_pack_qw_rows(K, bits), N, 2, (void **)&p.qweight);
+    p->bits = bits, p->rows = N, p->cols = K, p->ngroups = G, p->v2 = v2;
+    rc = read_raw(st, where, prefix, "qweight", GQ_DT_I32, gq_pack_qw_rows(K, bits), N, 2, (void **)&p->qweight);
     if (rc == GQ_OK)
-        rc = read_raw(st, where, prefix, "qzeros", GQ_DT_I32, G, gq_pack_qz_cols(N, bits), 2, (void **)&p.qzeros);
-    if (rc == GQ_OK) rc = read_raw(st, where, prefix, "scales", GQ_DT_F16, G, N, 2, (void **)&p.scales);
+        rc = read_raw(st, where, prefix, "qzeros", GQ_DT_I32, G, gq_pack_qz_cols(N, bits), 2, (void **)&p->qzeros);
+    if (rc == GQ_OK) rc = read_raw(st, where, prefix, "scales", GQ_DT_F16, G, N, 2, (void **)&p->scales);
     if (rc == GQ_OK) {
         char name[224];
         snprintf(name, sizeof name, "%s.g_idx", prefix);
         if (gq_st_find(st, name)) {
-            rc = read_raw(st, where, prefix, "g_idx", GQ_DT_I32, K, -1, 1, (void **)&p.g_idx);
+            rc = read_raw(st, where, prefix, "g_idx", GQ_DT_I32, K, -1, 1, (void **)&p->g_idx);
         } else {
-            p.g_idx = gq_malloc(sizeof(int32_t) * (size_t)K);
-            for (int k = 0; k < K; k++) p.g_idx[k] = group_size > 0 ? k / group_size : 0;
+            p->g_idx = gq_malloc(sizeof(int32_t) * (size_t)K);
+            for (int k = 0; k < K; k++) p->g_idx[k] = group_size > 0 ? k / group_size : 0;
         }
     }
-    if (rc == GQ_OK) {
-        float *W = gq_malloc_aligned((size_t)N * K * sizeof(float)); /* [N][K] */
-        rc = gq_packed_dequant(&p, W);
-        if (rc != GQ_OK) {
-            gq_free_aligned(W);
-            gq_err_prefix("%s: %s", where, prefix);
-        } else {
-            *w = W;
-        }
+    if (rc != GQ_OK) gq_packed_free(p);
+    return rc;
+}
+
+int gq_qlinear_load(const gq_st *st, const char *where, const char *prefix, int rows, int cols, int bits,
+                    int group_size, int v2, float **w) {
+    *w = NULL;
+    gq_packed p;
+    int rc = gq_qlinear_read(st, where, prefix, rows, cols, bits, group_size, v2, &p);
+    if (rc != GQ_OK) return rc;
+    float *W = gq_malloc_aligned((size_t)rows * cols * sizeof(float)); /* [N][K] */
+    rc = gq_packed_dequant(&p, W);
+    if (rc != GQ_OK) {
+        gq_free_aligned(W);
+        gq_err_prefix("%s: %s", where, prefix);
+    } else {
+        *w = W;
     }
     gq_packed_free(&p);
     return rc;

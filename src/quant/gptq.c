@@ -284,6 +284,6 @@ out:
 int gq_gptq_quantize(const gq_gptq_params *p, float *W, int rows, int cols, float *H, gq_qresult *res) {
     memset(res, 0, sizeof *res);
     if (!W) return gq_err(GQ_ERR_ARG, "gptq: W must not be NULL");
-    gq_bweight w = {W, rows, cols, GQ_DT_F32};
+    gq_bweight w = {.data = W, .rows = rows, .cols = cols, .dtype = GQ_DT_F32};
     return gq_gptq_drive(&gq_gptq_cpu_ops, NULL, p, &w, H, 1.0, res);
 }

@@ -350,8 +350,16 @@ static void cuda_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, 
 /* Y[T][ldy] = X[T][ldx] W^T (+ Y) (+ bias). Row-major buffers are the
  * column-major transposes, so this is Y^T (N x T) = W^T^T (N x K) X^T (K x T):
  * cuBLAS op(A) = A^T with A = W^T stored K x N (ld K), B = X^T stored K x T. */
+/* w4a16.cu: int4 weights kept resident (W4A16) */
+int gq_cuda_q4_supported(const gq_backend *be);
+int gq_cuda_weight_upload_q4(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts);
+void gq_cuda_weight_free_q4(gq_backend *be, gq_bweight *w);
+int gq_cuda_linear_q4(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
+                      const gq_bweight *bias, int accumulate);
+
 static int cuda_linear(gq_backend *be, void *Y, int ldy, const void *X, int ldx, int T, const gq_bweight *W,
                        const gq_bweight *bias, int accumulate) {
+    if (W->q4) return gq_cuda_linear_q4(be, Y, ldy, X, ldx, T, W, bias, accumulate);
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     if (W->dtype != be->act_dtype || (bias && bias->dtype != be->act_dtype))
         return gq_err(GQ_ERR_ARG, "cuda linear: weights must be %s on the device, got %s",
@@ -428,6 +436,9 @@ static void fill_iface(void) {
     f->gptq = gq_cuda_gptq;
     f->nll = gq_cuda_nll;
     f->decode_attention = gq_cuda_decode_attention;
+    f->q4_supported = gq_cuda_q4_supported;
+    f->weight_upload_q4 = gq_cuda_weight_upload_q4;
+    f->weight_free_q4 = gq_cuda_weight_free_q4;
 }
 
 static int is_cuda(const gq_backend *be) { return be && be->iface == &cuda_iface; }
@@ -450,6 +461,7 @@ static void cuda_free(gq_backend *be) {
         if (c->cublas_ws) cudaFree(c->cublas_ws);
         if (c->rope_dev) cudaFree(c->rope_dev);
         if (c->harr) cudaFree(c->harr);
+        if (be->q4_scratch) cudaFree(be->q4_scratch); /* w4a16.cu's dequantization buffer */
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
         free(c);

@@ -1,0 +1,181 @@
+/*
+ * test_cuda_q4_model.c -- a 4-bit checkpoint run with its linears int4-resident on the GPU
+ * (gq_model.q4_resident, `--int4-kernel on`, the W4A16 kernel of src/compute/cuda/w4a16.cu)
+ * against the same checkpoint dequantized to fp16 at load (`--int4-kernel off`), both on CUDA.
+ *
+ * The checkpoints: pycoder-5m quantized here on the CPU in three forms that take different paths of
+ * the kernel: RTN int4 g128 sym v1 (trivial g_idx: the fast path), GPTQ int4 g32 asym act-order
+ * without static groups (a permuted g_idx: the general path, 32-column groups) and RTN int4 g64
+ * asym gptq_v2 (true zeros). 8 windows of 256 tokens of the stdlib eval text.
+ *
+ * Both runs use the same weights: the kernel's fp16(scale * (q - zero)) is the correctly rounded
+ * product of exact values, as the load path's fp32 dequantization rounded to fp16 is. What differs
+ * is the summation order (tensor-core tiles split over K against cuBLAS's) and so, now and then,
+ * the rounding of an fp16 activation. Tolerances: perplexity within 1e-3 relative, KL(off || on)
+ * mean below 1e-4 nats and top-1 agreement above 0.99; a wrong nibble, scale, zero or g_idx moves
+ * the KL by 1e-2 and more (RTN int4 itself is 0.07 from fp16, docs/accuracy.md). Also: every
+ * linear group of a layer is int4-resident (q4 set, no fp16 copy) and takes under 0.3x the fp16
+ * bytes; with q4_resident = 0 none is. Without a CUDA device it skips with a message.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gq/backend.h"
+#include "gq/graph.h"
+#include "gq/model.h"
+#include "gq/ppl.h"
+#include "gq/quantize.h"
+#include "gq/tokenizer.h"
+#include "test.h"
+
+#ifdef GQ_USE_CUDA
+#include "gq/backend_cuda.h"
+
+typedef struct {
+    const char *name;
+    gq_method method;
+    int group_size, sym, act_order, static_groups, v2;
+} qcase;
+
+static int quantize(const qcase *c, const char *out) {
+    gq_quant_opts o;
+    gq_quant_opts_default(&o);
+    o.model_dir = gq_test_data("pycoder-5m");
+    o.out_dir = out;
+    o.calib_path = "calib/python-sitepackages.jsonl";
+    o.device = "cpu";
+    o.nsamples = 8;
+    o.seqlen = 128;
+    o.force = 1;
+    o.gptq.method = c->method;
+    o.gptq.group_size = c->group_size;
+    o.gptq.sym = c->sym;
+    o.gptq.act_order = c->act_order;
+    o.gptq.static_groups = c->static_groups;
+    o.gptq.clip = GQ_CLIP_MINMAX;
+    o.v2 = c->v2;
+    o.gptq.zero_policy = c->v2 ? GQ_ZERO_FREE : GQ_ZERO_V1;
+    gq_quant_report rep;
+    memset(&rep, 0, sizeof rep);
+    int rc = gq_quantize_run(&o, &rep);
+    gq_quant_report_free(&rep);
+    return rc;
+}
+
+/* Layer 0's groups: all int4-resident (want 1) or none (want 0); their bytes against fp16's. */
+static void check_layer(gq_backend *be, const gq_model *m, int want, const char *what) {
+    gq_blayer bl;
+    if (gq_blayer_load(be, m, 0, &bl) != GQ_OK) {
+        TEST_CHECK(0, "%s: layer 0 loads: %s", what, gq_errmsg());
+        return;
+    }
+    for (int g = 0; g < GQ_GRP_COUNT; g++) {
+        const gq_bweight *w = &bl.w[g];
+        double fp16 = 2.0 * w->rows * w->cols, bytes = (double)gq_be_weight_bytes(w);
+        TEST_CHECK((w->q4 != NULL) == want, "%s: group %d is %s", what, g, want ? "int4-resident" : "dequantized");
+        if (want) TEST_CHECK(bytes < 0.3 * fp16, "%s: group %d takes %.0f bytes, fp16 %.0f", what, g, bytes, fp16);
+    }
+    gq_blayer_free(be, &bl);
+}
+
+static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int32_t *ids, size_t n) {
+    TEST_BEGIN(c->name);
+    char *out = gq_path_join(tmp, "q");
+    if (quantize(c, out) != GQ_OK) {
+        TEST_CHECK(0, "%s: quantize: %s", c->name, gq_errmsg());
+        free(out);
+        return;
+    }
+    gq_model on, off;
+    TEST_OK(gq_model_open(&on, out), "open (int4 kernel)");
+    TEST_OK(gq_model_open(&off, out), "open (dequantized)");
+    if (!on.st || !off.st) goto done;
+    off.q4_resident = 0;
+    TEST_CHECK(on.q4_resident == 1, "gq_model_open keeps 4-bit linears packed by default");
+    check_layer(be, &on, 1, "int4 kernel");
+    check_layer(be, &off, 0, "--int4-kernel off");
+    gq_ppl_opts po;
+    gq_ppl_opts_default(&po);
+    po.seqlen = 256;
+    po.max_windows = 8;
+    po.progress = 0;
+    gq_ppl_result r;
+    gq_kld_result k;
+    memset(&r, 0, sizeof r);
+    memset(&k, 0, sizeof k);
+    int rc = gq_ppl_kld_ids(&on, &off, be, ids, n, &po, &r, &k);
+    TEST_OK(rc, "ppl with the base dequantized");
+    if (rc == GQ_OK) {
+        double rel = fabs(r.ppl - k.base.ppl) / k.base.ppl;
+        fprintf(stderr, "  %s: ppl %.5f (int4 kernel) %.5f (dequantized), kld mean %.3g p99 %.3g, top1 %.4f\n",
+                c->name, r.ppl, k.base.ppl, k.mean, k.p99, k.top1);
+        TEST_CHECK(rel <= 1e-3, "%s: ppl %.5f vs %.5f dequantized (rel %.2g <= 1e-3)", c->name, r.ppl, k.base.ppl,
+                   rel);
+        TEST_CHECK(k.mean <= 1e-4, "%s: KL(dequantized || int4 kernel) mean %.3g <= 1e-4", c->name, k.mean);
+        TEST_CHECK(k.top1 >= 0.99, "%s: top-1 agreement %.4f >= 0.99", c->name, k.top1);
+    }
+    gq_ppl_result_free(&r);
+    gq_kld_result_free(&k);
+done:
+    gq_model_close(&on);
+    gq_model_close(&off);
+    gq_rmtree(out);
+    free(out);
+}
+
+static int32_t *text_ids(size_t *n) {
+    gq_tokenizer *tok = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    gq_ids ids = {0};
+    *n = 0;
+    if (gq_tok_load(&tok, gq_test_data("pycoder-5m")) ||
+        gq_read_file(gq_test_data("text/python-stdlib-eval.txt"), &text, &len) ||
+        gq_tok_encode(tok, text, len, 1, &ids)) {
+        TEST_CHECK(0, "the eval text: %s", gq_errmsg());
+        free(text);
+        gq_tok_free(tok);
+        return NULL;
+    }
+    free(text);
+    gq_tok_free(tok);
+    *n = ids.n;
+    return ids.v;
+}
+#endif
+
+int main(void) {
+    gq_log_set_level(GQ_LOG_WARN);
+#ifdef GQ_USE_CUDA
+    if (gq_cuda_device_count() > 0) {
+        gq_backend *be = NULL;
+        size_t n;
+        int32_t *ids = text_ids(&n);
+        TEST_OK(gq_backend_init(&be, "cuda:0"), "cuda backend");
+        if (be && ids) {
+            TEST_CHECK(gq_be_q4_supported(be), "the CUDA backend in fp16 keeps int4 weights");
+            static const qcase cases[] = {
+                {"RTN int4 g128 sym v1", GQ_METHOD_RTN, 128, 1, 0, 0, 0},
+                {"GPTQ int4 g32 asym act-order (permuted g_idx)", GQ_METHOD_GPTQ, 32, 0, 1, 0, 0},
+                {"RTN int4 g64 asym gptq_v2", GQ_METHOD_RTN, 64, 0, 0, 0, 1},
+            };
+            const char *tmp = gq_test_tmpdir("q4model");
+            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(be, &cases[i], tmp, ids, n);
+            gq_rmtree(tmp);
+        }
+        gq_backend_free(be);
+        free(ids);
+        /* fp32 precision: the kernel is fp16-only, the load falls back to dequantized weights */
+        TEST_OK(gq_backend_init(&be, "cuda:0"), "cuda backend for fp32");
+        if (be && gq_backend_set_precision(be, "fp32") == GQ_OK)
+            TEST_CHECK(!gq_be_q4_supported(be), "--precision fp32 runs no int4 kernel");
+        gq_backend_free(be);
+    } else {
+        TEST_SKIP("no CUDA device: GPU tests skipped");
+    }
+#else
+    TEST_SKIP("gq built without CUDA (make CUDA=0 or no nvcc): GPU tests skipped");
+#endif
+    return TEST_REPORT();
+}
