@@ -92,6 +92,12 @@ step_kld() {
     run kld_q5m 120 $GQ quantize --model $M --out bench-models/q5m-sym --calib $CALIB --device cuda --force
     run kld_5m 120 $GQ ppl --model bench-models/q5m-sym --base $M --text $TEXT --device cuda
     grep -E '^(ppl|base ppl|kld) ' "$LOGS/kld_5m.log" | tee -a "$SUMMARY"
+    # the KL golden (tests/data/kld/golden.json, from gq's logits) recomputed by transformers from the
+    # two checkpoints alone: RTN int4 g128 sym with min-max scales, the test's checkpoint
+    run kld_qrtn 120 $GQ quantize --model $M --out bench-models/q5m-rtn --method rtn --device cpu --force
+    run kld_torch 300 python3 tests/ref/gen_kld.py torch --base $M --model bench-models/q5m-rtn \
+        --check tests/data/kld/golden.json
+    tail -n 12 "$LOGS/kld_torch.log" | tee -a "$SUMMARY"
 }
 
 step_m30() {

@@ -15,13 +15,15 @@
  * mean below 1e-4 nats and top-1 agreement above 0.99; a wrong nibble, scale, zero or g_idx moves
  * the KL by 1e-2 and more (RTN int4 itself is 0.07 from fp16, docs/accuracy.md). Also: every
  * linear group of a layer is int4-resident (q4 set, no fp16 copy) and takes under 0.3x the fp16
- * bytes; with q4_resident = 0 none is. Without a CUDA device it skips with a message.
+ * bytes; with q4_resident = 0 none is. The generation engine's KV-cache prefill and batched decode
+ * with int4 weights: logits within the fp16 checkpoint tolerance. Without a CUDA device it skips with a message.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gq/backend.h"
+#include "gq/generate.h"
 #include "gq/graph.h"
 #include "gq/model.h"
 #include "gq/ppl.h"
@@ -79,6 +81,54 @@ static void check_layer(gq_backend *be, const gq_model *m, int want, const char 
     gq_blayer_free(be, &bl);
 }
 
+/* max |a - b| / max |b| over n values */
+static double rel_maxdiff(const float *a, const float *b, size_t n) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= d)) d = e; /* NaN sticks */
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return m > 0 ? d / m : d;
+}
+
+/* The generation engine's paths (KV-cache prefill, where k and v go to the cache, and a batched
+ * decode step) with int4-resident weights against dequantized ones: the logits of a 200-token
+ * prefill in chunks of 64 and of two decode steps (B = 2) within 2e-2 of the largest logit (the
+ * fp16 checkpoint tolerance of test_cuda, TOL_MODEL). */
+static void check_gen(gq_backend *be, const gq_model *on, const gq_model *off, const int32_t *ids, const char *what) {
+    gq_gen_opts go;
+    gq_gen_opts_default(&go);
+    go.max_batch = 2, go.max_len = 512, go.prefill_chunk = 64;
+    gq_gen *g[2] = {NULL, NULL};
+    const gq_model *m[2] = {on, off};
+    int vocab = on->cfg.vocab, ok = 1;
+    float *lg[2];
+    for (int i = 0; i < 2; i++) {
+        lg[i] = gq_malloc(sizeof(float) * 2 * (size_t)vocab);
+        int rc = gq_gen_init(&g[i], m[i], be, &go);
+        TEST_OK(rc, "%s: generation engine %d", what, i);
+        ok = ok && rc == GQ_OK;
+    }
+    for (int i = 0; i < 2 && ok; i++) {
+        TEST_OK(gq_gen_prefill(g[i], 0, ids, 200, lg[i]), "%s: prefill slot 0", what);
+        TEST_OK(gq_gen_prefill(g[i], 1, ids + 300, 150, lg[i] + vocab), "%s: prefill slot 1", what);
+    }
+    if (ok) {
+        double d = rel_maxdiff(lg[0], lg[1], 2 * (size_t)vocab);
+        TEST_CHECK(d <= 2e-2, "%s: prefill logits, int4 kernel vs dequantized: %.3g <= 2e-2", what, d);
+        for (int step = 0; step < 2; step++) {
+            int slots[2] = {0, 1};
+            int32_t tok[2] = {ids[200 + step], ids[450 + step]};
+            for (int i = 0; i < 2; i++)
+                TEST_OK(gq_gen_decode(g[i], slots, tok, 2, lg[i]), "%s: decode step %d", what, step);
+            d = rel_maxdiff(lg[0], lg[1], 2 * (size_t)vocab);
+            TEST_CHECK(d <= 2e-2, "%s: decode step %d logits: %.3g <= 2e-2", what, step, d);
+        }
+    }
+    for (int i = 0; i < 2; i++) gq_gen_free(g[i]), free(lg[i]);
+}
+
 static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int32_t *ids, size_t n) {
     TEST_BEGIN(c->name);
     char *out = gq_path_join(tmp, "q");
@@ -117,6 +167,7 @@ static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int3
     }
     gq_ppl_result_free(&r);
     gq_kld_result_free(&k);
+    if (n > 500) check_gen(be, &on, &off, ids, c->name);
 done:
     gq_model_close(&on);
     gq_model_close(&off);
