@@ -47,7 +47,7 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families build/tests/test_cuda_w4a16 build/tests/test_w4a16_ref build/tests/test_cuda_q4_model ||
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families build/tests/test_cuda_w4a16 build/tests/test_w4a16_ref build/tests/test_q4_model ||
         { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
@@ -168,8 +168,8 @@ step_stream() {
 step_w4a16() {
     run test_cuda_w4a16 300 ./build/tests/test_cuda_w4a16
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_w4a16.log" | head -n 40
-    run test_cuda_q4_model 300 ./build/tests/test_cuda_q4_model
-    grep -E '^(FAIL|SKIP)|RESULT|ppl' "$LOGS/test_cuda_q4_model.log" | head -n 20
+    run test_q4_model 300 ./build/tests/test_q4_model
+    grep -E '^(FAIL|SKIP)|RESULT|ppl' "$LOGS/test_q4_model.log" | head -n 20
     run test_w4a16_ref 120 ./build/tests/test_w4a16_ref
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_w4a16_ref.log" | head -n 10
     run bench_w4a16 300 ./build/bench/bench_w4a16

@@ -15,6 +15,8 @@
  *   GQ_STREAM_ACTIVATIONS=0|1  stream calibration activations from the host
  *                              (bitwise equal to the resident run)
  *   GQ_PPL_PARALLEL=windows|ops  perplexity schedule on the CPU         (timing)
+ *   GQ_CPU_Q4=0|1              the CPU keeps 4-bit linears packed (gq_be_q4_supported), dequantizing
+ *                              them per call: less memory, same numbers (bitwise), slower decode
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
  */
 #ifndef GQ_KNOBS_H
@@ -31,6 +33,7 @@ typedef struct {
     int cuda_hinv;          /* GQ_CUDA_HINV: index into {f64, potri, f32} */
     int stream_activations; /* GQ_STREAM_ACTIVATIONS */
     int ppl_ops;            /* GQ_PPL_PARALLEL=ops */
+    int cpu_q4;             /* GQ_CPU_Q4=1 */
     char openblas_coretype[32];
 } gq_knobs;
 

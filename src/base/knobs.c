@@ -51,6 +51,7 @@ void gq_knobs_reload(void) {
     knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 3);
     knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2);
     knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2);
+    knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
     loaded = 1;
@@ -74,6 +75,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
     if (!numbers_only) {
         if (k->stream_activations) ADD("%sGQ_STREAM_ACTIVATIONS=1", len ? " " : "");
         if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");
+        if (k->cpu_q4) ADD("%sGQ_CPU_Q4=1", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
     }
 #undef ADD

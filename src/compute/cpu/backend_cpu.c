@@ -26,6 +26,7 @@
 #endif
 
 static void cpu_free(gq_backend *be) {
+    gq_free_aligned(be->q4_scratch);
     free(be->ctx);
     free(be);
 }
@@ -108,8 +109,12 @@ static int cpu_linear(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx
     float *Y = Yv;       /* [T][ldy] */
     const float *X = Xv; /* [T][ldx] */
     int N = W->rows;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, W->cols, 1.0f, X, ldx, (const float *)W->data,
-                W->cols, accumulate ? 1.0f : 0.0f, Y, ldy);
+    int owned = 0;
+    float *wq = W->q4 ? gq_cpu_q4_dequant(be, W, &owned) : NULL; /* [N][cols] */
+    if (W->q4 && !wq) return gq_errcode();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, W->cols, 1.0f, X, ldx,
+                wq ? wq : (const float *)W->data, W->cols, accumulate ? 1.0f : 0.0f, Y, ldy);
+    if (owned) gq_free_aligned(wq);
     if (bias) {
         const float *b = bias->data; /* [N] */
 #pragma omp parallel for schedule(static) if ((size_t)T * N >= PAR_MIN)
@@ -343,6 +348,9 @@ static const struct gq_backend_i cpu_iface = {
     .hessian_accum = cpu_hessian_accum,
     .gptq = gq_cpu_gptq,
     .nll = gq_cpu_nll,
+    .q4_supported = gq_cpu_q4_supported,
+    .weight_upload_q4 = gq_cpu_weight_upload_q4,
+    .weight_free_q4 = gq_cpu_weight_free_q4,
 };
 
 int gq_backend_cpu_init(gq_backend **out) {

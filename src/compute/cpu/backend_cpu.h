@@ -12,6 +12,14 @@
 
 #include "compute/backend_impl.h"
 
+/* backend_cpu_q4.c: int4 weights kept packed (GQ_CPU_Q4=1), dequantized for each linear into
+ * f32 [rows][cols]: the backend's scratch, or (*owned = 1, inside a parallel region) a buffer the
+ * caller frees with gq_free_aligned; NULL + message on a bad weight. */
+int gq_cpu_q4_supported(const gq_backend *be);
+int gq_cpu_weight_upload_q4(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts);
+void gq_cpu_weight_free_q4(gq_backend *be, gq_bweight *w);
+float *gq_cpu_q4_dequant(gq_backend *be, const gq_bweight *w, int *owned);
+
 typedef enum {
     GQ_CPU_ATTN_TASKS = 0, /* OpenMP over (head, query tile), single-threaded sgemm inside */
     GQ_CPU_ATTN_BLAS,      /* tiles one after another, multithreaded sgemm */

@@ -1,7 +1,11 @@
 /*
- * test_cuda_q4_model.c -- a 4-bit checkpoint run with its linears int4-resident on the GPU
- * (gq_model.q4_resident, `--int4-kernel on`, the W4A16 kernel of src/compute/cuda/w4a16.cu)
- * against the same checkpoint dequantized to fp16 at load (`--int4-kernel off`), both on CUDA.
+ * test_q4_model.c -- a 4-bit checkpoint run with its linears int4-resident (gq_model.q4_resident,
+ * `--int4-kernel on`) against the same checkpoint dequantized at load (`--int4-kernel off`):
+ *   - on the CPU with GQ_CPU_Q4=1 (src/compute/cpu/backend_cpu_q4.c: the packed parts dequantized
+ *     per call into the same f32 weights): bitwise equal, every figure below exact (KL 0, top-1 1,
+ *     identical logits); this runs in CI and covers the load and graph paths of int4 weights;
+ *   - on CUDA (the W4A16 kernel of src/compute/cuda/w4a16.cu) with the tolerances below; skipped
+ *     without a device.
  *
  * The checkpoints: pycoder-5m quantized here on the CPU in three forms that take different paths of
  * the kernel: RTN int4 g128 sym v1 (trivial g_idx: the fast path), GPTQ int4 g32 asym act-order
@@ -16,7 +20,7 @@
  * the KL by 1e-2 and more (RTN int4 itself is 0.07 from fp16, docs/accuracy.md). Also: every
  * linear group of a layer is int4-resident (q4 set, no fp16 copy) and takes under 0.3x the fp16
  * bytes; with q4_resident = 0 none is. The generation engine's KV-cache prefill and batched decode
- * with int4 weights: logits within the fp16 checkpoint tolerance. Without a CUDA device it skips with a message.
+ * with int4 weights: logits within the fp16 checkpoint tolerance.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -31,8 +35,18 @@
 #include "gq/tokenizer.h"
 #include "test.h"
 
+#include "gq/knobs.h"
 #ifdef GQ_USE_CUDA
 #include "gq/backend_cuda.h"
+#endif
+
+/* 1 on the CPU pass: int4-resident and dequantized runs must agree bit for bit */
+static int g_exact;
+#define TOL(gpu) (g_exact ? 0.0 : (gpu))
+/* the CPU's logits: the KV-cache prefill computes k, v with the fused q|k|v sgemm (int4) or one
+ * per row slice (dequantized): OpenBLAS sums a column alike whatever N, but not bit for bit in
+ * every kernel set; fp32 rounding, 1e-5 of the largest logit (measured 8e-7) */
+#define TOL_LOGITS (g_exact ? 1e-5 : 2e-2)
 
 typedef struct {
     const char *name;
@@ -76,7 +90,8 @@ static void check_layer(gq_backend *be, const gq_model *m, int want, const char 
         const gq_bweight *w = &bl.w[g];
         double fp16 = 2.0 * w->rows * w->cols, bytes = (double)gq_be_weight_bytes(w);
         TEST_CHECK((w->q4 != NULL) == want, "%s: group %d is %s", what, g, want ? "int4-resident" : "dequantized");
-        if (want) TEST_CHECK(bytes < 0.3 * fp16, "%s: group %d takes %.0f bytes, fp16 %.0f", what, g, bytes, fp16);
+        /* 4 of 16 bits, plus per group of gs columns an fp16 scale and a 4-bit zero, plus g_idx: 0.30 at gs 32 */
+        if (want) TEST_CHECK(bytes < 0.35 * fp16, "%s: group %d takes %.0f bytes, fp16 %.0f", what, g, bytes, fp16);
     }
     gq_blayer_free(be, &bl);
 }
@@ -116,14 +131,14 @@ static void check_gen(gq_backend *be, const gq_model *on, const gq_model *off, c
     }
     if (ok) {
         double d = rel_maxdiff(lg[0], lg[1], 2 * (size_t)vocab);
-        TEST_CHECK(d <= 2e-2, "%s: prefill logits, int4 kernel vs dequantized: %.3g <= 2e-2", what, d);
+        TEST_CHECK(d <= TOL_LOGITS, "%s: prefill logits, int4 kernel vs dequantized: %.3g <= %g", what, d, TOL_LOGITS);
         for (int step = 0; step < 2; step++) {
             int slots[2] = {0, 1};
             int32_t tok[2] = {ids[200 + step], ids[450 + step]};
             for (int i = 0; i < 2; i++)
                 TEST_OK(gq_gen_decode(g[i], slots, tok, 2, lg[i]), "%s: decode step %d", what, step);
             d = rel_maxdiff(lg[0], lg[1], 2 * (size_t)vocab);
-            TEST_CHECK(d <= 2e-2, "%s: decode step %d logits: %.3g <= 2e-2", what, step, d);
+            TEST_CHECK(d <= TOL_LOGITS, "%s: decode step %d logits: %.3g <= %g", what, step, d, TOL_LOGITS);
         }
     }
     for (int i = 0; i < 2; i++) gq_gen_free(g[i]), free(lg[i]);
@@ -160,10 +175,11 @@ static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int3
         double rel = fabs(r.ppl - k.base.ppl) / k.base.ppl;
         fprintf(stderr, "  %s: ppl %.5f (int4 kernel) %.5f (dequantized), kld mean %.3g p99 %.3g, top1 %.4f\n",
                 c->name, r.ppl, k.base.ppl, k.mean, k.p99, k.top1);
-        TEST_CHECK(rel <= 1e-3, "%s: ppl %.5f vs %.5f dequantized (rel %.2g <= 1e-3)", c->name, r.ppl, k.base.ppl,
-                   rel);
-        TEST_CHECK(k.mean <= 1e-4, "%s: KL(dequantized || int4 kernel) mean %.3g <= 1e-4", c->name, k.mean);
-        TEST_CHECK(k.top1 >= 0.99, "%s: top-1 agreement %.4f >= 0.99", c->name, k.top1);
+        TEST_CHECK(rel <= TOL(1e-3), "%s: ppl %.5f vs %.5f dequantized (rel %.2g <= %g)", c->name, r.ppl,
+                   k.base.ppl, rel, TOL(1e-3));
+        TEST_CHECK(k.mean <= TOL(1e-4), "%s: KL(dequantized || int4 kernel) mean %.3g <= %g", c->name, k.mean,
+                   TOL(1e-4));
+        TEST_CHECK(k.top1 >= 1.0 - TOL(1e-2), "%s: top-1 agreement %.4f >= %g", c->name, k.top1, 1.0 - TOL(1e-2));
     }
     gq_ppl_result_free(&r);
     gq_kld_result_free(&k);
@@ -194,39 +210,55 @@ static int32_t *text_ids(size_t *n) {
     *n = ids.n;
     return ids.v;
 }
-#endif
+
+static const qcase cases[] = {
+    {"RTN int4 g128 sym v1", GQ_METHOD_RTN, 128, 1, 0, 0, 0},
+    {"GPTQ int4 g32 asym act-order (permuted g_idx)", GQ_METHOD_GPTQ, 32, 0, 1, 0, 0},
+    {"RTN int4 g64 asym gptq_v2", GQ_METHOD_RTN, 64, 0, 0, 0, 1},
+};
+
+static void run_pass(const char *device, const int32_t *ids, size_t n) {
+    gq_backend *be = NULL;
+    TEST_OK(gq_backend_init(&be, device), "%s backend", device);
+    if (!be) return;
+    TEST_CHECK(gq_be_q4_supported(be), "the %s backend keeps int4 weights", device);
+    const char *tmp = gq_test_tmpdir("q4model");
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(be, &cases[i], tmp, ids, n);
+    gq_rmtree(tmp);
+    gq_backend_free(be);
+}
 
 int main(void) {
     gq_log_set_level(GQ_LOG_WARN);
+    size_t n;
+    int32_t *ids = text_ids(&n);
+    if (!ids) return TEST_REPORT();
+    /* the CPU: without GQ_CPU_Q4 no int4 weights, with it the exact pass */
+    gq_backend *be = NULL;
+    unsetenv("GQ_CPU_Q4");
+    gq_knobs_reload();
+    TEST_OK(gq_backend_init(&be, "cpu"), "cpu backend");
+    if (be) TEST_CHECK(!gq_be_q4_supported(be), "the CPU keeps no int4 weights unless GQ_CPU_Q4=1");
+    gq_backend_free(be);
+    setenv("GQ_CPU_Q4", "1", 1);
+    gq_knobs_reload();
+    g_exact = 1;
+    run_pass("cpu", ids, n);
+    g_exact = 0;
 #ifdef GQ_USE_CUDA
     if (gq_cuda_device_count() > 0) {
-        gq_backend *be = NULL;
-        size_t n;
-        int32_t *ids = text_ids(&n);
-        TEST_OK(gq_backend_init(&be, "cuda:0"), "cuda backend");
-        if (be && ids) {
-            TEST_CHECK(gq_be_q4_supported(be), "the CUDA backend in fp16 keeps int4 weights");
-            static const qcase cases[] = {
-                {"RTN int4 g128 sym v1", GQ_METHOD_RTN, 128, 1, 0, 0, 0},
-                {"GPTQ int4 g32 asym act-order (permuted g_idx)", GQ_METHOD_GPTQ, 32, 0, 1, 0, 0},
-                {"RTN int4 g64 asym gptq_v2", GQ_METHOD_RTN, 64, 0, 0, 0, 1},
-            };
-            const char *tmp = gq_test_tmpdir("q4model");
-            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(be, &cases[i], tmp, ids, n);
-            gq_rmtree(tmp);
-        }
-        gq_backend_free(be);
-        free(ids);
+        run_pass("cuda:0", ids, n);
         /* fp32 precision: the kernel is fp16-only, the load falls back to dequantized weights */
         TEST_OK(gq_backend_init(&be, "cuda:0"), "cuda backend for fp32");
         if (be && gq_backend_set_precision(be, "fp32") == GQ_OK)
             TEST_CHECK(!gq_be_q4_supported(be), "--precision fp32 runs no int4 kernel");
         gq_backend_free(be);
     } else {
-        TEST_SKIP("no CUDA device: GPU tests skipped");
+        TEST_SKIP("no CUDA device: the GPU pass skipped");
     }
 #else
-    TEST_SKIP("gq built without CUDA (make CUDA=0 or no nvcc): GPU tests skipped");
+    TEST_SKIP("gq built without CUDA (make CUDA=0 or no nvcc): the GPU pass skipped");
 #endif
+    free(ids);
     return TEST_REPORT();
 }
