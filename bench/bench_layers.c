@@ -5,14 +5,15 @@
  * calibration tokens, int4 group 128 sym GPTQ of all seven linears.
  *
  * Each layer runs through gq_qlayer_run, the very code of `gq quantize`:
- *   A  per sequence: rmsnorm1 -> Hessian (K = hidden); GPTQ of stacked q/k/v
+ *   A  per chunk: rmsnorm1 -> Hessian (K = hidden); GPTQ of stacked q/k/v
  *   B  per sequence: rmsnorm1, qkv linear, rope q and k, attention -> kept
- *      [tokens][nh hd] -> Hessian (K = nh hd); GPTQ of o
- *   C  per sequence: h = x + o(attn) (kept, in place of x), rmsnorm2 ->
+ *      [tokens][nh hd]; per chunk: Hessian (K = nh hd); GPTQ of o
+ *   C  per chunk: h = x + o(attn) (kept, in place of x), rmsnorm2 ->
  *      Hessian (K = hidden); GPTQ of stacked gate/up
- *   D  per sequence: rmsnorm2, gate/up linear, swiglu -> Hessian (K = inter);
+ *   D  per chunk: rmsnorm2, gate/up linear, swiglu -> Hessian (K = inter);
  *      GPTQ of down
- *   E  per sequence: out = h + down(swiglu(gu(rmsnorm2(h)))) (in place)
+ *   E  per chunk: out = h + down(swiglu(gu(rmsnorm2(h)))) (in place)
+ * (chunks: as many whole sequences as the quantizer's budget takes, gq/qlayer.h)
  * "forward + Hessian" is stages A-E without the solves; "solve" the four
  * gq_be_gptq calls (including their result downloads). Layer 0 is a
  * warm-up; the table shows the median of the others, the reference's
@@ -23,7 +24,9 @@
  * routed rows and one solve per expert linear (random router: about uniform routing).
  *
  *   bench_layers [--shape 7b|34b|70b|mixtral|qwen3moe|all|moe|tiny|tinymoe] [--layers N] [--nsamples N]
- *                [--seqlen N] [--device cuda|cpu|auto] [--precision auto|fp16|fp32]
+ *                [--seqlen N] [--device cuda|cpu|auto] [--precision auto|fp16|fp32] [--chunk-tokens N]
+ * --chunk-tokens: the token-wise stages' chunk budget (gq_qlayer_set_chunk; 0, the default: the
+ * quantizer's own choice; 1: one sequence per chunk, the per-sequence order).
  */
 #include <math.h>
 #include <stdint.h>
@@ -162,7 +165,23 @@ static void fill_layer(gq_backend *be, const gq_config *c, gq_blayer *w, const u
     }
 }
 
-static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen) {
+/* Random calibration activations (uniform, sd 1): each sequence's S tokens of width h. */
+static void fill_calibration(gq_qlayer *q, int S, int h) {
+    float *x = gq_malloc(sizeof(float) * (size_t)S * h);
+    for (int i = 0; i < q->n_seq; i++) {
+#pragma omp parallel
+        {
+            uint64_t s = 99 + 1000003ull * (uint64_t)i + 7919ull * (uint64_t)thread_id();
+#pragma omp for schedule(static)
+            for (size_t k = 0; k < (size_t)S * h; k++)
+                x[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
+        }
+        CK(gq_qlayer_set_x(q, i, x), "upload x");
+    }
+    free(x);
+}
+
+static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen, int chunk) {
     const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, S = seqlen;
     const int hd = sh->head_dim ? sh->head_dim : h / nh;
     const int qd = (nh + 2 * nkv) * hd, ad = nh * hd;
@@ -196,20 +215,10 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     for (int i = 0; i < nsamples; i++) len[i] = S;
     gq_qlayer q;
     CK(gq_qlayer_init(&q, be, &cfg, nsamples, len), "allocating activations");
-    {
-        float *chunk = gq_malloc(sizeof(float) * (size_t)S * h);
-        for (int i = 0; i < nsamples; i++) {
-#pragma omp parallel
-            {
-                uint64_t s = 99 + 1000003ull * (uint64_t)i + 7919ull * (uint64_t)thread_id();
-#pragma omp for schedule(static)
-                for (size_t k = 0; k < (size_t)S * h; k++) /* uniform, sd 1 */
-                    chunk[k] = (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0)) * 3.4641016f - 1.7320508f;
-            }
-            CK(gq_qlayer_set_x(&q, i, chunk), "upload x");
-        }
-        free(chunk);
-    }
+    if (chunk) CK(gq_qlayer_set_chunk(&q, chunk), "chunks");
+    fprintf(stderr, "  %d chunks of up to %d tokens (budget %d)%s\n", q.n_chunks, q.chunk_max, q.chunk_tokens,
+            q.stream ? ", activations streamed from host memory" : "");
+    fill_calibration(&q, S, h);
 
     gq_gptq_params p;
     gq_gptq_params_default(&p); /* int4, group 128, sym, damp 0.01, block 128 */
@@ -251,8 +260,8 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     flops f = count_flops(sh, nsamples, seqlen);
     double floor_fwd = (f.gemm16 + f.attn16 + f.hess16) / GEMM16_RATE, floor_solve = (f.solve32 + f.chol64) / FP32_RATE;
     size_t peak = lt[layers - 1].peak;
-    printf("\n%s on %s, %d x %d tokens, int4 g128 sym, median of %d layer%s:\n", sh->name, gq_backend_name(be),
-           nsamples, seqlen, n, n == 1 ? "" : "s");
+    printf("\n%s on %s, %d x %d tokens in %d chunks, int4 g128 sym, median of %d layer%s:\n", sh->name,
+           gq_backend_name(be), nsamples, seqlen, q.n_chunks, n, n == 1 ? "" : "s");
     printf("  %-22s %10s %10s %10s %10s\n", "", "gq", "reference", "speed-up", "floor");
     printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "forward + Hessian", med[0], sh->ref_fwd,
            sh->ref_fwd > 0 ? sh->ref_fwd / med[0] : 0, floor_fwd);
@@ -283,7 +292,7 @@ static int arg_int(const char *s, const char *name, int lo, int hi) {
 
 int main(int argc, char **argv) {
     const char *shape_name = "all", *device = "cuda", *precision = "auto";
-    int layers = 4, nsamples = 128, seqlen = 2048;
+    int layers = 4, nsamples = 128, seqlen = 2048, chunk = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shape") && v) shape_name = v, i++;
@@ -292,12 +301,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--layers") && v) layers = arg_int(v, a, 1, 1000), i++;
         else if (!strcmp(a, "--nsamples") && v) nsamples = arg_int(v, a, 1, 100000), i++;
         else if (!strcmp(a, "--seqlen") && v) seqlen = arg_int(v, a, 1, 65536), i++;
+        else if (!strcmp(a, "--chunk-tokens") && v) chunk = arg_int(v, a, 0, 1 << 30), i++;
         else {
             fprintf(stderr,
                     "usage: bench_layers [--shape 7b|34b|70b|mixtral|qwen3moe|all|moe|tiny|tinymoe] [--layers N (4)]\n"
                     "                    [--nsamples N (128)]\n"
                     "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n"
-                    "                    [--precision auto|fp16|fp32 (auto)]\n");
+                    "                    [--precision auto|fp16|fp32 (auto)]\n"
+                    "                    [--chunk-tokens N (0: the quantizer's choice; 1: per sequence)]\n");
             return 2;
         }
     }
@@ -310,7 +321,7 @@ int main(int argc, char **argv) {
                    (!strcmp(shape_name, "moe") && sh->experts && strncmp(sh->name, "tiny", 4));
         if (!pick) continue;
         any = 1;
-        run_shape(be, sh, layers, nsamples, seqlen);
+        run_shape(be, sh, layers, nsamples, seqlen, chunk);
     }
     if (!any) {
         fprintf(stderr, "bench_layers: unknown shape '%s' (7b, 34b, 70b, mixtral, qwen3moe, all, moe, tiny, tinymoe)\n", shape_name);

@@ -10,13 +10,18 @@
  *                     a = attention(q, k, v) [window, scale, soft-cap] hook(ATTN_OUT, -1, a)
  *   GQ_STEP_ATTN_RES  x += norm_attn_post(W_o a + b)   (no post norm: x += W_o a + b)
  *   GQ_STEP_MLP_IN    xn = norm_mlp_pre(x)                          hook(MLP_IN, -1, xn)
- *                     MoE: router, top-k; per expert e: xe = rows routed to e  hook(MLP_IN, e, xe)
- *   GQ_STEP_MLP       act = act(gate) * up (or act(c_fc)) of xn (xe)  hook(MLP_OUT, e, act)
+ *                     MoE: router, top-k (gq_route); xe = all routed rows, expert by expert
+ *                     (one gather); per expert e: its rows of xe     hook(MLP_IN, e, xe_e)
+ *   GQ_STEP_MLP       act = act(gate) * up (or act(c_fc)) of xn (xe_e)  hook(MLP_OUT, e, act)
  *   GQ_STEP_MLP_RES   x += norm_mlp_post(W_down act + b)
- *                     MoE: x += sum over the token's experts of weight_e * W_down_e act_e
+ *                     MoE: x += sum over the token's experts (ascending) of weight_e * W_down_e act_e
  * A run covers steps first .. last; a run starting at ATTN_RES reads the attention output a
  * kept from an earlier run (args.a), one starting at MLP_IN or later reads x as left by
  * ATTN_RES. Tensor shapes: x [T][hidden], a [T][n_heads * head_dim].
+ *
+ * Steps ATTN_RES .. MLP_RES (and ATTN_IN alone) are token-wise: a run of them may cover many
+ * sequences at once (the quantizer's chunks, gq/qlayer.h); ATTN needs one sequence (or the
+ * cache) per run, so its rows are limited by the scratch's T_attn.
  */
 #ifndef GQ_GRAPH_H
 #define GQ_GRAPH_H
@@ -42,24 +47,40 @@ typedef enum {
  * the run with that status. */
 typedef int (*gq_hook_fn)(void *user, gq_group g, int expert, const void *X, int ld, int T, const int32_t *idx);
 
-/* Scratch for layers of up to T_max tokens (one per thread of work). */
+/* The routing of T tokens to their top_k experts (MoE). */
 typedef struct {
-    int T_max;
+    int T;          /* tokens routed */
+    int32_t *idx;   /* [T * top_k]: the tokens routed, expert by expert, each expert's in order */
+    int *start;     /* [n_experts + 1]: expert e's rows are idx[start[e] .. start[e + 1]) */
+    int32_t *pos;   /* [top_k][T]: row of idx of token t's k-th expert (its experts in ascending order) */
+    float *wt;      /* [top_k][T]: that expert's routing weight */
+} gq_route;
+
+/* Scratch for runs of up to T_max tokens, attention over up to T_attn of them (one per thread
+ * of work). */
+typedef struct {
+    int T_max, T_attn;
     void *xn;     /* [T_max][hidden] */
-    void *qkv;    /* [T_max][(nh + 2 nkv) hd] */
-    void *attn;   /* [T_max][nh hd] */
+    void *qkv;    /* [T_attn][(nh + 2 nkv) hd] */
+    void *attn;   /* [T_attn][nh hd] */
     void *gu;     /* [T_max][2 I_max] */
     void *act;    /* [T_max][I_max] */
     void *y;      /* [T_max][hidden]: a sublayer's output (post norms, MoE sum) */
-    void *xe;     /* [T_max][hidden]: one expert's rows (MoE) */
+    void *xe;     /* [T_max * top_k][hidden]: the routed rows, expert by expert (MoE) */
     void *logits; /* [T_max][n_experts] router logits (MoE) */
-    float *probs;     /* host [T_max][n_experts] */
-    int32_t *idx;     /* host [n_experts][T_max]: the tokens routed to each expert */
-    float *wt;        /* host [n_experts][T_max]: their weights */
-    int *cnt;         /* host [n_experts] */
+    float *probs;     /* host [T_max][n_experts]: the router's probabilities of the last routing run */
+    int32_t *iota;    /* host [T_max]: 0, 1, 2, ... */
+    gq_route route;   /* host arrays for T_max tokens: the routing of a run without args.route */
 } gq_fwd_scratch;
 
 int gq_fwd_scratch_init(gq_backend *be, const gq_config *cfg, int T_max, gq_fwd_scratch *s);
+/* Runs of up to T_max tokens, attention (and ATTN_RES without args.a) over up to T_attn. */
+int gq_fwd_scratch_init_ex(gq_backend *be, const gq_config *cfg, int T_attn, int T_max, gq_fwd_scratch *s);
+/* Device bytes of a scratch for T_attn / T_max (what gq_fwd_scratch_init_ex allocates). */
+size_t gq_fwd_scratch_bytes(const gq_backend *be, const gq_config *cfg, int T_attn, int T_max);
+/* Host arrays of a routing of up to T tokens (gq_route_free frees them). */
+void gq_route_alloc(const gq_config *cfg, int T, gq_route *r);
+void gq_route_free(gq_route *r);
 void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s);
 
 /* Where attention reads its keys and values. */
@@ -92,6 +113,10 @@ typedef struct {
     const gq_kv *kv;       /* NULL: GQ_KV_SELF */
     gq_hook_fn hook;       /* NULL: none */
     void *user;
+    gq_route *route;       /* MoE: where the routing goes (NULL: the scratch's) */
+    int route_reuse;       /* 1: *route already holds these T tokens' routing (an earlier run over the
+                              same x rows with the same router): the router is not run, s->probs
+                              not filled */
     int check;             /* check every op's output for NaN/Inf (gq_act_check) */
     gq_fwd_scratch *s;
 } gq_layer_args;

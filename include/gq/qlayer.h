@@ -17,8 +17,25 @@
  * one factorization, the same result as one by one (GPTQ rows are independent). An expert
  * routed fewer than moe_min_tokens calibration tokens is rounded to nearest (warned), so no
  * expert gets a Hessian from too few tokens, NaN or zero scales. With res == NULL the layer is
- * only run (steps ATTN_IN .. MLP_RES): the same operations, so a layer restored by --resume
- * gives bitwise the outputs of the original run.
+ * only run (attention per sequence, then steps ATTN_RES .. MLP_RES per chunk): the same
+ * operations, so a layer restored by --resume gives bitwise the outputs of the original run.
+ *
+ * Chunks. The sequences are cut into chunks of consecutive sequences of at most chunk_tokens
+ * tokens (at least one sequence each). Stages A, C, D and E are token-wise and run over a whole
+ * chunk at once: one norm / linear / Hessian update per chunk (MoE: one gather, one GEMM chain
+ * and one Hessian update per expert per chunk, the routing of stage C kept for D and E).
+ * Stage B's attention runs per sequence, and its Hessian update once per chunk. The Hessians are
+ * the same sums as per sequence, in another order (fp32 rounding apart, the same result);
+ * chunk_tokens <= T_max gives one sequence per chunk. gq_qlayer_init sizes the chunks from the
+ * device's free memory (at most 16384 tokens, 32768 for MoE, and at most 2 GiB of scratch and
+ * streaming windows, or a quarter of what a layer's work leaves free; on the CPU 1 GiB), the same
+ * whether the activations stay on the device or stream from host memory (the streaming windows
+ * hold one chunk), so both give the same bits.
+ *
+ * t_hessian: on the CPU the Hessian updates' own time. On a GPU the updates are not synchronised
+ * one by one: each stage times its first 16 updates exactly (synchronising around each) and
+ * scales that by the rows of all, an estimate (GQ_LOG=debug: every update timed exactly, with
+ * the synchronisations that costs).
  */
 #ifndef GQ_QLAYER_H
 #define GQ_QLAYER_H
@@ -49,21 +66,38 @@ typedef struct {
      * each sequence passes through; cur_x / cur_a say whose rows they hold. */
     void *X, *A;
     unsigned char *hX, *hA;
-    int stream, cur_x, cur_a;
-    gq_fwd_scratch s; /* per-sequence scratch */
+    int stream, cur_x, cur_a; /* streaming: the chunks whose rows X / A hold (-1: none) */
+    int chunk_tokens; /* a chunk's token budget */
+    int chunk_auto;   /* gq_qlayer_init's choice of it */
+    int n_chunks;
+    int *chunk0;      /* [n_chunks + 1]: chunk c is sequences chunk0[c] .. chunk0[c + 1] - 1 */
+    int chunk_max;    /* tokens of the largest chunk: the scratch's rows (and the windows') */
+    gq_route *route;  /* [n_chunks] (MoE) each chunk's routing, from stage C to E */
+    int routed;       /* the layer whose routing route[] holds (-1: none) */
+    gq_fwd_scratch s; /* chunk scratch: token-wise steps over chunk_max rows, attention over T_max */
     int moe_min_tokens; /* an expert routed fewer calibration tokens is rounded to nearest (0: never) */
     int hessian_skip;   /* the first hessian_skip tokens of each sequence feed no Hessian (0: all do) */
     float *inv_freq;  /* [head_dim / 2] */
+    /* tests: called with each Hessian H [K][K] (a backend buffer, upper triangle) and the rows it
+     * summed, before its solve (expert: -1 for a dense group); NULL: not called */
+    void (*on_hessian)(void *user, int layer, gq_group g, int expert, const float *H, int K, int64_t rows);
+    void *on_hessian_user;
     /* cumulative seconds (device work synchronised at stage ends) */
     double t_stages;  /* stages A-E, Hessian accumulation included */
-    double t_hessian;
+    double t_hessian; /* of which the Hessian updates (on a GPU an estimate, see above) */
     double t_solve;
 } gq_qlayer;
 
 /* Allocate the activation buffers for n_seq sequences of len[i] tokens, on
  * `be` when they fit (with room for a layer's work), else in host memory
- * (logged). Contents undefined: fill them with gq_qlayer_set_x. */
+ * (logged), and cut the sequences into chunks (above). Contents undefined: fill them with
+ * gq_qlayer_set_x. */
 int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq, const int *len);
+/* Cut the sequences into chunks of at most `tokens` tokens instead (0: gq_qlayer_init's choice;
+ * <= T_max: one sequence per chunk), reallocating the scratch (and the streaming windows). The
+ * activations are kept. Between layers only: the chunks fix the summation order, so a run and its
+ * --resume must use the same. */
+int gq_qlayer_set_chunk(gq_qlayer *q, int tokens);
 void gq_qlayer_free(gq_qlayer *q);
 /* Sequence i's layer input from f32 host rows [len[i]][hidden]; and back. */
 int gq_qlayer_set_x(gq_qlayer *q, int i, const float *src);

@@ -21,26 +21,62 @@ static int mlp_width(const gq_config *c) {
     return w;
 }
 
-int gq_fwd_scratch_init(gq_backend *be, const gq_config *c, int T_max, gq_fwd_scratch *s) {
-    memset(s, 0, sizeof *s);
-    size_t T = (size_t)T_max, I = (size_t)mlp_width(c), d = (size_t)c->hidden;
+void gq_route_alloc(const gq_config *c, int T, gq_route *r) {
+    size_t n = (size_t)T * (size_t)(c->top_k > 0 ? c->top_k : 1);
+    memset(r, 0, sizeof *r);
+    r->idx = gq_malloc(n * sizeof *r->idx);
+    r->pos = gq_malloc(n * sizeof *r->pos);
+    r->wt = gq_malloc(n * sizeof *r->wt);
+    r->start = gq_calloc((size_t)c->n_experts + 1, sizeof *r->start);
+}
+
+void gq_route_free(gq_route *r) {
+    if (!r) return;
+    free(r->idx), free(r->pos), free(r->wt), free(r->start);
+    memset(r, 0, sizeof *r);
+}
+
+/* Elements of each device buffer of a scratch, in the activation dtype. */
+typedef struct {
+    size_t xn, qkv, attn, gu, act, y, xe, logits;
+} scratch_elems;
+
+static scratch_elems elems_of(const gq_config *c, int T_attn, int T_max) {
+    size_t T = (size_t)T_max, Ta = (size_t)T_attn, I = (size_t)mlp_width(c), d = (size_t)c->hidden;
     size_t qkv = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, att = (size_t)c->n_heads * c->head_dim;
+    scratch_elems e = {T * d, Ta * qkv, Ta * att, T * 2 * I, T * I, T * d, 0, 0};
+    if (c->n_experts > 0) {
+        e.xe = T * (size_t)(c->top_k > 0 ? c->top_k : 1) * d;
+        e.logits = T * (size_t)c->n_experts;
+    }
+    return e;
+}
+
+size_t gq_fwd_scratch_bytes(const gq_backend *be, const gq_config *c, int T_attn, int T_max) {
+    scratch_elems e = elems_of(c, T_attn, T_max);
+    return gq_be_act_bytes(be, e.xn + e.qkv + e.attn + e.gu + e.act + e.y + e.xe + e.logits);
+}
+
+int gq_fwd_scratch_init_ex(gq_backend *be, const gq_config *c, int T_attn, int T_max, gq_fwd_scratch *s) {
+    memset(s, 0, sizeof *s);
+    if (T_attn > T_max) T_attn = T_max;
+    scratch_elems e = elems_of(c, T_attn, T_max);
     s->T_max = T_max;
-    s->xn = gq_be_alloc(be, gq_be_act_bytes(be, T * d));
-    s->qkv = gq_be_alloc(be, gq_be_act_bytes(be, T * qkv));
-    s->attn = gq_be_alloc(be, gq_be_act_bytes(be, T * att));
-    s->gu = gq_be_alloc(be, gq_be_act_bytes(be, T * 2 * I));
-    s->act = gq_be_alloc(be, gq_be_act_bytes(be, T * I));
-    s->y = gq_be_alloc(be, gq_be_act_bytes(be, T * d));
+    s->T_attn = T_attn;
+    s->xn = gq_be_alloc(be, gq_be_act_bytes(be, e.xn));
+    s->qkv = gq_be_alloc(be, gq_be_act_bytes(be, e.qkv));
+    s->attn = gq_be_alloc(be, gq_be_act_bytes(be, e.attn));
+    s->gu = gq_be_alloc(be, gq_be_act_bytes(be, e.gu));
+    s->act = gq_be_alloc(be, gq_be_act_bytes(be, e.act));
+    s->y = gq_be_alloc(be, gq_be_act_bytes(be, e.y));
     int ok = s->xn && s->qkv && s->attn && s->gu && s->act && s->y;
     if (ok && c->n_experts > 0) {
-        size_t E = (size_t)c->n_experts;
-        s->xe = gq_be_alloc(be, gq_be_act_bytes(be, T * d));
-        s->logits = gq_be_alloc(be, gq_be_act_bytes(be, T * E));
-        s->probs = gq_malloc(T * E * sizeof *s->probs);
-        s->idx = gq_malloc(T * E * sizeof *s->idx);
-        s->wt = gq_malloc(T * E * sizeof *s->wt);
-        s->cnt = gq_malloc(E * sizeof *s->cnt);
+        s->xe = gq_be_alloc(be, gq_be_act_bytes(be, e.xe));
+        s->logits = gq_be_alloc(be, gq_be_act_bytes(be, e.logits));
+        s->probs = gq_malloc(e.logits * sizeof *s->probs);
+        s->iota = gq_malloc((size_t)T_max * sizeof *s->iota);
+        for (int t = 0; t < T_max; t++) s->iota[t] = t;
+        gq_route_alloc(c, T_max, &s->route);
         ok = s->xe && s->logits;
     }
     if (!ok) {
@@ -50,14 +86,17 @@ int gq_fwd_scratch_init(gq_backend *be, const gq_config *c, int T_max, gq_fwd_sc
     return GQ_OK;
 }
 
+int gq_fwd_scratch_init(gq_backend *be, const gq_config *c, int T_max, gq_fwd_scratch *s) {
+    return gq_fwd_scratch_init_ex(be, c, T_max, T_max, s);
+}
+
 void gq_fwd_scratch_free(gq_backend *be, gq_fwd_scratch *s) {
     if (!s) return;
     void *bufs[] = {s->xn, s->qkv, s->attn, s->gu, s->act, s->y, s->xe, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gq_be_release(be, bufs[i]);
     free(s->probs);
-    free(s->idx);
-    free(s->wt);
-    free(s->cnt);
+    free(s->iota);
+    gq_route_free(&s->route);
     memset(s, 0, sizeof *s);
 }
 
@@ -170,6 +209,15 @@ static int attn_seq(const ctx_t *x, const gq_attn_opts *o) {
         k = at(x, q, (size_t)x->nq), v = at(x, q, (size_t)(x->nq + x->nkv));
         ldq = ldk = x->ldqkv;
         STEP(gq_be_linear(be, q, ldq, x->s->xn, x->d, T, W, opt(B), 0), q, ldq, T, ldq, "after q_proj/k_proj/v_proj");
+    } else if (W->q4) { /* int4-resident: no row views; q | k | v into the scratch, k and v copied to the cache */
+        ldq = x->ldqkv, ldk = a->kv->ldkv;
+        k = at(x, a->kv->K, (size_t)a->pos0 * ldk), v = at(x, a->kv->V, (size_t)a->pos0 * ldk);
+        TRY(gq_be_linear(be, q, ldq, x->s->xn, x->d, T, W, opt(B), 0));
+        /* the cache rows of this slot and layer are [T][ldk], contiguous: zero, then + k (v), exact */
+        TRY(gq_be_memset0(be, k, gq_be_act_bytes(be, (size_t)T * ldk)));
+        TRY(gq_be_memset0(be, v, gq_be_act_bytes(be, (size_t)T * ldk)));
+        TRY(gq_be_add(be, k, ldk, at(x, q, (size_t)x->nq), ldq, T, x->nkv));
+        TRY(gq_be_add(be, v, ldk, at(x, q, (size_t)(x->nq + x->nkv)), ldq, T, x->nkv));
     } else { /* k and v straight into the cache rows pos0 .. */
         ldq = x->nq, ldk = a->kv->ldkv;
         k = at(x, a->kv->K, (size_t)a->pos0 * ldk), v = at(x, a->kv->V, (size_t)a->pos0 * ldk);
@@ -275,69 +323,116 @@ static int dense_mlp(const ctx_t *x) {
                     "at the layer output (after down_proj and the residual add)");
 }
 
-/* Router logits of xn, then per token: softmax in fp32 over all experts, the top k (the larger
- * probability first, the lower expert on a tie), weights renormalised over the k when the family
- * does; fills s->cnt / idx / wt per expert, tokens in order. */
-static int route(const ctx_t *x) {
+/* Token t's router probabilities p[E] (logits in, softmax in fp32 over all experts) and its
+ * top K: pick[K] by probability, the larger first, the lower expert on a tie (one insertion pass);
+ * returns their sum. NaN logits give NaN probabilities, picks 0 .. K-1 and a NaN sum. */
+static float top_k(float *p, int E, int K, int *pick) {
+    float mx = p[0], sum = 0.0f, top = 0.0f;
+    for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+    for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - mx));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        if (n == K && !(p[e] > p[pick[K - 1]])) continue; /* an equal one stays behind the lower expert */
+        int j = n < K ? n++ : K - 1;
+        for (; j > 0 && p[pick[j - 1]] < p[e]; j--) pick[j] = pick[j - 1];
+        pick[j] = e;
+    }
+    for (int k = 0; k < K; k++) top += p[pick[k]];
+    return top;
+}
+
+/* Router logits of xn, then per token: softmax, the top k (top_k), weights renormalised over the k
+ * when the family does; fills r: per expert its tokens in order (idx, start), per token its
+ * experts in ascending order (pos, wt). */
+static int route(const ctx_t *x, gq_route *r) {
     const gq_config *c = x->c;
     gq_fwd_scratch *s = x->s;
-    int E = c->n_experts, K = c->top_k, T = x->T;
+    const int E = c->n_experts, K = c->top_k, T = x->T;
     if (K < 1 || K > 64 || K > E) return gq_err(GQ_ERR_ARG, "layer %d: top-%d of %d experts", x->a->layer, K, E);
     TRY(gq_be_linear(x->be, s->logits, E, s->xn, x->d, T, &x->bl->router, NULL, 0));
     TRY(gq_be_download_f32(x->be, s->probs, s->logits, (size_t)T * E));
-    memset(s->cnt, 0, (size_t)E * sizeof *s->cnt);
+    int bad = T;
+#pragma omp parallel for schedule(static) reduction(min : bad) if (T >= 256)
     for (int t = 0; t < T; t++) {
-        float *p = s->probs + (size_t)t * E, mx = p[0], sum = 0.0f, top = 0.0f;
-        for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-        for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - mx));
-        for (int e = 0; e < E; e++) p[e] /= sum;
+        float *p = s->probs + (size_t)t * E;
         int pick[64];
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int used = 0;
-                for (int j = 0; j < k; j++) used |= pick[j] == e;
-                if (!used && (best < 0 || p[e] > p[best])) best = e;
+        float top = top_k(p, E, K, pick);
+        if (!isfinite(top)) bad = t < bad ? t : bad;
+        for (int k = 1; k < K; k++) /* experts ascending: the order their outputs are summed in */
+            for (int j = k; j > 0 && pick[j - 1] > pick[j]; j--) {
+                int tmp = pick[j];
+                pick[j] = pick[j - 1], pick[j - 1] = tmp;
             }
-            pick[k] = best;
-            top += p[best];
-        }
-        if (!isfinite(top)) return gq_err(GQ_ERR_NUMERIC, "layer %d: non-finite router logits at token %d", x->a->layer, t);
         for (int k = 0; k < K; k++) {
-            int e = pick[k], n = s->cnt[e]++;
-            s->idx[(size_t)e * s->T_max + n] = t;
-            s->wt[(size_t)e * s->T_max + n] = c->norm_topk ? p[e] / top : p[e];
+            r->pos[(size_t)k * T + t] = pick[k]; /* the expert for now; its row below */
+            r->wt[(size_t)k * T + t] = c->norm_topk ? p[pick[k]] / top : p[pick[k]];
         }
+    }
+    if (bad < T) /* the callers name the layer */
+        return gq_err(GQ_ERR_NUMERIC, "non-finite router logits at token %d", bad);
+    int *cur = gq_calloc((size_t)E + 1, sizeof *cur); /* counting sort by expert, tokens in order */
+    for (size_t j = 0; j < (size_t)T * K; j++) cur[r->pos[j] + 1]++;
+    for (int e = 0; e < E; e++) cur[e + 1] += cur[e];
+    memcpy(r->start, cur, ((size_t)E + 1) * sizeof *cur);
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < K; k++) {
+            int32_t *pk = r->pos + (size_t)k * T + t, j = cur[*pk]++;
+            r->idx[j] = t;
+            *pk = j;
+        }
+    free(cur);
+    r->T = T;
+    return GQ_OK;
+}
+
+/* y += the experts' outputs (rows of xe, expert by expert) of every token, weighted: per slot k,
+ * xn <- each token's k-th row (its experts ascending: the order the sum always took), then
+ * y += wt_k * xn. */
+static int moe_combine(const ctx_t *x, const gq_route *r) {
+    gq_fwd_scratch *s = x->s;
+    int T = x->T, d = x->d;
+    for (int k = 0; k < x->c->top_k; k++) {
+        TRY(gq_be_gather_rows(x->be, s->xn, d, s->xe, d, r->pos + (size_t)k * T, T, d));
+        TRY(gq_be_scatter_add_rows(x->be, s->y, d, s->xn, d, s->iota, r->wt + (size_t)k * T, T, d));
     }
     return GQ_OK;
 }
 
-/* The sparse MLP: per expert, its routed rows through its linears, summed with the routing
+/* The sparse MLP: all routed rows gathered at once (xe [T * top_k][d], expert by expert), each
+ * expert's rows through its linears (its output in place of its rows), summed with the routing
  * weights into y, then x += y. */
 static int moe_mlp(const ctx_t *x) {
     const gq_layer_args *a = x->a;
     const gq_blayer *bl = x->bl;
     gq_fwd_scratch *s = x->s;
+    gq_route *r = a->route ? a->route : &s->route;
     int d = x->d;
-    TRY(route(x));
-    if (a->last >= GQ_STEP_MLP_RES) TRY(gq_be_memset0(x->be, s->y, gq_be_act_bytes(x->be, (size_t)x->T * d)));
+    if (a->route && a->route_reuse) {
+        if (r->T != x->T)
+            return gq_err(GQ_ERR_ARG, "layer %d: reused routing of %d tokens for %d", a->layer, r->T, x->T);
+    } else {
+        TRY(route(x, r));
+    }
+    TRY(gq_be_gather_rows(x->be, s->xe, d, s->xn, d, r->idx, x->T * x->c->top_k, d));
     for (int e = 0; e < bl->n_experts; e++) {
-        int n = s->cnt[e];
-        const int32_t *idx = s->idx + (size_t)e * s->T_max;
+        int n = r->start[e + 1] - r->start[e];
+        const int32_t *idx = r->idx + r->start[e];
+        void *xe = at(x, s->xe, (size_t)r->start[e] * d); /* [n][d] */
         if (!n) continue;
-        TRY(gq_be_gather_rows(x->be, s->xe, d, s->xn, d, idx, n, d));
-        if (a->first <= GQ_STEP_MLP_IN) TRY(hook(x, GQ_GRP_MLP_IN, e, s->xe, d, n, idx));
+        if (a->first <= GQ_STEP_MLP_IN) TRY(hook(x, GQ_GRP_MLP_IN, e, xe, d, n, idx));
         if (a->last < GQ_STEP_MLP) continue;
         void *act;
         const gq_bweight *W = &bl->ex_in[e];
-        TRY(mlp_act(x, s->xe, d, n, W, NULL, &act));
+        TRY(mlp_act(x, xe, d, n, W, NULL, &act));
         int I = W->rows / 2;
         TRY(hook(x, GQ_GRP_MLP_OUT, e, act, I, n, idx));
         if (a->last < GQ_STEP_MLP_RES) continue;
-        TRY(gq_be_linear(x->be, s->xe, d, act, I, n, &bl->ex_out[e], NULL, 0)); /* xe <- the expert's output */
-        TRY(gq_be_scatter_add_rows(x->be, s->y, d, s->xe, d, idx, s->wt + (size_t)e * s->T_max, n, d));
+        TRY(gq_be_linear(x->be, xe, d, act, I, n, &bl->ex_out[e], NULL, 0)); /* the expert's output */
     }
     if (a->last < GQ_STEP_MLP_RES) return GQ_OK;
+    TRY(gq_be_memset0(x->be, s->y, gq_be_act_bytes(x->be, (size_t)x->T * d)));
+    TRY(moe_combine(x, r));
     STEP(gq_be_add(x->be, a->x, d, s->y, d, x->T, d), a->x, d, x->T, d,
          "at the layer output (after the experts and the residual add)");
     return GQ_OK;
@@ -358,6 +453,10 @@ int gq_layer_run(const gq_layer_args *a) {
     const gq_config *c = a->cfg;
     ctx_t x = {.a = a, .be = a->be, .c = c, .ar = gq_arch_get(c->arch_id), .bl = a->bl, .s = a->s, .T = a->T};
     if (a->T > a->s->T_max) return gq_err(GQ_ERR_ARG, "forward: %d tokens, scratch sized for %d", a->T, a->s->T_max);
+    int attn = (a->first <= GQ_STEP_ATTN && a->last >= GQ_STEP_ATTN) ||
+               (a->first <= GQ_STEP_ATTN_RES && a->last >= GQ_STEP_ATTN_RES && !a->a);
+    if (attn && a->T > a->s->T_attn)
+        return gq_err(GQ_ERR_ARG, "forward: attention over %d tokens, scratch sized for %d", a->T, a->s->T_attn);
     if (a->first > a->last || a->last >= GQ_STEP_COUNT)
         return gq_err(GQ_ERR_ARG, "layer %d: steps %d .. %d", a->layer, (int)a->first, (int)a->last);
     if (a->first == GQ_STEP_ATTN && a->last >= GQ_STEP_ATTN)

@@ -54,6 +54,7 @@ typedef struct {
     char *model_real, *calib_real; /* resolved paths (the --resume fingerprint) */
     const char *partial;           /* od.partial */
     int last_layer_modules;        /* modules of the layer just quantized */
+    int resume_chunk;              /* --resume: the interrupted run's chunk tokens (state.json), 0: none */
 } run_t;
 
 /* Report a module. */
@@ -200,6 +201,9 @@ static int read_state(run_t *r, const char *fp, int *done) {
         goto out;
     }
     *done = (int)json_integer_value(d);
+    /* the chunks fix the Hessians' summation order: a resumed run cuts the interrupted run's */
+    json_t *ck = json_object_get(j, "chunk_tokens");
+    r->resume_chunk = json_is_integer(ck) && json_integer_value(ck) > 0 ? (int)json_integer_value(ck) : 0;
     if (mods) rc = restore_modules(r, mods, *done, path);
 out:
     json_decref(j);
@@ -210,6 +214,7 @@ out:
 static int write_state(run_t *r, const char *fp, int done) {
     char *path = gq_path_join(r->partial, "state.json");
     json_t *j = json_pack("{s:s, s:i, s:o}", "fingerprint", fp, "layers_done", done, "modules", modules_json(r->rep));
+    if (r->q.chunk_tokens > 0) json_object_set_new(j, "chunk_tokens", json_integer(r->q.chunk_tokens));
     char *s = json_dumps(j, JSON_INDENT(2));
     int rc = gq_write_file_atomic(path, s, strlen(s));
     free(s);
@@ -350,6 +355,12 @@ static int alloc_buffers(run_t *r) {
     if (rc) return rc;
     r->q.moe_min_tokens = r->o->moe_min_tokens;
     r->q.hessian_skip = r->o->hessian_skip;
+    if (r->resume_chunk && r->resume_chunk != r->q.chunk_tokens) {
+        gq_info("resuming with the interrupted run's chunks of %d tokens (this run would cut %d)", r->resume_chunk,
+                r->q.chunk_tokens);
+        if ((rc = gq_qlayer_set_chunk(&r->q, r->resume_chunk)))
+            return gq_err_prefix("--resume: chunks of %d tokens, as the interrupted run", r->resume_chunk);
+    }
     char b[32];
     gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", r->cs.n, (long long)r->q.n_tokens,
             gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(&r->q)), gq_backend_name(r->be));
