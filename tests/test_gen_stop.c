@@ -18,6 +18,7 @@
 #include "gq/eval.h"
 #include "gq/generate.h"
 #include "test.h"
+#include "test_gen_util.h"
 #include "text/unicode.h" /* gq_uni_repair, as gq eval repairs the text */
 
 /* ---- the engine's stop check ---------------------------------------------------------------------------- */
@@ -273,33 +274,8 @@ static void check_decided_random(const char *name, const gq_tokenizer *tok, cons
 
 /* ---- gq eval with and without early stop --------------------------------------------------------------- */
 
-static const char *tmp;
-
-/* a copy of pycoder-5m (symlinks) with a chat template */
-static const char *chat_model(const char *name, const char *tpl) {
-    static char dirs[2][600];
-    static int k;
-    char *dir = dirs[k++ & 1];
-    snprintf(dir, sizeof dirs[0], "%s/%s", tmp, name);
-    gq_mkdirs(dir);
-    static const char *files[] = {"config.json", "model.safetensors", "tokenizer.json", "special_tokens_map.json",
-                                  "generation_config.json"};
-    char src[1400], dst[1400], cwd[512];
-    const char *d = gq_test_data("pycoder-5m");
-    GQ_ASSERT(getcwd(cwd, sizeof cwd));
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        snprintf(src, sizeof src, "%s%s%s/%s", d[0] == '/' ? "" : cwd, d[0] == '/' ? "" : "/", d, files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
-        unlink(dst);
-        GQ_ASSERT(symlink(src, dst) == 0);
-    }
-    json_t *cfg = json_pack("{s:s, s:s, s:s, s:b, s:b, s:s}", "bos_token", "<s>", "eos_token", "</s>", "unk_token",
-                            "<unk>", "add_bos_token", 1, "add_eos_token", 0, "chat_template", tpl);
-    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", dir);
-    json_dump_file(cfg, dst, 0);
-    json_decref(cfg);
-    return dir;
-}
+/* a copy of pycoder-5m (symlinks) with a chat template, in tmp/name */
+static const char *chat_model(const char *name, const char *tpl) { return chat_model_at(tpath(name), tpl); }
 
 /* the records of an output file, by task_id */
 static json_t *records(const char *path) {
@@ -414,7 +390,7 @@ int main(void) {
     gq_tok_free(pyc);
     gq_tok_free(l2);
 
-    tmp = gq_test_tmpdir("gen-stop");
+    snprintf(tmp, sizeof tmp, "%s", gq_test_tmpdir("gen-stop"));
     gq_mkdirs(tmp);
     const char *model = gq_test_data("pycoder-5m");
     int q = getenv("GQ_TEST_QUICK") != NULL; /* MBPP/16 (the 6th) stops at 90 tokens, chat's HumanEval/1 at 2 */

@@ -1,5 +1,5 @@
-/* test_gen_util.h -- helpers shared by test_calib_gen.c and
- * test_calib_e2e.c: files in a per-test temporary directory, and a model
+/* test_gen_util.h -- helpers shared by test_calib_gen.c,
+ * test_calib_e2e.c and test_gen_stop.c: files in a per-test temporary directory, and a model
  * directory whose tokenizer_config.json carries a chat template. */
 #ifndef GQ_TEST_GEN_UTIL_H
 #define GQ_TEST_GEN_UTIL_H
@@ -11,7 +11,7 @@
 
 static char tmp[512];
 
-static const char *tpath(const char *name) {
+static inline const char *tpath(const char *name) {
     static char bufs[8][700];
     static int k;
     char *b = bufs[k++ & 7];
@@ -19,24 +19,23 @@ static const char *tpath(const char *name) {
     return b;
 }
 
-static void write_text(const char *path, const char *s) {
+static inline void write_text(const char *path, const char *s) {
     FILE *f = fopen(path, "wb");
     GQ_ASSERT(f);
     fputs(s, f);
     fclose(f);
 }
 
-static size_t file_size(const char *p) {
+static inline size_t file_size(const char *p) {
     char *d;
     size_t n = 0;
     if (gq_read_file(p, &d, &n) == GQ_OK) free(d);
     return n;
 }
 
-/* tmp/chat-model: symlinks to pycoder-5m's files plus a tokenizer_config.json
- * with the given chat_template. */
-static const char *chat_model_dir(const char *tpl) {
-    const char *dir = tpath("chat-model");
+/* dir: symlinks to pycoder-5m's files plus a tokenizer_config.json with the given
+ * chat_template. */
+static inline const char *chat_model_at(const char *dir, const char *tpl) {
     gq_mkdirs(dir);
     static const char *files[] = {"config.json", "model.safetensors", "tokenizer.json", "special_tokens_map.json",
                                   "generation_config.json"};
@@ -56,6 +55,9 @@ static const char *chat_model_dir(const char *tpl) {
     json_decref(cfg);
     return dir;
 }
+
+/* tmp/chat-model, as chat_model_at makes it. */
+static inline const char *chat_model_dir(const char *tpl) { return chat_model_at(tpath("chat-model"), tpl); }
 
 
 #endif /* GQ_TEST_GEN_UTIL_H */
