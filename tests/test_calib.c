@@ -284,6 +284,75 @@ static void test_jsonl_reader(const char *dir) {
     gq_jsonl_close(j);
 }
 
+/* --calib-seed: 12 records of distinct lengths, sample windowing (one sequence per record) keeps the
+ * records whole, so each sequence says which record it is. Seed 0 is the file's order; a seed is a
+ * permutation (every record once), reproducible, and another seed another order; with concat
+ * windowing the shuffled stream is the same records' tokens in that order. A bad line is named by
+ * its own line number whatever the order. */
+static int rec_of(const gq_calib_set *s, int i, const int *len0, int n) {
+    for (int r = 0; r < n; r++)
+        if (s->len[i] == len0[r]) return r;
+    return -1;
+}
+
+static void test_seed(const gq_tokenizer *tok, const char *dir) {
+    TEST_BEGIN("calib seed");
+    enum { N = 12 };
+    const char *path = tmp_path(dir, "seed.jsonl");
+    FILE *f = fopen(path, "w");
+    for (int r = 0; r < N; r++) { /* record r: r + 1 words, so its length identifies it */
+        fprintf(f, "{\"text\": \"");
+        for (int w = 0; w <= r; w++) fprintf(f, "%sdef", w ? " " : "");
+        fprintf(f, "\"}\n");
+    }
+    fclose(f);
+    gq_calib_opts o;
+    gq_calib_opts_default(&o);
+    o.path = path, o.nsamples = N, o.seqlen = 64, o.min_tokens = 1, o.windowing = GQ_WIN_SAMPLE;
+    gq_calib_set s0, s1, s1b, s2;
+    int len0[N];
+    TEST_OK(gq_calib_load(&s0, tok, &o), "seed 0");
+    for (int r = 0; r < N && s0.n == N; r++) len0[r] = s0.len[r];
+    TEST_CHECK(s0.n == N && len0[0] < len0[N - 1], "seed 0: the file's order (lengths grow with the record)");
+    o.seed = 1;
+    TEST_OK(gq_calib_load(&s1, tok, &o), "seed 1");
+    TEST_OK(gq_calib_load(&s1b, tok, &o), "seed 1 again");
+    o.seed = 2;
+    TEST_OK(gq_calib_load(&s2, tok, &o), "seed 2");
+    int seen[N] = {0}, moved = 0, same = s1.n == s1b.n, differ = 0;
+    for (int i = 0; i < s1.n && i < N; i++) {
+        int r = rec_of(&s1, i, len0, N);
+        if (r >= 0) seen[r]++;
+        moved += r != i;
+        same = same && s1.len[i] == s1b.len[i] && !memcmp(s1.seq[i], s1b.seq[i], sizeof(int32_t) * s1.len[i]);
+        differ += i < s2.n && s1.len[i] != s2.len[i];
+    }
+    int perm = s1.n == N;
+    for (int r = 0; r < N; r++) perm = perm && seen[r] == 1;
+    TEST_CHECK(perm, "seed 1: every record exactly once");
+    TEST_CHECK(moved >= N / 2, "seed 1: another order (%d of %d records moved)", moved, N);
+    TEST_CHECK(same, "seed 1 twice: the same sequences");
+    TEST_CHECK(differ > 0, "seed 2: another order than seed 1");
+    /* concat: the same tokens in the shuffled records' order */
+    o.windowing = GQ_WIN_CONCAT, o.seed = 1, o.nsamples = 1;
+    o.seqlen = (int)(s0.n_tokens + N - 1); /* every record's tokens, BOS included, plus an EOS each but the last */
+    gq_calib_set c1;
+    TEST_OK(gq_calib_load(&c1, tok, &o), "concat, seed 1");
+    int ok = c1.n == 1;
+    for (int i = 0, pos = 0; i < s1.n && ok; i++) { /* the stream: BOS + record + EOS per record */
+        ok = !memcmp(c1.seq[0] + pos, s1.seq[i], sizeof(int32_t) * s1.len[i]);
+        pos += s1.len[i] + 1;
+    }
+    TEST_CHECK(ok, "concat, seed 1: the records' tokens in seed 1's order");
+    gq_calib_free(&s0), gq_calib_free(&s1), gq_calib_free(&s1b), gq_calib_free(&s2), gq_calib_free(&c1);
+    /* a bad line keeps its line number */
+    f = fopen(path, "a");
+    fprintf(f, "not json\n");
+    fclose(f);
+    o.windowing = GQ_WIN_SAMPLE, o.seqlen = 64, o.nsamples = N + 1, o.seed = 3; /* every line is read */
+    TEST_FAILS(gq_calib_load(&s1, tok, &o), GQ_ERR_DATA, "seed.jsonl:13");
+}
+
 int main(void) {
     TEST_BEGIN("calib");
     gq_log_set_level(GQ_LOG_WARN);
@@ -300,6 +369,7 @@ int main(void) {
     test_bad_lines(tok, dir);
     test_too_little(tok);
     test_jsonl_reader(dir);
+    test_seed(tok, dir);
     gq_rmtree(dir);
     gq_tok_free(tok);
     return TEST_REPORT();
