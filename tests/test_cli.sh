@@ -120,6 +120,13 @@ bad "quantize: unknown option" 2 "$GQ" quantize --model "$M" --out "$T/q3" --fro
 bad "quantize: bad --bits" 2 "$GQ" quantize --model "$M" --out "$T/q3" --bits 5
 bad "quantize: --sym --asym" 2 "$GQ" quantize --model "$M" --out "$T/q3" --sym --asym
 bad "quantize: --threads -1" 2 "$GQ" quantize --model "$M" --out "$T/q3" --threads -1
+bad "quantize: --act-order --no-act-order" 2 "$GQ" quantize --model "$M" --out "$T/q3" --act-order --no-act-order
+bad "quantize: --static-groups --no-static-groups" 2 "$GQ" quantize --model "$M" --out "$T/q3" --static-groups \
+    --no-static-groups
+bad "quantize: --calib-seed -1" 2 "$GQ" quantize --model "$M" --out "$T/q3" --calib-seed -1
+bad "quantize: --hessian-skip -1" 2 "$GQ" quantize --model "$M" --out "$T/q3" --hessian-skip -1
+bad "quantize: bad --clip" 2 "$GQ" quantize --model "$M" --out "$T/q3" --clip best
+bad "ppl: bad --int4-kernel" 2 "$GQ" ppl --model "$M" --text "$D/text/python-stdlib-eval.txt" --int4-kernel yes
 bad "quantize: flag with a value" 2 "$GQ" quantize --model "$M" --out "$T/q3" --force=yes
 bad "ppl: missing --text" 2 "$GQ" ppl --model "$M"
 bad "ppl: --seqlen 1" 2 "$GQ" ppl --model "$M" --text "$D/text/python-stdlib-eval.txt" --seqlen 1
