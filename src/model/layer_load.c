@@ -279,7 +279,7 @@ static int load_group_q4(gq_backend *be, int layer, const gq_module *mods, int n
     }
     if (rc == GQ_OK && np > 0) {
         rc = gq_be_weight_upload_q4(be, W, pp, np);
-        if (rc != GQ_OK) gq_err_prefix("%s: layer %d: int4 weights of group %d", q->where, layer, (int)g);
+        if (rc != GQ_OK) gq_err_prefix("%s: int4 weights of the %d stacked module(s) ending in %s", q->where, np, base);
         *done = rc == GQ_OK;
     }
     for (int i = 0; i < np; i++) gq_packed_free(&parts[i]);
