@@ -101,6 +101,10 @@ char *gq_eval_chat_code(const char *answer);
  * block (gq_eval_chat_cut), or at the first fence (chat, where the prompt
  * opened the block). */
 typedef enum { GQ_EVAL_CUT_STOPS = 0, GQ_EVAL_CUT_CHAT, GQ_EVAL_CUT_FENCE } gq_eval_cut;
+/* The text of ids[0..n) generated after prompt, as a completion's text: decoded as the prompt's
+ * continuation (gq_tok_decode_continuation), made valid UTF-8; *text newly allocated. */
+int gq_eval_answer_text(const gq_tokenizer *tok, const int32_t *prompt, size_t n_prompt, const int32_t *ids, size_t n,
+                        char **text, size_t *text_n);
 /* ids[0..n) without a trailing run of byte-fallback tokens ("<0xNN>"): the
  * run's text may still change (its bytes, or one U+FFFD per token when they
  * are not valid UTF-8 as a whole), the text before it no longer does. */
