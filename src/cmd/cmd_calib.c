@@ -24,20 +24,19 @@ int gq_cmd_calib(int argc, char **argv) {
     gq_calib_gen_opts o;
     gq_calib_gen_opts_default(&o);
     const char *qfmt = "auto";
-    int max_new = o.sampling.max_new_tokens, top_k = 0, seed = 0;
+    int seed = 0;
     const char *int4 = "off";
-    double temperature = 0.0, top_p = 1.0;
     gq_opt opts[] = {
         {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32 or gq int4)", NULL, 0,
          0},
         {"questions", GQ_OPT_STR, &o.questions, "questions: JSONL, JSON array or text (plain or .gz)", NULL, 0, 0},
         {"out", GQ_OPT_STR, &o.out, "output JSONL of {\"question\", \"answer\", ...} records (.gz: gzip)", NULL, 0, 0},
         {"n", GQ_OPT_INT, &o.n, "use the first N questions (0: all)", NULL, 0, 0},
-        {"max-new-tokens", GQ_OPT_INT, &max_new, "longest answer in tokens", NULL, 0, 0},
-        {"temperature", GQ_OPT_DOUBLE, &temperature, "sampling temperature (0: greedy)", NULL, 0, 0},
-        {"top-p", GQ_OPT_DOUBLE, &top_p, "nucleus sampling: smallest set of tokens with this probability (1: off)",
+        {"max-new-tokens", GQ_OPT_INT, &o.sampling.max_new_tokens, "longest answer in tokens", NULL, 0, 0},
+        {"temperature", GQ_OPT_DOUBLE, &o.sampling.temperature, "sampling temperature (0: greedy)", NULL, 0, 0},
+        {"top-p", GQ_OPT_DOUBLE, &o.sampling.top_p, "nucleus sampling: smallest set of tokens with this probability (1: off)",
          NULL, 0, 0},
-        {"top-k", GQ_OPT_INT, &top_k, "sample among the k most likely tokens (0: off)", NULL, 0, 0},
+        {"top-k", GQ_OPT_INT, &o.sampling.top_k, "sample among the k most likely tokens (0: off)", NULL, 0, 0},
         {"seed", GQ_OPT_INT, &seed, "random seed (each question has its own stream)", NULL, 0, 0},
         {"batch", GQ_OPT_INT, &o.batch, "sequences decoded together; records written (and fsynced) per batch", NULL, 0,
          0},
@@ -74,10 +73,6 @@ int gq_cmd_calib(int argc, char **argv) {
     rc = gq_questions_format_parse(qfmt, &o.qformat);
     if (rc) return rc;
     o.int4_kernel = strcmp(int4, "off") != 0;
-    o.sampling.max_new_tokens = max_new;
-    o.sampling.temperature = temperature;
-    o.sampling.top_p = top_p;
-    o.sampling.top_k = top_k;
     o.sampling.seed = (uint64_t)seed;
     gq_opts_print("gq calib: effective settings", opts, n);
 

@@ -36,9 +36,9 @@ int gq_cmd_eval(int argc, char **argv) {
     gq_eval_opts o;
     gq_eval_opts_default(&o);
     const char *task = NULL, *ks = "1,10";
-    int max_new = o.sampling.max_new_tokens, top_k = 0, seed = 0, memory_mb = (int)(o.sandbox.mem_bytes >> 20);
+    int seed = 0, memory_mb = (int)(o.sandbox.mem_bytes >> 20);
     const char *int4 = "off";
-    double temperature = 0.0, top_p = 1.0, timeout = o.sandbox.wall_s;
+    double timeout = o.sandbox.wall_s;
     gq_opt opts[] = {
         {"task", GQ_OPT_STR, &task, "benchmark (bundled in calib/eval/, docs/eval.md)", "humaneval|mbpp", 0, 0},
         {"model", GQ_OPT_STR, &o.model_dir, "checkpoint whose completions are scored (fp16/bf16/fp32 or gq int4)", NULL,
@@ -55,12 +55,12 @@ int gq_cmd_eval(int argc, char **argv) {
          "canonical|broken", 0, 0},
         {"data", GQ_OPT_STR, &o.data, "another copy of the task's data file (default: the bundled one)", NULL, 0, 0},
         {"n-samples", GQ_OPT_INT, &o.n_samples, "completions per problem", NULL, 0, 0},
-        {"temperature", GQ_OPT_DOUBLE, &temperature, "sampling temperature (0: greedy)", NULL, 0, 0},
-        {"top-p", GQ_OPT_DOUBLE, &top_p, "nucleus sampling (1: off)", NULL, 0, 0},
-        {"top-k", GQ_OPT_INT, &top_k, "sample among the k most likely tokens (0: off)", NULL, 0, 0},
+        {"temperature", GQ_OPT_DOUBLE, &o.sampling.temperature, "sampling temperature (0: greedy)", NULL, 0, 0},
+        {"top-p", GQ_OPT_DOUBLE, &o.sampling.top_p, "nucleus sampling (1: off)", NULL, 0, 0},
+        {"top-k", GQ_OPT_INT, &o.sampling.top_k, "sample among the k most likely tokens (0: off)", NULL, 0, 0},
         {"seed", GQ_OPT_INT, &seed, "random seed (each problem and sample has its own stream)", NULL, 0, 0},
         {"k", GQ_OPT_STR, &ks, "pass@k to report (those <= --n-samples)", NULL, 0, 0},
-        {"max-new-tokens", GQ_OPT_INT, &max_new, "longest completion in tokens", NULL, 0, 0},
+        {"max-new-tokens", GQ_OPT_INT, &o.sampling.max_new_tokens, "longest completion in tokens", NULL, 0, 0},
         {"template", GQ_OPT_STR, &o.template_spec,
          "prompt: raw (the model continues the code), chat (tokenizer chat_template, an instruction) or a string with "
          "{question} (the code)",
@@ -102,10 +102,6 @@ int gq_cmd_eval(int argc, char **argv) {
     if (memory_mb < 0) return gq_err(GQ_ERR_ARG, "--memory-mb: expected >= 0 (0: unlimited), got %d", memory_mb);
     if (!(timeout > 0)) return gq_err(GQ_ERR_ARG, "--timeout: expected > 0 seconds, got %g", timeout);
     o.int4_kernel = strcmp(int4, "off") != 0;
-    o.sampling.max_new_tokens = max_new;
-    o.sampling.temperature = temperature;
-    o.sampling.top_p = top_p;
-    o.sampling.top_k = top_k;
     o.sampling.seed = (uint64_t)seed;
     o.sandbox.wall_s = timeout;
     o.sandbox.cpu_s = timeout;

@@ -2,7 +2,6 @@
  * file, or the canonical / broken controls) -> programs -> a pool of sandboxed python3 runs ->
  * crash-safe JSONL records (gq calib's output writer: batches, fsync, --resume cuts a torn tail) ->
  * pass@k per source and, with --base, per problem what the model lost or gained. */
-#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
