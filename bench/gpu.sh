@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe kld m30 m30f32 e2e gen stream calib
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
@@ -82,6 +82,14 @@ step_moe() {
     for s in mixtral qwen3moe; do
         GQ_LOG=debug run "layers_$s" 300 ./build/bench/bench_layers --shape "$s" --layers 3
         grep -A 8 "^$s on" "$LOGS/layers_$s.log" | tee -a "$SUMMARY"
+    done
+}
+
+# the same MoE layers with cudaMalloc / cudaFree per buffer (GQ_CUDA_POOL=0): what the pool saves
+step_nopool() {
+    for s in qwen3moe 7b; do
+        GQ_CUDA_POOL=0 GQ_LOG=debug run "layers_${s}_nopool" 300 ./build/bench/bench_layers --shape "$s" --layers 3
+        grep -A 8 "^$s on" "$LOGS/layers_${s}_nopool.log" | tee -a "$SUMMARY"
     done
 }
 

@@ -215,10 +215,44 @@ static int staged_download(gq_backend *be, void *dst, const void *src, size_t n,
 
 /* ---- buffers ---------------------------------------------------------------------------------------------- */
 
+/* Buffers come from the device's stream-ordered pool: a buffer released on the stream is reused by
+ * the next allocation of the stream without a device synchronisation (cudaFree waits for the whole
+ * device, and the scratch of every GPTQ solve and every decode step's logits used to pay it). The
+ * pool keeps what it has (release threshold: unlimited); an allocation that fails trims it and tries
+ * once more. Every op runs on the context's one stream, so stream order is all the reuse needs. */
+static cudaError_t dev_malloc(gq_cuda_ctx *c, void **p, size_t n) {
+    if (!c->pool) return cudaMalloc(p, n);
+    cudaError_t e = cudaMallocAsync(p, n, c->stream);
+    if (e != cudaErrorMemoryAllocation) return e;
+    (void)cudaGetLastError();
+    cudaStreamSynchronize(c->stream);
+    cudaMemPoolTrimTo(c->pool, 0);
+    return cudaMallocAsync(p, n, c->stream);
+}
+
+static void dev_free(gq_cuda_ctx *c, void *p) {
+    if (!p) return;
+    /* cudaFree synchronises the device; an error here means an earlier asynchronous failure,
+     * which the next checked call reports */
+    if ((c->pool ? cudaFreeAsync(p, c->stream) : cudaFree(p)) != cudaSuccess) (void)cudaGetLastError();
+}
+
+/* Device memory the pool holds but no buffer uses (free for gq, not for cudaMemGetInfo). */
+static size_t pool_idle_bytes(const gq_cuda_ctx *c) {
+    uint64_t reserved = 0, used = 0;
+    if (!c->pool || cudaMemPoolGetAttribute(c->pool, cudaMemPoolAttrReservedMemCurrent, &reserved) != cudaSuccess ||
+        cudaMemPoolGetAttribute(c->pool, cudaMemPoolAttrUsedMemCurrent, &used) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return reserved > used ? (size_t)(reserved - used) : 0;
+}
+
 static void *cuda_alloc(gq_backend *be, size_t bytes) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     void *p = NULL;
     size_t n = bytes ? (bytes + 255) / 256 * 256 : 256;
-    cudaError_t e = n >= bytes ? cudaMalloc(&p, n) : cudaErrorMemoryAllocation;
+    cudaError_t e = n >= bytes ? dev_malloc(c, &p, n) : cudaErrorMemoryAllocation;
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         size_t fr = 0, tot = 0;
@@ -227,17 +261,14 @@ static void *cuda_alloc(gq_backend *be, size_t bytes) {
         char b1[32], b2[32], b3[32];
         gq_err(GQ_ERR_NOMEM, "%s: cannot allocate %s of device memory (%s): %s free of %s", be->name,
                gq_fmt_bytes(b1, sizeof b1, (double)bytes), cudaGetErrorString(e),
-               gq_fmt_bytes(b2, sizeof b2, (double)fr), gq_fmt_bytes(b3, sizeof b3, (double)tot));
+               gq_fmt_bytes(b2, sizeof b2, (double)(fr + pool_idle_bytes(c))), gq_fmt_bytes(b3, sizeof b3, (double)tot));
         return NULL;
     }
     return p;
 }
 
 static void cuda_release(gq_backend *be, void *p) {
-    if (!p) return;
-    /* cudaFree synchronises the device; an error here means an earlier
-     * asynchronous failure, which the next checked call reports */
-    if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+    dev_free(gq_cuda_ctx_of(be), p);
 }
 
 void *gq_cuda_scratch(gq_backend *be, size_t bytes, const char *what) {
@@ -251,7 +282,7 @@ int gq_cuda_host_arrays(gq_backend *be, const void *h1, size_t n1, const void *h
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const size_t off2 = CEIL_DIV(n1, (size_t)16) * 16, need = off2 + n2;
     if (need > c->harr_bytes) {
-        /* cudaFree waits for the device, so kernels still reading the old buffer are done */
+        /* stream-ordered: kernels still reading the old buffer run before its memory is reused */
         gq_be_release(be, c->harr);
         c->harr_bytes = 0;
         const size_t cap = need < 4096 ? 4096 : need + need / 2;
@@ -305,7 +336,7 @@ static size_t cuda_free_bytes(const gq_backend *be) {
         (void)cudaGetLastError();
         return 0;
     }
-    return fr;
+    return fr + pool_idle_bytes(gq_cuda_ctx_of(be));
 }
 
 /* ---- weights ------------------------------------------------------------------------------------------------ */
@@ -455,13 +486,14 @@ static void cuda_free(gq_backend *be) {
         if (c->cublas) cublasDestroy(c->cublas);
         for (int k = 0; k < 2; k++) {
             if (c->stage_host[k]) cudaFreeHost(c->stage_host[k]);
-            if (c->stage_dev[k]) cudaFree(c->stage_dev[k]);
+            dev_free(c, c->stage_dev[k]);
             if (c->stage_ev[k]) cudaEventDestroy(c->stage_ev[k]);
         }
-        if (c->cublas_ws) cudaFree(c->cublas_ws);
-        if (c->rope_dev) cudaFree(c->rope_dev);
-        if (c->harr) cudaFree(c->harr);
-        if (be->q4_scratch) cudaFree(be->q4_scratch); /* w4a16.cu's dequantization buffer */
+        dev_free(c, c->cublas_ws);
+        dev_free(c, c->rope_dev);
+        dev_free(c, c->harr);
+        dev_free(c, be->q4_scratch); /* w4a16.cu's dequantization buffer */
+        if (c->stream) cudaStreamSynchronize(c->stream);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
         free(c);
@@ -492,6 +524,14 @@ static int cuda_setup(gq_backend *be, int device) {
         return gq_err(GQ_ERR_UNSUPPORTED, "CUDA device %d (%s) has compute capability %d.%d; gq needs 8.0 or newer",
                       device, c->prop.name, c->prop.major, c->prop.minor);
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    int pools = 0;
+    if (!gq_knobs_get()->cuda_no_pool &&
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) == cudaSuccess && pools) {
+        uint64_t keep = ~(uint64_t)0;
+        CUDA_CHECK(cudaDeviceGetDefaultMemPool(&c->pool, device));
+        CUDA_CHECK(cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    }
+    (void)cudaGetLastError();
     CUBLAS_CHECK(cublasCreate(&c->cublas));
     CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
     /* fp32 stays fp32 (no TF32 for cublasSgemm), and fp16 GEMMs reduce in

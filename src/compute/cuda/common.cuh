@@ -63,6 +63,9 @@ typedef struct {
     cublasHandle_t cublas;
     cusolverDnHandle_t cusolver;
     cusolverDnParams_t cusolver_params;
+    /* device buffers: CUDA's stream-ordered pool of the device (cudaMallocAsync / cudaFreeAsync on
+     * `stream`, memory kept for reuse), or NULL with GQ_CUDA_POOL=0 (cudaMalloc / cudaFree each) */
+    cudaMemPool_t pool;
     void *cublas_ws; /* cuBLAS workspace (device) */
     size_t cublas_ws_bytes;
     /* double-buffered staging for uploads/downloads: host[k] pinned, dev[k]
