@@ -239,7 +239,7 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
         }
         free(res);
         free(mods);
-        lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be)};
+        lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be) + gq_qlayer_solver_bytes(&q)};
         fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s, total %.3f s, peak %s\n", l,
                 l == 0 && layers > 1 ? " (warm-up)" : "", lt[l].fwd, lt[l].solve, lt[l].fwd + lt[l].solve,
                 gq_fmt_bytes(b1, sizeof b1, (double)lt[l].peak));

@@ -47,7 +47,7 @@ fi
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
-    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families build/tests/test_cuda_w4a16 build/tests/test_w4a16_ref build/tests/test_q4_model ||
+    run build 400 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_family build/tests/test_cuda_gptq build/tests/test_families build/tests/test_cuda_w4a16 build/tests/test_w4a16_ref build/tests/test_q4_model build/tests/test_qlayer_chunk ||
         { tail -n 60 "$LOGS/build.log"; exit 1; }
 }
 
@@ -63,6 +63,9 @@ step_test() {
     run test_families 300 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
     grep -E '^note: |RESULT' "$LOGS/test_families.log" | tee -a "$SUMMARY"
     grep -E '^(FAIL|SKIP)' "$LOGS/test_families.log" | head -n 60
+    # chunks and the MoE expert solves on several streams, on the GPU (fp32)
+    run test_qlayer_chunk 300 env GQ_TEST_DEVICE=cuda ./build/tests/test_qlayer_chunk
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_qlayer_chunk.log" | head -n 40
 }
 
 step_unit() {

@@ -24,6 +24,7 @@
  *   5. The partition: ragged chunks, each at most the budget unless one sequence is longer.
  *   6. A non-finite value still named by calibration sample and token (a NaN in sample 5, which
  *      sits in the second chunk; non-finite router logits in a chunk).
+ *   7. (GPU) MoE expert solves on several streams at once give bitwise the one-after-another run.
  * GQ_TEST_QUICK=1 (the sanitizer pass) leaves out pycoder-5m's GPTQ pass (about a third of the time).
  * GQ_TEST_DEVICE=cuda[:N]: the same on the GPU with --precision fp32 (fp32 activations and GEMMs,
  * the CPU's arithmetic in cuBLAS's order: the same bounds; skips without a GPU). Not fp16: there
@@ -355,6 +356,28 @@ static void check_resume(const char *what, const qrun *r) {
 }
 
 /* 1-4 on one model. */
+/* 7. MoE expert solves on several GPU streams at once (GQ_SOLVE_THREADS, default 4; qlayer.c
+ * solve_all) against one after another (1): each solve runs alone on its stream with the same
+ * kernels, so every code of every module and the NLL are bitwise equal. On the CPU the solves
+ * always run one after another (each uses every core): skipped there. */
+static void check_solve_threads(const gq_model *m, gq_backend *be, const data *d, const gq_gptq_params *p,
+                                const qrun *parallel) {
+    if (!gq_backend_is_gpu(be)) {
+        TEST_SKIP("%s: expert solves on several streams: a GPU's (the CPU solves one after another)", m->cfg.arch);
+        return;
+    }
+    qrun one;
+    setenv("GQ_SOLVE_THREADS", "1", 1);
+    quantize(m, be, d, p, 600, 0, 0, &one);
+    unsetenv("GQ_SOLVE_THREADS");
+    gq_knobs_reload();
+    TEST_CHECK(codes_equal(parallel, &one) && parallel->nll == one.nll,
+               "%s GPTQ: expert solves 4 at once vs one after another: bitwise equal codes (every module) and NLL "
+               "(%.6f vs %.6f)",
+               m->cfg.arch, parallel->nll, one.nll);
+    qrun_free(&one);
+}
+
 static void test_model(gq_backend *be, const data *d, const char *dir, int group) {
     gq_model m;
     TEST_BEGIN(dir);
@@ -395,6 +418,7 @@ static void test_model(gq_backend *be, const data *d, const char *dir, int group
             check_resume(w, &x[k]);
         }
         check_skip_rows(pass ? "GPTQ" : "RTN", &x[1], n_tok, m.cfg.layer_moe[0] ? m.cfg.top_k : 0);
+        if (pass && m.cfg.n_experts) check_solve_threads(&m, be, d, &p, &x[1]);
     }
     p.method = GQ_METHOD_RTN; /* --hessian-skip 5 */
     quantize(&m, be, d, &p, 1, 5, 0, &s[0]);

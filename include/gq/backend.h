@@ -53,6 +53,12 @@ void gq_backend_arith_id(const gq_backend *be, char *buf, size_t cap);
  * gq_backend_init, before any weight or activation buffer exists (it
  * changes gq_backend_act_dtype). Logs the choice. */
 int gq_backend_set_precision(gq_backend *be, const char *precision);
+/* A sibling of be for work beside be's on another host thread: the same device and precision,
+ * its own stream, library handles and scratch (CUDA). Buffers and weights of either may be used
+ * by the other once their producer is synchronised (gq_be_sync). Free it with
+ * gq_backend_free. GQ_ERR_UNSUPPORTED where the backend has none (the CPU, whose solves already
+ * use every core). */
+int gq_backend_fork(gq_backend *be, gq_backend **out);
 /* 1 if this build has CUDA support compiled in. */
 int gq_backend_cuda_compiled(void);
 /* Device memory: peak bytes allocated through this backend so far. */

@@ -17,6 +17,8 @@
  *   GQ_PPL_PARALLEL=windows|ops  perplexity schedule on the CPU         (timing)
  *   GQ_CPU_Q4=0|1              the CPU keeps 4-bit linears packed (gq_be_q4_supported), dequantizing
  *                              them per call: less memory, same numbers (bitwise), slower decode
+ *   GQ_SOLVE_THREADS=1..16     MoE expert solves run at once on a GPU, each on its own stream
+ *                              (default 4; 1: one after another; the same bits)        (timing)
  *   GQ_CUDA_POOL=1|0           device buffers from CUDA's stream-ordered pool (default), or
  *                              cudaMalloc / cudaFree each (0: the comparison)         (timing)
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
@@ -36,6 +38,7 @@ typedef struct {
     int stream_activations; /* GQ_STREAM_ACTIVATIONS */
     int ppl_ops;            /* GQ_PPL_PARALLEL=ops */
     int cpu_q4;             /* GQ_CPU_Q4=1 */
+    int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     char openblas_coretype[32];
 } gq_knobs;

@@ -82,11 +82,17 @@ typedef struct {
      * summed, before its solve (expert: -1 for a dense group); NULL: not called */
     void (*on_hessian)(void *user, int layer, gq_group g, int expert, const float *H, int K, int64_t rows);
     void *on_hessian_user;
+    /* MoE expert solves on a GPU: solvers[0] is be, solvers[1 ..] forks of it (gq_backend_fork),
+     * one per solve thread (GQ_SOLVE_THREADS), made at the first MoE stage */
+    gq_backend **solvers;
+    int n_solvers, fork_failed;
     /* cumulative seconds (device work synchronised at stage ends) */
     double t_stages;  /* stages A-E, Hessian accumulation included */
     double t_hessian; /* of which the Hessian updates (on a GPU an estimate, see above) */
-    double t_solve;
+    double t_solve;   /* wall seconds of the solves (MoE: several at once) */
 } gq_qlayer;
+
+#define GQ_QLAYER_MAX_SOLVERS 16
 
 /* Allocate the activation buffers for n_seq sequences of len[i] tokens, on
  * `be` when they fit (with room for a layer's work), else in host memory
@@ -102,6 +108,8 @@ void gq_qlayer_free(gq_qlayer *q);
 /* Sequence i's layer input from f32 host rows [len[i]][hidden]; and back. */
 int gq_qlayer_set_x(gq_qlayer *q, int i, const float *src);
 int gq_qlayer_get_x(gq_qlayer *q, int i, float *dst);
+/* Peak device bytes of the solve forks (besides gq_be_peak_bytes of the layer's backend). */
+size_t gq_qlayer_solver_bytes(const gq_qlayer *q);
 /* Bytes of activation memory (on the backend, or on the host when streaming). */
 size_t gq_qlayer_bytes(const gq_qlayer *q);
 

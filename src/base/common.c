@@ -108,6 +108,7 @@ void gq_log(gq_log_level lvl, const char *fmt, ...) {
     if (!log_env_read) log_env();
     if (lvl > log_level) return;
     va_list ap;
+    flockfile(stderr); /* one line per message, also from worker threads */
     if (lvl == GQ_LOG_WARN) fputs("warning: ", stderr);
     if (lvl == GQ_LOG_ERROR) fputs("error: ", stderr);
     va_start(ap, fmt);
@@ -115,6 +116,7 @@ void gq_log(gq_log_level lvl, const char *fmt, ...) {
     va_end(ap);
     fputc('\n', stderr);
     fflush(stderr);
+    funlockfile(stderr);
 }
 
 /* ---- time, memory ------------------------------------------------------- */

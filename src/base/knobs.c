@@ -53,6 +53,7 @@ void gq_knobs_reload(void) {
     knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2);
     knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2);
     knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1);
+    knobs.solve_threads = env_int("GQ_SOLVE_THREADS", 1, 16);
     knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
@@ -78,6 +79,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
         if (k->stream_activations) ADD("%sGQ_STREAM_ACTIVATIONS=1", len ? " " : "");
         if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");
         if (k->cpu_q4) ADD("%sGQ_CPU_Q4=1", len ? " " : "");
+        if (k->solve_threads) ADD("%sGQ_SOLVE_THREADS=%d", len ? " " : "", k->solve_threads);
         if (k->cuda_no_pool) ADD("%sGQ_CUDA_POOL=0", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
     }

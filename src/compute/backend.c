@@ -204,6 +204,14 @@ int gq_backend_set_precision(gq_backend *be, const char *precision) {
     return GQ_OK;
 }
 
+int gq_backend_fork(gq_backend *be, gq_backend **out) {
+    *out = NULL;
+    if (!be->iface->fork) return gq_err(GQ_ERR_UNSUPPORTED, "backend %s cannot fork", be->name);
+    int rc = be->iface->fork(be, out);
+    if (rc == GQ_OK) (*out)->act_dtype = be->act_dtype;
+    return rc;
+}
+
 size_t gq_be_peak_bytes(const gq_backend *be) {
     return be->peak_bytes;
 }

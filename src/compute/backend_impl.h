@@ -21,6 +21,7 @@ struct gq_backend_i {
     int (*copy_act)(gq_backend *be, void *dst, const void *src, size_t n);
     int (*sync)(gq_backend *be);
     size_t (*free_bytes)(const gq_backend *be); /* (optional) */
+    int (*fork)(gq_backend *be, gq_backend **out); /* (optional) gq_backend_fork */
 
     int (*weight_upload)(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols);
     int (*weight_upload_raw)(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols);

@@ -623,7 +623,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     rep->t_solve += r.q.t_solve;
     rep->t_forward = r.q.t_stages - r.q.t_hessian;
     rep->peak_rss = gq_peak_rss();
-    rep->peak_device = gq_be_peak_bytes(r.be);
+    rep->peak_device = gq_be_peak_bytes(r.be) + gq_qlayer_solver_bytes(&r.q);
     rep->t_total = gq_now() - t_start;
     /* free the activations before assembling the output */
     gq_qlayer_free(&r.q);

@@ -2,6 +2,7 @@
 #include "gq/knobs.h"
 #include "gq/qlayer.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -201,6 +202,8 @@ int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq
 
 void gq_qlayer_free(gq_qlayer *q) {
     if (!q || !q->be) return;
+    for (int i = 1; i < q->n_solvers; i++) gq_backend_free(q->solvers[i]);
+    free(q->solvers);
     free_chunks(q);
     gq_be_release(q->be, q->X);
     gq_be_release(q->be, q->A);
@@ -210,6 +213,12 @@ void gq_qlayer_free(gq_qlayer *q) {
     free(q->off);
     free(q->inv_freq);
     memset(q, 0, sizeof *q);
+}
+
+size_t gq_qlayer_solver_bytes(const gq_qlayer *q) {
+    size_t n = 0;
+    for (int i = 1; i < q->n_solvers; i++) n += gq_be_peak_bytes(q->solvers[i]);
+    return n;
 }
 
 /* ---- activations: resident on the backend, or host copies streamed through windows ---------- */
@@ -446,15 +455,21 @@ static const char *group_what(gq_group g) {
     return w[g];
 }
 
-/* Solve one stacked weight with Hessian H and slice the result into its modules in res. */
-static int solve_one(stage_t *st, int hi, const gq_gptq_params *p, const gq_module *mods, int nmods,
-                     gq_qresult *res) {
+static void solve_what(const stage_t *st, int hi, char *buf, size_t cap) {
+    if (st->n_h > 1) snprintf(buf, cap, "expert %d %s", hi, group_what(st->g));
+    else snprintf(buf, cap, "%s", group_what(st->g));
+}
+
+/* Solve stacked weight hi with its Hessian on `be` (the layer's backend, or a fork of it on a
+ * worker thread) and slice the result into its modules in res. Distinct hi may run at once.
+ * Errors: the status, with the message in this thread's error state (solve_failed adds where). */
+static int solve_on(stage_t *st, gq_backend *be, int hi, const gq_gptq_params *p, const gq_module *mods, int nmods,
+                    gq_qresult *res) {
     gq_qlayer *q = st->q;
     int e = st->n_h > 1 ? hi : -1;
     gq_gptq_params pe = *p;
     char what[96];
-    snprintf(what, sizeof what, "%s", group_what(st->g));
-    if (e >= 0) snprintf(what, sizeof what, "expert %d %s", e, group_what(st->g));
+    solve_what(st, hi, what, sizeof what);
     if (e >= 0 && st->tokens[hi] < q->moe_min_tokens) { /* the stated policy for starved experts */
         gq_warn("layer %d expert %d: %lld calibration tokens routed to it (fewer than %d): %s rounded to nearest",
                 st->l, e, (long long)st->tokens[hi], q->moe_min_tokens, group_what(st->g));
@@ -462,13 +477,9 @@ static int solve_one(stage_t *st, int hi, const gq_gptq_params *p, const gq_modu
     }
     gq_qresult g;
     double t0 = gq_now();
-    int rc = gq_be_gptq(q->be, &pe, st->H[hi], 2.0 / (double)q->n_seq, gq_blayer_weight(st->bl, st->g, e), &g);
+    int rc = gq_be_gptq(be, &pe, st->H[hi], 2.0 / (double)q->n_seq, gq_blayer_weight(st->bl, st->g, e), &g);
     double secs = gq_now() - t0;
-    q->t_solve += secs;
-    if (rc) {
-        gq_err_prefix("layer %d %s", st->l, what);
-        return rc == GQ_ERR_NUMERIC ? locate_nonfinite(st, 0, q->n_chunks, st->g >= GQ_GRP_MLP_IN) : rc;
-    }
+    if (rc) return rc;
     if (g.fallback)
         gq_warn("layer %d %s: Cholesky failed even with damping %g; quantized by rounding to nearest", st->l, what,
                 g.damp_used);
@@ -481,6 +492,74 @@ static int solve_one(stage_t *st, int hi, const gq_gptq_params *p, const gq_modu
     return GQ_OK;
 }
 
+/* On the calling thread, after solve_on of hi failed with rc: name the layer and module, and for
+ * non-finite inputs the first calibration row that made them. */
+static int solve_failed(stage_t *st, int hi, int rc) {
+    char what[96];
+    solve_what(st, hi, what, sizeof what);
+    gq_err_prefix("layer %d %s", st->l, what);
+    return rc == GQ_ERR_NUMERIC ? locate_nonfinite(st, 0, st->q->n_chunks, st->g >= GQ_GRP_MLP_IN) : rc;
+}
+
+/* Threads for a stage's n_h solves: 1 on the CPU (its solves use every core) and for dense
+ * stages; for MoE on a GPU GQ_SOLVE_THREADS (default 4), each with a fork of the backend (its
+ * own stream: small expert solves, latency-bound one by one, overlap). Forks are made once per
+ * qlayer; one that cannot be made leaves fewer threads (warned). */
+static int solve_threads(gq_qlayer *q, int n_h) {
+    if (n_h < 2 || !gq_backend_is_gpu(q->be)) return 1;
+    int want = gq_knobs_get()->solve_threads ? gq_knobs_get()->solve_threads : 4;
+    if (want > n_h) want = n_h;
+    if (!q->solvers) {
+        q->solvers = gq_calloc(GQ_QLAYER_MAX_SOLVERS, sizeof *q->solvers);
+        q->solvers[0] = q->be;
+        q->n_solvers = 1;
+    }
+    while (q->n_solvers < want && !q->fork_failed) {
+        if (gq_backend_fork(q->be, &q->solvers[q->n_solvers]) != GQ_OK) {
+            gq_warn("expert solves: a second stream for the solves failed (%s); %d at once", gq_errmsg(),
+                    q->n_solvers);
+            gq_err_clear();
+            q->fork_failed = 1;
+            break;
+        }
+        q->n_solvers++;
+    }
+    return want < q->n_solvers ? want : q->n_solvers;
+}
+
+/* Every solve of the stage: one after another, or (MoE on a GPU) on solve_threads threads in
+ * dynamic order; the results are the same either way (each solve alone on its stream). The first
+ * failing Hessian by index is reported, as one after another would. */
+static int solve_all(stage_t *st, const gq_gptq_params *p, const gq_module *mods, int nmods, gq_qresult *res) {
+    gq_qlayer *q = st->q;
+    const int nt = solve_threads(q, st->n_h);
+    const double t0 = gq_now();
+    int rc = GQ_OK;
+    if (nt <= 1) {
+        for (int i = 0; i < st->n_h && !rc; i++)
+            if ((rc = solve_on(st, q->be, i, p, mods, nmods, res)) != GQ_OK) rc = solve_failed(st, i, rc);
+        q->t_solve += gq_now() - t0;
+        return rc;
+    }
+    int *rcs = gq_calloc((size_t)st->n_h, sizeof *rcs);
+    char(*msg)[512] = gq_calloc((size_t)st->n_h, sizeof *msg);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int i = 0; i < st->n_h; i++) {
+        rcs[i] = solve_on(st, q->solvers[omp_get_thread_num()], i, p, mods, nmods, res);
+        if (rcs[i]) snprintf(msg[i], sizeof msg[i], "%s", gq_errmsg());
+    }
+    for (int t = 0; t < nt && !rc; t++) rc = gq_be_sync(q->solvers[t]);
+    q->t_solve += gq_now() - t0;
+    for (int i = 0; i < st->n_h && !rc; i++)
+        if (rcs[i]) {
+            gq_err(rcs[i], "%s", msg[i]);
+            rc = solve_failed(st, i, rcs[i]);
+        }
+    free(rcs);
+    free(msg);
+    return rc;
+}
+
 /* End of a stage loop: the Hessian seconds (the timed updates', scaled by the rows of all), then
  * solve every Hessian of the stage. */
 static int stage_end(stage_t *st, int rc, const gq_gptq_params *p, const gq_module *mods, int nmods,
@@ -490,11 +569,9 @@ static int stage_end(stage_t *st, int rc, const gq_gptq_params *p, const gq_modu
     q->t_stages += gq_now() - st->t0;
     if (st->rows_timed > 0) q->t_hessian += st->t_timed * ((double)st->rows_all / (double)st->rows_timed);
     if (rc) gq_err_prefix("layer %d %s", st->l, group_what(st->g));
-    for (int i = 0; i < st->n_h && !rc; i++) {
-        if (q->on_hessian) q->on_hessian(q->on_hessian_user, st->l, st->g, st->n_h > 1 ? i : -1, st->H[i], st->K,
-                                         st->tokens[i]);
-        rc = solve_one(st, i, p, mods, nmods, res);
-    }
+    for (int i = 0; i < st->n_h && !rc && q->on_hessian; i++)
+        q->on_hessian(q->on_hessian_user, st->l, st->g, st->n_h > 1 ? i : -1, st->H[i], st->K, st->tokens[i]);
+    if (!rc) rc = solve_all(st, p, mods, nmods, res);
     stage_free(st);
     return rc;
 }

@@ -436,6 +436,10 @@ static void cuda_free(gq_backend *be);
 
 static struct gq_backend_i cuda_iface; /* filled once by fill_iface() */
 
+static int cuda_fork(gq_backend *be, gq_backend **out) {
+    return gq_backend_cuda_init(out, gq_cuda_ctx_of(be)->device);
+}
+
 static void fill_iface(void) {
     struct gq_backend_i *f = &cuda_iface;
     f->free = cuda_free;
@@ -449,6 +453,7 @@ static void fill_iface(void) {
     f->copy_act = cuda_copy_act;
     f->sync = cuda_sync;
     f->free_bytes = cuda_free_bytes;
+    f->fork = cuda_fork;
     f->weight_upload = cuda_weight_upload;
     f->weight_upload_raw = cuda_weight_upload_raw;
     f->weight_free = cuda_weight_free;
@@ -473,6 +478,7 @@ static void fill_iface(void) {
 }
 
 static int is_cuda(const gq_backend *be) { return be && be->iface == &cuda_iface; }
+
 
 /* Free everything the context holds; tolerates a partly built context.
  * Device buffers are freed directly: backend.c has already dropped its

@@ -867,5 +867,7 @@ static const gq_gptq_ops cuda_gptq_ops = {"CUDA",      GPTQ_BLK,   sizeof(gptq_d
 
 /* The backend's `gptq` entry (backend_cuda.cu's vtable): the driver over the primitives above. */
 int gq_cuda_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res) {
+    /* the device is per host thread: a forked backend's solves run on worker threads (qlayer.c) */
+    CUDA_CHECK(cudaSetDevice(gq_cuda_ctx_of(be)->device));
     return gq_gptq_drive(&cuda_gptq_ops, be, p, W, H, h_scale, res);
 }
