@@ -689,6 +689,11 @@ static void run_suite(pair *P) {
         int s2[8], p2[8];
         for (int r = 0; r < 8; r++) s2[r] = 7 - r, p2[r] = (r * 37) % 299; /* every slot, one kv head */
         test_decode(P, 8, 4, 1, 64, 300, s2, p2);
+        /* long caches: the keys cut into splits merged by decode_merge_kernel (16 and 8 splits on
+         * a 132-SM card), one row far shorter than the other (its later splits are empty) */
+        const int s3[2] = {1, 4}, p3[2] = {3000, 140}, s4[1] = {6}, p4[1] = {2047};
+        test_decode(P, 2, 8, 2, 128, 3100, s3, p3);
+        test_decode(P, 1, 32, 4, 128, 2100, s4, p4);
     }
     snprintf(title, sizeof title, "cuda models%s", pass);
     TEST_BEGIN(title);

@@ -9,13 +9,20 @@
  *                              the n_heads q and n_kv k heads at pos[r] (the
  *                              arithmetic of rope_kernel), then writes k and
  *                              v into the caches at pos[r];
- *   decode_attn_kernel         block per (head, row), DEC_WARPS warps each
- *                              taking every DEC_WARPS-th chunk of 32 keys
- *                              with an online softmax (as attn_v1_kernel),
- *                              partial (max, sum, o) merged in shared memory.
- *                              With a sliding window the chunks start at the
- *                              window's first key; scale and soft-cap as
- *                              gq_attn_opts.
+ *   decode_attn_kernel         block per (head, row, split), DEC_WARPS warps
+ *                              each taking every DEC_WARPS-th chunk of 32
+ *                              keys of the split's key range with an online
+ *                              softmax (as attn_v1_kernel), partial (max,
+ *                              sum, o) merged in shared memory. With a
+ *                              sliding window the keys start at the window's
+ *                              first key; scale and soft-cap as gq_attn_opts.
+ *   decode_merge_kernel        (splits > 1) block per (head, row): the
+ *                              splits' partials merged (flash-decoding).
+ * One split per (head, row) leaves batch-1 decode with n_heads blocks (32 for
+ * a 7B) on a 132-SM card, far too few loads in flight to read a long KV
+ * cache at the memory's rate; so the keys are cut into splits of a multiple
+ * of 32 keys, enough for about two blocks per SM, each split at least 128
+ * keys. With one split the kernel writes O itself (the one-block result).
  * slot[] and pos[] travel to the device each call (B ints each).
  */
 #include <math.h>
@@ -24,6 +31,7 @@
 
 #define DEC_WARPS 4
 #define DEC_MAX_HD 256
+#define DEC_MAX_SPLIT 64
 
 template <typename E>
 static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc, size_t stride,
@@ -45,15 +53,18 @@ static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc
     }
 }
 
+/* part: with gridDim.z > 1 splits, per (row, head, split) the max, the sum and the unnormalised
+ * output [hd] (fp32), at ((r * nh + h) * nsplit + split) * (hd + 2); split_keys keys a split. */
 template <typename E>
 static __global__ void __launch_bounds__(DEC_WARPS * 32)
     decode_attn_kernel(E *O, int ldo, const E *QKV, int ldqkv, const E *Kc, const E *Vc, size_t stride, int ldkv,
-                       const int *slot, const int *posv, int group, int hd, float scale, float cap, int window) {
+                       const int *slot, const int *posv, int group, int hd, float scale, float cap, int window,
+                       int split_keys, float *part) {
     __shared__ float qs[DEC_MAX_HD];
     __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
     __shared__ float wo[DEC_WARPS][DEC_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int h = blockIdx.x, r = blockIdx.y, kvh = h / group;
+    const int h = blockIdx.x, r = blockIdx.y, kvh = h / group, nsplit = gridDim.z;
     const int pos = posv[r]; /* last visible key */
     const E *q = QKV + (size_t)r * ldqkv + (size_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = to_f(q[d]);
@@ -64,9 +75,11 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
 #pragma unroll
     for (int e = 0; e < DEC_MAX_HD / 32; e++) o[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    const int k1 = attn_first_key(pos, window); /* first visible key (0 without a window) */
-    for (int k0 = k1 + warp * 32; k0 <= pos; k0 += DEC_WARPS * 32)
-        attn_chunk<DEC_MAX_HD>(qs, Kh, ldkv, Vh, ldkv, k0, pos, hd, scale, cap, m, l, o);
+    /* this split's keys kb .. ke (the first visible key k1: 0 without a window) */
+    const int kb = attn_first_key(pos, window) + (int)blockIdx.z * split_keys;
+    const int ke = nsplit == 1 || kb + split_keys - 1 > pos ? pos : kb + split_keys - 1;
+    for (int k0 = kb + warp * 32; k0 <= ke; k0 += DEC_WARPS * 32)
+        attn_chunk<DEC_MAX_HD>(qs, Kh, ldkv, Vh, ldkv, k0, ke, hd, scale, cap, m, l, o);
     if (lane == 0) {
         wm[warp] = m; /* -inf for a warp that saw no key */
         wl[warp] = l;
@@ -77,9 +90,10 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
         if (d < hd) wo[warp][d] = o[e];
     }
     __syncthreads();
+    float *pp = nsplit > 1 ? part + ((size_t)(r * gridDim.x + h) * nsplit + blockIdx.z) * (hd + 2) : NULL;
+    float M = wm[0]; /* one split: warp 0 saw key k1 */
+    for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float M = wm[0]; /* warp 0 saw key k1 */
-        for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
         float L = 0.0f, acc = 0.0f;
         for (int w = 0; w < DEC_WARPS; w++) {
             if (wm[w] == -INFINITY) continue;
@@ -87,24 +101,68 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
             L += wl[w] * a;
             acc += wo[w][d] * a;
         }
+        if (!pp) {
+            put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
+            continue;
+        }
+        pp[2 + d] = acc;
+        if (d == 0) {
+            pp[0] = M; /* -inf: a split past this row's last key */
+            pp[1] = L;
+        }
+    }
+}
+
+/* The splits' partials of (head blockIdx.x, row blockIdx.y) into O. */
+template <typename E>
+static __global__ void decode_merge_kernel(E *O, int ldo, const float *part, int nsplit, int hd) {
+    const int h = blockIdx.x, r = blockIdx.y;
+    const float *pp = part + (size_t)(r * gridDim.x + h) * nsplit * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[(size_t)s * (hd + 2)]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < nsplit; s++) {
+            const float *ps = pp + (size_t)s * (hd + 2);
+            if (ps[0] == -INFINITY) continue;
+            const float a = expf(ps[0] - M);
+            L += ps[1] * a;
+            acc += ps[2 + d] * a;
+        }
         put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
     }
 }
 
-/* The two kernels on the stream; dslot, dpos: slot[B] and pos[B] on the device. */
+/* Splits for B rows of n_heads heads whose longest key range is `keys`: about two blocks per SM,
+ * at least 128 keys a split (a multiple of 32), at most DEC_MAX_SPLIT. */
+static int decode_splits(const gq_cuda_ctx *c, int B, int n_heads, int keys, int *split_keys) {
+    const int blocks = B * n_heads, want = CEIL_DIV(2 * c->prop.multiProcessorCount, blocks);
+    int n = want < CEIL_DIV(keys, 128) ? want : CEIL_DIV(keys, 128);
+    n = n < 1 ? 1 : n > DEC_MAX_SPLIT ? DEC_MAX_SPLIT : n;
+    *split_keys = CEIL_DIV(CEIL_DIV(keys, n), 32) * 32;
+    return CEIL_DIV(keys, *split_keys);
+}
+
+/* The kernels on the stream; dslot, dpos: slot[B] and pos[B] on the device; part: the splits'
+ * scratch (nsplit > 1). */
 template <typename E>
 static int launch_decode(gq_cuda_ctx *c, E *O, int ldo, E *QKV, int ldqkv, int B, E *Kc, E *Vc, size_t slot_stride,
                          int ldkv, const int *dslot, const int *dpos, int n_heads, int n_kv, int head_dim, int rot,
-                         float scale, float cap, int window) {
+                         float scale, float cap, int window, int nsplit, int split_keys, float *part) {
     const int work = (n_heads + n_kv) * (rot / 2);
     const int threads = work >= 256 ? 256 : CEIL_DIV(work, 32) * 32;
     decode_rope_append_kernel<<<B, threads, (size_t)rot * sizeof(float), c->stream>>>(
         QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot, dpos, n_heads, n_kv, head_dim, rot, c->rope_dev);
     CUDA_CHECK_LAUNCH();
-    dim3 grid(n_heads, B);
+    dim3 grid(n_heads, B, nsplit);
     decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot,
-                                                               dpos, n_heads / n_kv, head_dim, scale, cap, window);
+                                                               dpos, n_heads / n_kv, head_dim, scale, cap, window,
+                                                               split_keys, part);
     CUDA_CHECK_LAUNCH();
+    if (nsplit > 1) {
+        decode_merge_kernel<<<dim3(n_heads, B), 128, 0, c->stream>>>(O, ldo, part, nsplit, head_dim);
+        CUDA_CHECK_LAUNCH();
+    }
     return GQ_OK;
 }
 
@@ -123,11 +181,26 @@ int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ld
     if (rc != GQ_OK) return rc;
     const float scale = gq_cuda_attn_scale(o, head_dim), cap = o ? o->softcap : 0.0f;
     const int window = o ? o->window : 0;
+    int keys = 1; /* the longest row's visible keys */
+    for (int r = 0; r < B; r++) {
+        const int k = window > 0 && pos[r] + 1 > window ? window : pos[r] + 1;
+        keys = k > keys ? k : keys;
+    }
+    int split_keys = keys;
+    const int nsplit = decode_splits(c, B, n_heads, keys, &split_keys);
+    float *part = NULL;
+    if (nsplit > 1 &&
+        !(part = (float *)gq_cuda_scratch(be, (size_t)B * n_heads * nsplit * (head_dim + 2) * sizeof(float),
+                                          "decode attention splits")))
+        return gq_errcode();
     if (gq_cuda_f32(be))
-        return launch_decode(c, (float *)O, ldo, (float *)QKV, ldqkv, B, (float *)Kc, (float *)Vc, slot_stride, ldkv,
-                             (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap,
-                             window);
-    return launch_decode(c, (__half *)O, ldo, (__half *)QKV, ldqkv, B, (__half *)Kc, (__half *)Vc, slot_stride, ldkv,
-                         (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap,
-                         window);
+        rc = launch_decode(c, (float *)O, ldo, (float *)QKV, ldqkv, B, (float *)Kc, (float *)Vc, slot_stride, ldkv,
+                           (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap, window,
+                           nsplit, split_keys, part);
+    else
+        rc = launch_decode(c, (__half *)O, ldo, (__half *)QKV, ldqkv, B, (__half *)Kc, (__half *)Vc, slot_stride,
+                           ldkv, (const int *)dslot, (const int *)dpos, n_heads, n_kv, head_dim, rot, scale, cap,
+                           window, nsplit, split_keys, part);
+    gq_be_release(be, part); /* stream-ordered: reused only after the kernels (the pool) */
+    return rc;
 }
