@@ -190,6 +190,25 @@ static void test_prepacked(int bits) {
                    "sliced qweight [%d, +%d) == packing the sliced codes", sl[i][0], sl[i][1]);
     }
 
+    /* codes NULL (gq_gptq_params.skip_codes): packed from the qweight alone, the same bytes;
+     * its slices have no codes and the same qweight columns; without a qweight of the width it
+     * is incomplete */
+    {
+        uint8_t *codes = r.codes;
+        r.codes = NULL;
+        TEST_OK(gq_pack(&r, bits, 0, &pk), "pack with a qweight and no codes");
+        TEST_CHECK(packed_equal(&pk, &ref), "no codes: packed output byte-identical");
+        gq_packed_free(&pk);
+        gq_qresult s;
+        gq_qresult_slice(&r, m, m, &s);
+        TEST_CHECK(!s.codes && s.qweight && s.scales, "a slice of a result without codes has none, and a qweight");
+        gq_qresult_free(&s);
+        r.qweight_bits = bits == 8 ? 4 : 8;
+        TEST_FAILS(gq_pack(&r, bits, 0, &pk), GQ_ERR_ARG, "incomplete");
+        r.qweight_bits = bits;
+        r.codes = codes;
+    }
+
     /* the qweight is trusted at its width: poisoned words come out as they are */
     memset(r.qweight, 0xA5, nqw * 4);
     TEST_OK(gq_pack(&r, bits, 0, &pk), "pack with a poisoned qweight");

@@ -85,6 +85,9 @@ typedef struct {
     int clip_grid;         /* shrink factors p = 1 - i / clip_grid (GQ_CLIP_GRID, 100) */
     double clip_maxshrink; /* i < int(clip_maxshrink * clip_grid) (GQ_CLIP_MAXSHRINK, 0.8: 80 candidates) */
     float clip_norm;       /* error exponent (GQ_CLIP_NORM, 2.4) */
+    int skip_codes;        /* 1: a result that gets a packed qweight (the CUDA solve, packable shapes)
+                              leaves codes NULL: the export reads only qweight, and the codes'
+                              download and copies cost ~0.15 s a 7B layer. 0 (default): codes too */
 } gq_gptq_params;
 
 void gq_gptq_params_default(gq_gptq_params *p);
@@ -97,7 +100,8 @@ int gq_clip_parse(const char *s, gq_clip *out);
 
 typedef struct {
     int rows, cols, ngroups;
-    uint8_t *codes;   /* [rows][cols] integer codes, original column order */
+    uint8_t *codes;   /* [rows][cols] integer codes, original column order (NULL: only qweight,
+                         gq_gptq_params.skip_codes) */
     float *scales;    /* [ngroups][rows], each exactly fp16-representable */
     int32_t *zeros;   /* [ngroups][rows], in [0, maxq] (>= 1 under GQ_ZERO_V1) */
     int32_t *g_idx;   /* [cols] group of each input column */

@@ -72,7 +72,7 @@ void gq_packed_free(gq_packed *p) {
 static int check_result(const gq_qresult *r, int bits, int v2) {
     const int maxq = gq_maxq(bits);
     const size_t rows = (size_t)r->rows, cols = (size_t)r->cols;
-    for (size_t i = 0; i < rows * cols; i++)
+    for (size_t i = 0; r->codes && i < rows * cols; i++) /* (a packed qweight holds bits-wide codes) */
         if (r->codes[i] > maxq)
             return gq_err(GQ_ERR_ARG, "pack: code %d at output row %zu, input column %zu does not fit in %d bits",
                           r->codes[i], i / cols, i % cols, bits);
@@ -103,7 +103,8 @@ static int check_result(const gq_qresult *r, int bits, int v2) {
 
 int gq_pack(const gq_qresult *r, int bits, int v2, gq_packed *out) {
     memset(out, 0, sizeof *out);
-    if (!r || !r->codes || !r->scales || !r->zeros || !r->g_idx || r->ngroups <= 0)
+    if (!r || !r->scales || !r->zeros || !r->g_idx || r->ngroups <= 0 ||
+        (!r->codes && !(r->qweight && r->qweight_bits == bits)))
         return gq_err(GQ_ERR_ARG, "pack: incomplete quantizer result");
     int st = gq_pack_check(r->rows, r->cols, bits);
     if (st != GQ_OK) return st;

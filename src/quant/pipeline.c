@@ -514,10 +514,12 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
         rc = rtn_layer(r, l, mods, n, res);
     } else {
         gq_blayer bl;
+        gq_gptq_params gp = r->o->gptq;
+        gp.skip_codes = 1; /* the export packs from qweight where the solve packed it */
         double t0 = gq_now();
         rc = gq_blayer_load(r->be, &r->m, l, &bl);
         r->rep->t_load += gq_now() - t0;
-        if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, res);
+        if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &gp, res);
         gq_blayer_free(r->be, &bl);
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);

@@ -485,7 +485,12 @@ static int solve_on(stage_t *st, gq_backend *be, int hi, const gq_gptq_params *p
                 g.damp_used);
     for (int k = 0; k < nmods; k++) {
         if (mods[k].group != st->g || mods[k].expert != e) continue;
-        gq_qresult_slice(&g, mods[k].row0, mods[k].rows, &res[k]);
+        if (mods[k].row0 == 0 && mods[k].rows == g.rows) { /* the module is the whole weight: moved */
+            res[k] = g;
+            memset(&g, 0, sizeof g);
+        } else {
+            gq_qresult_slice(&g, mods[k].row0, mods[k].rows, &res[k]);
+        }
         res[k].seconds = secs;
     }
     gq_qresult_free(&g);

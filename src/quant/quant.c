@@ -158,8 +158,10 @@ void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
     o->rows = n;
     o->cols = r->cols;
     o->ngroups = r->ngroups;
-    o->codes = gq_malloc((size_t)n * r->cols);
-    memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    if (r->codes) {
+        o->codes = gq_malloc((size_t)n * r->cols);
+        memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    }
     o->scales = gq_malloc((size_t)r->ngroups * n * sizeof(float));
     o->zeros = gq_malloc((size_t)r->ngroups * n * sizeof(int32_t));
     for (int g = 0; g < r->ngroups; g++) {

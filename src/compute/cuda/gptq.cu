@@ -846,7 +846,12 @@ static int cuda_finish(gq_gptq_job *j) {
         res->qweight_bits = bits;
         TRY(gq_be_download(be, res->qweight, m->qweight, nqw * sizeof(int32_t)));
     }
-    TRY(gq_be_download(be, res->codes, m->codes_out ? m->codes_out : m->codes, nW));
+    if (j->p->skip_codes && res->qweight) {
+        free(res->codes); /* never touched: calloc'd pages */
+        res->codes = NULL;
+    } else {
+        TRY(gq_be_download(be, res->codes, m->codes_out ? m->codes_out : m->codes, nW));
+    }
     TRY(gq_be_download(be, res->scales, m->scales, ng * sizeof(float)));
     TRY(gq_be_download(be, res->zeros, m->zeros, ng * sizeof(int32_t)));
     c->gptq_timing.prep = j->t_prep;
