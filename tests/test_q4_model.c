@@ -156,8 +156,8 @@ static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int3
     TEST_OK(gq_model_open(&on, out), "open (int4 kernel)");
     TEST_OK(gq_model_open(&off, out), "open (dequantized)");
     if (!on.st || !off.st) goto done;
-    TEST_CHECK(off.q4_resident == 0, "gq_model_open dequantizes 4-bit linears unless asked (--int4-kernel off)");
-    on.q4_resident = 1;
+    TEST_CHECK(on.q4_resident == 1, "gq_model_open keeps 4-bit linears packed where supported (--int4-kernel on)");
+    off.q4_resident = 0;
     check_layer(be, &on, 1, "int4 kernel");
     check_layer(be, &off, 0, "--int4-kernel off");
     gq_ppl_opts po;

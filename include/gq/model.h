@@ -66,9 +66,9 @@ typedef struct {
     gq_st *st;
     int quantized; /* linears stored as qweight/qzeros/scales/g_idx */
     int fused;     /* MoE experts in the fused 3-D layout (gq_st_fused_experts) */
-    int q4_resident; /* 1: gq_blayer_load keeps 4-bit linears packed on a backend that runs them
-                        (gq_be_q4_supported; `--int4-kernel on`); 0 (gq_model_open's default, until
-                        the CUDA kernel has run its GPU tests): dequantized at load */
+    int q4_resident; /* 1 (gq_model_open's default; `--int4-kernel on`): gq_blayer_load keeps 4-bit
+                        linears packed on a backend that runs them (gq_be_q4_supported: CUDA; the
+                        CPU with GQ_CPU_Q4=1); 0: dequantized at load */
 } gq_model;
 
 /* Reads config.json, opens the safetensors and runs gq_model_check: a

@@ -25,7 +25,7 @@ int gq_cmd_calib(int argc, char **argv) {
     gq_calib_gen_opts_default(&o);
     const char *qfmt = "auto";
     int seed = 0;
-    const char *int4 = "off";
+    const char *int4 = "on";
     gq_opt opts[] = {
         {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32 or gq int4)", NULL, 0,
          0},
@@ -59,7 +59,7 @@ int gq_cmd_calib(int argc, char **argv) {
         {"max-len", GQ_OPT_INT, &o.max_len, "tokens per sequence, prompt included (0: longest prompt + max-new-tokens)",
          NULL, 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads (0: all cores)", NULL, 0, 0},
-        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel (off: dequantized to fp16 at load; the default until the kernel's first GPU test run)", "on|off", 0, 0},
+        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel; off: dequantized to fp16 at load (the CPU always dequantizes)", "on|off", 0, 0},
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --questions FILE --out FILE.jsonl[.gz] [options]";

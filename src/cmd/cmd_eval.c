@@ -37,7 +37,7 @@ int gq_cmd_eval(int argc, char **argv) {
     gq_eval_opts_default(&o);
     const char *task = NULL, *ks = "1,10";
     int seed = 0, memory_mb = (int)(o.sandbox.mem_bytes >> 20);
-    const char *int4 = "off";
+    const char *int4 = "on";
     double timeout = o.sandbox.wall_s;
     gq_opt opts[] = {
         {"task", GQ_OPT_STR, &task, "benchmark (bundled in calib/eval/, docs/eval.md)", "humaneval|mbpp", 0, 0},
@@ -83,7 +83,7 @@ int gq_cmd_eval(int argc, char **argv) {
          "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)",
          "auto|fp16|fp32", 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads of the model (0: all cores)", NULL, 0, 0},
-        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel (off: dequantized to fp16 at load; the default until the kernel's first GPU test run)", "on|off", 0, 0},
+        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel; off: dequantized to fp16 at load (the CPU always dequantizes)", "on|off", 0, 0},
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn =

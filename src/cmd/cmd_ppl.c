@@ -64,7 +64,7 @@ static void print_results(const gq_ppl_result *r, const gq_kld_result *k, int se
 int gq_cmd_ppl(int argc, char **argv) {
     const char *model = NULL, *base_dir = NULL, *text_path = NULL, *device = "auto", *precision = "auto";
     int threads = 0;
-    const char *int4 = "off";
+    const char *int4 = "on";
     gq_ppl_opts po;
     gq_ppl_opts_default(&po);
     gq_opt opts[] = {
@@ -76,7 +76,7 @@ int gq_cmd_ppl(int argc, char **argv) {
         {"device", GQ_OPT_STR, &device, "cpu, cuda, cuda:N, or auto (CUDA if present)", NULL, 0, 0},
         {"precision", GQ_OPT_STR, &precision, "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)", "auto|fp16|fp32", 0, 0},
         {"threads", GQ_OPT_INT, &threads, "CPU threads (0 = all cores)", NULL, 0, 0},
-        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel (off: dequantized to fp16 at load; the default until the kernel's first GPU test run)", "on|off", 0, 0},
+        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel; off: dequantized to fp16 at load (the CPU always dequantizes)", "on|off", 0, 0},
     };
     const int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --text FILE [options]\n\n"

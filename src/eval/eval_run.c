@@ -27,7 +27,7 @@ void gq_eval_opts_default(gq_eval_opts *o) {
     o->batch = 16;
     o->device = "auto";
     o->precision = "auto";
-    o->int4_kernel = 0;
+    o->int4_kernel = 1;
     gq_sb_opts_default(&o->sandbox);
 }
 

@@ -13,7 +13,7 @@ void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     o->batch = 16;
     o->device = "auto";
     o->precision = "auto";
-    o->int4_kernel = 0;
+    o->int4_kernel = 1;
     o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;

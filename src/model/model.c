@@ -29,7 +29,7 @@ int gq_model_open(gq_model *m, const char *dir) {
         m->quantized = len > 8 && !strcmp(nm + len - 8, ".qweight");
     }
     m->fused = gq_st_fused_experts(c, m->st);
-    m->q4_resident = 0; /* opt-in until the CUDA kernel has passed its GPU tests (docs/performance.md) */
+    m->q4_resident = 1; /* where the backend runs int4 weights (gq_be_q4_supported): CUDA */
     if ((rc = gq_model_check(m)) != GQ_OK) { /* every tensor, from the headers: before any work */
         gq_model_close(m);
         return rc;
