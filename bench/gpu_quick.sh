@@ -1,11 +1,14 @@
 #!/bin/sh
-# bench/gpu_quick.sh -- the short GPU check for a call with little device time left: build, the
-# int4 kernel's tests and benchmark, the int4 model test, and the layer benchmark of 7B and the
-# Qwen3-30B-A3B MoE shape (the chunked forward). Logs in $OUT/quick.txt (and $OUT/quick-logs.tar.gz).
+# bench/gpu_quick.sh -- the short GPU check for a call with little device time left, most
+# telling first: build; the GPTQ solve's, the int4 kernel's and the backend's CUDA tests; a
+# Llama-2-7B layer and the Qwen3-30B-A3B MoE layer (bench_layers); pycoder-5m quantized on the
+# GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
+# the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
+# tokens). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
 L=gpu-logs/quick
-mkdir -p "$OUT" "$L"
+mkdir -p "$OUT" "$L" bench-models
 R="$OUT/quick.txt"
 : > "$R"
 t0=$(date +%s)
@@ -19,23 +22,38 @@ step() { # NAME LIMIT CMD...: run, log, say rc and seconds
     say "== $n rc=$rc $(($(date +%s) - s)) s (at $(($(date +%s) - t0)) s)"
     return $rc
 }
+pack_logs() { tar czf "$OUT/quick-logs.tar.gz" "$L"; }
 MAKEVARS="CUDA=1"
 if [ ! -f /usr/include/jansson.h ] && [ -f .gqdeps.tar.xz ]; then
-    [ -d .gqdeps ] || { mkdir -p .gqdeps && tar xJf .gqdeps.tar.xz -C .gqdeps; }
+    [ -d .gqdeps/usr ] || { mkdir -p .gqdeps && tar xJf .gqdeps.tar.xz -C .gqdeps; }
     MAKEVARS="CUDA=1 DEPS=.gqdeps/usr"
 fi
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); $(date -u +%F)"
 # shellcheck disable=SC2086
-step build 300 make -j16 $MAKEVARS all bench build/tests/test_cuda_w4a16 build/tests/test_q4_model \
-    build/tests/test_qlayer_chunk || { tail -n 40 "$L/build.log" | tee -a "$R"; exit 1; }
-step test_cuda_w4a16 120 ./build/tests/test_cuda_w4a16
-grep -E '^FAIL|RESULT' "$L/test_cuda_w4a16.log" | head -n 20 | tee -a "$R"
-step test_q4_model 120 ./build/tests/test_q4_model
-grep -E '^FAIL|RESULT|ppl ' "$L/test_q4_model.log" | head -n 20 | tee -a "$R"
-step bench_w4a16 120 ./build/bench/bench_w4a16 --T 1,8,16,64,4096
-grep -E '^\||bandwidth|floor' "$L/bench_w4a16.log" | tee -a "$R"
-for s in qwen3moe 7b; do
-    GQ_LOG=debug step "layers_$s" 120 ./build/bench/bench_layers --shape "$s" --layers 2
-    grep -A 8 "^$s on" "$L/layers_$s.log" | tee -a "$R"
+step build 300 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq \
+    build/tests/test_cuda_w4a16 build/tests/test_q4_model build/tests/test_qlayer_chunk build/tests/test_families ||
+    { tail -n 40 "$L/build.log" | tee -a "$R"; exit 1; }
+for t in test_cuda_gptq test_q4_model test_cuda test_cuda_w4a16; do
+    step "$t" 120 "./build/tests/$t"
+    grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
 done
-tar czf "$OUT/quick-logs.tar.gz" "$L"
+for s in 7b qwen3moe; do
+    GQ_LOG=debug step "layers_$s" 120 ./build/bench/bench_layers --shape "$s" --layers 2
+    grep -A 6 "^$s on" "$L/layers_$s.log" | tee -a "$R"
+done
+pack_logs
+M=tests/data/pycoder-5m
+step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
+    --device cuda --force
+grep -E '^done in' "$L/q5m.log" | tee -a "$R"
+step ppl5m 120 ./build/gq ppl --model bench-models/q5m-quick --base $M --text tests/data/text/python-stdlib-eval.txt \
+    --device cuda
+grep -E '^(ppl|base ppl|kld) ' "$L/ppl5m.log" | tee -a "$R"
+step test_qlayer_chunk 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_qlayer_chunk
+grep -E '^FAIL|RESULT' "$L/test_qlayer_chunk.log" | head -n 20 | tee -a "$R"
+step test_families 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
+grep -E '^FAIL|RESULT' "$L/test_families.log" | head -n 20 | tee -a "$R"
+pack_logs
+ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$OUT/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
+grep -E '^\| 7b|Goals|PASS|FAIL' "$L/decode.log" | tee -a "$R"
+pack_logs
