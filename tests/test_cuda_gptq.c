@@ -201,8 +201,8 @@ static void test_gptq(pair *P) {
     /* the three inverse-factor modes */
     gq_gptq_params_default(&p);
     p.sym = 0;
-    const char *mode_names[] = {"hinv fp64 trtri", "hinv fp64 potri", "hinv fp32 first"};
-    for (int m = GQ_CUDA_HINV_F64; m <= GQ_CUDA_HINV_F32_FIRST; m++) {
+    const char *mode_names[] = {"hinv fp64 trtri", "hinv fp64 potri", "hinv fp32 first", "hinv fp64 trtri by halves"};
+    for (int m = GQ_CUDA_HINV_F64; m <= GQ_CUDA_HINV_F64_HALVES; m++) {
         int old = gq_cuda_set_hinv_mode(P->gpu, m);
         gptq_case(P, mode_names[m], &p, W, rows, K, H, hs, 0);
         gq_cuda_gptq_timing t;
@@ -210,6 +210,19 @@ static void test_gptq(pair *P) {
         TEST_CHECK(t.hinv_f64 == (m != GQ_CUDA_HINV_F32_FIRST), "%s: factor precision fp%d", mode_names[m],
                    t.hinv_f64 ? 64 : 32);
         gq_cuda_set_hinv_mode(P->gpu, old);
+    }
+    {   /* by halves on a Hessian wider than one trtri block (1152 columns: halves of 576, then 288) */
+        const int K2 = 1152, rows2 = 64;
+        float *W2 = rand_h((size_t)rows2 * K2, 0.05f), *H2 = make_hessian(K2, 4096, NULL, 0);
+        gq_gptq_params_default(&p);
+        for (int m = GQ_CUDA_HINV_F64; m <= GQ_CUDA_HINV_F64_HALVES; m += GQ_CUDA_HINV_F64_HALVES) {
+            int old = gq_cuda_set_hinv_mode(P->gpu, m);
+            char w[96];
+            snprintf(w, sizeof w, "K %d, %s", K2, mode_names[m]);
+            gptq_case(P, w, &p, W2, rows2, K2, H2, hs, 0);
+            gq_cuda_set_hinv_mode(P->gpu, old);
+        }
+        free(W2), free(H2);
     }
 
     /* the clipping search (--clip mse / mse-h, gq/quant_math.h): per-row and static-group params must be

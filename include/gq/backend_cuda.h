@@ -54,11 +54,14 @@ int gq_cuda_set_attention_kernel(gq_backend *be, int version);
  *   GQ_CUDA_HINV_F64_POTRI: fp64, potrf -> potri -> potrf (the reference
  *     chain, as the CPU path does it; 4/3 n^3 flops);
  *   GQ_CUDA_HINV_F32_FIRST: the reversed potrf -> trtri route in fp32 first,
- *     fp64 (GQ_CUDA_HINV_F64) when fp32 reports "not positive definite".
+ *     fp64 (GQ_CUDA_HINV_F64) when fp32 reports "not positive definite";
+ *   GQ_CUDA_HINV_F64_HALVES: GQ_CUDA_HINV_F64 with trtri by halves (two cuBLAS
+ *     trmm per split, trtri on blocks of <= 512 columns), for trtri's speed
+ *     (86 ms for n = 11008 in fp64 on an H100). Not yet run on a GPU.
  * Damping retries (x10, max_retries) and the RTN fallback follow in every
- * mode. GQ_CUDA_HINV=f64|potri|f32 sets the initial value. Returns the
+ * mode. GQ_CUDA_HINV=f64|potri|f32|f64h sets the initial value. Returns the
  * previous mode, or -1 if `be` is not a CUDA backend. */
-enum { GQ_CUDA_HINV_F64 = 0, GQ_CUDA_HINV_F64_POTRI = 1, GQ_CUDA_HINV_F32_FIRST = 2 };
+enum { GQ_CUDA_HINV_F64 = 0, GQ_CUDA_HINV_F64_POTRI = 1, GQ_CUDA_HINV_F32_FIRST = 2, GQ_CUDA_HINV_F64_HALVES = 3 };
 int gq_cuda_set_hinv_mode(gq_backend *be, int mode);
 
 /* Phase times of the last gq_be_gptq on this backend (seconds, host clock

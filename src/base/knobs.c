@@ -13,7 +13,7 @@ static int loaded;
 
 static const char *const cpu_attn_names[] = {"tasks", "blas"};
 static const char *const cuda_attn_names[] = {"0", "1", "2", "3"};
-static const char *const hinv_names[] = {"f64", "potri", "f32"};
+static const char *const hinv_names[] = {"f64", "potri", "f32", "f64h"};
 static const char *const stream_names[] = {"0", "1"};
 static const char *const ppl_names[] = {"windows", "ops"};
 static const char *const pool_names[] = {"1", "0"};
@@ -49,7 +49,7 @@ void gq_knobs_reload(void) {
     knobs.cpu_attn_blas = env_choice("GQ_CPU_ATTN", cpu_attn_names, 2);
     knobs.cpu_attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 4096);
     knobs.cuda_attn = env_choice("GQ_CUDA_ATTN", cuda_attn_names, 4);
-    knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 3);
+    knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 4);
     knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2);
     knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2);
     knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1);

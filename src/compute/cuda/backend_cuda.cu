@@ -281,13 +281,6 @@ int gq_cuda_host_arrays(gq_backend *be, const void *h1, size_t n1, const void *h
                         const char *what) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const size_t off2 = CEIL_DIV(n1, (size_t)16) * 16, need = off2 + n2;
-    if (c->harr && c->harr_n1 == n1 && c->harr_n2 == n2 && (!n1 || !memcmp(c->harr_host, h1, n1)) &&
-        (!n2 || !memcmp(c->harr_host + n1, h2, n2))) {
-        *d1 = c->harr;
-        if (d2) *d2 = (char *)c->harr + off2;
-        return GQ_OK;
-    }
-    c->harr_n1 = c->harr_n2 = (size_t)-1; /* nothing cached until the upload below is queued */
     if (need > c->harr_bytes) {
         /* stream-ordered: kernels still reading the old buffer run before its memory is reused */
         gq_be_release(be, c->harr);
@@ -299,14 +292,6 @@ int gq_cuda_host_arrays(gq_backend *be, const void *h1, size_t n1, const void *h
     /* from pageable memory: returns once the source has been staged */
     if (n1) CUDA_CHECK(cudaMemcpyAsync(c->harr, h1, n1, cudaMemcpyHostToDevice, c->stream));
     if (n2) CUDA_CHECK(cudaMemcpyAsync((char *)c->harr + off2, h2, n2, cudaMemcpyHostToDevice, c->stream));
-    if (n1 + n2 > c->harr_host_cap) {
-        free(c->harr_host);
-        c->harr_host_cap = n1 + n2;
-        c->harr_host = (unsigned char *)gq_malloc(c->harr_host_cap);
-    }
-    if (n1) memcpy(c->harr_host, h1, n1);
-    if (n2) memcpy(c->harr_host + n1, h2, n2);
-    c->harr_n1 = n1, c->harr_n2 = n2;
     *d1 = c->harr;
     if (d2) *d2 = (char *)c->harr + off2;
     return GQ_OK;
@@ -513,7 +498,6 @@ static void cuda_free(gq_backend *be) {
         dev_free(c, c->cublas_ws);
         dev_free(c, c->rope_dev);
         dev_free(c, c->harr);
-        free(c->harr_host);
         dev_free(c, be->q4_scratch); /* w4a16.cu's dequantization buffer */
         if (c->stream) cudaStreamSynchronize(c->stream);
         if (c->stream) cudaStreamDestroy(c->stream);
@@ -619,7 +603,7 @@ extern "C" int gq_cuda_set_attention_kernel(gq_backend *be, int version) {
 }
 
 extern "C" int gq_cuda_set_hinv_mode(gq_backend *be, int mode) {
-    if (!is_cuda(be) || mode < GQ_CUDA_HINV_F64 || mode > GQ_CUDA_HINV_F32_FIRST) return -1;
+    if (!is_cuda(be) || mode < GQ_CUDA_HINV_F64 || mode > GQ_CUDA_HINV_F64_HALVES) return -1;
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     int old = c->hinv_mode;
     c->hinv_mode = mode;

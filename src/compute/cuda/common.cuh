@@ -82,10 +82,6 @@ typedef struct {
      * weights) on the device: gq_cuda_host_arrays */
     void *harr;
     size_t harr_bytes;
-    /* the host bytes harr holds ([n1] then [n2]): the same arrays again (every layer of a decode
-     * step passes the same slot[] and pos[]) are not uploaded again */
-    unsigned char *harr_host;
-    size_t harr_n1, harr_n2, harr_host_cap;
     /* knobs and statistics */
     int attn_version;
     int hinv_mode;

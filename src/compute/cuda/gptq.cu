@@ -47,8 +47,9 @@
  * chol(cholesky_inverse(chol(H)), upper) of the reference, for half the
  * flops (potrf + trtri instead of potrf + potri + potrf). The reference
  * chain itself is GQ_CUDA_HINV_F64_POTRI, and GQ_CUDA_HINV_F32_FIRST runs the
- * reversed route in fp32 first (fp64 when fp32 fails). L^-1 is computed by
- * halves (lower_inverse): [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1], the
+ * reversed route in fp32 first (fp64 when fp32 fails). GQ_CUDA_HINV_F64_HALVES
+ * computes L^-1 by halves (lower_inverse; not yet run on a GPU, hence not the
+ * default): [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1], the
  * halves recursively and blocks of at most TRTRI_LEAF columns by cuSOLVER's
  * trtri, so nearly all flops run in two cuBLAS trmm per split at GEMM rates
  * (trtri alone reached ~5 TFLOP/s in fp64 on an H100: 86 ms for n = 11008).
@@ -622,9 +623,10 @@ static int lower_inverse(gq_cuda_ctx *c, T *L, int n, int ld, gptq_dev *m, size_
 /* One factorization attempt at damping lambda: Hinv (fp32, the caller's H
  * buffer) on success; GQ_ERR_NOT_PD (message as the CPU path's) when a
  * factorization fails; GQ_ERR_DEVICE on CUDA errors. f64: element type;
- * potri: the reference chain (else reversed potrf + trtri). */
+ * potri: the reference chain (else reversed potrf + trtri); halves: trtri by halves (lower_inverse). */
 static int factor_once(gq_backend *be, gptq_dev *m, float *H, int n, float s, const int32_t *perm_dev,
-                       double lambda, int f64, int potri, size_t ws_bytes, void *ws_host, size_t ws_host_bytes) {
+                       double lambda, int f64, int potri, int halves, size_t ws_bytes, void *ws_host,
+                       size_t ws_host_bytes) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const cudaDataType dt = f64 ? CUDA_R_64F : CUDA_R_32F;
     const int rev = !potri;
@@ -674,10 +676,15 @@ static int factor_once(gq_backend *be, gptq_dev *m, float *H, int n, float s, co
                           prec, info, n);
         if (info < 0) return gq_err(GQ_ERR_DEVICE, "cusolverDnXpotrf: parameter %d is invalid", -info);
     } else {
-        CUDA_CHECK(cudaMemsetAsync(m->info, 0, sizeof(int), c->stream));
-        rc = f64 ? lower_inverse(c, (double *)m->Hd, n, n, m, ws_bytes, ws_host, ws_host_bytes)
-                 : lower_inverse(c, (float *)m->Hd, n, n, m, ws_bytes, ws_host, ws_host_bytes);
-        if (rc != GQ_OK) return rc;
+        if (halves) { /* by halves: the info of the last trtri block */
+            CUDA_CHECK(cudaMemsetAsync(m->info, 0, sizeof(int), c->stream));
+            rc = f64 ? lower_inverse(c, (double *)m->Hd, n, n, m, ws_bytes, ws_host, ws_host_bytes)
+                     : lower_inverse(c, (float *)m->Hd, n, n, m, ws_bytes, ws_host, ws_host_bytes);
+            if (rc != GQ_OK) return rc;
+        } else {
+            CUSOLVER_CHECK(cusolverDnXtrtri(c->cusolver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, dt, m->Hd,
+                                            n, m->ws, ws_bytes, ws_host, ws_host_bytes, m->info));
+        }
         if ((rc = d2h_sync(be, &info, m->info, sizeof info)) != GQ_OK) return rc;
         if (info > 0)
             return gq_err(GQ_ERR_NOT_PD,
@@ -760,7 +767,8 @@ static int cuda_factor(gq_gptq_job *j, double lambda) {
     int rc = GQ_OK;
     if (!m->Hd && (rc = factor_begin(j)) != GQ_OK) return rc;
     for (int f64 = mode == GQ_CUDA_HINV_F32_FIRST ? 0 : 1; f64 <= 1; f64++) {
-        rc = factor_once(be, m, j->H, j->cols, (float)j->h_scale, m->perm, lambda, f64, potri, m->wsd, m->ws_host,
+        rc = factor_once(be, m, j->H, j->cols, (float)j->h_scale, m->perm, lambda, f64, potri,
+                         mode == GQ_CUDA_HINV_F64_HALVES, m->wsd, m->ws_host,
                          m->wsh);
         if (rc == GQ_OK) {
             c->gptq_timing.hinv_f64 = f64;
