@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib speed
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
 #
@@ -189,6 +189,15 @@ step_w4a16() {
     grep -E '^\|' "$LOGS/bench_w4a16_prefill.log" | tee -a "$SUMMARY"
     run bench_w4a16_ao 200 ./build/bench/bench_w4a16 --act-order --T 1,8
     grep -E '^\|' "$LOGS/bench_w4a16_ao.log" | tee -a "$SUMMARY"
+}
+
+# bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and
+# bench/peer.sh in the same or earlier calls on the same machine)
+step_speed() {
+    PJ=$OUT/peer.json
+    [ -f "$PJ" ] || PJ=gpu-logs/peer/peer.json
+    python3 bench/speed_json.py "$LOGS" --peer "$PJ" --out "$OUT/speed-h100.json" > /dev/null &&
+        say "speed: $OUT/speed-h100.json"
 }
 
 step_calib() {

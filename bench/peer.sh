@@ -269,6 +269,7 @@ EOF
 finish() {
     report
     cp "$SUMMARY" "$OUT/peer.txt"
+    cp "$OUT/peer.json" "$LOGS/" 2>/dev/null # (bench/gpu.sh speed reads it there)
     tar czf "$OUT/peer-logs.tar.gz" "$LOGS" 2>/dev/null
 }
 
