@@ -12,16 +12,15 @@ every linear (q/k/v/o, gate/up/down) becomes
 
     qweight int32 [K/8, N]  random words: word r of column n holds the codes of
                             input rows 8r+j at bits 4j..4j+3 (j = 0..7, lowest
-                            first), and uniformly random 32-bit words are exactly
-                            the packing of independent uniform codes 0..15
+                            first); each code independent, uniform on 0..15 with
+                            0 replaced by 8 (mean 8: zero-mean weights)
     qzeros  int32 [G, N/8]  every nibble 7 = zero 8 minus one (v1, symmetric):
                             every word 0x77777777
-    scales  fp16  [G, N]    0.02 / 4.61 times a factor uniform in [0.9, 1.1] per
-                            (group, column): with q uniform on 0..15, q - 8 is
-                            uniform on -8..7, whose standard deviation is
-                            sqrt((16^2 - 1) / 12) = 4.61 (mean -0.5, RMS 4.64),
-                            so the weights scale * (q - 8) have std ~0.02 like
-                            the fp16 synthetic model's
+    scales  fp16  [G, N]    0.02 / 4.18 times a factor uniform in [0.9, 1.1] per
+                            (group, column): q - 8 has mean 0 and standard
+                            deviation sqrt(17.5) = 4.18, so the weights
+                            scale * (q - 8) have std ~0.02 like the fp16
+                            synthetic model's
     g_idx   int32 [K]       k // group_size (trivial: no act-order)
 
 with config.json's quantization_config and quantize_config.json as gq writes
@@ -48,7 +47,10 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "tiny": (256, 768, 2, 4, 2, 8192),
 }
 
-SIGMA_Q = ((16 * 16 - 1) / 12) ** 0.5  # std of a uniform integer on -8..7 (= q - 8, q uniform on 0..15): 4.61
+# codes: nibbles uniform on 0..15 with 0 replaced by 8 (centered_nibbles), so q - 8 has mean 0 (the weights
+# no bias a long residual stream adds up: with plain uniform nibbles, mean -0.5, the 34B shape overflowed
+# fp16 by layer 4) and standard deviation sqrt((2 * (1 + 4 + ... + 49)) / 16) = sqrt(17.5) = 4.18
+SIGMA_Q = 17.5 ** 0.5
 QZERO_WORD = 0x77777777  # eight nibbles of zero - 1 = 7
 
 
@@ -67,9 +69,11 @@ class TorchRng:
         return t.half().cpu().numpy()
 
     def words_i32(self, shape):
-        n = int(np.prod(shape)) * 4
-        t = self.torch.randint(0, 256, (n,), generator=self.gen, device=self.dev, dtype=self.torch.uint8)
-        return t.cpu().numpy().view(np.int32).reshape(shape)
+        n = int(np.prod(shape)) * 8  # nibbles
+        t = self.torch.randint(0, 16, (n,), generator=self.gen, device=self.dev, dtype=self.torch.uint8)
+        t[t == 0] = 8
+        b = t[0::2] | (t[1::2] << 4)  # byte k: nibbles 2k (bits 0-3) and 2k + 1 (bits 4-7)
+        return b.cpu().numpy().view(np.int32).reshape(shape)
 
     def uniform_f16(self, shape, lo, hi):
         t = self.torch.rand(*shape, generator=self.gen, device=self.dev, dtype=self.torch.float32) * (hi - lo) + lo
@@ -106,9 +110,11 @@ class NumpyRng:
                           lambda g, n: g.standard_normal(n, dtype=np.float32) * np.float32(std))
 
     def words_i32(self, shape):
-        n = int(np.prod(shape))
-        w = self._fill(np.empty((n + 1) // 2, np.int64), lambda g, m: g.bit_generator.random_raw(m).view(np.int64))
-        return w.view(np.int32)[:n].reshape(shape)
+        def nibbles(g, m):  # m bytes of two centred nibbles each
+            c = g.integers(0, 16, size=2 * m, dtype=np.uint8)
+            c[c == 0] = 8
+            return c[0::2] | (c[1::2] << 4)
+        return self._fill(np.empty(int(np.prod(shape)) * 4, np.uint8), nibbles).view(np.int32).reshape(shape)
 
     def uniform_f16(self, shape, lo, hi):
         return self._fill(np.empty(shape, np.float16), lambda g, n: g.uniform(lo, hi, size=n))
