@@ -43,6 +43,23 @@ void gq_quant_report_free(gq_quant_report *r) {
 
 /* ---- run state -------------------------------------------------------------- */
 
+/* The export of a quantized layer on its own thread while the next layer computes: the layer
+ * file, then the state file that marks the layer done (its text made on the calling thread, so
+ * the thread reads nothing the run changes). One at a time: the next export (and the end of the
+ * run) waits for it first, so the state files stay in layer order. The thread owns its inputs. */
+typedef struct {
+    pthread_t th;
+    int active, threaded;
+    const gq_model *m;
+    char *lpath, *spath, *state;
+    int layer, n, bits, v2;
+    gq_module *mods; /* [n] */
+    gq_qresult *res; /* [n] */
+    int rc;          /* outputs */
+    char msg[1024];
+    double secs;
+} export_job;
+
 typedef struct {
     const gq_quant_opts *o;
     gq_quant_report *rep;
@@ -54,6 +71,8 @@ typedef struct {
     char *model_real, *calib_real; /* resolved paths (the --resume fingerprint) */
     const char *partial;           /* od.partial */
     int last_layer_modules;        /* modules of the layer just quantized */
+    export_job ex;                 /* the layer file being written while the next layer computes */
+    double t_export_work;          /* seconds the export threads worked (ex.secs summed) */
     int resume_chunk;              /* --resume: the interrupted run's chunk tokens (state.json), 0: none */
 } run_t;
 
@@ -211,16 +230,67 @@ out:
     return rc;
 }
 
-static int write_state(run_t *r, const char *fp, int done) {
-    char *path = gq_path_join(r->partial, "state.json");
+/* state.json's text: the fingerprint, the layers done and the modules reported so far. */
+static char *state_text(const run_t *r, const char *fp, int done) {
     json_t *j = json_pack("{s:s, s:i, s:o}", "fingerprint", fp, "layers_done", done, "modules", modules_json(r->rep));
     if (r->q.chunk_tokens > 0) json_object_set_new(j, "chunk_tokens", json_integer(r->q.chunk_tokens));
     char *s = json_dumps(j, JSON_INDENT(2));
+    json_decref(j);
+    return s;
+}
+
+static int write_state(run_t *r, const char *fp, int done) {
+    char *path = gq_path_join(r->partial, "state.json"), *s = state_text(r, fp, done);
     int rc = gq_write_file_atomic(path, s, strlen(s));
     free(s);
-    json_decref(j);
     free(path);
     return rc;
+}
+
+static void *export_main(void *arg) {
+    export_job *x = arg;
+    double t0 = gq_now();
+    x->rc = gq_export_layer_file(x->lpath, x->m, x->layer, x->mods, x->n, x->res, x->bits, x->v2);
+    if (!x->rc) x->rc = gq_write_file_atomic(x->spath, x->state, strlen(x->state));
+    if (x->rc) snprintf(x->msg, sizeof x->msg, "%s", gq_errmsg());
+    x->secs = gq_now() - t0;
+    return NULL;
+}
+
+/* Wait for the export in flight (none: GQ_OK) and free its layer; its status, with its message. */
+static int export_wait(run_t *r) {
+    export_job *x = &r->ex;
+    if (!x->active) return GQ_OK;
+    double t0 = gq_now();
+    if (x->threaded) pthread_join(x->th, NULL);
+    /* the wait (the rest ran beside the computation); in line: all of it */
+    r->rep->t_export += x->threaded ? gq_now() - t0 : x->secs;
+    r->t_export_work += x->secs;
+    for (int k = 0; k < x->n; k++) gq_qresult_free(&x->res[k]);
+    free(x->res), free(x->mods), free(x->lpath), free(x->spath), free(x->state);
+    int rc = x->rc;
+    char msg[sizeof x->msg];
+    memcpy(msg, x->msg, sizeof msg);
+    memset(x, 0, sizeof *x);
+    return rc ? gq_err(rc, "%s", msg) : GQ_OK;
+}
+
+/* Export layer l (its n modules' results, owned from here on) beside the next layer's work, once
+ * the previous export is done. */
+static int export_start(run_t *r, int l, const char *lpath, const char *fp, gq_module *mods, int n,
+                        gq_qresult *res) {
+    int rc = export_wait(r);
+    export_job *x = &r->ex;
+    x->m = &r->m, x->layer = l, x->n = n, x->mods = mods, x->res = res;
+    x->bits = r->o->gptq.bits, x->v2 = r->o->v2;
+    x->active = 1;
+    if (rc) return rc; /* freed by the next export_wait */
+    x->lpath = gq_strdup(lpath);
+    x->spath = gq_path_join(r->partial, "state.json");
+    x->state = state_text(r, fp, l + 1);
+    x->threaded = pthread_create(&x->th, NULL, export_main, x) == 0;
+    if (!x->threaded) export_main(x); /* no thread: in line */
+    return GQ_OK;
 }
 
 /* ---- setup ------------------------------------------------------------------------ */
@@ -523,16 +593,11 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
         gq_blayer_free(r->be, &bl);
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
-    if (!rc) {
-        double t0 = gq_now();
-        rc = gq_export_layer_file(lpath, &r->m, l, mods, n, res, r->o->gptq.bits, r->o->v2);
-        if (!rc) rc = write_state(r, fp, l + 1);
-        r->rep->t_export += gq_now() - t0;
-    }
+    r->last_layer_modules = n;
+    if (!rc) return export_start(r, l, lpath, fp, mods, n, res);
     for (int k = 0; k < n; k++) gq_qresult_free(&res[k]);
     free(res);
     free(mods);
-    r->last_layer_modules = n;
     return rc;
 }
 
@@ -560,7 +625,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     r.rep = rep;
     double t_start = gq_now();
     char *fp = NULL;
-    int layers_done = 0, rc;
+    int layers_done = 0, rc, rc_ex;
 
     print_settings(o);
     const int rtn = o->gptq.method == GQ_METHOD_RTN;
@@ -616,6 +681,11 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         if (have_th) pthread_join(th, NULL);
         free(lpath);
     }
+    rc_ex = export_wait(&r);
+    if (!rc) rc = rc_ex;
+    if (r.t_export_work > 0)
+        gq_debug("export: %.1f s of layer files written beside the computation, %.1f s waited for", r.t_export_work,
+                 rep->t_export);
     if (rc) goto out;
     if (stop < n_layers) {
         gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
@@ -634,6 +704,8 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     rep->t_export += gq_now() - t0;
     rep->t_total = gq_now() - t_start;
 out:
+    rc_ex = export_wait(&r); /* (an error path: the export in flight finishes first) */
+    if (!rc) rc = rc_ex;
     free(fp);
     free_run(&r);
     return rc;
