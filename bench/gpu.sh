@@ -7,7 +7,7 @@
 #
 #   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib speed
 #                                         w4a16 (the int4 kernel's test and benchmark)
-#                                  (default: build test layers m30 e2e; m30f32 = m30 with --precision fp32)
+#                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
 # named in the device tool's carry); it is unpacked into bench-models/.
@@ -206,7 +206,7 @@ step_calib() {
     cp "$LOGS/pycoder-30m-selfgen.jsonl.gz" "$OUT/" 2>/dev/null
 }
 
-[ $# -eq 0 ] && set -- build test layers m30 e2e
+[ $# -eq 0 ] && set -- build test layers m30 e2e speed
 for s in "$@"; do
     "step_$s"
     cp "$SUMMARY" "$OUT/summary.txt" # what a timed-out call still brings back
