@@ -820,6 +820,10 @@ static void test_registry(void) {
     gq_be_release(be, d);
     TEST_CHECK(gq_be_peak_bytes(be) == (5u << 20), "peak bytes %zu after churn, expected %u", gq_be_peak_bytes(be),
                5u << 20);
+    /* the CPU has no forks (its solves use every core already): refused, nothing returned */
+    gq_backend *fork = (gq_backend *)&fork;
+    TEST_FAILS(gq_backend_fork(be, &fork), GQ_ERR_UNSUPPORTED, "cannot fork");
+    TEST_CHECK(fork == NULL, "a refused fork returns NULL");
     /* raw weight upload converts f16/bf16 */
     uint16_t h[4] = {gq_f32_to_f16(1.5f), gq_f32_to_f16(-2.0f), gq_f32_to_f16(0.25f), gq_f32_to_f16(3.0f)};
     gq_bweight w;
