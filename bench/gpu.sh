@@ -5,12 +5,18 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib speed
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib eval speed
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
 # pycoder-30m travels packed (bench/modelpack.py) in .m30pack/ (git-ignored,
-# named in the device tool's carry); it is unpacked into bench-models/.
+# named in the device tool's carry); it is unpacked into bench-models/. The pack (52 MB) and the
+# repository (~38 MB) exceed one call's 64 MiB: split `tar cf - .m30pack` into three git-ignored
+# folders (.m30a/pa 20 MB, .m30b/pb, .m30c/pc), carry one per call on the same warm machine
+# (30 s between calls), each call copying its part to /tmp/m30, and in the third
+# `cat /tmp/m30/pa /tmp/m30/pb /tmp/m30/pc | tar xf -` (from the repository root) restores
+# .m30pack (tokenizer.json: copy tests/data/pycoder-5m's). Carry .gqdeps.tar.xz in every call:
+# a call that does not carry it loses the unpacked libraries.
 set -u
 OUT=${OUT:-gpu-logs}
 LOGS=gpu-logs          # every log; $OUT gets logs.tar.gz + summary.txt (the device tool brings back 8 files)
@@ -189,6 +195,23 @@ step_w4a16() {
     grep -E '^\|' "$LOGS/bench_w4a16_prefill.log" | tee -a "$SUMMARY"
     run bench_w4a16_ao 200 ./build/bench/bench_w4a16 --act-order --T 1,8
     grep -E '^\|' "$LOGS/bench_w4a16_ao.log" | tee -a "$SUMMARY"
+}
+
+# gq eval on the GPU (issue 15): pycoder-30m fp16 against its int4 (gq's default profile), greedy
+# pass@1 and sampled pass@10 (20 samples, T 0.8, top-p 0.95) on HumanEval and MBPP, --base beside
+step_eval() {
+    M=bench-models/pycoder-30m
+    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "eval: unpack failed"; return; }
+    [ -f bench-models/q30-def/config.json ] || run eval_q30 300 $GQ quantize --model $M --out bench-models/q30-def \
+        --calib $CALIB --device cuda --force
+    for task in humaneval mbpp; do
+        run "eval_${task}_greedy" 600 $GQ eval --task $task --model bench-models/q30-def --base $M --device cuda \
+            --batch 128 --out "$LOGS/eval_${task}_greedy.jsonl" --force
+        grep -E '^eval: ' "$LOGS/eval_${task}_greedy.log" | tee -a "$SUMMARY"
+        run "eval_${task}_k10" 600 $GQ eval --task $task --model bench-models/q30-def --base $M --device cuda \
+            --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/eval_${task}_k10.jsonl" --force
+        grep -E '^eval: ' "$LOGS/eval_${task}_k10.log" | tee -a "$SUMMARY"
+    done
 }
 
 # bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and
