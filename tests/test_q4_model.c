@@ -20,7 +20,8 @@
  * the KL by 1e-2 and more (RTN int4 itself is 0.07 from fp16, docs/accuracy.md). Also: every
  * linear group of a layer is int4-resident (q4 set, no fp16 copy) and takes under 0.3x the fp16
  * bytes; with q4_resident = 0 none is. The generation engine's KV-cache prefill and batched decode
- * with int4 weights: logits within the fp16 checkpoint tolerance.
+ * with int4 weights: logits within the fp16 checkpoint tolerance. On CUDA also the recorded decode
+ * steps (GQ_CUDA_GRAPH=1: CUDA graphs, int4 and fp16 weights): bitwise the same steps op by op.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -144,6 +145,61 @@ static void check_gen(gq_backend *be, const gq_model *on, const gq_model *off, c
     for (int i = 0; i < 2; i++) gq_gen_free(g[i]), free(lg[i]);
 }
 
+/* One engine under GQ_CUDA_GRAPH=mode: a prefill in each of 3 slots, then 12 decode steps at B = 3
+ * and 4 at B = 1 (positions 150 .. 220 apart), every step's logits into lg [16][3][vocab]. */
+static int gen_steps(gq_backend *be, const gq_model *m, const int32_t *ids, int mode, float *lg, gq_gen_stats *st) {
+    char v[8];
+    snprintf(v, sizeof v, "%d", mode);
+    setenv("GQ_CUDA_GRAPH", v, 1);
+    gq_knobs_reload();
+    gq_gen_opts go;
+    gq_gen_opts_default(&go);
+    go.max_batch = 3, go.max_len = 512, go.prefill_chunk = 64;
+    gq_gen *g = NULL;
+    const int vocab = m->cfg.vocab;
+    int rc = gq_gen_init(&g, m, be, &go);
+    for (int s = 0; s < 3 && !rc; s++) rc = gq_gen_prefill(g, s, ids + 100 * s, 150 + 70 * s, NULL);
+    for (int step = 0; step < 16 && !rc; step++) {
+        int slots[3] = {0, 1, 2}, B = step < 12 ? 3 : 1;
+        int32_t tok[3] = {ids[400 + step], ids[600 + step], ids[800 + step]};
+        rc = gq_gen_decode(g, slots, tok, B, lg + (size_t)step * 3 * vocab);
+    }
+    if (!rc) *st = *gq_gen_get_stats(g);
+    gq_gen_free(g);
+    unsetenv("GQ_CUDA_GRAPH");
+    gq_knobs_reload();
+    return rc;
+}
+
+/* Decode steps recorded once per batch size and replayed (GQ_CUDA_GRAPH=1, CUDA graphs; slot[] and
+ * pos[] read in place from pinned memory, the attention's splits following the caches' length)
+ * against the same pinned arithmetic op by op (=2): every step's logits bitwise equal (the same
+ * kernels on the same data), all 16 steps run from recordings (the first at each batch size is
+ * recorded, then replayed); against the default path (=0, the splits following the positions:
+ * another merge order) within TOL_LOGITS. The CUDA pass only (the CPU records nothing). */
+static void check_graphs(gq_backend *be, const gq_model *m, const int32_t *ids, const char *what) {
+    const size_t n = (size_t)16 * 3 * m->cfg.vocab;
+    float *lg[3];
+    gq_gen_stats st[3];
+    int rc = GQ_OK;
+    for (int k = 0; k < 3; k++) {
+        lg[k] = gq_calloc(n, sizeof(float));
+        memset(&st[k], 0, sizeof st[k]);
+        if (!rc) rc = gen_steps(be, m, ids, k, lg[k], &st[k]);
+        TEST_OK(rc, "%s: decode with GQ_CUDA_GRAPH=%d", what, k);
+    }
+    if (!rc) {
+        TEST_CHECK(st[1].decode_replays == 16 && st[2].decode_replays == 0 && st[0].decode_replays == 0,
+                   "%s: recorded steps replayed: %lld of 16 (op by op: %lld)", what, (long long)st[1].decode_replays,
+                   (long long)st[2].decode_replays);
+        TEST_CHECK(memcmp(lg[1], lg[2], n * sizeof(float)) == 0,
+                   "%s: 16 decode steps replayed from recordings bitwise equal to op by op", what);
+        double d = rel_maxdiff(lg[2], lg[0], n);
+        TEST_CHECK(d <= TOL_LOGITS, "%s: pinned indices vs the default decode: %.3g <= %g", what, d, TOL_LOGITS);
+    }
+    for (int k = 0; k < 3; k++) free(lg[k]);
+}
+
 static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int32_t *ids, size_t n) {
     TEST_BEGIN(c->name);
     char *out = gq_path_join(tmp, "q");
@@ -184,6 +240,13 @@ static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int3
     gq_ppl_result_free(&r);
     gq_kld_result_free(&k);
     if (n > 500) check_gen(be, &on, &off, ids, c->name);
+    if (n > 1000 && gq_backend_is_gpu(be)) {
+        char w[160];
+        snprintf(w, sizeof w, "%s, int4 kernel", c->name);
+        check_graphs(be, &on, ids, w);
+        snprintf(w, sizeof w, "%s, dequantized (fp16 cuBLAS)", c->name);
+        check_graphs(be, &off, ids, w);
+    }
 done:
     gq_model_close(&on);
     gq_model_close(&off);

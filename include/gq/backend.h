@@ -81,6 +81,26 @@ int gq_be_download_f32(gq_backend *be, float *dst, const void *src_act, size_t n
 int gq_be_copy_act(gq_backend *be, void *dst, const void *src, size_t n);
 int gq_be_sync(gq_backend *be);
 
+/* Host memory the device reads directly (CUDA: pinned, cudaMallocHost; elsewhere plain malloc);
+ * zeroed. NULL (with a message) when it cannot be had. */
+void *gq_be_host_alloc(gq_backend *be, size_t bytes);
+void gq_be_host_free(gq_backend *be, void *p);
+
+/* ---- recorded work (CUDA graphs) ------------------------------------------- */
+
+/* Between gq_be_graph_begin and gq_be_graph_end the backend's ops are recorded, not run; the
+ * recording replays with gq_be_graph_launch (one launch for all of them, in stream order with
+ * the other ops). A recording keeps the buffers, weights and pointers it was made with, and
+ * reads host memory only where an op reads pinned arrays in place (gq_attn_opts.cache_len); an op
+ * that cannot be recorded (a host copy from pageable memory, a synchronisation) fails the
+ * recording: gq_be_graph_end then returns GQ_ERR_UNSUPPORTED with the reason, and the work must
+ * be run again without recording. GQ_ERR_UNSUPPORTED from gq_be_graph_begin on the CPU. */
+typedef struct gq_bgraph gq_bgraph;
+int gq_be_graph_begin(gq_backend *be);
+int gq_be_graph_end(gq_backend *be, gq_bgraph **out);
+int gq_be_graph_launch(gq_backend *be, gq_bgraph *g);
+void gq_be_graph_free(gq_backend *be, gq_bgraph *g); /* NULL ok */
+
 /* ---- weights ---------------------------------------------------------------- */
 
 typedef struct {
@@ -178,6 +198,10 @@ typedef struct {
     float scale;   /* score scale; 0: 1 / sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2) */
     float softcap; /* 0: none; else scores = softcap * tanh(scores * scale / softcap), before the mask */
     int window;    /* 0: none; else query at position p sees keys j with p - window < j <= p */
+    int cache_len; /* decode: positions per slot in the caches (0: unknown). With slot[] and pos[] in
+                      pinned host memory (gq_be_host_alloc) the CUDA kernels read them there when
+                      they run, and the launch follows cache_len instead of their values: such a
+                      decode step can be recorded once and replayed (gq_be_graph_*) */
 } gq_attn_opts;
 
 /* Y[T][ldy] = (X - mean(X)) / sqrt(var(X) + eps) * w + b per row of d (torch LayerNorm:

@@ -112,6 +112,7 @@ typedef struct {
     int64_t prefill_tokens, decode_tokens; /* tokens run through the model */
     double prefill_s, decode_s;            /* wall time (logits download and sampling included) */
     int64_t decode_steps;
+    int64_t decode_replays;                /* steps replayed from a recording (GQ_CUDA_GRAPH=1) */
 } gq_gen_stats;
 const gq_gen_stats *gq_gen_get_stats(const gq_gen *g);
 void gq_gen_reset_stats(gq_gen *g);

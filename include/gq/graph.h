@@ -96,7 +96,8 @@ typedef struct {
     void *K, *V;        /* PREFILL: the slot's layer cache; DECODE: the caches' base */
     int ldkv;
     size_t slot_stride; /* DECODE: elements between slots */
-    const int32_t *slot, *pos; /* DECODE: host [T] */
+    const int32_t *slot, *pos; /* DECODE: host [T] (pinned: see gq_attn_opts.cache_len) */
+    int cache_len;      /* DECODE: positions per slot (gq_attn_opts.cache_len; 0: unknown) */
 } gq_kv;
 
 typedef struct {

@@ -204,6 +204,32 @@ int gq_backend_set_precision(gq_backend *be, const char *precision) {
     return GQ_OK;
 }
 
+void *gq_be_host_alloc(gq_backend *be, size_t bytes) {
+    return be->iface->host_alloc ? be->iface->host_alloc(be, bytes) : gq_calloc(1, bytes ? bytes : 1);
+}
+void gq_be_host_free(gq_backend *be, void *p) {
+    if (!p) return;
+    if (be->iface->host_free) be->iface->host_free(be, p);
+    else free(p);
+}
+
+int gq_be_graph_begin(gq_backend *be) {
+    if (!be->iface->graph_begin) return gq_err(GQ_ERR_UNSUPPORTED, "backend %s does not record graphs", be->name);
+    return be->iface->graph_begin(be);
+}
+int gq_be_graph_end(gq_backend *be, gq_bgraph **out) {
+    *out = NULL;
+    if (!be->iface->graph_end) return gq_err(GQ_ERR_UNSUPPORTED, "backend %s does not record graphs", be->name);
+    return be->iface->graph_end(be, out);
+}
+int gq_be_graph_launch(gq_backend *be, gq_bgraph *g) {
+    if (!be->iface->graph_launch || !g) return gq_err(GQ_ERR_ARG, "graph launch: no recording");
+    return be->iface->graph_launch(be, g);
+}
+void gq_be_graph_free(gq_backend *be, gq_bgraph *g) {
+    if (g && be->iface->graph_free) be->iface->graph_free(be, g);
+}
+
 int gq_backend_fork(gq_backend *be, gq_backend **out) {
     *out = NULL;
     if (!be->iface->fork) return gq_err(GQ_ERR_UNSUPPORTED, "backend %s cannot fork", be->name);

@@ -22,6 +22,13 @@ struct gq_backend_i {
     int (*sync)(gq_backend *be);
     size_t (*free_bytes)(const gq_backend *be); /* (optional) */
     int (*fork)(gq_backend *be, gq_backend **out); /* (optional) gq_backend_fork */
+    /* (optional, all four or none) gq_be_graph_*; host_alloc / host_free (optional): pinned memory */
+    int (*graph_begin)(gq_backend *be);
+    int (*graph_end)(gq_backend *be, gq_bgraph **out);
+    int (*graph_launch)(gq_backend *be, gq_bgraph *g);
+    void (*graph_free)(gq_backend *be, gq_bgraph *g);
+    void *(*host_alloc)(gq_backend *be, size_t bytes);
+    void (*host_free)(gq_backend *be, void *p);
 
     int (*weight_upload)(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols);
     int (*weight_upload_raw)(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols);

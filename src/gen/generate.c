@@ -6,6 +6,7 @@
 
 #include "gq/generate.h"
 #include "gq/graph.h"
+#include "gq/knobs.h"
 
 struct gq_gen {
     gq_backend *be;
@@ -26,7 +27,18 @@ struct gq_gen {
     int32_t eos[16];
     int n_eos;
     gq_gen_stats stats;
+    /* recorded decode steps (GQ_CUDA_GRAPH=1, a GPU): 1 record one step per batch size B <=
+     * GEN_GRAPH_MAX_B and replay it; 2 pinned indices, op by op (a recording failed, or B larger).
+     * slot_pin / pos_pin: pinned [max_batch], read in place by the decode kernels; pin_busy: the
+     * last step may still read them (no synchronising head after it) */
+    int graphs, pin_busy;
+    int32_t *slot_pin, *pos_pin;
+    gq_bgraph **graph; /* [GEN_GRAPH_MAX_B + 1] by B */
 };
+
+/* Batch sizes whose decode step is recorded: the int4 kernel's rows (larger batches dequantize
+ * into a scratch buffer that may grow) */
+#define GEN_GRAPH_MAX_B 16
 
 #define TRY(x)                                                                                                         \
     do {                                                                                                               \
@@ -93,6 +105,10 @@ void gq_gen_free(gq_gen *g) {
     free(g->inv_freq);
     free(g->host_x);
     free(g->no_targets);
+    for (int b = 0; g->graph && b <= GEN_GRAPH_MAX_B; b++) gq_be_graph_free(g->be, g->graph[b]);
+    free(g->graph);
+    gq_be_host_free(g->be, g->slot_pin);
+    gq_be_host_free(g->be, g->pos_pin);
     free(g);
 }
 
@@ -160,6 +176,13 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
     g->host_x = gq_malloc(R * (size_t)g->d * sizeof *g->host_x);
     g->no_targets = gq_malloc(R * sizeof *g->no_targets);
     for (size_t i = 0; i < R; i++) g->no_targets[i] = -1;
+    if (gq_knobs_get()->cuda_graph && gq_backend_is_gpu(be)) {
+        g->slot_pin = gq_be_host_alloc(be, (size_t)g->max_batch * sizeof(int32_t));
+        g->pos_pin = g->slot_pin ? gq_be_host_alloc(be, (size_t)g->max_batch * sizeof(int32_t)) : NULL;
+        g->graph = gq_calloc(GEN_GRAPH_MAX_B + 1, sizeof *g->graph);
+        g->graphs = g->pos_pin ? gq_knobs_get()->cuda_graph : 0;
+        if (!g->graphs) gq_warn("generation: no pinned host memory (%s): decode steps not recorded", gq_errmsg());
+    }
     char b1[32], b2[32];
     gq_info("generation: %d layers on %s in %.1f s; KV cache %s for %d sequences x %d tokens, device peak %s", g->nl,
             gq_backend_name(be), gq_now() - t0,
@@ -193,10 +216,12 @@ static int layer_prefill(gq_gen *g, int l, int slot, int pos0, int T) {
     return gq_layer_run(&a);
 }
 
-/* One token for each of B slots, row r at position pos[r] of slot slots[r]. */
+/* One token for each of B slots, row r at position pos[r] of slot slots[r] (the pinned copies
+ * with recorded steps: read in place, the launches following max_len). */
 static int layer_decode(gq_gen *g, int l, const int *slots, const int *pos, int B) {
     gq_kv kv = {.mode = GQ_KV_DECODE, .K = kv_at(g, g->kc, 0, l, 0), .V = kv_at(g, g->vc, 0, l, 0), .ldkv = g->kvd,
-                .slot_stride = (size_t)g->nl * g->max_len * g->kvd, .slot = slots, .pos = pos};
+                .slot_stride = (size_t)g->nl * g->max_len * g->kvd, .slot = slots, .pos = pos,
+                .cache_len = g->graphs ? g->max_len : 0};
     gq_layer_args a = {.be = g->be, .cfg = &g->cfg, .layer = l, .bl = &g->layers[l], .x = g->x, .T = B,
                        .first = GQ_STEP_ATTN_IN, .last = GQ_STEP_MLP_RES, .inv_freq = g->inv_freq, .kv = &kv,
                        .s = &g->s};
@@ -232,6 +257,46 @@ int gq_gen_prefill(gq_gen *g, int slot, const int32_t *ids, int n, float *logits
     return GQ_OK;
 }
 
+/* Record the layers of a decode step of B rows (each op recorded, nothing run); NULL when an op
+ * cannot be recorded (said once; the steps then run op by op). */
+static gq_bgraph *record_step(gq_gen *g, int B) {
+    gq_bgraph *gr = NULL;
+    int rc = gq_be_graph_begin(g->be);
+    if (!rc) {
+        for (int l = 0; l < g->nl && !rc; l++) rc = layer_decode(g, l, g->slot_pin, g->pos_pin, B);
+        int rc2 = gq_be_graph_end(g->be, &gr);
+        if (!rc) rc = rc2;
+    }
+    if (rc) {
+        gq_be_graph_free(g->be, gr);
+        gq_warn("generation: a decode step of %d rows could not be recorded (%s); decode steps run op by op", B,
+                gq_errmsg());
+        gq_err_clear();
+        g->graphs = 2;
+        return NULL;
+    }
+    gq_debug("generation: decode step of %d rows recorded (%d layers)", B, g->nl);
+    return gr;
+}
+
+/* The layers of a decode step with slot[] and pos[] in pinned memory: replayed from the recording
+ * of this batch size (made at its first step), or op by op. */
+static int decode_pinned(gq_gen *g, const int *slots, const int *pos, int B) {
+    if (g->pin_busy) TRY(gq_be_sync(g->be)); /* the last step may still read the arrays */
+    memcpy(g->slot_pin, slots, (size_t)B * sizeof(int32_t));
+    memcpy(g->pos_pin, pos, (size_t)B * sizeof(int32_t));
+    g->pin_busy = 1;
+    if (g->graphs == 1 && B <= GEN_GRAPH_MAX_B) {
+        if (!g->graph[B]) g->graph[B] = record_step(g, B);
+        if (g->graph[B]) {
+            g->stats.decode_replays++;
+            return gq_be_graph_launch(g->be, g->graph[B]);
+        }
+    }
+    for (int l = 0; l < g->nl; l++) TRY(layer_decode(g, l, g->slot_pin, g->pos_pin, B));
+    return GQ_OK;
+}
+
 int gq_gen_decode(gq_gen *g, const int *slots, const int32_t *tok, int B, float *logits) {
     if (B < 1 || B > g->max_batch) return gq_err(GQ_ERR_ARG, "generation: batch of %d, at most %d", B, g->max_batch);
     int *pos = g->pos;
@@ -245,9 +310,14 @@ int gq_gen_decode(gq_gen *g, const int *slots, const int32_t *tok, int B, float 
             return gq_err(GQ_ERR_ARG, "generation: slot %d is full (%d tokens)", slots[r], g->max_len);
     }
     TRY(embed(g, tok, B));
-    for (int l = 0; l < g->nl; l++) TRY(layer_decode(g, l, slots, pos, B));
+    if (g->graphs) TRY(decode_pinned(g, slots, pos, B));
+    else
+        for (int l = 0; l < g->nl; l++) TRY(layer_decode(g, l, slots, pos, B));
     for (int r = 0; r < B; r++) g->slot_len[slots[r]]++;
-    if (logits) TRY(head(g, 0, B, logits));
+    if (logits) {
+        TRY(head(g, 0, B, logits)); /* its download waits for the step: the pinned arrays are free */
+        g->pin_busy = 0;
+    }
     g->stats.decode_tokens += B;
     g->stats.decode_steps++;
     return GQ_OK;

@@ -246,9 +246,11 @@ static int attn_decode(const ctx_t *x, const gq_attn_opts *o) {
     TRY(gq_be_linear(x->be, q, x->ldqkv, x->s->xn, x->d, x->T, &x->bl->w[GQ_GRP_ATTN_IN],
                      opt(&x->bl->b[GQ_GRP_ATTN_IN]), 0));
     TRY(qk_norm(x, q, x->ldqkv, at(x, q, (size_t)x->nq), x->ldqkv, x->T));
+    gq_attn_opts od = *o;
+    od.cache_len = kv->cache_len;
     return gq_be_decode_attention_ex(x->be, x->A, x->nq, q, x->ldqkv, x->T, kv->K, kv->V, kv->slot_stride, kv->ldkv,
                                      kv->slot, kv->pos, c->n_heads, c->n_kv_heads, x->hd, c->rot_dim,
-                                     x->a->inv_freq, o);
+                                     x->a->inv_freq, &od);
 }
 
 /* x += post(W v + b) over T rows of v [T][ldv]; post: the norm slot after the sublayer (or none). */

@@ -281,6 +281,8 @@ int gq_cuda_host_arrays(gq_backend *be, const void *h1, size_t n1, const void *h
                         const char *what) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const size_t off2 = CEIL_DIV(n1, (size_t)16) * 16, need = off2 + n2;
+    if (gq_cuda_capturing(be)) /* a host copy from pageable memory into a buffer that may move */
+        return gq_err(GQ_ERR_UNSUPPORTED, "%s: host arrays inside a recorded step", what);
     if (need > c->harr_bytes) {
         /* stream-ordered: kernels still reading the old buffer run before its memory is reused */
         gq_be_release(be, c->harr);
@@ -436,6 +438,65 @@ static void cuda_free(gq_backend *be);
 
 static struct gq_backend_i cuda_iface; /* filled once by fill_iface() */
 
+/* ---- recorded work, pinned host memory ---------------------------------------------------------- */
+
+struct gq_bgraph {
+    cudaGraphExec_t exec;
+};
+
+/* Thread-local capture: a call that could synchronise the device from this thread (cudaMalloc,
+ * a copy from pageable memory, ...) fails the recording instead of running. */
+static int cuda_graph_begin(gq_backend *be) {
+    CUDA_CHECK(cudaStreamBeginCapture(gq_cuda_ctx_of(be)->stream, cudaStreamCaptureModeThreadLocal));
+    return GQ_OK;
+}
+
+static int cuda_graph_end(gq_backend *be, gq_bgraph **out) {
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (e == cudaSuccess && graph) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess || !exec) {
+        (void)cudaGetLastError();
+        return gq_err(GQ_ERR_UNSUPPORTED, "%s: the recording failed: %s", be->name,
+                      e != cudaSuccess ? cudaGetErrorString(e) : "no graph");
+    }
+    *out = (gq_bgraph *)gq_calloc(1, sizeof **out);
+    (*out)->exec = exec;
+    return GQ_OK;
+}
+
+static int cuda_graph_launch(gq_backend *be, gq_bgraph *g) {
+    CUDA_CHECK(cudaGraphLaunch(g->exec, gq_cuda_ctx_of(be)->stream));
+    return GQ_OK;
+}
+
+static void cuda_graph_free(gq_backend *be, gq_bgraph *g) {
+    cudaStreamSynchronize(gq_cuda_ctx_of(be)->stream); /* no replay in flight */
+    cudaGraphExecDestroy(g->exec);
+    (void)cudaGetLastError();
+    free(g);
+}
+
+static void *cuda_host_alloc(gq_backend *be, size_t bytes) {
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        gq_err(GQ_ERR_NOMEM, "%s: cannot pin %zu bytes of host memory", be->name, bytes);
+        return NULL;
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cuda_host_free(gq_backend *be, void *p) {
+    cudaStreamSynchronize(gq_cuda_ctx_of(be)->stream); /* no kernel still reading it */
+    cudaFreeHost(p);
+    (void)cudaGetLastError();
+}
+
 static int cuda_fork(gq_backend *be, gq_backend **out) {
     return gq_backend_cuda_init(out, gq_cuda_ctx_of(be)->device);
 }
@@ -454,6 +515,12 @@ static void fill_iface(void) {
     f->sync = cuda_sync;
     f->free_bytes = cuda_free_bytes;
     f->fork = cuda_fork;
+    f->graph_begin = cuda_graph_begin;
+    f->graph_end = cuda_graph_end;
+    f->graph_launch = cuda_graph_launch;
+    f->graph_free = cuda_graph_free;
+    f->host_alloc = cuda_host_alloc;
+    f->host_free = cuda_host_free;
     f->weight_upload = cuda_weight_upload;
     f->weight_upload_raw = cuda_weight_upload_raw;
     f->weight_free = cuda_weight_free;

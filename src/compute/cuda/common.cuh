@@ -149,6 +149,14 @@ static __device__ __forceinline__ void put_f(float *p, float v) { *p = v; }
 
 /* Is this backend's activation (and weight) dtype fp32? */
 static inline int gq_cuda_f32(const gq_backend *be) { return be->act_dtype == GQ_DT_F32; }
+/* 1 while the stream records (gq_be_graph_begin .. end): an op must not then change what the
+ * context caches on the host (rope_host, harr, the int4 scratch) for a copy or an allocation that
+ * only the recording would hold; such an op fails the recording instead (GQ_ERR_UNSUPPORTED). */
+static inline int gq_cuda_capturing(const gq_backend *be) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(((const gq_cuda_ctx *)be->ctx)->stream, &st) != cudaSuccess) (void)cudaGetLastError();
+    return st != cudaStreamCaptureStatusNone;
+}
 /* The cuBLAS data type of activations and weights. */
 static inline cudaDataType_t gq_cuda_act_type(const gq_backend *be) {
     return gq_cuda_f32(be) ? CUDA_R_32F : CUDA_R_16F;

@@ -23,7 +23,11 @@
  * cache at the memory's rate; so the keys are cut into splits of a multiple
  * of 32 keys, enough for about two blocks per SM, each split at least 128
  * keys. With one split the kernel writes O itself (the one-block result).
- * slot[] and pos[] travel to the device each call (B ints each).
+ * slot[] and pos[] travel to the device each call (B ints each), unless they
+ * are pinned host arrays and the caches' length is known (gq_attn_opts
+ * cache_len): then the kernels read them in place and the splits follow the
+ * caches' length, so nothing of the launch depends on their values and a
+ * recorded step (gq_be_graph_*) replays with each step's positions.
  */
 #include <math.h>
 
@@ -133,6 +137,17 @@ static __global__ void decode_merge_kernel(E *O, int ldo, const float *part, int
     }
 }
 
+/* The device's view of host array p when p is pinned (read in place by the kernels, when they
+ * run: a recorded step reads each replay's values), else NULL. */
+static void *pinned_ptr(const void *p) {
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return a.type == cudaMemoryTypeHost ? a.devicePointer : NULL;
+}
+
 /* Splits for B rows of n_heads heads whose longest key range is `keys`: about two blocks per SM,
  * at least 128 keys a split (a multiple of 32), at most DEC_MAX_SPLIT. */
 static int decode_splits(const gq_cuda_ctx *c, int B, int n_heads, int keys, int *split_keys) {
@@ -175,16 +190,20 @@ int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ld
                       head_dim, DEC_MAX_HD, B);
     int rc = gq_cuda_set_rope_freqs(be, inv_freq, rot / 2);
     if (rc != GQ_OK) return rc;
-    void *dslot = NULL, *dpos = NULL;
-    rc = gq_cuda_host_arrays(be, slot, sizeof(int32_t) * (size_t)B, pos, sizeof(int32_t) * (size_t)B, &dslot, &dpos,
-                             "decode indices");
-    if (rc != GQ_OK) return rc;
     const float scale = gq_cuda_attn_scale(o, head_dim), cap = o ? o->softcap : 0.0f;
-    const int window = o ? o->window : 0;
-    int keys = 1; /* the longest row's visible keys */
-    for (int r = 0; r < B; r++) {
-        const int k = window > 0 && pos[r] + 1 > window ? window : pos[r] + 1;
-        keys = k > keys ? k : keys;
+    const int window = o ? o->window : 0, cache_len = o ? o->cache_len : 0;
+    void *dslot = pinned_ptr(slot), *dpos = pinned_ptr(pos);
+    int keys = 1; /* the longest row's visible keys; in place: the most the caches hold */
+    if (dslot && dpos && cache_len > 0) {
+        keys = window > 0 && window < cache_len ? window : cache_len;
+    } else {
+        rc = gq_cuda_host_arrays(be, slot, sizeof(int32_t) * (size_t)B, pos, sizeof(int32_t) * (size_t)B, &dslot,
+                                 &dpos, "decode indices");
+        if (rc != GQ_OK) return rc;
+        for (int r = 0; r < B; r++) {
+            const int k = window > 0 && pos[r] + 1 > window ? window : pos[r] + 1;
+            keys = k > keys ? k : keys;
+        }
     }
     int split_keys = keys;
     const int nsplit = decode_splits(c, B, n_heads, keys, &split_keys);

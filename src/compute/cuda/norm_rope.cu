@@ -91,6 +91,8 @@ int gq_cuda_set_rope_freqs(gq_backend *be, const float *inv_freq, int half) {
         return gq_err(GQ_ERR_UNSUPPORTED, "cuda rope: head_dim %d, at most %d supported", 2 * half,
                       2 * GQ_CUDA_MAX_ROPE_HALF);
     if (c->rope_n != half || memcmp(c->rope_host, inv_freq, (size_t)half * sizeof(float)) != 0) {
+        if (gq_cuda_capturing(be))
+            return gq_err(GQ_ERR_UNSUPPORTED, "cuda rope: new rotary frequencies inside a recorded step");
         /* from pageable memory: returns once the source has been staged, so
          * rope_host may change afterwards */
         memcpy(c->rope_host, inv_freq, (size_t)half * sizeof(float));

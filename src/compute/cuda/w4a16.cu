@@ -626,7 +626,9 @@ static int w4_prefill(gq_backend *be, const w4_weight *q, void *Y, int ldy, cons
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     const size_t need = (size_t)q->rows * q->K * sizeof(__half);
     if (need > be->q4_scratch_bytes) {
-        /* cudaFree (in release) waits for the device: nothing still reads the old buffer */
+        if (gq_cuda_capturing(be))
+            return gq_err(GQ_ERR_UNSUPPORTED, "cuda int4: a larger dequantization buffer inside a recorded step");
+        /* stream-ordered release: nothing still reads the old buffer when its memory is reused */
         gq_be_release(be, be->q4_scratch);
         be->q4_scratch = NULL;
         be->q4_scratch_bytes = 0;
