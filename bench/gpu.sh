@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e gen stream calib eval speed
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -153,6 +153,17 @@ step_e2e() {
     sync
     run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
     grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"
+}
+
+# the Llama-2-13B shape disk to disk (issue 14's second figure; 26 GB of synthetic fp16 weights)
+step_e2e13() {
+    S=bench-models/synth-13b
+    [ -f "$S/tokenizer.json" ] || run make_synth_13b 400 python3 bench/make_synth_model.py --shape 13b \
+        --tokenizer tests/data/pycoder-5m "$S"
+    sync
+    run e2e_13b 400 $GQ quantize --model "$S" --out bench-models/q-synth-13b --calib $CALIB --device cuda --force
+    grep -E '^(done in|layer (1|2|20|40)/)' "$LOGS/e2e_13b.log" | tee -a "$SUMMARY"
+    rm -rf bench-models/q-synth-13b
 }
 
 step_gen() {

@@ -42,12 +42,13 @@ import numpy as np
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "7b": (4096, 11008, 32, 32, 32, 32000),
+    "13b": (5120, 13824, 40, 40, 40, 32000),
     "34b": (8192, 22016, 48, 64, 8, 32000),
     "70b": (8192, 28672, 80, 64, 8, 32000),
     "tiny": (256, 768, 2, 4, 2, 8192),
 }
 
-# codes: nibbles uniform on 0..15 with 0 replaced by 8 (centered_nibbles), so q - 8 has mean 0 (the weights
+# codes: nibbles uniform on 0..15 with 0 replaced by 8 (words_i32), so q - 8 has mean 0 (the weights
 # no bias a long residual stream adds up: with plain uniform nibbles, mean -0.5, the 34B shape overflowed
 # fp16 by layer 4) and standard deviation sqrt((2 * (1 + 4 + ... + 49)) / 16) = sqrt(17.5) = 4.18
 SIGMA_Q = 17.5 ** 0.5
