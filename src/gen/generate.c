@@ -31,7 +31,7 @@ struct gq_gen {
      * GEN_GRAPH_MAX_B and replay it; 2 pinned indices, op by op (a recording failed, or B larger).
      * slot_pin / pos_pin: pinned [max_batch], read in place by the decode kernels; pin_busy: the
      * last step may still read them (no synchronising head after it) */
-    int graphs, pin_busy;
+    int graphs, pin_busy, graph_fails;
     int32_t *slot_pin, *pos_pin;
     gq_bgraph **graph; /* [GEN_GRAPH_MAX_B + 1] by B */
 };
@@ -258,7 +258,9 @@ int gq_gen_prefill(gq_gen *g, int slot, const int32_t *ids, int n, float *logits
 }
 
 /* Record the layers of a decode step of B rows (each op recorded, nothing run); NULL when an op
- * cannot be recorded (said once; the steps then run op by op). */
+ * cannot be recorded: this step then runs op by op, and after a second failure every step (said
+ * once). A first failure can be a one-off: the rotary frequencies uploaded by a model's first step
+ * when its prompts went in by decode steps. */
 static gq_bgraph *record_step(gq_gen *g, int B) {
     gq_bgraph *gr = NULL;
     int rc = gq_be_graph_begin(g->be);
@@ -269,10 +271,14 @@ static gq_bgraph *record_step(gq_gen *g, int B) {
     }
     if (rc) {
         gq_be_graph_free(g->be, gr);
-        gq_warn("generation: a decode step of %d rows could not be recorded (%s); decode steps run op by op", B,
-                gq_errmsg());
+        if (++g->graph_fails >= 2) {
+            gq_warn("generation: a decode step of %d rows could not be recorded (%s); decode steps run op by op", B,
+                    gq_errmsg());
+            g->graphs = 2;
+        } else {
+            gq_debug("generation: a decode step of %d rows could not be recorded (%s); trying again", B, gq_errmsg());
+        }
         gq_err_clear();
-        g->graphs = 2;
         return NULL;
     }
     gq_debug("generation: decode step of %d rows recorded (%d layers)", B, g->nl);
