@@ -4,7 +4,7 @@
 # Llama-2-7B layer and the Qwen3-30B-A3B MoE layer (bench_layers); pycoder-5m quantized on the
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
-# tokens). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
+# tokens), op by op and recorded (GQ_CUDA_GRAPH=1); the synthetic 7B disk to disk. Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
 L=gpu-logs/quick
@@ -41,6 +41,9 @@ for s in 7b qwen3moe; do
     GQ_LOG=debug step "layers_$s" 120 ./build/bench/bench_layers --shape "$s" --layers 2
     grep -A 6 "^$s on" "$L/layers_$s.log" | tee -a "$R"
 done
+# the inverse factor by halves (opt-in until this has run: test_cuda_gptq above checks it)
+GQ_CUDA_HINV=f64h GQ_LOG=debug step layers_7b_f64h 120 ./build/bench/bench_layers --shape 7b --layers 2
+grep -A 6 "^7b on" "$L/layers_7b_f64h.log" | tee -a "$R"
 pack_logs
 M=tests/data/pycoder-5m
 step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
@@ -60,4 +63,8 @@ grep -E '^\| 7b|Goals|PASS|FAIL' "$L/decode.log" | tee -a "$R"
 GQ_CUDA_GRAPH=1 ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$OUT/dtg" sh bench/decode_table.sh \
     > "$L/decode_graph.log" 2>&1
 grep -E '^\| 7b|Goals|PASS|FAIL' "$L/decode_graph.log" | tee -a "$R"
+pack_logs
+# disk to disk (the export thread, the codes left on the GPU); 46.7 s on 2026-12-07 before them
+sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
+grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
 pack_logs
