@@ -86,10 +86,12 @@ step_layers() {
     done
 }
 
-# MoE layers (Mixtral-8x7B, Qwen3-30B-A3B shapes): one solve chain per expert linear today
+# MoE layers (Mixtral-8x7B, Qwen3-30B-A3B shapes). Without GQ_LOG=debug: debug times every Hessian
+# update with a device sync around it, 2048 syncs per Qwen3-30B-A3B layer (MOE_DEBUG=1: with it)
 step_moe() {
     for s in mixtral qwen3moe; do
-        GQ_LOG=debug run "layers_$s" 300 ./build/bench/bench_layers --shape "$s" --layers 3
+        GQ_LOG=$([ "${MOE_DEBUG:-0}" = 1 ] && echo debug || echo info) run "layers_$s" 300 \
+            ./build/bench/bench_layers --shape "$s" --layers 3
         grep -A 8 "^$s on" "$LOGS/layers_$s.log" | tee -a "$SUMMARY"
     done
 }
@@ -97,7 +99,7 @@ step_moe() {
 # the same MoE layers with cudaMalloc / cudaFree per buffer (GQ_CUDA_POOL=0): what the pool saves
 step_nopool() {
     for s in qwen3moe 7b; do
-        GQ_CUDA_POOL=0 GQ_LOG=debug run "layers_${s}_nopool" 300 ./build/bench/bench_layers --shape "$s" --layers 3
+        GQ_CUDA_POOL=0 run "layers_${s}_nopool" 300 ./build/bench/bench_layers --shape "$s" --layers 3
         grep -A 8 "^$s on" "$LOGS/layers_${s}_nopool.log" | tee -a "$SUMMARY"
     done
 }

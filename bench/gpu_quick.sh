@@ -37,10 +37,13 @@ for t in test_cuda_gptq test_q4_model test_cuda test_cuda_w4a16; do
     step "$t" 120 "./build/tests/$t"
     grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
 done
-for s in 7b qwen3moe; do
-    GQ_LOG=debug step "layers_$s" 120 ./build/bench/bench_layers --shape "$s" --layers 2
-    grep -A 6 "^$s on" "$L/layers_$s.log" | tee -a "$R"
-done
+# (qwen3moe without GQ_LOG=debug: debug syncs around each of its 2048 Hessian updates a layer)
+GQ_LOG=debug step layers_7b 120 ./build/bench/bench_layers --shape 7b --layers 2
+grep -A 6 "^7b on" "$L/layers_7b.log" | tee -a "$R"
+step layers_qwen3moe 120 ./build/bench/bench_layers --shape qwen3moe --layers 3
+grep -A 6 "^qwen3moe on" "$L/layers_qwen3moe.log" | tee -a "$R"
+GQ_SOLVE_THREADS=1 step layers_qwen3moe_1solve 120 ./build/bench/bench_layers --shape qwen3moe --layers 3
+grep -A 6 "^qwen3moe on" "$L/layers_qwen3moe_1solve.log" | tee -a "$R"
 # the inverse factor by halves (opt-in until this has run: test_cuda_gptq above checks it)
 GQ_CUDA_HINV=f64h GQ_LOG=debug step layers_7b_f64h 120 ./build/bench/bench_layers --shape 7b --layers 2
 grep -A 6 "^7b on" "$L/layers_7b_f64h.log" | tee -a "$R"
