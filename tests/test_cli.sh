@@ -127,6 +127,10 @@ bad "quantize: --calib-seed -1" 2 "$GQ" quantize --model "$M" --out "$T/q3" --ca
 bad "quantize: --hessian-skip -1" 2 "$GQ" quantize --model "$M" --out "$T/q3" --hessian-skip -1
 bad "quantize: bad --clip" 2 "$GQ" quantize --model "$M" --out "$T/q3" --clip best
 bad "ppl: bad --int4-kernel" 2 "$GQ" ppl --model "$M" --text "$D/text/python-stdlib-eval.txt" --int4-kernel yes
+bad "eval: bad --int4-kernel" 2 "$GQ" eval --task humaneval --model "$M" --int4-kernel yes
+has "eval: --int4-kernel's choices" "auto|on|off"
+bad "calib: bad --int4-kernel" 2 "$GQ" calib --model "$M" --out "$T/c.jsonl" --int4-kernel maybe
+has "calib: --int4-kernel's choices" "auto|on|off"
 bad "quantize: flag with a value" 2 "$GQ" quantize --model "$M" --out "$T/q3" --force=yes
 bad "ppl: missing --text" 2 "$GQ" ppl --model "$M"
 bad "ppl: --seqlen 1" 2 "$GQ" ppl --model "$M" --text "$D/text/python-stdlib-eval.txt" --seqlen 1

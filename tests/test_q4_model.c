@@ -200,6 +200,28 @@ static void check_graphs(gq_backend *be, const gq_model *m, const int32_t *ids, 
     for (int k = 0; k < 3; k++) free(lg[k]);
 }
 
+/* --int4-kernel auto|on|off (gq_model_q4_choose): the rule with numbers (keep packed up to 16 decode
+ * rows, or when the fp16 linears would take more than half the free memory; unknown free memory,
+ * 0, keeps), the fp16 bytes of pycoder-5m's linears against its config, and the modes on this
+ * backend (whose free memory is unknown on the CPU: auto keeps). */
+static void check_choose(gq_backend *be, const gq_model *m) {
+    const size_t G = (size_t)1 << 30;
+    TEST_CHECK(gq_q4_auto_keeps(16, G, 64 * G) && !gq_q4_auto_keeps(17, G, 64 * G) &&
+                   !gq_q4_auto_keeps(128, 2 * G, 4 * G) && gq_q4_auto_keeps(128, 2 * G + 1, 4 * G) &&
+                   gq_q4_auto_keeps(128, G, 0),
+               "auto: packed up to 16 rows; dequantized above when the fp16 linears fit half the free memory");
+    const gq_config *c = &m->cfg;
+    const size_t d = (size_t)c->hidden, q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
+    const size_t want = (size_t)c->n_layers * (d * (q + 2 * kv) + q * d + 3 * d * (size_t)c->intermediate) * 2;
+    TEST_CHECK(gq_model_linear_fp16_bytes(m) == want, "fp16 bytes of the linears %zu, expected %zu",
+               gq_model_linear_fp16_bytes(m), want);
+    TEST_CHECK(gq_model_q4_choose(m, be, 0, 64) == 0 && gq_model_q4_choose(m, be, 1, 64) == 1,
+               "--int4-kernel off / on are taken as they are");
+    TEST_CHECK(gq_model_q4_choose(m, be, GQ_Q4_AUTO, 64) == (gq_be_free_bytes(be) == 0 ||
+                                                            gq_q4_auto_keeps(64, want, gq_be_free_bytes(be))),
+               "auto at 64 rows follows the rule with this backend's free memory");
+}
+
 static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int32_t *ids, size_t n) {
     TEST_BEGIN(c->name);
     char *out = gq_path_join(tmp, "q");
@@ -213,6 +235,7 @@ static void run_case(gq_backend *be, const qcase *c, const char *tmp, const int3
     TEST_OK(gq_model_open(&off, out), "open (dequantized)");
     if (!on.st || !off.st) goto done;
     TEST_CHECK(on.q4_resident == 1, "gq_model_open keeps 4-bit linears packed where supported (--int4-kernel on)");
+    check_choose(be, &on);
     off.q4_resident = 0;
     check_layer(be, &on, 1, "int4 kernel");
     check_layer(be, &off, 0, "--int4-kernel off");

@@ -76,7 +76,7 @@ typedef struct {
     int min_answer_tokens; /* 8 */
     int degenerate_period; /* longest repeated period the degenerate rule looks for (64; 0: rule off) */
     int threads;           /* 0 = all cores */
-    int int4_kernel;       /* 1: a 4-bit model's linears stay packed on the GPU (gq_model.q4_resident; 1) */
+    int int4_kernel;       /* --int4-kernel: GQ_Q4_AUTO (default), 1 on, 0 off (gq_model_q4_choose) */
     int max_len;           /* tokens per sequence (0 = longest prompt + max_new_tokens, capped at the
                               model's max positions) */
 } gq_calib_gen_opts;

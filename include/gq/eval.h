@@ -179,7 +179,7 @@ typedef struct {
     const char *python; /* NULL: /usr/bin/python3, else python3 on PATH */
     const char *device, *precision;
     int threads;
-    int int4_kernel;   /* 1: a 4-bit model's linears stay packed on the GPU (gq_model.q4_resident; 1) */
+    int int4_kernel;   /* --int4-kernel: GQ_Q4_AUTO (default), 1 on, 0 off (gq_model_q4_choose) */
     int no_early_stop; /* generate to eos / max_new_tokens and cut afterwards (tests, timing: the same completions) */
 } gq_eval_opts;
 

@@ -164,6 +164,18 @@ gq_bweight *gq_blayer_weight(gq_blayer *bl, gq_group g, int expert);
 int gq_blayer_load(gq_backend *be, const gq_model *m, int layer, gq_blayer *bl);
 int gq_blayer_load_q(gq_backend *be, const gq_model *m, int layer, const gq_st *qsrc, const char *qwhere, int bits,
                      int group_size, int v2, gq_blayer *bl);
+/* `--int4-kernel auto|on|off` (GQ_Q4_AUTO, 1, 0) for a run that decodes up to `rows` rows a step
+ * (0: prefill only): what m->q4_resident should be. auto keeps a 4-bit checkpoint packed, except
+ * where its decode steps take more rows than the W4A16 kernel's GQ_Q4_KERNEL_ROWS (larger ones
+ * dequantize every linear each step: 1.6-2.3x slower than fp16 weights) and its linears fit the
+ * backend's free memory twice over in fp16: then they are dequantized at load. Says which and
+ * why (info) when it dequantizes. gq_q4_auto_keeps is the rule alone (tests). */
+#define GQ_Q4_AUTO 2
+#define GQ_Q4_KERNEL_ROWS 16
+int gq_model_q4_choose(const gq_model *m, gq_backend *be, int mode, int rows);
+int gq_q4_auto_keeps(int rows, size_t fp16_bytes, size_t free_bytes);
+/* Bytes of every linear of m in fp16 (the dequantized load's weights). */
+size_t gq_model_linear_fp16_bytes(const gq_model *m);
 /* Allocate (uninitialised) every weight of layer `layer` (for benchmarks filling them). */
 int gq_blayer_alloc(gq_backend *be, const gq_config *c, int layer, gq_blayer *bl);
 void gq_blayer_free(gq_backend *be, gq_blayer *bl);

@@ -25,7 +25,7 @@ int gq_cmd_calib(int argc, char **argv) {
     gq_calib_gen_opts_default(&o);
     const char *qfmt = "auto";
     int seed = 0;
-    const char *int4 = "on";
+    const char *int4 = "auto";
     gq_opt opts[] = {
         {"model", GQ_OPT_STR, &o.model_dir, "Hugging Face checkpoint directory (fp16/bf16/fp32 or gq int4)", NULL, 0,
          0},
@@ -59,7 +59,7 @@ int gq_cmd_calib(int argc, char **argv) {
         {"max-len", GQ_OPT_INT, &o.max_len, "tokens per sequence, prompt included (0: longest prompt + max-new-tokens)",
          NULL, 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads (0: all cores)", NULL, 0, 0},
-        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel; off: dequantized to fp16 at load (the CPU always dequantizes)", "on|off", 0, 0},
+        {"int4-kernel", GQ_OPT_STR, &int4, "auto: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel, unless --batch is above 16 rows and their fp16 copy fits the device (faster there); on: always packed; off: dequantized to fp16 at load (the CPU always dequantizes)", "auto|on|off", 0, 0},
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn = "--model DIR --questions FILE --out FILE.jsonl[.gz] [options]";
@@ -72,7 +72,7 @@ int gq_cmd_calib(int argc, char **argv) {
     if (seed < 0) return gq_err(GQ_ERR_ARG, "--seed: expected >= 0, got %d", seed);
     rc = gq_questions_format_parse(qfmt, &o.qformat);
     if (rc) return rc;
-    o.int4_kernel = strcmp(int4, "off") != 0;
+    o.int4_kernel = !strcmp(int4, "off") ? 0 : !strcmp(int4, "on") ? 1 : GQ_Q4_AUTO;
     o.sampling.seed = (uint64_t)seed;
     gq_opts_print("gq calib: effective settings", opts, n);
 

@@ -37,7 +37,7 @@ int gq_cmd_eval(int argc, char **argv) {
     gq_eval_opts_default(&o);
     const char *task = NULL, *ks = "1,10";
     int seed = 0, memory_mb = (int)(o.sandbox.mem_bytes >> 20);
-    const char *int4 = "on";
+    const char *int4 = "auto";
     double timeout = o.sandbox.wall_s;
     gq_opt opts[] = {
         {"task", GQ_OPT_STR, &task, "benchmark (bundled in calib/eval/, docs/eval.md)", "humaneval|mbpp", 0, 0},
@@ -83,7 +83,7 @@ int gq_cmd_eval(int argc, char **argv) {
          "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)",
          "auto|fp16|fp32", 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads of the model (0: all cores)", NULL, 0, 0},
-        {"int4-kernel", GQ_OPT_STR, &int4, "on: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel; off: dequantized to fp16 at load (the CPU always dequantizes)", "on|off", 0, 0},
+        {"int4-kernel", GQ_OPT_STR, &int4, "auto: a 4-bit checkpoint's linears stay packed on the GPU and run with the W4A16 kernel, unless --batch is above 16 rows and their fp16 copy fits the device (faster there); on: always packed; off: dequantized to fp16 at load (the CPU always dequantizes)", "auto|on|off", 0, 0},
     };
     int n = (int)(sizeof opts / sizeof *opts);
     const char *syn =
@@ -101,7 +101,7 @@ int gq_cmd_eval(int argc, char **argv) {
     if (seed < 0) return gq_err(GQ_ERR_ARG, "--seed: expected >= 0, got %d", seed);
     if (memory_mb < 0) return gq_err(GQ_ERR_ARG, "--memory-mb: expected >= 0 (0: unlimited), got %d", memory_mb);
     if (!(timeout > 0)) return gq_err(GQ_ERR_ARG, "--timeout: expected > 0 seconds, got %g", timeout);
-    o.int4_kernel = strcmp(int4, "off") != 0;
+    o.int4_kernel = !strcmp(int4, "off") ? 0 : !strcmp(int4, "on") ? 1 : GQ_Q4_AUTO;
     o.sampling.seed = (uint64_t)seed;
     o.sandbox.wall_s = timeout;
     o.sandbox.cpu_s = timeout;

@@ -27,7 +27,7 @@ void gq_eval_opts_default(gq_eval_opts *o) {
     o->batch = 16;
     o->device = "auto";
     o->precision = "auto";
-    o->int4_kernel = 1;
+    o->int4_kernel = GQ_Q4_AUTO;
     gq_sb_opts_default(&o->sandbox);
 }
 
@@ -355,7 +355,7 @@ static int generate(ctx *c, int si, gq_backend *be) {
     g.tok = tok;
     if (!rc) rc = gq_prompt_init(&pt, o->template_spec, tok);
     if (!rc) rc = gq_model_open(&m, s->dir);
-    if (!rc) m.q4_resident = o->int4_kernel;
+    if (!rc) m.q4_resident = gq_model_q4_choose(&m, be, o->int4_kernel, o->batch);
     int nseq = 0, max_prompt = 0;
     if (!rc) {
         seqs = gq_calloc((size_t)npend, sizeof *seqs);

@@ -13,7 +13,7 @@ void gq_calib_gen_opts_default(gq_calib_gen_opts *o) {
     o->batch = 16;
     o->device = "auto";
     o->precision = "auto";
-    o->int4_kernel = 1;
+    o->int4_kernel = GQ_Q4_AUTO;
     o->qformat = GQ_QUESTIONS_AUTO;
     o->template_spec = "raw";
     o->min_answer_tokens = 8;
@@ -480,7 +480,7 @@ int gq_calib_gen_run(const gq_calib_gen_opts *o, gq_calib_gen_report *rep) {
     c.tok = tok;
     if (!rc) rc = gq_prompt_init(&pt, o->template_spec, tok);
     if (!rc) rc = gq_model_open(&m, o->model_dir);
-    if (!rc) m.q4_resident = o->int4_kernel;
+    if (!rc) m.q4_resident = gq_model_q4_choose(&m, c.be, o->int4_kernel, o->batch);
     if (!rc) rc = prepare(&c, pt, &m);
     int npend = 0, max_prompt = 0;
     if (!rc) {

@@ -382,3 +382,35 @@ void gq_bhead_free(gq_backend *be, gq_bhead *h) {
     gq_be_weight_free(be, &h->norm_b);
     gq_be_weight_free(be, &h->lm);
 }
+
+/* ---- --int4-kernel auto ---------------------------------------------------------------------- */
+
+size_t gq_model_linear_fp16_bytes(const gq_model *m) {
+    const int cap = gq_layer_module_cap(&m->cfg);
+    gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
+    size_t n = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        int k = gq_layer_modules(&m->cfg, m->fused, l, mods, cap);
+        for (int i = 0; i < k; i++) n += (size_t)mods[i].rows * (size_t)mods[i].cols * 2;
+    }
+    free(mods);
+    return n;
+}
+
+int gq_q4_auto_keeps(int rows, size_t fp16_bytes, size_t free_bytes) {
+    return rows <= GQ_Q4_KERNEL_ROWS || free_bytes / 2 < fp16_bytes;
+}
+
+int gq_model_q4_choose(const gq_model *m, gq_backend *be, int mode, int rows) {
+    if (mode != GQ_Q4_AUTO) return mode != 0;
+    if (!m->quantized || !gq_be_q4_supported(be)) return 1; /* nothing to choose */
+    const size_t fp16 = gq_model_linear_fp16_bytes(m), free_b = gq_be_free_bytes(be);
+    if (gq_q4_auto_keeps(rows, fp16, free_b)) return 1;
+    char b1[32], b2[32];
+    gq_info("int4 kernel: off (--int4-kernel auto): decode steps of up to %d rows run faster on fp16 weights than "
+            "through the W4A16 kernel (up to %d rows), and the linears' %s in fp16 fit the %s free; "
+            "--int4-kernel on keeps them packed",
+            rows, GQ_Q4_KERNEL_ROWS, gq_fmt_bytes(b1, sizeof b1, (double)fp16),
+            gq_fmt_bytes(b2, sizeof b2, (double)free_b));
+    return 0;
+}
