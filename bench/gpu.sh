@@ -119,11 +119,17 @@ step_kld() {
     tail -n 12 "$LOGS/kld_torch.log" | tee -a "$SUMMARY"
 }
 
+# bench-models/pycoder-30m from .m30pack where it is not there yet (WHAT names the step on failure)
+need_m30() {
+    [ -f bench-models/pycoder-30m/config.json ] || python3 bench/modelpack.py unpack .m30pack bench-models/pycoder-30m ||
+        { say "$1: unpack failed"; return 1; }
+}
+
 step_m30() {
     M=bench-models/pycoder-30m
     P=${PREC:-auto}
     S=$([ "$P" = auto ] || echo "_$P")
-    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "m30: unpack failed"; return; }
+    need_m30 m30 || return
     run m30_fp16_ppl_cuda$S 120 $GQ ppl --model $M --text $TEXT --device cuda --precision $P
     say "  fp16 ppl (cuda, precision $P): $(ppl_of m30_fp16_ppl_cuda$S)   [transformers fp16: 8.7891]"
     for cfg in "sym:" "asym:--asym" "asym_ao_sg:--asym --act-order --static-groups" "int3_asym:--asym --bits 3" \
@@ -146,31 +152,29 @@ step_layersf32() {
     grep -A 8 "^7b on" "$LOGS/layers_7b_fp32.log" | tee -a "$SUMMARY"
 }
 
-step_e2e() {
-    S=bench-models/synth-7b
-    TOK=tests/data/pycoder-5m
-    [ -f $TOK/tokenizer.json ] || TOK=bench-models/pycoder-30m
-    [ -f $TOK/tokenizer.json ] || python3 bench/modelpack.py unpack .m30pack bench-models/pycoder-30m
-    [ -f "$S/tokenizer.json" ] || run make_synth_7b 300 python3 bench/make_synth_model.py --shape 7b --tokenizer $TOK "$S"
-    sync
-    run e2e_7b 300 $GQ quantize --model "$S" --out bench-models/q-synth-7b --calib $CALIB --device cuda --force
-    grep -E '^(done in|layer (1|2|16|32)/)' "$LOGS/e2e_7b.log" | tee -a "$SUMMARY"
-}
-
-# the Llama-2-13B shape disk to disk (issue 14's second figure; 26 GB of synthetic fp16 weights)
-step_e2e13() {
-    S=bench-models/synth-13b
-    [ -f "$S/tokenizer.json" ] || run make_synth_13b 400 python3 bench/make_synth_model.py --shape 13b \
+# synthetic checkpoint of SHAPE (bench/make_synth_model.py), disk to disk on the GPU; LIM seconds
+# for each of making and quantizing it
+e2e_shape() {
+    shape=$1 lim=$2 S=bench-models/synth-$1
+    [ -f "$S/tokenizer.json" ] || run "make_synth_$shape" "$lim" python3 bench/make_synth_model.py --shape "$shape" \
         --tokenizer tests/data/pycoder-5m "$S"
     sync
-    run e2e_13b 400 $GQ quantize --model "$S" --out bench-models/q-synth-13b --calib $CALIB --device cuda --force
-    grep -E '^(done in|layer (1|2|20|40)/)' "$LOGS/e2e_13b.log" | tee -a "$SUMMARY"
+    run "e2e_$shape" "$lim" $GQ quantize --model "$S" --out "bench-models/q-synth-$shape" --calib $CALIB --device cuda \
+        --force
+    grep -E '^(done in|layer (1|2|16|32|40)/)' "$LOGS/e2e_$shape.log" | tee -a "$SUMMARY"
+}
+
+step_e2e() { e2e_shape 7b 300; }
+
+# the Llama-2-13B shape (issue 14's second figure; 26 GB of synthetic fp16 weights; its output removed)
+step_e2e13() {
+    e2e_shape 13b 400
     rm -rf bench-models/q-synth-13b
 }
 
 step_gen() {
     M=bench-models/pycoder-30m
-    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "gen: unpack failed"; return; }
+    need_m30 gen || return
     run bench_generate 200 ./build/bench/bench_generate --device cuda --models $M --batches 1,16,128 --new 256 --reps 1
     grep -E '^\|' "$LOGS/bench_generate.log" | tee -a "$SUMMARY"
     run calib_128x512 200 $GQ calib --model $M --questions calib/questions/humaneval-mbpp.jsonl.gz --n 128 --batch 128 \
@@ -181,7 +185,7 @@ step_gen() {
 # activations streamed from host memory (forced): bitwise the resident run, and its cost
 step_stream() {
     M=bench-models/pycoder-30m
-    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "stream: unpack failed"; return; }
+    need_m30 stream || return
     [ -f bench-models/q30-sym/config.json ] || run m30_q_sym 300 $GQ quantize --model $M --out bench-models/q30-sym \
         --calib $CALIB --device cuda --force
     GQ_STREAM_ACTIVATIONS=1 run m30_q_sym_stream 300 $GQ quantize --model $M --out bench-models/q30-sym-stream \
@@ -214,7 +218,7 @@ step_w4a16() {
 # pass@1 and sampled pass@10 (20 samples, T 0.8, top-p 0.95) on HumanEval and MBPP, --base beside
 step_eval() {
     M=bench-models/pycoder-30m
-    [ -f "$M/config.json" ] || python3 bench/modelpack.py unpack .m30pack "$M" || { say "eval: unpack failed"; return; }
+    need_m30 eval || return
     [ -f bench-models/q30-def/config.json ] || run eval_q30 300 $GQ quantize --model $M --out bench-models/q30-def \
         --calib $CALIB --device cuda --force
     for task in humaneval mbpp; do
