@@ -420,6 +420,10 @@ int main(int argc, char **argv) {
             printf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.0f | %s | %.2f | %.2f | %s | %s | %.2f | %.2f |\n", name, B,
                    (double)B * plen / p, (double)B * nnew / d, ms, 100 * cp / reps, 100 * cd / reps, wkind,
                    (double)peak / (1u << 30), bytes / 1e9, fl, xf, 1e3 * s0, 1e3 * s1);
+            const gq_gen_stats *gs = gq_gen_get_stats(g);
+            if (gs->decode_replays > 0)
+                printf("replayed %s batch %d: %lld of %lld decode steps from recordings (GQ_CUDA_GRAPH=1)\n", name, B,
+                       (long long)gs->decode_replays, (long long)gs->decode_steps);
             if (cn > 0)
                 printf("check %s batch %d: logits of token %d by prefill vs %d decode steps: max |diff| %.4g, max "
                        "|logit| %.4g (%.2g relative), top-1 %s\n",

@@ -414,7 +414,7 @@ def run_row(pl):
             ADAPT.append(min(4.0, max(0.5, (time.time() - t) / max(1.0, e["total"] - e["make"]))))
         open(log, "w").write(so + "\n---- stderr\n" + se)
         for line in so.splitlines():
-            if line.startswith(("| " + label, "check ", "note ", "copy bandwidth")):
+            if line.startswith(("| " + label, "check ", "note ", "replayed ", "copy bandwidth")):
                 say("    " + line)
         say(f"    rc {rc}, {time.time() - t:.0f} s" + (f"; nvidia-smi peak {peak - base:.0f} MiB over {base:.0f}"
                                                     if peak is not None else ""))

@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -228,6 +228,27 @@ step_eval() {
         run "eval_${task}_k10" 600 $GQ eval --task $task --model bench-models/q30-def --base $M --device cuda \
             --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/eval_${task}_k10.jsonl" --force
         grep -E '^eval: ' "$LOGS/eval_${task}_k10.log" | tee -a "$SUMMARY"
+    done
+}
+
+# batch-1 decode of the synthetic 7B, int4 and fp16: the decode kernels' tests, the table op by op
+# and recorded (GQ_CUDA_GRAPH=1), then each step's GPU time by kernel (bench/profile_decode.sh, ncu)
+step_decode() {
+    run test_cuda_dec 300 ./build/tests/test_cuda
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_dec.log" | head -n 20 | tee -a "$SUMMARY"
+    run test_q4_model_dec 300 ./build/tests/test_q4_model
+    grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_q4_model_dec.log" | head -n 20 | tee -a "$SUMMARY"
+    # a: the decode attention of before 2026-12-08 (GQ_CUDA_ATTN=1), op by op; 0: op by op; 1: recorded
+    for g in a 0 1; do
+        if [ $g = a ]; then set -- env GQ_CUDA_ATTN=1; else set -- env GQ_CUDA_GRAPH=$g; fi
+        ROWS="${DEC_ROWS:-7b:int4:1 7b:fp16:1}" NEW=${DEC_NEW:-256} BUDGET_S=200 OUT="$OUT/dec$g" \
+            run "decode_graph$g" 300 "$@" sh bench/decode_table.sh
+        grep -E '^\| 7b|^\| 34b|FAIL|PASS|replayed' "$LOGS/decode_graph$g.log" | tee -a "$SUMMARY"
+    done
+    for w in int4 fp16; do
+        [ -d "bench-models/dt-7b-$w" ] || continue
+        OUT=$LOGS run "prof_$w" 300 sh bench/profile_decode.sh "bench-models/dt-7b-$w" "7b-$w"
+        grep -E '^\||kernels profiled|ncu' "$LOGS/prof_$w.log" | head -n 16 | tee -a "$SUMMARY"
     done
 }
 

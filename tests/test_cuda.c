@@ -694,6 +694,9 @@ static void run_suite(pair *P) {
         const int s3[2] = {1, 4}, p3[2] = {3000, 140}, s4[1] = {6}, p4[1] = {2047};
         test_decode(P, 2, 8, 2, 128, 3100, s3, p3);
         test_decode(P, 1, 32, 4, 128, 2100, s4, p4);
+        /* fp16: head_dim 256 by decode_attn_h_kernel's 32-lane key groups; 96 by decode_attn_kernel */
+        test_decode(P, 5, 4, 2, 256, 300, slot, pos);
+        test_decode(P, 5, 4, 4, 96, 300, slot, pos);
     }
     snprintf(title, sizeof title, "cuda models%s", pass);
     TEST_BEGIN(title);

@@ -43,21 +43,24 @@ int gq_cuda_device_info(int device, char *name, size_t name_cap, size_t *total_b
  * leading dimensions multiples of 8, 16-byte aligned buffers -- or the fp32
  * tiled kernel v3 with --precision fp32 and head_dim 64 or 128; the simple
  * kernel v1 otherwise), 1 = always v1, 2 = always v2, 3 = always v3
- * (GQ_ERR_UNSUPPORTED where it does not apply). The environment variable
+ * (GQ_ERR_UNSUPPORTED where it does not apply). Decode steps
+ * (gq_be_decode_attention) take the 16-byte-load kernel for fp16 and
+ * head_dim 64 / 128 / 256 except under 1. The environment variable
  * GQ_CUDA_ATTN=0|1|2|3 sets the initial value.
  * Returns the previous setting, or -1 if `be` is not a CUDA backend. */
 int gq_cuda_set_attention_kernel(gq_backend *be, int version);
 
 /* How the GPTQ solve computes the upper Cholesky factor of H^-1:
- *   GQ_CUDA_HINV_F64 (default): fp64, potrf of the reversed matrix + trtri
+ *   GQ_CUDA_HINV_F64: fp64, potrf of the reversed matrix + trtri
  *     (2/3 n^3 flops; the same factor as the reference chain below);
  *   GQ_CUDA_HINV_F64_POTRI: fp64, potrf -> potri -> potrf (the reference
  *     chain, as the CPU path does it; 4/3 n^3 flops);
  *   GQ_CUDA_HINV_F32_FIRST: the reversed potrf -> trtri route in fp32 first,
  *     fp64 (GQ_CUDA_HINV_F64) when fp32 reports "not positive definite";
- *   GQ_CUDA_HINV_F64_HALVES: GQ_CUDA_HINV_F64 with trtri by halves (two cuBLAS
- *     trmm per split, trtri on blocks of <= 512 columns), for trtri's speed
- *     (86 ms for n = 11008 in fp64 on an H100). Not yet run on a GPU.
+ *   GQ_CUDA_HINV_F64_HALVES (default): GQ_CUDA_HINV_F64 with trtri by halves
+ *     (two cuBLAS trmm per split, trtri on blocks of <= 512 columns): trtri
+ *     alone took 86 ms for n = 11008 in fp64 on an H100; the 7B layer's solve
+ *     went from 0.465 s to 0.373 s (H100, 2026-12-07).
  * Damping retries (x10, max_retries) and the RTN fallback follow in every
  * mode. GQ_CUDA_HINV=f64|potri|f32|f64h sets the initial value. Returns the
  * previous mode, or -1 if `be` is not a CUDA backend. */

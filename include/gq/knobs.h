@@ -11,7 +11,7 @@
  *   GQ_CPU_ATTN=tasks|blas     CPU attention schedule                 (numbers)
  *   GQ_CPU_ATTN_TILE=0..4096   CPU attention query rows per tile      (numbers)
  *   GQ_CUDA_ATTN=0..3          CUDA attention kernel version          (numbers)
- *   GQ_CUDA_HINV=f64|potri|f32|f64h CUDA inverse-factor mode          (numbers)
+ *   GQ_CUDA_HINV=f64|potri|f32|f64h CUDA inverse-factor mode (default f64h)  (numbers)
  *   GQ_STREAM_ACTIVATIONS=0|1  stream calibration activations from the host
  *                              (bitwise equal to the resident run)
  *   GQ_PPL_PARALLEL=windows|ops  perplexity schedule on the CPU         (timing)
@@ -38,13 +38,13 @@ typedef struct {
     int cpu_attn_blas;      /* GQ_CPU_ATTN: 0 tasks (default), 1 blas */
     int cpu_attn_tile;      /* GQ_CPU_ATTN_TILE: 0 = head_dim rows */
     int cuda_attn;          /* GQ_CUDA_ATTN: 0 = the default kernel for the precision */
-    int cuda_hinv;          /* GQ_CUDA_HINV: index into {f64, potri, f32, f64h} */
+    int cuda_hinv;          /* GQ_CUDA_HINV: index into {f64, potri, f32, f64h}; default 3 (f64h) */
     int stream_activations; /* GQ_STREAM_ACTIVATIONS */
     int ppl_ops;            /* GQ_PPL_PARALLEL=ops */
     int cpu_q4;             /* GQ_CPU_Q4=1 */
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
-    int cuda_no_pool;
-    int cuda_graph;         /* GQ_CUDA_GRAPH: 1 decode steps recorded and replayed, 2 pinned only */       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
+    int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
+    int cuda_graph;         /* GQ_CUDA_GRAPH: 1 decode steps recorded and replayed, 2 pinned only */
     char openblas_coretype[32];
 } gq_knobs;
 

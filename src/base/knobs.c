@@ -13,14 +13,16 @@ static int loaded;
 
 static const char *const cpu_attn_names[] = {"tasks", "blas"};
 static const char *const cuda_attn_names[] = {"0", "1", "2", "3"};
-static const char *const hinv_names[] = {"f64", "potri", "f32", "f64h"};
+static const char *const hinv_names[] = {"f64", "potri", "f32", "f64h"}; /* gq/backend_cuda.h's enum order */
+#define HINV_DEFAULT 3                                                        /* f64h */
 static const char *const stream_names[] = {"0", "1"};
 static const char *const ppl_names[] = {"windows", "ops"};
 static const char *const pool_names[] = {"1", "0"};
 
-static int env_choice(const char *name, const char *const *names, int n) {
+/* index of $name in names[n]; def when unset or not one of them (said) */
+static int env_choice(const char *name, const char *const *names, int n, int def) {
     const char *s = getenv(name);
-    if (!s || !*s) return 0;
+    if (!s || !*s) return def;
     for (int i = 0; i < n; i++)
         if (!strcmp(s, names[i])) return i;
     char list[128];
@@ -28,7 +30,7 @@ static int env_choice(const char *name, const char *const *names, int n) {
     for (int i = 0; i < n && len < (int)sizeof list; i++)
         len += snprintf(list + len, sizeof list - (size_t)len, "%s%s", i ? "|" : "", names[i]);
     gq_warn("%s=%s ignored: expected %s", name, s, list);
-    return 0;
+    return def;
 }
 
 static int env_int(const char *name, int lo, int hi) {
@@ -46,15 +48,15 @@ static int env_int(const char *name, int lo, int hi) {
 
 void gq_knobs_reload(void) {
     memset(&knobs, 0, sizeof knobs);
-    knobs.cpu_attn_blas = env_choice("GQ_CPU_ATTN", cpu_attn_names, 2);
+    knobs.cpu_attn_blas = env_choice("GQ_CPU_ATTN", cpu_attn_names, 2, 0);
     knobs.cpu_attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 4096);
-    knobs.cuda_attn = env_choice("GQ_CUDA_ATTN", cuda_attn_names, 4);
-    knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 4);
-    knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2);
-    knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2);
+    knobs.cuda_attn = env_choice("GQ_CUDA_ATTN", cuda_attn_names, 4, 0);
+    knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 4, HINV_DEFAULT);
+    knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2, 0);
+    knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2, 0);
     knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1);
     knobs.solve_threads = env_int("GQ_SOLVE_THREADS", 1, 16);
-    knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2);
+    knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2, 0);
     knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
@@ -75,7 +77,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
     if (k->cpu_attn_blas) ADD("%sGQ_CPU_ATTN=blas", len ? " " : "");
     if (k->cpu_attn_tile) ADD("%sGQ_CPU_ATTN_TILE=%d", len ? " " : "", k->cpu_attn_tile);
     if (k->cuda_attn) ADD("%sGQ_CUDA_ATTN=%d", len ? " " : "", k->cuda_attn);
-    if (k->cuda_hinv) ADD("%sGQ_CUDA_HINV=%s", len ? " " : "", hinv_names[k->cuda_hinv]);
+    if (k->cuda_hinv != HINV_DEFAULT) ADD("%sGQ_CUDA_HINV=%s", len ? " " : "", hinv_names[k->cuda_hinv]);
     if (!numbers_only) {
         if (k->stream_activations) ADD("%sGQ_STREAM_ACTIVATIONS=1", len ? " " : "");
         if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");

@@ -23,6 +23,13 @@
  * cache at the memory's rate; so the keys are cut into splits of a multiple
  * of 32 keys, enough for about two blocks per SM, each split at least 128
  * keys. With one split the kernel writes O itself (the one-block result).
+ *   decode_attn_h_kernel<HD>   the same blocks and results for fp16 caches with head_dim 64,
+ *                              128 or 256: a key's row is read by HD / 8 lanes, 16 bytes each
+ *                              (so a warp reads 2 keys of 128 dims at once, coalesced, where
+ *                              decode_attn_kernel's lanes read a 2-byte element of 32 rows a
+ *                              time), DEC_UNROLL such loads of K and of V in flight per lane;
+ *                              each lane group keeps its own online softmax over its keys,
+ *                              merged through the warp with shuffles at the end.
  * slot[] and pos[] travel to the device each call (B ints each), unless they
  * are pinned host arrays and the caches' length is known (gq_attn_opts
  * cache_len): then the kernels read them in place and the splits follow the
@@ -36,6 +43,7 @@
 #define DEC_WARPS 4
 #define DEC_MAX_HD 256
 #define DEC_MAX_SPLIT 64
+#define DEC_UNROLL 4 /* keys per lane group in flight (decode_attn_h_kernel) */
 
 template <typename E>
 static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc, size_t stride,
@@ -54,6 +62,35 @@ static __global__ void decode_rope_append_kernel(E *QKV, int ldqkv, E *Kc, E *Vc
     for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
         Kc[at + j] = ks[j];
         Vc[at + j] = vs[j];
+    }
+}
+
+/* The block's warps' (max, sum, unnormalised o) -- wm, wl, wo, shared and complete -- merged into
+ * O (one split) or into this split's partial in part (see decode_attn_kernel). */
+template <typename E>
+static __device__ void block_merge(E *O, int ldo, const float *wm, const float *wl, const float (*wo)[DEC_MAX_HD],
+                                   int hd, float *part) {
+    const int h = blockIdx.x, r = blockIdx.y, nsplit = gridDim.z;
+    float *pp = nsplit > 1 ? part + ((size_t)(r * gridDim.x + h) * nsplit + blockIdx.z) * (hd + 2) : NULL;
+    float M = wm[0];
+    for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float L = 0.0f, acc = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            if (wm[w] == -INFINITY) continue;
+            const float a = expf(wm[w] - M);
+            L += wl[w] * a;
+            acc += wo[w][d] * a;
+        }
+        if (!pp) { /* one split: some warp saw key k1, so M is finite and L > 0 */
+            put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
+            continue;
+        }
+        pp[2 + d] = acc;
+        if (d == 0) {
+            pp[0] = M; /* -inf: a split past this row's last key */
+            pp[1] = L;
+        }
     }
 }
 
@@ -94,27 +131,103 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
         if (d < hd) wo[warp][d] = o[e];
     }
     __syncthreads();
-    float *pp = nsplit > 1 ? part + ((size_t)(r * gridDim.x + h) * nsplit + blockIdx.z) * (hd + 2) : NULL;
-    float M = wm[0]; /* one split: warp 0 saw key k1 */
-    for (int w = 1; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float L = 0.0f, acc = 0.0f;
-        for (int w = 0; w < DEC_WARPS; w++) {
-            if (wm[w] == -INFINITY) continue;
-            const float a = expf(wm[w] - M);
-            L += wl[w] * a;
-            acc += wo[w][d] * a;
-        }
-        if (!pp) {
-            put_f(&O[(size_t)r * ldo + (size_t)h * hd + d], acc / L);
-            continue;
-        }
-        pp[2 + d] = acc;
-        if (d == 0) {
-            pp[0] = M; /* -inf: a split past this row's last key */
-            pp[1] = L;
-        }
+    block_merge(O, ldo, wm, wl, wo, hd, part);
+}
+
+/* (m, l, o) of this lane's group merged with those of the group `off` lanes away (xor). */
+static __device__ __forceinline__ void soft_merge(float &m, float &l, float (&o)[8], int off) {
+    const float m2 = __shfl_xor_sync(GQ_FULL_MASK, m, off), l2 = __shfl_xor_sync(GQ_FULL_MASK, l, off);
+    const float M = fmaxf(m, m2);
+    const float a = m == -INFINITY ? 0.0f : expf(m - M), b = m2 == -INFINITY ? 0.0f : expf(m2 - M);
+    l = l * a + l2 * b;
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i] = o[i] * a + __shfl_xor_sync(GQ_FULL_MASK, o[i], off) * b;
+    m = M;
+}
+
+/* 8 fp16 values (16 bytes) as fp32 */
+static __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 t = __half22float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
     }
+}
+
+/* decode_attn_kernel for fp16 caches and head_dim HD (64, 128, 256), its blocks and results: lane
+ * group sub (HD / 8 lanes, lane gl of it holding dims 8 gl .. 8 gl + 7) takes keys k, k + KPW, ...
+ * of the warp's stretch, DEC_UNROLL at a time. Caches, q and the strides 16-byte aligned. */
+template <int HD>
+static __global__ void __launch_bounds__(DEC_WARPS * 32)
+    decode_attn_h_kernel(__half *O, int ldo, const __half *QKV, int ldqkv, const __half *Kc, const __half *Vc,
+                         size_t stride, int ldkv, const int *slot, const int *posv, int group, float scale, float cap,
+                         int window, int split_keys, float *part) {
+    constexpr int G = HD / 8, KPW = 32 / G, STEP = KPW * DEC_UNROLL; /* keys a warp takes per pass */
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS];
+    __shared__ float wo[DEC_WARPS][DEC_MAX_HD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / G, gl = lane % G;
+    const int h = blockIdx.x, r = blockIdx.y, kvh = h / group, nsplit = gridDim.z;
+    const int pos = posv[r];
+    float q[8], o[8];
+    unpack8(*(const uint4 *)(QKV + (size_t)r * ldqkv + (size_t)h * HD + 8 * gl), q);
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i] = 0.0f;
+    const size_t base = (size_t)slot[r] * stride + (size_t)kvh * HD + 8 * gl;
+    const __half *Kh = Kc + base, *Vh = Vc + base;
+    float m = -INFINITY, l = 0.0f;
+    const int kb = attn_first_key(pos, window) + (int)blockIdx.z * split_keys;
+    const int ke = nsplit == 1 || kb + split_keys - 1 > pos ? pos : kb + split_keys - 1;
+    for (int k0 = kb + warp * STEP; k0 <= ke; k0 += DEC_WARPS * STEP) {
+        uint4 kr[DEC_UNROLL], vr[DEC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) { /* every load first: DEC_UNROLL rows of K and V in flight */
+            const int j = k0 + u * KPW + sub;
+            kr[u] = j <= ke ? *(const uint4 *)(Kh + (size_t)j * ldkv) : make_uint4(0, 0, 0, 0);
+            vr[u] = j <= ke ? *(const uint4 *)(Vh + (size_t)j * ldkv) : make_uint4(0, 0, 0, 0);
+        }
+        float s[DEC_UNROLL], mn = m;
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            float k[8], acc = 0.0f;
+            unpack8(kr[u], k);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc += q[i] * k[i];
+            acc = warp_sum<G>(acc); /* the key's whole dot product, in every lane of the group */
+            s[u] = acc * scale;
+            if (cap > 0.0f) s[u] = cap * tanhf(s[u] / cap);
+            if (k0 + u * KPW + sub > ke) s[u] = -INFINITY;
+            mn = fmaxf(mn, s[u]);
+        }
+        if (mn == -INFINITY) continue; /* this group had no key in the pass (its last, partial one) */
+        const float alpha = expf(m - mn); /* 0 on the group's first keys (m = -inf) */
+        l *= alpha;
+#pragma unroll
+        for (int i = 0; i < 8; i++) o[i] *= alpha;
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            const float p = expf(s[u] - mn); /* 0 for a key past ke */
+            float v[8];
+            unpack8(vr[u], v);
+            l += p;
+#pragma unroll
+            for (int i = 0; i < 8; i++) o[i] += p * v[i];
+        }
+        m = mn;
+    }
+#pragma unroll
+    for (int off = G; off < 32; off <<= 1) soft_merge(m, l, o, off); /* the warp's groups into lanes 0 .. G-1 */
+    if (lane == 0) {
+        wm[warp] = m; /* -inf for a warp that saw no key */
+        wl[warp] = l;
+    }
+    if (sub == 0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) wo[warp][8 * gl + i] = o[i];
+    }
+    __syncthreads();
+    block_merge(O, ldo, wm, wl, wo, HD, part);
 }
 
 /* The splits' partials of (head blockIdx.x, row blockIdx.y) into O. */
@@ -158,6 +271,30 @@ static int decode_splits(const gq_cuda_ctx *c, int B, int n_heads, int keys, int
     return CEIL_DIV(keys, *split_keys);
 }
 
+/* decode_attn_h_kernel where it applies (fp16, head_dim 64 / 128 / 256, 16-byte aligned rows, not
+ * attention kernel 1 forced: GQ_CUDA_ATTN=1 keeps decode_attn_kernel, the comparison); false:
+ * decode_attn_kernel's turn */
+static bool launch_attn_h(gq_cuda_ctx *, dim3, float *, int, const float *, int, const float *, const float *, size_t,
+                          int, const int *, const int *, int, int, float, float, int, int, float *) {
+    return false;
+}
+static bool launch_attn_h(gq_cuda_ctx *c, dim3 grid, __half *O, int ldo, const __half *QKV, int ldqkv,
+                          const __half *Kc, const __half *Vc, size_t stride, int ldkv, const int *slot,
+                          const int *pos, int group, int hd, float scale, float cap, int window, int split_keys,
+                          float *part) {
+    if (c->attn_version == 1 || (hd != 64 && hd != 128 && hd != 256) || ldqkv % 8 || ldkv % 8 || stride % 8 || (uintptr_t)QKV % 16 ||
+        (uintptr_t)Kc % 16 || (uintptr_t)Vc % 16)
+        return false;
+#define DEC_H(HD)                                                                                                      \
+    decode_attn_h_kernel<HD><<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, stride, ldkv, slot,   \
+                                                                     pos, group, scale, cap, window, split_keys, part)
+    if (hd == 64) DEC_H(64);
+    else if (hd == 128) DEC_H(128);
+    else DEC_H(256);
+#undef DEC_H
+    return true;
+}
+
 /* The kernels on the stream; dslot, dpos: slot[B] and pos[B] on the device; part: the splits'
  * scratch (nsplit > 1). */
 template <typename E>
@@ -170,9 +307,11 @@ static int launch_decode(gq_cuda_ctx *c, E *O, int ldo, E *QKV, int ldqkv, int B
         QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot, dpos, n_heads, n_kv, head_dim, rot, c->rope_dev);
     CUDA_CHECK_LAUNCH();
     dim3 grid(n_heads, B, nsplit);
-    decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot,
-                                                               dpos, n_heads / n_kv, head_dim, scale, cap, window,
-                                                               split_keys, part);
+    if (!launch_attn_h(c, grid, O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv, dslot, dpos, n_heads / n_kv, head_dim,
+                       scale, cap, window, split_keys, part))
+        decode_attn_kernel<<<grid, DEC_WARPS * 32, 0, c->stream>>>(O, ldo, QKV, ldqkv, Kc, Vc, slot_stride, ldkv,
+                                                                   dslot, dpos, n_heads / n_kv, head_dim, scale, cap,
+                                                                   window, split_keys, part);
     CUDA_CHECK_LAUNCH();
     if (nsplit > 1) {
         decode_merge_kernel<<<dim3(n_heads, B), 128, 0, c->stream>>>(O, ldo, part, nsplit, head_dim);

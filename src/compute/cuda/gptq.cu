@@ -40,16 +40,15 @@
  * inputs give identical codes; the quantizer itself (params, code, dequant,
  * fp16 scales) is gq/quant_math.h, the same source as the host's.
  *
- * The inverse factor (gq_cuda_set_hinv_mode): by default fp64, from the
+ * The inverse factor (gq_cuda_set_hinv_mode): fp64, from the
  * Cholesky factor of the reversed matrix: if J H J = L L^T (J the reversal
  * permutation) then H = (J L J)(J L J)^T with J L J upper, so H^-1 =
  * U^T U with U = (J L J)^-1 = J L^-1 J, the same (unique) factor as
  * chol(cholesky_inverse(chol(H)), upper) of the reference, for half the
  * flops (potrf + trtri instead of potrf + potri + potrf). The reference
  * chain itself is GQ_CUDA_HINV_F64_POTRI, and GQ_CUDA_HINV_F32_FIRST runs the
- * reversed route in fp32 first (fp64 when fp32 fails). GQ_CUDA_HINV_F64_HALVES
- * computes L^-1 by halves (lower_inverse; not yet run on a GPU, hence not the
- * default): [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1], the
+ * reversed route in fp32 first (fp64 when fp32 fails). GQ_CUDA_HINV_F64_HALVES,
+ * the default, computes L^-1 by halves (lower_inverse): [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1], the
  * halves recursively and blocks of at most TRTRI_LEAF columns by cuSOLVER's
  * trtri, so nearly all flops run in two cuBLAS trmm per split at GEMM rates
  * (trtri alone reached ~5 TFLOP/s in fp64 on an H100: 86 ms for n = 11008).
