@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -250,6 +250,16 @@ step_decode() {
         OUT=$LOGS run "prof_$w" 300 sh bench/profile_decode.sh "bench-models/dt-7b-$w" "7b-$w"
         grep -E '^\||kernels profiled|ncu' "$LOGS/prof_$w.log" | head -n 16 | tee -a "$SUMMARY"
     done
+}
+
+# one MoE layer (Qwen3-30B-A3B shape; PROF_SHAPE) after a warm-up, every kernel timed by ncu
+# (bench/ncu_summary.py: GPU time by kernel for the 2 layers run)
+step_profmoe() {
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+    sh_=${PROF_SHAPE:-qwen3moe}
+    run "profmoe_$sh_" 560 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+        --print-units base ./build/bench/bench_layers --shape "$sh_" --layers 2
+    python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" --per 2 | head -n 40 | tee -a "$SUMMARY"
 }
 
 # bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and

@@ -5,9 +5,11 @@ Compute's raw CSV (`ncu --metrics gpu__time_duration.sum --csv --page raw --prin
 The run is: warm-up prompt, 4 decode steps, the timed prompt, NEW decode steps. The timed steps
 are the launches after the last prefill attention kernel (attn_v*), from the input norm that
 precedes the first decode_rope_append kernel after it; their sum / NEW is the GPU time of a step,
-split by kernel (the name up to its template arguments).
+split by kernel (the name up to its template arguments). Without --new: every launch of the run
+(any program, e.g. bench_layers), per --per (say, the layers run).
 
   python3 bench/ncu_summary.py prof.csv --new NEW
+  python3 bench/ncu_summary.py prof.csv [--per N]
 """
 import argparse
 import csv
@@ -28,7 +30,8 @@ def short(name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
-    ap.add_argument("--new", type=int, required=True, help="timed decode steps (bench_generate --new)")
+    ap.add_argument("--new", type=int, default=0, help="timed decode steps (bench_generate --new)")
+    ap.add_argument("--per", type=int, default=1, help="without --new: divide the totals by this")
     a = ap.parse_args()
     rows, header = [], None
     with open(a.csv, newline="") as f:
@@ -44,27 +47,31 @@ def main():
     if not rows:
         sys.exit("ncu_summary: no kernel rows in " + a.csv)
     names = [n for n, _ in rows]
-    last_pf = max((i for i, n in enumerate(names) if n.startswith("attn_")), default=-1)
-    first = next((i for i in range(last_pf + 1, len(names)) if names[i].startswith("decode_rope_append")), None)
-    if first is None:
-        sys.exit("ncu_summary: no decode step after the last prefill attention")
-    start = first
-    for i in range(first - 1, last_pf, -1):
-        if "norm" in names[i]:
-            start = i
-            break
-    tail = rows[start:]
+    if a.new:
+        last_pf = max((i for i, n in enumerate(names) if n.startswith("attn_")), default=-1)
+        first = next((i for i in range(last_pf + 1, len(names)) if names[i].startswith("decode_rope_append")), None)
+        if first is None:
+            sys.exit("ncu_summary: no decode step after the last prefill attention")
+        start = first
+        for i in range(first - 1, last_pf, -1):
+            if "norm" in names[i]:
+                start = i
+                break
+        tail, per, unit = rows[start:], a.new, "step"
+    else:
+        tail, per, unit = rows, a.per, "unit" if a.per > 1 else "run"
     tot = sum(t for _, t in tail)
     by = {}
     for n, t in tail:
         c, s = by.get(n, (0, 0.0))
         by[n] = (c + 1, s + t)
-    print(f"{len(rows)} kernels profiled; the {a.new} timed decode steps: {len(tail)} launches, "
-          f"{len(tail) / a.new:.0f} a step, GPU time {tot / 1e6 / a.new:.3f} ms a step (kernels serialised)")
-    print(f"| kernel | launches a step | us a launch (mean) | ms a step | share |")
+    what = f"the {a.new} timed decode steps" if a.new else f"{per} {unit}(s)"
+    print(f"{len(rows)} kernels profiled; {what}: {len(tail)} launches, "
+          f"{len(tail) / per:.0f} a {unit}, GPU time {tot / 1e6 / per:.3f} ms a {unit} (kernels serialised)")
+    print(f"| kernel | launches a {unit} | us a launch (mean) | ms a {unit} | share |")
     print("|---|---:|---:|---:|---:|")
     for n, (c, s) in sorted(by.items(), key=lambda kv: -kv[1][1]):
-        print(f"| {n} | {c / a.new:.1f} | {s / c / 1e3:.1f} | {s / 1e6 / a.new:.3f} | {100 * s / tot:.1f}% |")
+        print(f"| {n} | {c / per:.1f} | {s / c / 1e3:.1f} | {s / 1e6 / per:.3f} | {100 * s / tot:.1f}% |")
 
 
 if __name__ == "__main__":
