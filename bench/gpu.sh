@@ -238,14 +238,14 @@ step_decode() {
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_dec.log" | head -n 20 | tee -a "$SUMMARY"
     run test_q4_model_dec 300 ./build/tests/test_q4_model
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_q4_model_dec.log" | head -n 20 | tee -a "$SUMMARY"
-    # a: the decode attention of before 2026-12-08 (GQ_CUDA_ATTN=1), op by op; 0: op by op; 1: recorded
-    for g in a 0 1; do
+    # 0: op by op; a: the decode attention of before 2026-12-08 (GQ_CUDA_ATTN=1), op by op; 1: recorded
+    for g in ${DEC_MODES:-0 a 1}; do
         if [ $g = a ]; then set -- env GQ_CUDA_ATTN=1; else set -- env GQ_CUDA_GRAPH=$g; fi
         ROWS="${DEC_ROWS:-7b:int4:1 7b:fp16:1}" NEW=${DEC_NEW:-256} BUDGET_S=200 OUT="$OUT/dec$g" \
             run "decode_graph$g" 300 "$@" sh bench/decode_table.sh
         grep -E '^\| 7b|^\| 34b|FAIL|PASS|replayed' "$LOGS/decode_graph$g.log" | tee -a "$SUMMARY"
     done
-    for w in int4 fp16; do
+    for w in ${DEC_PROF:-int4 fp16}; do
         [ -d "bench-models/dt-7b-$w" ] || continue
         OUT=$LOGS run "prof_$w" 300 sh bench/profile_decode.sh "bench-models/dt-7b-$w" "7b-$w"
         grep -E '^\||kernels profiled|ncu' "$LOGS/prof_$w.log" | head -n 16 | tee -a "$SUMMARY"

@@ -85,13 +85,16 @@ int gq_be_sync(gq_backend *be);
  * zeroed. NULL (with a message) when it cannot be had. */
 void *gq_be_host_alloc(gq_backend *be, size_t bytes);
 void gq_be_host_free(gq_backend *be, void *p);
+/* dst (device) = bytes of src (gq_be_host_alloc's memory), in stream order; recordable: a replay
+ * copies what src holds when it runs. The CPU: memcpy. */
+int gq_be_upload_pinned(gq_backend *be, void *dst, const void *src, size_t bytes);
 
 /* ---- recorded work (CUDA graphs) ------------------------------------------- */
 
 /* Between gq_be_graph_begin and gq_be_graph_end the backend's ops are recorded, not run; the
  * recording replays with gq_be_graph_launch (one launch for all of them, in stream order with
  * the other ops). A recording keeps the buffers, weights and pointers it was made with, and
- * reads host memory only where an op reads pinned arrays in place (gq_attn_opts.cache_len); an op
+ * reads host memory only through gq_be_upload_pinned (gq_attn_opts.dslot: decode steps); an op
  * that cannot be recorded (a host copy from pageable memory, a synchronisation) fails the
  * recording: gq_be_graph_end then returns GQ_ERR_UNSUPPORTED with the reason, and the work must
  * be run again without recording. GQ_ERR_UNSUPPORTED from gq_be_graph_begin on the CPU. */
@@ -198,10 +201,12 @@ typedef struct {
     float scale;   /* score scale; 0: 1 / sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2) */
     float softcap; /* 0: none; else scores = softcap * tanh(scores * scale / softcap), before the mask */
     int window;    /* 0: none; else query at position p sees keys j with p - window < j <= p */
-    int cache_len; /* decode: positions per slot in the caches (0: unknown). With slot[] and pos[] in
-                      pinned host memory (gq_be_host_alloc) the CUDA kernels read them there when
-                      they run, and the launch follows cache_len instead of their values: such a
-                      decode step can be recorded once and replayed (gq_be_graph_*) */
+    int cache_len; /* decode: positions per slot in the caches (0: unknown) */
+    /* decode, with cache_len: slot[] and pos[] also in the backend's memory (gq_be_upload_pinned
+     * of pinned copies), or NULL. The CUDA kernels then read these when they run and the launch
+     * follows cache_len instead of the values: such a decode step can be recorded once and
+     * replayed (gq_be_graph_*). The CPU reads the host arrays. */
+    const int32_t *dslot, *dpos;
 } gq_attn_opts;
 
 /* Y[T][ldy] = (X - mean(X)) / sqrt(var(X) + eps) * w + b per row of d (torch LayerNorm:

@@ -96,8 +96,9 @@ typedef struct {
     void *K, *V;        /* PREFILL: the slot's layer cache; DECODE: the caches' base */
     int ldkv;
     size_t slot_stride; /* DECODE: elements between slots */
-    const int32_t *slot, *pos; /* DECODE: host [T] (pinned: see gq_attn_opts.cache_len) */
-    int cache_len;      /* DECODE: positions per slot (gq_attn_opts.cache_len; 0: unknown) */
+    const int32_t *slot, *pos;   /* DECODE: host [T] */
+    int cache_len;               /* DECODE: positions per slot (gq_attn_opts.cache_len; 0: unknown) */
+    const int32_t *dslot, *dpos; /* DECODE: device copies of slot / pos, or NULL (gq_attn_opts.dslot) */
 } gq_kv;
 
 typedef struct {

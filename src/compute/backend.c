@@ -207,6 +207,11 @@ int gq_backend_set_precision(gq_backend *be, const char *precision) {
 void *gq_be_host_alloc(gq_backend *be, size_t bytes) {
     return be->iface->host_alloc ? be->iface->host_alloc(be, bytes) : gq_calloc(1, bytes ? bytes : 1);
 }
+int gq_be_upload_pinned(gq_backend *be, void *dst, const void *src, size_t bytes) {
+    if (be->iface->upload_pinned) return be->iface->upload_pinned(be, dst, src, bytes);
+    memcpy(dst, src, bytes); /* the CPU: device memory is host memory */
+    return GQ_OK;
+}
 void gq_be_host_free(gq_backend *be, void *p) {
     if (!p) return;
     if (be->iface->host_free) be->iface->host_free(be, p);

@@ -29,6 +29,7 @@ struct gq_backend_i {
     void (*graph_free)(gq_backend *be, gq_bgraph *g);
     void *(*host_alloc)(gq_backend *be, size_t bytes);
     void (*host_free)(gq_backend *be, void *p);
+    int (*upload_pinned)(gq_backend *be, void *dst, const void *src, size_t bytes); /* (optional) */
 
     int (*weight_upload)(gq_backend *be, gq_bweight *w, const float *src, int rows, int cols);
     int (*weight_upload_raw)(gq_backend *be, gq_bweight *w, const void *src, gq_dtype dt, int rows, int cols);

@@ -28,11 +28,12 @@ struct gq_gen {
     int n_eos;
     gq_gen_stats stats;
     /* recorded decode steps (GQ_CUDA_GRAPH=1, a GPU): 1 record one step per batch size B <=
-     * GEN_GRAPH_MAX_B and replay it; 2 pinned indices, op by op (a recording failed, or B larger).
-     * slot_pin / pos_pin: pinned [max_batch], read in place by the decode kernels; pin_busy: the
-     * last step may still read them (no synchronising head after it) */
+     * GEN_GRAPH_MAX_B and replay it; 2 the same ops op by op (a recording failed, or B larger).
+     * pin: pinned [2][max_batch] slot | pos of the step, copied at its start into idx_dev (device,
+     * the same shape) that the decode kernels read; pin_busy: the last step's copy may not have
+     * run yet (no synchronising head after it) */
     int graphs, pin_busy, graph_fails;
-    int32_t *slot_pin, *pos_pin;
+    int32_t *pin, *idx_dev;
     gq_bgraph **graph; /* [GEN_GRAPH_MAX_B + 1] by B */
 };
 
@@ -107,8 +108,8 @@ void gq_gen_free(gq_gen *g) {
     free(g->no_targets);
     for (int b = 0; g->graph && b <= GEN_GRAPH_MAX_B; b++) gq_be_graph_free(g->be, g->graph[b]);
     free(g->graph);
-    gq_be_host_free(g->be, g->slot_pin);
-    gq_be_host_free(g->be, g->pos_pin);
+    gq_be_host_free(g->be, g->pin);
+    gq_be_release(g->be, g->idx_dev);
     free(g);
 }
 
@@ -177,10 +178,11 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
     g->no_targets = gq_malloc(R * sizeof *g->no_targets);
     for (size_t i = 0; i < R; i++) g->no_targets[i] = -1;
     if (gq_knobs_get()->cuda_graph && gq_backend_is_gpu(be)) {
-        g->slot_pin = gq_be_host_alloc(be, (size_t)g->max_batch * sizeof(int32_t));
-        g->pos_pin = g->slot_pin ? gq_be_host_alloc(be, (size_t)g->max_batch * sizeof(int32_t)) : NULL;
+        const size_t ib = 2 * (size_t)g->max_batch * sizeof(int32_t);
+        g->pin = gq_be_host_alloc(be, ib);
+        g->idx_dev = g->pin ? gq_be_alloc(be, ib) : NULL;
         g->graph = gq_calloc(GEN_GRAPH_MAX_B + 1, sizeof *g->graph);
-        g->graphs = g->pos_pin ? gq_knobs_get()->cuda_graph : 0;
+        g->graphs = g->idx_dev ? gq_knobs_get()->cuda_graph : 0;
         if (!g->graphs) gq_warn("generation: no pinned host memory (%s): decode steps not recorded", gq_errmsg());
     }
     char b1[32], b2[32];
@@ -216,12 +218,13 @@ static int layer_prefill(gq_gen *g, int l, int slot, int pos0, int T) {
     return gq_layer_run(&a);
 }
 
-/* One token for each of B slots, row r at position pos[r] of slot slots[r] (the pinned copies
- * with recorded steps: read in place, the launches following max_len). */
+/* One token for each of B slots, row r at position pos[r] of slot slots[r] (with recorded steps
+ * the kernels read the step's device copies, idx_dev, and the launches follow max_len). */
 static int layer_decode(gq_gen *g, int l, const int *slots, const int *pos, int B) {
     gq_kv kv = {.mode = GQ_KV_DECODE, .K = kv_at(g, g->kc, 0, l, 0), .V = kv_at(g, g->vc, 0, l, 0), .ldkv = g->kvd,
                 .slot_stride = (size_t)g->nl * g->max_len * g->kvd, .slot = slots, .pos = pos,
-                .cache_len = g->graphs ? g->max_len : 0};
+                .cache_len = g->graphs ? g->max_len : 0, .dslot = g->graphs ? g->idx_dev : NULL,
+                .dpos = g->graphs ? g->idx_dev + g->max_batch : NULL};
     gq_layer_args a = {.be = g->be, .cfg = &g->cfg, .layer = l, .bl = &g->layers[l], .x = g->x, .T = B,
                        .first = GQ_STEP_ATTN_IN, .last = GQ_STEP_MLP_RES, .inv_freq = g->inv_freq, .kv = &kv,
                        .s = &g->s};
@@ -257,6 +260,11 @@ int gq_gen_prefill(gq_gen *g, int slot, const int32_t *ids, int n, float *logits
     return GQ_OK;
 }
 
+/* The step's slot | pos (pin) into idx_dev, in stream order (recordable) */
+static int upload_idx(gq_gen *g) {
+    return gq_be_upload_pinned(g->be, g->idx_dev, g->pin, 2 * (size_t)g->max_batch * sizeof(int32_t));
+}
+
 /* Record the layers of a decode step of B rows (each op recorded, nothing run); NULL when an op
  * cannot be recorded: this step then runs op by op, and after a second failure every step (said
  * once). A first failure can be a one-off: the rotary frequencies uploaded by a model's first step
@@ -265,7 +273,8 @@ static gq_bgraph *record_step(gq_gen *g, int B) {
     gq_bgraph *gr = NULL;
     int rc = gq_be_graph_begin(g->be);
     if (!rc) {
-        for (int l = 0; l < g->nl && !rc; l++) rc = layer_decode(g, l, g->slot_pin, g->pos_pin, B);
+        rc = upload_idx(g);
+        for (int l = 0; l < g->nl && !rc; l++) rc = layer_decode(g, l, g->pin, g->pin + g->max_batch, B);
         int rc2 = gq_be_graph_end(g->be, &gr);
         if (!rc) rc = rc2;
     }
@@ -285,12 +294,13 @@ static gq_bgraph *record_step(gq_gen *g, int B) {
     return gr;
 }
 
-/* The layers of a decode step with slot[] and pos[] in pinned memory: replayed from the recording
- * of this batch size (made at its first step), or op by op. */
+/* The layers of a decode step with slot[] and pos[] in pinned memory, copied to the device at the
+ * step's start: replayed from the recording of this batch size (made at its first step), or op by
+ * op. */
 static int decode_pinned(gq_gen *g, const int *slots, const int *pos, int B) {
-    if (g->pin_busy) TRY(gq_be_sync(g->be)); /* the last step may still read the arrays */
-    memcpy(g->slot_pin, slots, (size_t)B * sizeof(int32_t));
-    memcpy(g->pos_pin, pos, (size_t)B * sizeof(int32_t));
+    if (g->pin_busy) TRY(gq_be_sync(g->be)); /* the last step's copy may not have run */
+    memcpy(g->pin, slots, (size_t)B * sizeof(int32_t));
+    memcpy(g->pin + g->max_batch, pos, (size_t)B * sizeof(int32_t));
     g->pin_busy = 1;
     if (g->graphs == 1 && B <= GEN_GRAPH_MAX_B) {
         if (!g->graph[B]) g->graph[B] = record_step(g, B);
@@ -299,7 +309,8 @@ static int decode_pinned(gq_gen *g, const int *slots, const int *pos, int B) {
             return gq_be_graph_launch(g->be, g->graph[B]);
         }
     }
-    for (int l = 0; l < g->nl; l++) TRY(layer_decode(g, l, g->slot_pin, g->pos_pin, B));
+    TRY(upload_idx(g));
+    for (int l = 0; l < g->nl; l++) TRY(layer_decode(g, l, g->pin, g->pin + g->max_batch, B));
     return GQ_OK;
 }
 

@@ -248,6 +248,8 @@ static int attn_decode(const ctx_t *x, const gq_attn_opts *o) {
     TRY(qk_norm(x, q, x->ldqkv, at(x, q, (size_t)x->nq), x->ldqkv, x->T));
     gq_attn_opts od = *o;
     od.cache_len = kv->cache_len;
+    od.dslot = kv->dslot;
+    od.dpos = kv->dpos;
     return gq_be_decode_attention_ex(x->be, x->A, x->nq, q, x->ldqkv, x->T, kv->K, kv->V, kv->slot_stride, kv->ldkv,
                                      kv->slot, kv->pos, c->n_heads, c->n_kv_heads, x->hd, c->rot_dim,
                                      x->a->inv_freq, &od);

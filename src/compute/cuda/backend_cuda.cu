@@ -497,6 +497,11 @@ static void cuda_host_free(gq_backend *be, void *p) {
     (void)cudaGetLastError();
 }
 
+static int cuda_upload_pinned(gq_backend *be, void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, gq_cuda_ctx_of(be)->stream));
+    return GQ_OK;
+}
+
 static int cuda_fork(gq_backend *be, gq_backend **out) {
     return gq_backend_cuda_init(out, gq_cuda_ctx_of(be)->device);
 }
@@ -521,6 +526,7 @@ static void fill_iface(void) {
     f->graph_free = cuda_graph_free;
     f->host_alloc = cuda_host_alloc;
     f->host_free = cuda_host_free;
+    f->upload_pinned = cuda_upload_pinned;
     f->weight_upload = cuda_weight_upload;
     f->weight_upload_raw = cuda_weight_upload_raw;
     f->weight_free = cuda_weight_free;

@@ -30,11 +30,13 @@
  *                              time), DEC_UNROLL such loads of K and of V in flight per lane;
  *                              each lane group keeps its own online softmax over its keys,
  *                              merged through the warp with shuffles at the end.
- * slot[] and pos[] travel to the device each call (B ints each), unless they
- * are pinned host arrays and the caches' length is known (gq_attn_opts
- * cache_len): then the kernels read them in place and the splits follow the
- * caches' length, so nothing of the launch depends on their values and a
- * recorded step (gq_be_graph_*) replays with each step's positions.
+ * slot[] and pos[] travel to the device each call (B ints each), unless the
+ * caller has device copies (gq_attn_opts dslot / dpos, one gq_be_upload_pinned
+ * a step) and the caches' length is known (cache_len): then the kernels read
+ * those and the splits follow the caches' length, so nothing of the launch
+ * depends on their values and a recorded step (gq_be_graph_*) replays with
+ * each step's positions. (Kernels that read pinned host arrays in place
+ * would send a read over PCIe from every warp of every block.)
  */
 #include <math.h>
 
@@ -250,17 +252,6 @@ static __global__ void decode_merge_kernel(E *O, int ldo, const float *part, int
     }
 }
 
-/* The device's view of host array p when p is pinned (read in place by the kernels, when they
- * run: a recorded step reads each replay's values), else NULL. */
-static void *pinned_ptr(const void *p) {
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return NULL;
-    }
-    return a.type == cudaMemoryTypeHost ? a.devicePointer : NULL;
-}
-
 /* Splits for B rows of n_heads heads whose longest key range is `keys`: about two blocks per SM,
  * at least 128 keys a split (a multiple of 32), at most DEC_MAX_SPLIT. */
 static int decode_splits(const gq_cuda_ctx *c, int B, int n_heads, int keys, int *split_keys) {
@@ -331,13 +322,15 @@ int gq_cuda_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ld
     if (rc != GQ_OK) return rc;
     const float scale = gq_cuda_attn_scale(o, head_dim), cap = o ? o->softcap : 0.0f;
     const int window = o ? o->window : 0, cache_len = o ? o->cache_len : 0;
-    void *dslot = pinned_ptr(slot), *dpos = pinned_ptr(pos);
-    int keys = 1; /* the longest row's visible keys; in place: the most the caches hold */
+    const void *dslot = o ? o->dslot : NULL, *dpos = o ? o->dpos : NULL;
+    int keys = 1; /* the longest row's visible keys; from the device copies: the most the caches hold */
     if (dslot && dpos && cache_len > 0) {
         keys = window > 0 && window < cache_len ? window : cache_len;
     } else {
-        rc = gq_cuda_host_arrays(be, slot, sizeof(int32_t) * (size_t)B, pos, sizeof(int32_t) * (size_t)B, &dslot,
-                                 &dpos, "decode indices");
+        void *ds, *dp;
+        rc = gq_cuda_host_arrays(be, slot, sizeof(int32_t) * (size_t)B, pos, sizeof(int32_t) * (size_t)B, &ds, &dp,
+                                 "decode indices");
+        dslot = ds, dpos = dp;
         if (rc != GQ_OK) return rc;
         for (int r = 0; r < B; r++) {
             const int k = window > 0 && pos[r] + 1 > window ? window : pos[r] + 1;
