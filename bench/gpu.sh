@@ -238,9 +238,10 @@ step_decode() {
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_cuda_dec.log" | head -n 20 | tee -a "$SUMMARY"
     run test_q4_model_dec 300 ./build/tests/test_q4_model
     grep -E '^(FAIL|SKIP)|RESULT' "$LOGS/test_q4_model_dec.log" | head -n 20 | tee -a "$SUMMARY"
-    # 0: op by op; a: the decode attention of before 2026-12-08 (GQ_CUDA_ATTN=1), op by op; 1: recorded
+    # 0: op by op; a: the decode attention of before 2026-12-07's 16-byte-load kernel (GQ_CUDA_ATTN=1), op
+    # by op; 1: recorded (the default)
     for g in ${DEC_MODES:-0 a 1}; do
-        if [ $g = a ]; then set -- env GQ_CUDA_ATTN=1; else set -- env GQ_CUDA_GRAPH=$g; fi
+        if [ $g = a ]; then set -- env GQ_CUDA_ATTN=1 GQ_CUDA_GRAPH=0; else set -- env GQ_CUDA_GRAPH=$g; fi
         ROWS="${DEC_ROWS:-7b:int4:1 7b:fp16:1}" NEW=${DEC_NEW:-256} BUDGET_S=200 OUT="$OUT/dec$g" \
             run "decode_graph$g" 300 "$@" sh bench/decode_table.sh
         grep -E '^\| 7b|^\| 34b|FAIL|PASS|replayed' "$LOGS/decode_graph$g.log" | tee -a "$SUMMARY"

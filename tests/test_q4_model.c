@@ -172,8 +172,8 @@ static int gen_steps(gq_backend *be, const gq_model *m, const int32_t *ids, int 
 }
 
 /* Decode steps recorded once per batch size and replayed (GQ_CUDA_GRAPH=1, CUDA graphs; slot[] and
- * pos[] read in place from pinned memory, the attention's splits following the caches' length)
- * against the same pinned arithmetic op by op (=2): every step's logits bitwise equal (the same
+ * pos[] copied from pinned memory by the step's first op, the attention's splits following the
+ * caches' length) against the same ops run op by op (=2): every step's logits bitwise equal (the same
  * kernels on the same data), all 16 steps run from recordings (the first at each batch size is
  * recorded, then replayed); against the default path (=0, the splits following the positions:
  * another merge order) within TOL_LOGITS. The CUDA pass only (the CPU records nothing). */

@@ -19,10 +19,11 @@
  *                              them per call: less memory, same numbers (bitwise), slower decode
  *   GQ_SOLVE_THREADS=1..16     MoE expert solves run at once on a GPU, each on its own stream
  *                              (default 4; 1: one after another; the same bits)        (timing)
- *   GQ_CUDA_GRAPH=0|1|2        1: generation's decode steps recorded once per batch size (<= 16)
- *                              and replayed as one CUDA graph, the indices read in place from
- *                              pinned memory (opt-in until run on a GPU); 2: the pinned indices
- *                              without recording (the same arithmetic: tests)        (timing)
+ *   GQ_CUDA_GRAPH=0|1|2        1 (default): generation's decode steps recorded once per batch
+ *                              size (<= 16) and replayed as one CUDA graph, the step's indices
+ *                              copied from pinned memory by its first node; 0: op by op, the
+ *                              indices uploaded per layer; 2: 1's ops without recording (the
+ *                              same arithmetic: tests)                               (timing)
  *   GQ_CUDA_POOL=1|0           device buffers from CUDA's stream-ordered pool (default), or
  *                              cudaMalloc / cudaFree each (0: the comparison)         (timing)
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
@@ -44,7 +45,7 @@ typedef struct {
     int cpu_q4;             /* GQ_CPU_Q4=1 */
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
-    int cuda_graph;         /* GQ_CUDA_GRAPH: 1 decode steps recorded and replayed, 2 pinned only */
+    int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
     char openblas_coretype[32];
 } gq_knobs;
 

@@ -33,15 +33,16 @@ static int env_choice(const char *name, const char *const *names, int n, int def
     return def;
 }
 
-static int env_int(const char *name, int lo, int hi) {
+/* $name as an integer in [lo, hi]; def when unset or not one (said) */
+static int env_int(const char *name, int lo, int hi, int def) {
     const char *s = getenv(name);
-    if (!s || !*s) return 0;
+    if (!s || !*s) return def;
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (*end || errno || v < lo || v > hi) {
         gq_warn("%s=%s ignored: expected an integer in [%d, %d]", name, s, lo, hi);
-        return 0;
+        return def;
     }
     return (int)v;
 }
@@ -49,15 +50,15 @@ static int env_int(const char *name, int lo, int hi) {
 void gq_knobs_reload(void) {
     memset(&knobs, 0, sizeof knobs);
     knobs.cpu_attn_blas = env_choice("GQ_CPU_ATTN", cpu_attn_names, 2, 0);
-    knobs.cpu_attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 4096);
+    knobs.cpu_attn_tile = env_int("GQ_CPU_ATTN_TILE", 0, 4096, 0);
     knobs.cuda_attn = env_choice("GQ_CUDA_ATTN", cuda_attn_names, 4, 0);
     knobs.cuda_hinv = env_choice("GQ_CUDA_HINV", hinv_names, 4, HINV_DEFAULT);
     knobs.stream_activations = env_choice("GQ_STREAM_ACTIVATIONS", stream_names, 2, 0);
     knobs.ppl_ops = env_choice("GQ_PPL_PARALLEL", ppl_names, 2, 0);
-    knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1);
-    knobs.solve_threads = env_int("GQ_SOLVE_THREADS", 1, 16);
+    knobs.cpu_q4 = env_int("GQ_CPU_Q4", 0, 1, 0);
+    knobs.solve_threads = env_int("GQ_SOLVE_THREADS", 1, 16, 0);
     knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2, 0);
-    knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2);
+    knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2, 1);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
     loaded = 1;
@@ -83,7 +84,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
         if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");
         if (k->cpu_q4) ADD("%sGQ_CPU_Q4=1", len ? " " : "");
         if (k->solve_threads) ADD("%sGQ_SOLVE_THREADS=%d", len ? " " : "", k->solve_threads);
-        if (k->cuda_graph) ADD("%sGQ_CUDA_GRAPH=%d", len ? " " : "", k->cuda_graph);
+        if (k->cuda_graph != 1) ADD("%sGQ_CUDA_GRAPH=%d", len ? " " : "", k->cuda_graph);
         if (k->cuda_no_pool) ADD("%sGQ_CUDA_POOL=0", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
     }

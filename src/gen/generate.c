@@ -184,6 +184,10 @@ int gq_gen_init(gq_gen **out, const gq_model *m, gq_backend *be, const gq_gen_op
         g->graph = gq_calloc(GEN_GRAPH_MAX_B + 1, sizeof *g->graph);
         g->graphs = g->idx_dev ? gq_knobs_get()->cuda_graph : 0;
         if (!g->graphs) gq_warn("generation: no pinned host memory (%s): decode steps not recorded", gq_errmsg());
+        if (g->graphs == 1 && c->n_experts > 0) { /* the routing's top-k runs on the host, mid-step */
+            gq_debug("generation: MoE routing waits for the device within a step: decode steps not recorded");
+            g->graphs = 2;
+        }
     }
     char b1[32], b2[32];
     gq_info("generation: %d layers on %s in %.1f s; KV cache %s for %d sequences x %d tokens, device peak %s", g->nl,
