@@ -54,6 +54,8 @@ const gq_knobs *gq_knobs_get(void);
 /* "GQ_CUDA_HINV=f32 ..." for the knobs that differ from their defaults, "" if none;
  * numbers_only: only those that change the computed numbers (the --resume fingerprint). */
 void gq_knobs_str(char *buf, unsigned cap, int numbers_only);
+/* GQ_CUDA_HINV's effective value by name ("f64h", the default, ...). */
+const char *gq_knobs_hinv_name(void);
 /* Re-read the environment (tests). */
 void gq_knobs_reload(void);
 

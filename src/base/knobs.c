@@ -64,6 +64,10 @@ void gq_knobs_reload(void) {
     loaded = 1;
 }
 
+const char *gq_knobs_hinv_name(void) {
+    return hinv_names[gq_knobs_get()->cuda_hinv];
+}
+
 const gq_knobs *gq_knobs_get(void) {
     if (!loaded) gq_knobs_reload();
     return &knobs;

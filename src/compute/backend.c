@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "backend_impl.h"
+#include "gq/knobs.h"
 
 /* CUDA: compiled in when the build defines GQ_USE_CUDA (nvcc found) and the
  * CUDA backend's public header exists; until that module lands, a CUDA build
@@ -174,14 +175,15 @@ void gq_backend_arith_id(const gq_backend *be, char *buf, size_t cap) {
         snprintf(buf, cap, "cpu openblas %s", openblas_get_corename());
         return;
     }
-    /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)": the device's name and architecture */
+    /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)": the device's name and architecture,
+     * and the inverse factor's route (its default changed: a resumed run must not mix two) */
     const char *p = strchr(be->name, '(');
     const char *e = p ? strstr(p, " SMs") : NULL;
     if (e) {
         while (e > p && e[-1] != ',') e--;
-        snprintf(buf, cap, "cuda %.*s", (int)(e - p - 2), p + 1);
+        snprintf(buf, cap, "cuda %.*s; inverse factor %s", (int)(e - p - 2), p + 1, gq_knobs_hinv_name());
     } else {
-        snprintf(buf, cap, "%s", be->name);
+        snprintf(buf, cap, "%s; inverse factor %s", be->name, gq_knobs_hinv_name());
     }
 }
 
