@@ -659,7 +659,8 @@ static void run_suite(pair *P) {
     test_swiglu_add(P, 21, 48, 48, 96);
     test_swiglu_add(P, 9, 50, 64, 120);
     test_hessian(P, 70, 48, 48);
-    test_hessian(P, 33, 600, 608); /* three panels */
+    test_hessian(P, 33, 600, 608);   /* K <= 2048: one GEMM of the whole square */
+    test_hessian(P, 33, 2100, 2104); /* wider: panels of 512 columns (5), upper triangle only */
     test_nll(P, 45, 32, 300, 40);
     test_nll(P, 600, 16, 50000, 16); /* 2 chunks of 335 rows */
     snprintf(title, sizeof title, "cuda attention%s", pass);
