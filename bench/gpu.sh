@@ -253,14 +253,16 @@ step_decode() {
     done
 }
 
-# one MoE layer (Qwen3-30B-A3B shape; PROF_SHAPE) after a warm-up, every kernel timed by ncu
-# (bench/ncu_summary.py: GPU time by kernel for the 2 layers run)
+# one MoE layer (Qwen3-30B-A3B shape; PROF_SHAPE) on 16 x 2048 tokens (one chunk), its first
+# PROF_COUNT kernels timed by ncu (the whole layer at 128 x 2048, about 10 ms of ncu a kernel, did not
+# finish in 230 s), by kernel (bench/ncu_summary.py)
 step_profmoe() {
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
     sh_=${PROF_SHAPE:-qwen3moe}
-    run "profmoe_$sh_" 560 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
-        --print-units base ./build/bench/bench_layers --shape "$sh_" --layers 2
-    python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" --per 2 | head -n 40 | tee -a "$SUMMARY"
+    run "profmoe_$sh_" 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+        --print-units base --launch-count "${PROF_COUNT:-12000}" ./build/bench/bench_layers --shape "$sh_" \
+        --layers 1 --nsamples 16
+    python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" | head -n 40 | tee -a "$SUMMARY"
 }
 
 # bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and
