@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -263,6 +263,23 @@ step_profmoe() {
         --print-units base --launch-count "${PROF_COUNT:-12000}" ./build/bench/bench_layers --shape "$sh_" \
         --layers 1 --nsamples 16
     python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" | head -n 40 | tee -a "$SUMMARY"
+}
+
+# the bundled pycoder-5m (no model to carry): fp16 against int4 (quantized here on the GPU, the
+# default profile), greedy and pass@10 on both tasks, on the GPU (docs/eval.md's GPU rows)
+step_eval5m() {
+    M=tests/data/pycoder-5m
+    [ -f bench-models/q5-def/config.json ] || run eval_q5 300 $GQ quantize --model $M --out bench-models/q5-def \
+        --calib $CALIB --device cuda --force
+    for task in humaneval mbpp; do
+        run "eval5_${task}_greedy" 600 $GQ eval --task $task --model bench-models/q5-def --base $M --device cuda \
+            --batch 128 --out "$LOGS/eval5_${task}_greedy.jsonl" --force
+        grep -E '^eval: ' "$LOGS/eval5_${task}_greedy.log" | tee -a "$SUMMARY"
+        run "eval5_${task}_k10" 600 $GQ eval --task $task --model bench-models/q5-def --base $M --device cuda \
+            --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/eval5_${task}_k10.jsonl" \
+            --force
+        grep -E '^eval: ' "$LOGS/eval5_${task}_k10.log" | tee -a "$SUMMARY"
+    done
 }
 
 # bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and
