@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m profw4
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -280,6 +280,17 @@ step_eval5m() {
             --force
         grep -E '^eval: ' "$LOGS/eval5_${task}_k10.log" | tee -a "$SUMMARY"
     done
+}
+
+# the W4A16 decode GEMV at batch 1 on the 7B's shapes (q|k|v, o, gate|up, down), ncu's speed-of-light,
+# memory and warp-stall sections for a few launches of each: why it runs at 2-3x its copy floor
+step_profw4() {
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+    run profw4 300 "$NCU" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy --section LaunchStats -k regex:w4_gemv --launch-skip 8 \
+        --launch-count 8 ./build/bench/bench_w4a16 --T 1 --reps 3 --shapes 4096x12288,4096x4096,4096x22016,11008x4096
+    grep -E 'w4_gemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Size|Grid Size|Stall|Warp Cycles Per Issued' \
+        "$LOGS/profw4.log" | head -n 120 | tee -a "$SUMMARY"
 }
 
 # bench/results/speed-h100.json's figures from this machine's logs (run after layers, moe, e2e and
