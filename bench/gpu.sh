@@ -287,8 +287,8 @@ step_eval5m() {
 step_profw4() {
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
     run profw4 300 "$NCU" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        --section WarpStateStats --section Occupancy --section LaunchStats -k regex:w4_gemv --launch-skip 8 \
-        --launch-count 8 ./build/bench/bench_w4a16 --T 1 --reps 3 --shapes 4096x12288,4096x4096,4096x22016,11008x4096
+        --section WarpStateStats --section Occupancy --section LaunchStats -k regex:w4_gemv \
+        --launch-count 24 ./build/bench/bench_w4a16 --T 1 --reps 3 --shapes 4096x12288,4096x4096,4096x22016,11008x4096
     grep -E 'w4_gemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Size|Grid Size|Stall|Warp Cycles Per Issued' \
         "$LOGS/profw4.log" | head -n 120 | tee -a "$SUMMARY"
 }
