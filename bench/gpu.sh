@@ -50,6 +50,9 @@ if [ ! -f /usr/include/jansson.h ] || [ ! -f /usr/include/pcre2.h ] || [ ! -f /u
     fi
 fi
 
+# Nsight Compute's binary (on the PATH, else the toolkit's)
+ncu_path() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1; }
+
 step_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$SUMMARY"
     say "make variables: $MAKEVARS; $(nproc) cores; $(. /etc/os-release && echo "$PRETTY_NAME")"
@@ -214,21 +217,28 @@ step_w4a16() {
     grep -E '^\|' "$LOGS/bench_w4a16_ao.log" | tee -a "$SUMMARY"
 }
 
-# gq eval on the GPU (issue 15): pycoder-30m fp16 against its int4 (gq's default profile), greedy
-# pass@1 and sampled pass@10 (20 samples, T 0.8, top-p 0.95) on HumanEval and MBPP, --base beside
-step_eval() {
-    M=bench-models/pycoder-30m
-    need_m30 eval || return
-    [ -f bench-models/q30-def/config.json ] || run eval_q30 300 $GQ quantize --model $M --out bench-models/q30-def \
-        --calib $CALIB --device cuda --force
+# gq eval on the GPU (issue 15): MODEL fp16 against its int4 (gq's default profile, quantized here
+# into Q), greedy pass@1 and sampled pass@10 (20 samples, T 0.8, top-p 0.95) on HumanEval and MBPP,
+# --base beside; logs named TAG_*
+eval_pair() {
+    M=$1 Q=$2 TAG=$3
+    [ -f "$Q/config.json" ] || run "${TAG}_quantize" 300 $GQ quantize --model "$M" --out "$Q" --calib $CALIB \
+        --device cuda --force
     for task in humaneval mbpp; do
-        run "eval_${task}_greedy" 600 $GQ eval --task $task --model bench-models/q30-def --base $M --device cuda \
-            --batch 128 --out "$LOGS/eval_${task}_greedy.jsonl" --force
-        grep -E '^eval: ' "$LOGS/eval_${task}_greedy.log" | tee -a "$SUMMARY"
-        run "eval_${task}_k10" 600 $GQ eval --task $task --model bench-models/q30-def --base $M --device cuda \
-            --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/eval_${task}_k10.jsonl" --force
-        grep -E '^eval: ' "$LOGS/eval_${task}_k10.log" | tee -a "$SUMMARY"
+        run "${TAG}_${task}_greedy" 600 $GQ eval --task $task --model "$Q" --base "$M" --device cuda \
+            --batch 128 --out "$LOGS/${TAG}_${task}_greedy.jsonl" --force
+        grep -E '^eval: ' "$LOGS/${TAG}_${task}_greedy.log" | tee -a "$SUMMARY"
+        run "${TAG}_${task}_k10" 600 $GQ eval --task $task --model "$Q" --base "$M" --device cuda \
+            --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/${TAG}_${task}_k10.jsonl" \
+            --force
+        grep -E '^eval: ' "$LOGS/${TAG}_${task}_k10.log" | tee -a "$SUMMARY"
     done
+}
+
+# pycoder-30m (carried in parts, see the top)
+step_eval() {
+    need_m30 eval || return
+    eval_pair bench-models/pycoder-30m bench-models/q30-def eval
 }
 
 # batch-1 decode of the synthetic 7B, int4 and fp16: the decode kernels' tests, the table op by op
@@ -257,36 +267,20 @@ step_decode() {
 # PROF_COUNT kernels timed by ncu (the whole layer at 128 x 2048, about 10 ms of ncu a kernel, did not
 # finish in 230 s), by kernel (bench/ncu_summary.py)
 step_profmoe() {
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
     sh_=${PROF_SHAPE:-qwen3moe}
-    run "profmoe_$sh_" 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+    run "profmoe_$sh_" 300 "$(ncu_path)" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
         --print-units base --launch-count "${PROF_COUNT:-12000}" ./build/bench/bench_layers --shape "$sh_" \
         --layers 1 --nsamples 16
     python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" | head -n 40 | tee -a "$SUMMARY"
 }
 
-# the bundled pycoder-5m (no model to carry): fp16 against int4 (quantized here on the GPU, the
-# default profile), greedy and pass@10 on both tasks, on the GPU (docs/eval.md's GPU rows)
-step_eval5m() {
-    M=tests/data/pycoder-5m
-    [ -f bench-models/q5-def/config.json ] || run eval_q5 300 $GQ quantize --model $M --out bench-models/q5-def \
-        --calib $CALIB --device cuda --force
-    for task in humaneval mbpp; do
-        run "eval5_${task}_greedy" 600 $GQ eval --task $task --model bench-models/q5-def --base $M --device cuda \
-            --batch 128 --out "$LOGS/eval5_${task}_greedy.jsonl" --force
-        grep -E '^eval: ' "$LOGS/eval5_${task}_greedy.log" | tee -a "$SUMMARY"
-        run "eval5_${task}_k10" 600 $GQ eval --task $task --model bench-models/q5-def --base $M --device cuda \
-            --batch 256 --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$LOGS/eval5_${task}_k10.jsonl" \
-            --force
-        grep -E '^eval: ' "$LOGS/eval5_${task}_k10.log" | tee -a "$SUMMARY"
-    done
-}
+# the bundled pycoder-5m (no model to carry): docs/eval.md's GPU rows of the bundled model
+step_eval5m() { eval_pair tests/data/pycoder-5m bench-models/q5-def eval5; }
 
 # the W4A16 decode GEMV at batch 1 on the 7B's shapes (q|k|v, o, gate|up, down), ncu's speed-of-light,
 # memory and warp-stall sections for a few launches of each: why it runs at 2-3x its copy floor
 step_profw4() {
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
-    run profw4 300 "$NCU" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    run profw4 300 "$(ncu_path)" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats -k regex:w4_gemv \
         --launch-count 24 ./build/bench/bench_w4a16 --T 1 --reps 3 --shapes 4096x12288,4096x4096,4096x22016,11008x4096
     grep -E 'w4_gemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Size|Grid Size|Stall|Warp Cycles Per Issued' \
