@@ -24,6 +24,10 @@
  *                              copied from pinned memory by its first node; 0: op by op, the
  *                              indices uploaded per layer; 2: 1's ops without recording (the
  *                              same arithmetic: tests)                               (timing)
+ *   GQ_CUDA_PDL=1|0            1 (default): the int4 decode GEMV is launched as a programmatic
+ *                              dependent launch (sm_90): its weight loads start while the kernel
+ *                              before it runs, X is read after that kernel completed; 0: an
+ *                              ordinary launch (the same bits)                         (timing)
  *   GQ_CUDA_POOL=1|0           device buffers from CUDA's stream-ordered pool (default), or
  *                              cudaMalloc / cudaFree each (0: the comparison)         (timing)
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
@@ -46,6 +50,7 @@ typedef struct {
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
+    int cuda_pdl;           /* GQ_CUDA_PDL: 1 (default) the int4 GEMV launched as a programmatic dependent, 0 not */
     char openblas_coretype[32];
 } gq_knobs;
 

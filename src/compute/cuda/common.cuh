@@ -85,6 +85,7 @@ typedef struct {
     /* knobs and statistics */
     int attn_version;
     int hinv_mode;
+    int pdl; /* GQ_CUDA_PDL on an sm_90+ device: the int4 GEMV as a programmatic dependent launch */
     gq_cuda_gptq_timing gptq_timing;
 } gq_cuda_ctx;
 
@@ -160,6 +161,24 @@ static inline int gq_cuda_capturing(const gq_backend *be) {
 /* The cuBLAS data type of activations and weights. */
 static inline cudaDataType_t gq_cuda_act_type(const gq_backend *be) {
     return gq_cuda_f32(be) ? CUDA_R_32F : CUDA_R_16F;
+}
+
+/* Programmatic dependent launch (sm_90; no-ops before). A kernel launched with the attribute
+ * (w4a16.cu's decode GEMV under GQ_CUDA_PDL=1) may start while the kernel before it in the stream
+ * still runs: it reads only what no earlier kernel writes (its weights) before gq_pdl_wait(), which
+ * returns once the kernels before it have completed and their writes are visible. gq_pdl_trigger():
+ * called first by the small kernels that precede a GEMV (rmsnorm, glu, the decode merge), so that
+ * the GEMV's CTAs may start as soon as every CTA of the trigger's grid has run it; without it they
+ * start when that grid's CTAs exit. */
+static __device__ __forceinline__ void gq_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void gq_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
 }
 
 /* ---- shared pieces of the rope and attention kernels ---------------------------------------------- */

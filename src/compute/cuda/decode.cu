@@ -242,6 +242,7 @@ static __global__ void __launch_bounds__(DEC_WARPS * 32)
 /* The splits' partials of (head blockIdx.x, row blockIdx.y) into O. */
 template <typename E>
 static __global__ void decode_merge_kernel(E *O, int ldo, const float *part, int nsplit, int hd) {
+    gq_pdl_trigger();
     const int h = blockIdx.x, r = blockIdx.y;
     const float *pp = part + (size_t)(r * gridDim.x + h) * nsplit * (hd + 2);
     float M = -INFINITY;

@@ -15,6 +15,7 @@
  * backend does it. */
 template <typename T, int V>
 static __global__ void rmsnorm_kernel(T *Y, int ldy, const T *X, int ldx, int d, const T *w, float eps) {
+    gq_pdl_trigger(); /* a GEMV after it may start loading its weights (common.cuh) */
     const T *x = X + (size_t)blockIdx.x * ldx;
     T *y = Y + (size_t)blockIdx.x * ldy;
     float ss = 0.0f;
@@ -128,6 +129,7 @@ int gq_cuda_rope(gq_backend *be, void *X, int ld, int T, int n_heads, int head_d
  * aligned buffers). */
 template <typename E, int V, int ACT>
 static __global__ void glu_kernel(E *A, int lda, const E *GU, int ldgu, int T, int I) {
+    gq_pdl_trigger();
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= I) return;
     for (int t = blockIdx.y; t < T; t += gridDim.y) {

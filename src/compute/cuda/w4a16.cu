@@ -453,6 +453,7 @@ static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int w
         __syncthreads();
         mt = smeta;
     }
+    gq_pdl_wait(); /* X and Y: after the kernel before (launched as a programmatic dependent) */
     int cur = -1;
     w4_consts k = {0u, 0u, 0u, 0u};
     for (int c0 = warp; c0 < P.kc; c0 += W4_U * nw) {
@@ -609,13 +610,19 @@ static int w4_decode(gq_backend *be, w4_weight *q, __half *Y, int ldy, const __h
     const int nw = w4_warps(c, q, T > 8, smeta);
     const size_t sm = w4_smem_bytes(q, nw, smeta);
     const int xvec = (uintptr_t)X % 8 == 0 && ldx % 4 == 0;
-    if (T > 8)
-        w4_gemv_kernel<true><<<q->tiles, nw * 32, sm, c->stream>>>(Y, ldy, X, ldx, T, q->K, bias, accumulate,
-                                                                    q->dpart, q->nparts, xvec, smeta);
-    else
-        w4_gemv_kernel<false><<<q->tiles, nw * 32, sm, c->stream>>>(Y, ldy, X, ldx, T, q->K, bias, accumulate,
-                                                                     q->dpart, q->nparts, xvec, smeta);
-    CUDA_CHECK_LAUNCH();
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)q->tiles);
+    cfg.blockDim = dim3((unsigned)(nw * 32));
+    cfg.dynamicSmemBytes = sm;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute pdl[1];
+    pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl[0].val.programmaticStreamSerializationAllowed = 1;
+    if (c->pdl) cfg.attrs = pdl, cfg.numAttrs = 1;
+    const __half *bias_h = bias;
+    const w4_part *parts = q->dpart;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, T > 8 ? w4_gemv_kernel<true> : w4_gemv_kernel<false>, Y, ldy, X, ldx, T, q->K,
+                                  bias_h, accumulate, parts, q->nparts, xvec, smeta));
     return GQ_OK;
 }
 
