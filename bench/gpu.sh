@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m profw4
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m profw4 nsysmoe
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -272,6 +272,21 @@ step_profmoe() {
         --print-units base --launch-count "${PROF_COUNT:-12000}" ./build/bench/bench_layers --shape "$sh_" \
         --layers 1 --nsamples 16
     python3 bench/ncu_summary.py "$LOGS/profmoe_$sh_.log" | head -n 40 | tee -a "$SUMMARY"
+}
+
+# the Qwen3-30B-A3B layer under Nsight Systems: GPU time by kernel over the whole layer, and the
+# host API time (synchronisations, launches), where ncu's sample covered one chunk only
+nsys_path() { command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -n 1; }
+step_nsysmoe() {
+    NS=$(nsys_path)
+    [ -n "$NS" ] || { say "nsysmoe: no nsys on this machine"; return; }
+    sh_=${PROF_SHAPE:-qwen3moe}
+    rm -f "$LOGS/nsys_$sh_.nsys-rep" "$LOGS/nsys_$sh_.sqlite"
+    run "nsys_$sh_" 300 "$NS" profile -t cuda -s none --cpuctxsw none -o "$LOGS/nsys_$sh_" ./build/bench/bench_layers \
+        --shape "$sh_" --layers 1
+    run "nsys_${sh_}_stats" 200 "$NS" stats -q -r cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum -f csv \
+        "$LOGS/nsys_$sh_.nsys-rep"
+    python3 bench/nsys_summary.py "$LOGS/nsys_${sh_}_stats.log" | tee -a "$SUMMARY"
 }
 
 # the bundled pycoder-5m (no model to carry): docs/eval.md's GPU rows of the bundled model
