@@ -28,6 +28,9 @@
  *                              dependent launch (sm_90): its weight loads start while the kernel
  *                              before it runs, X is read after that kernel completed; 0: an
  *                              ordinary launch (the same bits)                         (timing)
+ *   GQ_CUDA_W4=batch|ring      the int4 decode GEMV's weight loads: batch (default) W4_U loads
+ *                              issued together, then used; ring: each reloaded as soon as it
+ *                              is used (the same bits)                                 (timing)
  *   GQ_CUDA_POOL=1|0           device buffers from CUDA's stream-ordered pool (default), or
  *                              cudaMalloc / cudaFree each (0: the comparison)         (timing)
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
@@ -50,6 +53,7 @@ typedef struct {
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
+    int cuda_w4_ring;       /* GQ_CUDA_W4: 0 batch (default), 1 ring */
     int cuda_pdl;           /* GQ_CUDA_PDL: 1 (default) the int4 GEMV launched as a programmatic dependent, 0 not */
     char openblas_coretype[32];
 } gq_knobs;
