@@ -110,6 +110,17 @@ NVCCFLAGS := -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_AR
              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fopenmp --expt-relaxed-constexpr -lineinfo
 LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lcusolver -lstdc++
 CUDA_MSG := ✓ nvcc found ($(NVCC_PATH)), CUDA backend on, sm_$(CUDA_ARCH)
+# NCCL (several GPUs, gq/dp.h): where nccl.h and libnccl are found beside CUDA, in /usr or in DEPS
+NCCL_H := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h $(if $(DEPS),$(DEPS_ABS)/include/nccl.h)))
+NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so \
+              $(if $(DEPS),$(DEPS_ABS)/lib/x86_64-linux-gnu/libnccl.so)))
+ifneq ($(and $(NCCL_H),$(NCCL_LIB)),)
+NVCCFLAGS += -DGQ_USE_NCCL -I$(dir $(NCCL_H))
+LDLIBS += -L$(dir $(NCCL_LIB)) -Wl,-rpath,$(dir $(NCCL_LIB)) -lnccl
+CUDA_MSG += ; NCCL on ($(NCCL_LIB))
+else
+CUDA_MSG += ; NCCL off (no nccl.h / libnccl.so): one GPU per run
+endif
 else
 CU_OBJS :=
 CUDA_MSG := ✗ CUDA backend off (nvcc not found or CUDA=0): CPU backend only

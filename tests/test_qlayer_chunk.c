@@ -54,6 +54,7 @@
 #include <string.h>
 
 #include "gq/backend.h"
+#include "gq/dp.h"
 #include "gq/graph.h"
 #include "gq/knobs.h"
 #include "gq/model.h"
@@ -247,6 +248,129 @@ static int quantize(const gq_model *m, gq_backend *be, const data *d, const gq_g
     return rc;
 }
 
+/* ---- 8. several devices (gq/dp.h): the sequences split over ranks, the Hessians summed --------- */
+
+#define DP_MAX 4
+
+/* `ranks` ranks over the calibration sequences: backends of their own on the CPU, forks of be (the
+ * same GPU, their own streams, fp32) on a GPU; the host transport; each rank's qlayer over its
+ * share, chunks of 600, its rows embedded (sample nan_sample, if >= 0, gets a NaN at token 17,
+ * column 3). */
+typedef struct {
+    int ranks, made;
+    gq_backend *rb[DP_MAX];
+    gq_dp *dp;
+    gq_qlayer q[DP_MAX];
+} dp_ranks;
+
+static void dp_ranks_free(dp_ranks *R) {
+    for (int k = 0; k < R->made; k++) gq_qlayer_free(&R->q[k]);
+    gq_dp_free(R->dp);
+    for (int k = 0; k < R->ranks; k++)
+        if (R->rb[k]) gq_backend_free(R->rb[k]);
+    memset(R, 0, sizeof *R);
+}
+
+static int dp_ranks_init(dp_ranks *R, const gq_model *m, gq_backend *be, const data *d, int ranks, int nan_sample) {
+    const gq_config *c = &m->cfg;
+    int first[DP_MAX + 1], rc = GQ_OK;
+    memset(R, 0, sizeof *R);
+    R->ranks = ranks;
+    for (int k = 0; k < ranks && !rc; k++) {
+        rc = gq_backend_is_gpu(be) ? gq_backend_fork(be, &R->rb[k]) : gq_backend_init(&R->rb[k], "cpu");
+        if (!rc && gq_backend_is_gpu(be)) rc = gq_backend_set_precision(R->rb[k], "fp32");
+    }
+    if (!rc) rc = gq_dp_init(&R->dp, R->rb, ranks, GQ_DP_HOST);
+    if (!rc) rc = gq_qlayer_shares(NSEQ, d->len, ranks, first);
+    float *x = gq_malloc(sizeof(float) * 256 * (size_t)c->hidden);
+    for (int k = 0; k < ranks && !rc; k++) {
+        gq_qlayer *q = &R->q[k];
+        if ((rc = gq_qlayer_init(q, R->rb[k], c, first[k + 1] - first[k], d->len + first[k]))) break;
+        R->made++;
+        q->dp = R->dp, q->rank = k, q->seq0 = first[k], q->n_seq_all = NSEQ;
+        q->moe_min_tokens = 16;
+        rc = gq_qlayer_set_chunk(q, 600);
+        for (int i = 0; i < q->n_seq && !rc; i++) {
+            rc = gq_model_embed(m, d->seq[first[k] + i], q->len[i], x);
+            if (first[k] + i == nan_sample) x[17 * c->hidden + 3] = NAN;
+            if (!rc) rc = gq_qlayer_set_x(q, i, x);
+        }
+    }
+    free(x);
+    TEST_OK(rc, "%s: %d ranks", m->dir, ranks);
+    return rc;
+}
+
+typedef struct {
+    const gq_model *m;
+    const gq_gptq_params *p;
+    dp_ranks *R;
+    gq_blayer *bl[DP_MAX]; /* [L] each rank's layers (the dequantized weights after the run) */
+    int loaded[DP_MAX];
+    gq_qresult *res; /* [cap] the layer's modules, shared */
+    int layer;
+} dp_job;
+
+/* One rank's layer, on its own thread: its copy of the weights, its share of the sequences. */
+static int dp_layer(void *user, int rank) {
+    dp_job *j = user;
+    gq_qlayer *q = &j->R->q[rank];
+    int rc = gq_blayer_load(q->be, j->m, j->layer, &j->bl[rank][j->layer]);
+    j->loaded[rank] += !rc;
+    if (!rc) rc = gq_qlayer_run(q, j->layer, &j->bl[rank][j->layer], j->p, j->res);
+    return rc;
+}
+
+static void dp_job_free(dp_job *j) {
+    for (int k = 0; k < j->R->made; k++) {
+        for (int l = 0; l < j->loaded[k]; l++) gq_blayer_free(j->R->rb[k], &j->bl[k][l]);
+        free(j->bl[k]);
+    }
+}
+
+/* 8. quantize() over `ranks` ranks (every layer, no restore pass): the Hessians as rank 0 sums
+ * them, the outputs gathered from the ranks, the NLL with rank 0's layers. */
+static int quantize_dp(const gq_model *m, gq_backend *be, const data *d, const gq_gptq_params *p, int ranks,
+                       qrun *r) {
+    const gq_config *c = &m->cfg;
+    dp_ranks R;
+    memset(r, 0, sizeof *r);
+    r->L = c->n_layers, r->cap = gq_layer_module_cap(c);
+    r->n = gq_calloc((size_t)r->L, sizeof *r->n);
+    r->res = gq_calloc((size_t)r->L * r->cap, sizeof *r->res);
+    int rc = dp_ranks_init(&R, m, be, d, ranks, -1);
+    dp_job j = {.m = m, .p = p, .R = &R};
+    for (int k = 0; k < R.made; k++) {
+        r->chunks += R.q[k].n_chunks;
+        r->chunk_max = R.q[k].chunk_max > r->chunk_max ? R.q[k].chunk_max : r->chunk_max;
+        j.bl[k] = gq_calloc((size_t)r->L, sizeof(gq_blayer));
+    }
+    r->be = R.rb[0];
+    if (!rc) R.q[0].on_hessian = keep_hessian, R.q[0].on_hessian_user = r;
+    for (int l = 0; l < r->L && !rc; l++) {
+        gq_module *mods = gq_malloc(sizeof *mods * (size_t)r->cap);
+        r->n[l] = gq_layer_modules(c, 0, l, mods, r->cap);
+        free(mods);
+        j.layer = l, j.res = r->res + (size_t)l * r->cap;
+        rc = gq_dp_run(R.dp, dp_layer, &j);
+    }
+    TEST_OK(rc, "%s: quantize over %d ranks", m->dir, ranks);
+    int64_t n_tok = 0, at = 0;
+    for (int i = 0; i < NSEQ; i++) n_tok += d->len[i];
+    float *x = gq_malloc(sizeof(float) * (size_t)n_tok * c->hidden);
+    for (int k = 0; k < R.made && !rc; k++) /* the outputs, in the run's sequence order */
+        for (int i = 0; i < R.q[k].n_seq && !rc; i++) {
+            rc = gq_qlayer_get_x(&R.q[k], i, x + (size_t)at * c->hidden);
+            at += R.q[k].len[i];
+        }
+    r->x = x, r->nx = (size_t)n_tok * c->hidden;
+    r->nll = rc ? NAN : eval_nll(m, R.rb[0], j.bl[0], d);
+    dp_job_free(&j);
+    dp_ranks_free(&R);
+    r->be = NULL;
+    return rc;
+}
+
 /* Codes of layer 0's first `mods` modules that differ (fraction). */
 static double code_diff(const qrun *a, const qrun *b, int mods) {
     size_t diff = 0, all = 0;
@@ -417,6 +541,15 @@ static void test_model(gq_backend *be, const data *d, const char *dir, int group
             snprintf(w, sizeof w, "%s %s %s: --resume", arch, pass ? "GPTQ" : "RTN", k < 3 ? cname[k] : "streamed");
             check_resume(w, &x[k]);
         }
+        for (int ranks = 1; ranks <= 3; ranks += 2) { /* 8: one rank bitwise the run alone; three within the bounds */
+            qrun dr;
+            quantize_dp(&m, be, d, &p, ranks, &dr);
+            snprintf(w, sizeof w, "%s %s %d rank%s (host sums) vs alone", arch, pass ? "GPTQ" : "RTN", ranks,
+                     ranks > 1 ? "s" : "");
+            if (pass) compare_gptq(w, &x[1], &dr, ranks == 1);
+            else compare_hess(w, &x[1], &dr, ranks == 1);
+            qrun_free(&dr);
+        }
         check_skip_rows(pass ? "GPTQ" : "RTN", &x[1], n_tok, m.cfg.layer_moe[0] ? m.cfg.top_k : 0);
         if (pass && m.cfg.n_experts) check_solve_threads(&m, be, d, &p, &x[1]);
     }
@@ -484,6 +617,68 @@ static void test_locate(gq_backend *be, const data *d) {
     }
 }
 
+/* 8 (errors): a NaN in calibration sample `at`, over 3 ranks: the q/k/v solve (rank 0's) refuses the
+ * summed Hessian, every rank looks in its own share, and the one holding the sample names it, with
+ * the run's sample number; the shares and device lists. */
+static void test_dp_errors(gq_backend *be, const data *d) {
+    TEST_BEGIN("several devices");
+    int first[5], len[6] = {10, 10, 10, 10, 10, 1000};
+    TEST_OK(gq_qlayer_shares(6, len, 3, first), "shares of 6 sequences");
+    TEST_CHECK(first[0] == 0 && first[1] == 4 && first[2] == 5 && first[3] == 6,
+               "shares of 10 x 5 + 1000 tokens for 3: %d %d %d %d (want 0 4 5 6: one each at least)", first[0], first[1],
+               first[2], first[3]);
+    TEST_OK(gq_qlayer_shares(NSEQ, d->len, 4, first), "shares of the calibration");
+    int64_t tok[4] = {0}, total = 0;
+    for (int r = 0; r < 4; r++)
+        for (int i = first[r]; i < first[r + 1]; i++) tok[r] += d->len[i], total += d->len[i];
+    int even = first[4] == NSEQ;
+    for (int r = 0; r < 4; r++) even = even && tok[r] > 0 && labs((long)(tok[r] - total / 4)) <= 256;
+    TEST_CHECK(even, "4 shares of %lld tokens within a sequence (256) of a quarter: %lld %lld %lld %lld",
+               (long long)total, (long long)tok[0], (long long)tok[1], (long long)tok[2], (long long)tok[3]);
+    TEST_FAILS(gq_qlayer_shares(2, len, 3, first), GQ_ERR_ARG, "3 devices for 2 calibration sequences");
+    int dev[8];
+    TEST_CHECK(gq_dp_parse_devices("cuda:0,2,3", 4, dev, 8) == 3 && dev[0] == 0 && dev[1] == 2 && dev[2] == 3,
+               "cuda:0,2,3");
+    TEST_CHECK(gq_dp_parse_devices("cuda:all", 4, dev, 8) == 4 && dev[3] == 3, "cuda:all of 4");
+    TEST_CHECK(gq_dp_parse_devices("cuda:all", 1, dev, 8) == 0, "cuda:all of 1: one device");
+    TEST_CHECK(gq_dp_parse_devices("cuda:1", 4, dev, 8) == 0 && gq_dp_parse_devices("cpu", 4, dev, 8) == 0,
+               "cuda:1 and cpu: one device");
+    TEST_FAILS(gq_dp_parse_devices("cuda:0,0", 4, dev, 8) < 0 ? gq_errcode() : GQ_OK, GQ_ERR_ARG, "named twice");
+    TEST_FAILS(gq_dp_parse_devices("cuda:0,x", 4, dev, 8) < 0 ? gq_errcode() : GQ_OK, GQ_ERR_ARG, "expected cuda:N,M");
+    TEST_FAILS(gq_dp_parse_devices("cuda:0,", 4, dev, 8) < 0 ? gq_errcode() : GQ_OK, GQ_ERR_ARG, "ends with");
+    gq_model m;
+    if (gq_model_open(&m, gq_test_data("pycoder-5m"))) {
+        TEST_CHECK(0, "open pycoder-5m: %s", gq_errmsg());
+        return;
+    }
+    gq_gptq_params p;
+    gq_gptq_params_default(&p);
+    const int at[2] = {2, 21}; /* in rank 0's share, in rank 2's */
+    for (int k = 0; k < 2; k++) {
+        dp_ranks R;
+        if (dp_ranks_init(&R, &m, be, d, 3, at[k])) {
+            dp_ranks_free(&R);
+            continue;
+        }
+        TEST_CHECK(R.q[0].seq0 + R.q[0].n_seq > 2 && R.q[2].seq0 <= 21, "samples 2 and 21 in ranks 0 and 2 (%d, %d)",
+                   R.q[1].seq0, R.q[2].seq0);
+        int cap = gq_layer_module_cap(&m.cfg);
+        gq_qresult *res = gq_calloc((size_t)cap, sizeof *res);
+        dp_job j = {.m = &m, .p = &p, .R = &R, .res = res};
+        for (int r = 0; r < 3; r++) j.bl[r] = gq_calloc(1, sizeof(gq_blayer));
+        char want[160];
+        snprintf(want, sizeof want,
+                 "calibration sample %d: layer 0: non-finite activation at the layer input (NaN at token 17, column 3)",
+                 at[k]);
+        TEST_FAILS(gq_dp_run(R.dp, dp_layer, &j), GQ_ERR_NUMERIC, want);
+        for (int i = 0; i < cap; i++) gq_qresult_free(&res[i]);
+        free(res);
+        dp_job_free(&j);
+        dp_ranks_free(&R);
+    }
+    gq_model_close(&m);
+}
+
 /* 5: ragged chunks never above the budget but for a longer sequence. */
 static void test_partition(gq_backend *be) {
     TEST_BEGIN("partition");
@@ -533,6 +728,7 @@ int main(void) {
     TEST_OK(rc, "calibration and evaluation tokens");
     test_partition(be);
     if (!rc) test_locate(be, &d);
+    if (!rc) test_dp_errors(be, &d);
     if (!rc) {
         char fam[2][512];
         snprintf(fam[0], sizeof fam[0], "%s", gq_test_data("families/qwen3_moe"));

@@ -59,6 +59,10 @@ int gq_backend_set_precision(gq_backend *be, const char *precision);
  * gq_backend_free. GQ_ERR_UNSUPPORTED where the backend has none (the CPU, whose solves already
  * use every core). */
 int gq_backend_fork(gq_backend *be, gq_backend **out);
+/* Make be usable from the calling host thread (CUDA: its device becomes the thread's current
+ * device; the CPU: nothing). A thread that works on a backend made on another thread calls it
+ * first (gq/dp.h's rank threads). */
+int gq_backend_bind_thread(gq_backend *be);
 /* 1 if this build has CUDA support compiled in. */
 int gq_backend_cuda_compiled(void);
 /* Device memory: peak bytes allocated through this backend so far. */

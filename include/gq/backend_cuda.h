@@ -36,6 +36,18 @@ int gq_backend_cuda_init(gq_backend **out, int device);
 int gq_cuda_device_info(int device, char *name, size_t name_cap, size_t *total_bytes, int *sm_count, int *cc_major,
                         int *cc_minor);
 
+/* ---- NCCL between CUDA backends (gq/dp.h's nccl transport) ------------------------------ */
+
+/* 1 if this build has NCCL (make found nccl.h and libnccl beside CUDA). */
+int gq_cuda_nccl_built(void);
+/* One communicator per backend (ncclCommInitAll over their devices, each named once): comms[n].
+ * GQ_ERR_UNSUPPORTED without NCCL, GQ_ERR_DEVICE with NCCL's text when it fails. */
+int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n);
+void gq_cuda_nccl_free(void **comms, int n);
+/* On be's stream, by every rank's thread: buf[n] (fp32) summed in place; buf[bytes] = root's. */
+int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n);
+int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root);
+
 /* ---- knobs (tests, benchmarks) --------------------------------------------------- */
 
 /* Attention kernel: 0 = auto (default: for Tq >= 16, the tensor-core

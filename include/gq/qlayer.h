@@ -42,6 +42,7 @@
 
 #include "gq/backend.h"
 #include "gq/config.h"
+#include "gq/dp.h"
 #include "gq/gptq.h"
 #include "gq/graph.h"
 #include "gq/model.h"
@@ -86,6 +87,15 @@ typedef struct {
      * one per solve thread (GQ_SOLVE_THREADS), made at the first MoE stage */
     gq_backend **solvers;
     int n_solvers, fork_failed;
+    /* several devices (gq/dp.h; NULL: alone): this qlayer is rank `rank` of dp, its sequences
+     * are the run's sequences seq0 .. seq0 + n_seq - 1 of n_seq_all (gq_qlayer_init sets seq0 0
+     * and n_seq_all n_seq; the caller sets these after it). Each stage's Hessians are summed over
+     * the ranks (and the tokens each saw), Hessian hi is solved by rank hi % ranks, which
+     * broadcasts the dequantized weight; every rank passes the same res, each solving rank fills
+     * its modules. Every rank calls gq_qlayer_run for the same layers, each on its own thread
+     * (gq_dp_run). */
+    gq_dp *dp;
+    int rank, seq0, n_seq_all;
     /* cumulative seconds (device work synchronised at stage ends) */
     double t_stages;  /* stages A-E, Hessian accumulation included */
     double t_hessian; /* of which the Hessian updates (on a GPU an estimate, see above) */
@@ -104,6 +114,10 @@ int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq
  * activations are kept. Between layers only: the chunks fix the summation order, so a run and its
  * --resume must use the same. */
 int gq_qlayer_set_chunk(gq_qlayer *q, int tokens);
+/* Shares of n_seq sequences for `ranks` ranks: rank r gets sequences first[r] .. first[r + 1] - 1
+ * (first[ranks + 1]), consecutive, about equal in tokens, at least one each. GQ_ERR_ARG (said)
+ * when there are fewer sequences than ranks. */
+int gq_qlayer_shares(int n_seq, const int *len, int ranks, int *first);
 void gq_qlayer_free(gq_qlayer *q);
 /* Sequence i's layer input from f32 host rows [len[i]][hidden]; and back. */
 int gq_qlayer_set_x(gq_qlayer *q, int i, const float *src);

@@ -245,6 +245,10 @@ int gq_backend_fork(gq_backend *be, gq_backend **out) {
     return rc;
 }
 
+int gq_backend_bind_thread(gq_backend *be) {
+    return be->iface->bind_thread ? be->iface->bind_thread(be) : GQ_OK;
+}
+
 size_t gq_be_peak_bytes(const gq_backend *be) {
     return be->peak_bytes;
 }

@@ -22,6 +22,7 @@ struct gq_backend_i {
     int (*sync)(gq_backend *be);
     size_t (*free_bytes)(const gq_backend *be); /* (optional) */
     int (*fork)(gq_backend *be, gq_backend **out); /* (optional) gq_backend_fork */
+    int (*bind_thread)(gq_backend *be);            /* (optional) gq_backend_bind_thread */
     /* (optional, all four or none) gq_be_graph_*; host_alloc / host_free (optional): pinned memory */
     int (*graph_begin)(gq_backend *be);
     int (*graph_end)(gq_backend *be, gq_bgraph **out);

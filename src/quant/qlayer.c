@@ -144,11 +144,29 @@ int gq_qlayer_set_chunk(gq_qlayer *q, int tokens) {
 
 /* ---- setup ------------------------------------------------------------------------------------ */
 
+int gq_qlayer_shares(int n_seq, const int *len, int ranks, int *first) {
+    if (ranks < 1 || n_seq < ranks)
+        return gq_err(GQ_ERR_ARG, "%d devices for %d calibration sequences: each needs at least one", ranks, n_seq);
+    int64_t total = 0;
+    for (int i = 0; i < n_seq; i++) total += len[i];
+    first[0] = 0;
+    int64_t acc = 0; /* tokens of sequences 0 .. i - 1 */
+    for (int r = 1, i = 0; r < ranks; r++) {
+        while (i < n_seq && acc * ranks < total * r) acc += len[i++]; /* the first start at or past r / ranks */
+        const int lo = first[r - 1] + 1, hi = n_seq - (ranks - r); /* one sequence at least for each rank */
+        first[r] = i < lo ? lo : i > hi ? hi : i;
+        for (; i < first[r]; i++) acc += len[i];
+        for (; i > first[r]; i--) acc -= len[i - 1];
+    }
+    first[ranks] = n_seq;
+    return GQ_OK;
+}
+
 int gq_qlayer_init(gq_qlayer *q, gq_backend *be, const gq_config *cfg, int n_seq, const int *len) {
     memset(q, 0, sizeof *q);
     q->be = be;
     q->cfg = cfg;
-    q->n_seq = n_seq;
+    q->n_seq = q->n_seq_all = n_seq;
     q->len = gq_malloc((size_t)n_seq * sizeof *q->len);
     q->off = gq_malloc((size_t)n_seq * sizeof *q->off);
     for (int i = 0; i < n_seq; i++) {
@@ -388,9 +406,9 @@ static int seq_run(stage_t *st, int i, void *x, void *a, gq_step first, gq_step 
  * "calibration sample 5: layer 3: non-finite activation after attention (NaN at token 17,
  * column 40)". The attention block starts from the layer input, still in X; the MLP block from
  * h = x + o(attn), which stage C left in X. The activations are overwritten (the run fails
- * anyway). Keeps the message when every activation is finite.
+ * anyway). Keeps the message when every activation is finite (found: 0, else 1; may be NULL).
  */
-static int locate_nonfinite(stage_t *st, int c0, int c1, int mlp) {
+static int locate_nonfinite(stage_t *st, int c0, int c1, int mlp, int *found) {
     gq_qlayer *q = st->q;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", gq_errmsg());
@@ -401,10 +419,11 @@ static int locate_nonfinite(stage_t *st, int c0, int c1, int mlp) {
         for (int i = q->chunk0[c]; i < q->chunk0[c + 1] && rc == GQ_OK; i++) {
             rc = seq_run(st, i, x + x_bytes(q, q->off[i] - c_off(q, c)), NULL, mlp ? GQ_STEP_MLP_IN : GQ_STEP_ATTN_IN,
                          mlp ? GQ_STEP_MLP_RES : GQ_STEP_ATTN_RES, 1);
-            if (rc == GQ_ERR_NUMERIC) gq_err_prefix("calibration sample %d: layer %d", i, st->l);
+            if (rc == GQ_ERR_NUMERIC) gq_err_prefix("calibration sample %d: layer %d", q->seq0 + i, st->l);
         }
     }
     q->cur_x = q->cur_a = -1; /* the streaming windows no longer hold a chunk's rows */
+    if (found) *found = rc != GQ_OK;
     return rc == GQ_OK ? gq_err(GQ_ERR_NUMERIC, "%s", msg) : rc;
 }
 
@@ -425,8 +444,8 @@ static int chunk_run(stage_t *st, int c, gq_step first, gq_step last) {
     chunk_begin(st, c);
     int rc = gq_layer_run(&args);
     if (rc == GQ_ERR_NUMERIC && last >= GQ_STEP_MLP_IN) { /* x holds h = x + o(a) (the last add comes after) */
-        gq_err_prefix("calibration samples %d .. %d", q->chunk0[c], q->chunk0[c + 1] - 1);
-        return locate_nonfinite(st, c, c + 1, 1);
+        gq_err_prefix("calibration samples %d .. %d", q->seq0 + q->chunk0[c], q->seq0 + q->chunk0[c + 1] - 1);
+        return locate_nonfinite(st, c, c + 1, 1, NULL);
     }
     if (!rc && (first == GQ_STEP_ATTN_RES || last == GQ_STEP_MLP_RES)) rc = x_out(q, c); /* x changed */
     return rc;
@@ -477,7 +496,7 @@ static int solve_on(stage_t *st, gq_backend *be, int hi, const gq_gptq_params *p
     }
     gq_qresult g;
     double t0 = gq_now();
-    int rc = gq_be_gptq(be, &pe, st->H[hi], 2.0 / (double)q->n_seq, gq_blayer_weight(st->bl, st->g, e), &g);
+    int rc = gq_be_gptq(be, &pe, st->H[hi], 2.0 / (double)q->n_seq_all, gq_blayer_weight(st->bl, st->g, e), &g);
     double secs = gq_now() - t0;
     if (rc) return rc;
     if (g.fallback)
@@ -503,7 +522,8 @@ static int solve_failed(stage_t *st, int hi, int rc) {
     char what[96];
     solve_what(st, hi, what, sizeof what);
     gq_err_prefix("layer %d %s", st->l, what);
-    return rc == GQ_ERR_NUMERIC ? locate_nonfinite(st, 0, st->q->n_chunks, st->g >= GQ_GRP_MLP_IN) : rc;
+    /* several devices: every rank looks in its own share after the solves (dp_share) */
+    return rc == GQ_ERR_NUMERIC && !st->q->dp ? locate_nonfinite(st, 0, st->q->n_chunks, st->g >= GQ_GRP_MLP_IN, NULL) : rc;
 }
 
 /* Threads for a stage's n_h solves: 1 on the CPU (its solves use every core) and for dense
@@ -532,6 +552,52 @@ static int solve_threads(gq_qlayer *q, int n_h) {
     return want < q->n_solvers ? want : q->n_solvers;
 }
 
+/* Several devices: whether this rank solves Hessian hi (and broadcasts its weight). */
+static int owns(const gq_qlayer *q, int hi) {
+    return !q->dp || hi % gq_dp_size(q->dp) == q->rank;
+}
+
+/* Several devices, before the solves: every rank's stage done (or the first failure), the
+ * Hessians and their token counts summed over the ranks. */
+static int dp_reduce(stage_t *st, int rc) {
+    gq_qlayer *q = st->q;
+    if ((rc = gq_dp_agree(q->dp, q->rank, rc))) return rc;
+    for (int i = 0; i < st->n_h && !rc; i++) rc = gq_dp_allreduce_f32(q->dp, q->rank, st->H[i], (size_t)st->K * st->K);
+    if (!rc) rc = gq_dp_sum_i64(q->dp, q->rank, st->tokens, st->n_h);
+    if (!rc) rc = gq_be_sync(q->be); /* the solve forks' streams read the sums */
+    if (rc) gq_err_prefix("layer %d %s: the Hessians over %d devices", st->l, group_what(st->g), gq_dp_size(q->dp));
+    return rc;
+}
+
+/* Several devices, a solve refused non-finite inputs (GQ_ERR_NUMERIC from rank `own` != 0 here): every
+ * rank looks for the first non-finite activation in its own share of the samples; the first rank
+ * (by rank) that finds one reports it, else the solving rank its own message. */
+static int dp_locate(stage_t *st, int own) {
+    gq_qlayer *q = st->q;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", gq_errmsg());
+    int found = 0, rc = locate_nonfinite(st, 0, q->n_chunks, st->g >= GQ_GRP_MLP_IN, &found);
+    if ((rc = gq_dp_agree(q->dp, q->rank, found ? rc : GQ_OK))) return rc;
+    if (own) gq_err(own, "%s", msg); /* nobody found one: the solving rank's message */
+    return gq_dp_agree(q->dp, q->rank, own);
+}
+
+/* Several devices, after the solves: every solve done (or the first failure), each dequantized
+ * weight from its solver to every rank. */
+static int dp_share(stage_t *st, int rc) {
+    gq_qlayer *q = st->q;
+    const int own = rc;
+    if ((rc = gq_dp_agree(q->dp, q->rank, rc))) return rc == GQ_ERR_NUMERIC ? dp_locate(st, own) : rc;
+    for (int i = 0; i < st->n_h && !rc; i++) {
+        const gq_bweight *W = gq_blayer_weight(st->bl, st->g, st->n_h > 1 ? i : -1);
+        rc = gq_dp_broadcast(q->dp, q->rank, W->data, (size_t)W->rows * W->cols * gq_dtype_size(W->dtype),
+                             i % gq_dp_size(q->dp));
+    }
+    if (rc) gq_err_prefix("layer %d %s: the quantized weights to %d devices", st->l, group_what(st->g),
+                          gq_dp_size(q->dp));
+    return rc;
+}
+
 /* Every solve of the stage: one after another, or (MoE on a GPU) on solve_threads threads in
  * dynamic order; the results are the same either way (each solve alone on its stream). The first
  * failing Hessian by index is reported, as one after another would. */
@@ -542,7 +608,7 @@ static int solve_all(stage_t *st, const gq_gptq_params *p, const gq_module *mods
     int rc = GQ_OK;
     if (nt <= 1) {
         for (int i = 0; i < st->n_h && !rc; i++)
-            if ((rc = solve_on(st, q->be, i, p, mods, nmods, res)) != GQ_OK) rc = solve_failed(st, i, rc);
+            if (owns(q, i) && (rc = solve_on(st, q->be, i, p, mods, nmods, res)) != GQ_OK) rc = solve_failed(st, i, rc);
         q->t_solve += gq_now() - t0;
         return rc;
     }
@@ -550,6 +616,7 @@ static int solve_all(stage_t *st, const gq_gptq_params *p, const gq_module *mods
     char(*msg)[512] = gq_calloc((size_t)st->n_h, sizeof *msg);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int i = 0; i < st->n_h; i++) {
+        if (!owns(q, i)) continue;
         rcs[i] = solve_on(st, q->solvers[omp_get_thread_num()], i, p, mods, nmods, res);
         if (rcs[i]) snprintf(msg[i], sizeof msg[i], "%s", gq_errmsg());
     }
@@ -574,9 +641,11 @@ static int stage_end(stage_t *st, int rc, const gq_gptq_params *p, const gq_modu
     q->t_stages += gq_now() - st->t0;
     if (st->rows_timed > 0) q->t_hessian += st->t_timed * ((double)st->rows_all / (double)st->rows_timed);
     if (rc) gq_err_prefix("layer %d %s", st->l, group_what(st->g));
-    for (int i = 0; i < st->n_h && !rc && q->on_hessian; i++)
+    if (q->dp) rc = dp_reduce(st, rc);
+    for (int i = 0; i < st->n_h && !rc && q->on_hessian && q->rank == 0; i++)
         q->on_hessian(q->on_hessian_user, st->l, st->g, st->n_h > 1 ? i : -1, st->H[i], st->K, st->tokens[i]);
     if (!rc) rc = solve_all(st, p, mods, nmods, res);
+    if (q->dp) rc = dp_share(st, rc);
     stage_free(st);
     return rc;
 }

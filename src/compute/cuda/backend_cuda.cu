@@ -510,6 +510,11 @@ static int cuda_fork(gq_backend *be, gq_backend **out) {
     return gq_backend_cuda_init(out, gq_cuda_ctx_of(be)->device);
 }
 
+static int cuda_bind_thread(gq_backend *be) {
+    CUDA_CHECK(cudaSetDevice(gq_cuda_ctx_of(be)->device));
+    return GQ_OK;
+}
+
 static void fill_iface(void) {
     struct gq_backend_i *f = &cuda_iface;
     f->free = cuda_free;
@@ -524,6 +529,7 @@ static void fill_iface(void) {
     f->sync = cuda_sync;
     f->free_bytes = cuda_free_bytes;
     f->fork = cuda_fork;
+    f->bind_thread = cuda_bind_thread;
     f->graph_begin = cuda_graph_begin;
     f->graph_end = cuda_graph_end;
     f->graph_launch = cuda_graph_launch;
