@@ -30,6 +30,7 @@ if [ ! -f /usr/include/jansson.h ] && [ -f .gqdeps.tar.xz ]; then
     MAKEVARS="CUDA=1 DEPS=.gqdeps/usr"
 fi
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); $(date -u +%F)"
+say "nccl: $(ls /usr/lib/x86_64-linux-gnu/libnccl.so* /usr/local/cuda/lib64/libnccl.so* /usr/include/nccl.h /usr/local/cuda/include/nccl.h 2>/dev/null | tr '\n' ' ')"
 # shellcheck disable=SC2086
 step build 300 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq \
     build/tests/test_cuda_w4a16 build/tests/test_q4_model build/tests/test_qlayer_chunk build/tests/test_families ||
@@ -53,7 +54,7 @@ step ppl5m 120 ./build/gq ppl --model bench-models/q5m-quick --base $M --text te
     --device cuda
 grep -E '^(ppl|base ppl|kld) ' "$L/ppl5m.log" | tee -a "$R"
 step test_qlayer_chunk 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_qlayer_chunk
-grep -E '^FAIL|RESULT' "$L/test_qlayer_chunk.log" | head -n 20 | tee -a "$R"
+grep -E '^FAIL|RESULT|rank' "$L/test_qlayer_chunk.log" | head -n 20 | tee -a "$R"
 step test_families 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
 grep -E '^FAIL|RESULT' "$L/test_families.log" | head -n 20 | tee -a "$R"
 pack_logs
