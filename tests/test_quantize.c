@@ -567,6 +567,67 @@ static void test_resume(const char *tmp) {
     free(p2), free(partial), free(model), free(full), free(res);
 }
 
+/* Bytes of two files that differ (SIZE_MAX: unreadable or of other sizes), and the size. */
+static size_t bytes_differ(const char *a, const char *b, size_t *n) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0, d = SIZE_MAX;
+    if (gq_read_file(a, &x, &nx) == GQ_OK && gq_read_file(b, &y, &ny) == GQ_OK && nx == ny)
+        for (size_t i = d = 0; i < nx; i++) d += x[i] != y[i];
+    free(x), free(y);
+    *n = nx;
+    return d;
+}
+
+/* Several devices through the pipeline (gq/dp.h; 2 CPU ranks summing through host memory, the
+ * tests' stand-in for --device cuda:0,1): the run completes, its checkpoint is the one-device
+ * checkpoint up to the Hessians' summation order (the layout and header bitwise, a few codes or
+ * scales at most: DP_BYTES_FRAC), a 2-device run stopped after layer 1 and resumed on 2 devices
+ * gives bitwise the uninterrupted 2-device run, and a resume on 1 device is refused (the sums
+ * would change order mid-run). DP_BYTES_FRAC 2%: Hessians equal to ~1e-7 relative
+ * (test_qlayer_chunk 8: 3 ranks <= 1e-7) flip a code only where GPTQ's running value sits that
+ * close to a rounding boundary; the header and the unchanged codes are most of the file. */
+#define DP_BYTES_FRAC 0.02
+static void test_devices(const char *tmp) {
+    TEST_BEGIN("several devices");
+    char *model = gq_path_join(tmp, "tiny"), *one = gq_path_join(tmp, "d-one"), *two = gq_path_join(tmp, "d-two"),
+         *res = gq_path_join(tmp, "d-res");
+    write_tiny(model, 0);
+    gq_quant_opts o;
+    gq_quant_report rep;
+    base_opts(&o, model, one);
+    o.nsamples = 8;
+    o.seqlen = 128;
+    o.gptq.group_size = 32;
+    TEST_OK(gq_quantize_run(&o, &rep), "one device");
+    gq_quant_report_free(&rep);
+    o.out_dir = two;
+    o.dp_cpu_ranks = 2;
+    TEST_OK(gq_quantize_run(&o, &rep), "two devices");
+    TEST_CHECK(rep.n_modules == 14, "two devices: 14 modules reported (%d)", rep.n_modules);
+    gq_quant_report_free(&rep);
+    char *a = gq_path_join(one, "model.safetensors"), *b = gq_path_join(two, "model.safetensors");
+    size_t n = 0, d = bytes_differ(a, b, &n);
+    fprintf(stderr, "note: two devices vs one: %zu of %zu checkpoint bytes differ\n", d, n);
+    TEST_CHECK(d != SIZE_MAX && (double)d <= DP_BYTES_FRAC * (double)n,
+               "two devices vs one: %zu of %zu bytes differ (<= %.0f%%)", d, n, 100 * DP_BYTES_FRAC);
+    o.out_dir = res;
+    o.max_layers = 1;
+    TEST_OK(gq_quantize_run(&o, &rep), "two devices, stopped after layer 1");
+    gq_quant_report_free(&rep);
+    o.max_layers = 0;
+    o.resume = 1;
+    o.dp_cpu_ranks = 0;
+    TEST_FAILS(gq_quantize_run(&o, &rep), GQ_ERR_ARG, "devices");
+    gq_quant_report_free(&rep);
+    o.dp_cpu_ranks = 2;
+    TEST_OK(gq_quantize_run(&o, &rep), "two devices, resumed");
+    TEST_CHECK(rep.layers_resumed == 1, "1 layer restored (%d)", rep.layers_resumed);
+    gq_quant_report_free(&rep);
+    char *c = gq_path_join(res, "model.safetensors");
+    TEST_CHECK(test_files_equal(b, c), "the resumed two-device output is bitwise the uninterrupted one");
+    free(a), free(b), free(c), free(model), free(one), free(two), free(res);
+}
+
 /* The same settings twice on one machine give bitwise the same files and the same perplexity
  * bits. (The figures move with the OpenBLAS kernel set and the thread count, see
  * test_acceptance, but never from one run to the next: gq's parallel loops write disjoint outputs
@@ -652,6 +713,7 @@ int main(void) {
     test_format(keep);
     test_zero_policy(keep);
     test_resume(keep);
+    test_devices(keep);
     test_reproducible(keep);
     test_bad_input(keep);
     test_acceptance(keep);

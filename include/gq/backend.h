@@ -65,6 +65,8 @@ int gq_backend_fork(gq_backend *be, gq_backend **out);
 int gq_backend_bind_thread(gq_backend *be);
 /* 1 if this build has CUDA support compiled in. */
 int gq_backend_cuda_compiled(void);
+/* CUDA devices present (0 without CUDA support, a driver or a device). */
+int gq_backend_cuda_devices(void);
 /* Device memory: peak bytes allocated through this backend so far. */
 size_t gq_be_peak_bytes(const gq_backend *be);
 /* Free device memory now (bytes), 0 on CPU. */

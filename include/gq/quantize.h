@@ -32,7 +32,7 @@ typedef struct {
     const char *model_dir;
     const char *out_dir;
     const char *calib_path;
-    const char *device;     /* "auto", "cpu", "cuda", "cuda:N" */
+    const char *device;     /* "auto", "cpu", "cuda", "cuda:N", or several: "cuda:N,M,..." / "cuda:all" */
     const char *precision;  /* "auto", "fp16", "fp32" (gq_backend_set_precision) */
     gq_gptq_params gptq;
     int nsamples, seqlen;
@@ -47,6 +47,8 @@ typedef struct {
     int moe_min_tokens;     /* MoE: an expert routed fewer calibration tokens is rounded to nearest */
     uint64_t calib_seed;    /* 0: calibration records in file order; else shuffled (gq_calib_opts.seed) */
     int hessian_skip;       /* the first N tokens of each calibration sequence feed no Hessian (0) */
+    int dp_cpu_ranks;       /* tests: > 1: that many CPU ranks summing through host memory (gq/dp.h) in
+                               place of one CPU backend, as `device` cuda:0,1,... spreads a run */
 } gq_quant_opts;
 
 void gq_quant_opts_default(gq_quant_opts *o);

@@ -76,7 +76,7 @@ int gq_cmd_quantize(int argc, char **argv) {
         {"method", GQ_OPT_STR, &method, "gptq, or rtn (round to nearest, no calibration effect)", "gptq|rtn", 0, 0},
         {"format", GQ_OPT_STR, &format, "gptq: AutoGPTQ v1 (zero-1 stored); gptq_v2: true zeros", "gptq|gptq_v2", 0, 0},
         {"max-shard-mb", GQ_OPT_DOUBLE, &o.max_shard_mb, "largest output shard in MiB (0: a single file)", NULL, 0, 0},
-        {"device", GQ_OPT_STR, &o.device, "auto, cpu, cuda or cuda:N", NULL, 0, 0},
+        {"device", GQ_OPT_STR, &o.device, "auto, cpu, cuda, cuda:N, or several GPUs: cuda:N,M,... or cuda:all", NULL, 0, 0},
         {"precision", GQ_OPT_STR, &o.precision, "arithmetic: auto (fp32 on the CPU, fp16 on CUDA), fp16, or fp32 (CUDA: the CPU's arithmetic, slower)", "auto|fp16|fp32", 0, 0},
         {"threads", GQ_OPT_INT, &o.threads, "CPU threads (0: all cores)", NULL, 0, 0},
         {"force", GQ_OPT_FLAG, &o.force, "replace an existing output directory", NULL, 0, 0},

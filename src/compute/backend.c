@@ -94,6 +94,14 @@ int gq_backend_cuda_compiled(void) {
 #endif
 }
 
+int gq_backend_cuda_devices(void) {
+#ifdef GQ_CUDA_BACKEND
+    return gq_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
 /* Parse "cuda" / "cuda:N"; returns the device index or -1. */
 static int parse_cuda_spec(const char *spec) {
     if (!strcmp(spec, "cuda")) return 0;

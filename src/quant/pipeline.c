@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "gq/backend.h"
+#include "gq/dp.h"
 #include "gq/export.h"
 #include "gq/knobs.h"
 #include "gq/model.h"
@@ -64,9 +65,14 @@ typedef struct {
     const gq_quant_opts *o;
     gq_quant_report *rep;
     gq_model m;
-    gq_backend *be;
+    /* one device: be[0], q[0]; several (--device cuda:0,1,..., gq/dp.h): rank k's backend and
+     * qlayer over its share of the sequences (sequences first[k] .. first[k + 1] - 1) */
+    int ranks;
+    gq_backend *be[GQ_DP_MAX_RANKS];
+    gq_qlayer q[GQ_DP_MAX_RANKS];
+    int first[GQ_DP_MAX_RANKS + 1];
+    gq_dp *dp;
     gq_calib_set cs;
-    gq_qlayer q;
     gq_outdir od;
     char *model_real, *calib_real; /* resolved paths (the --resume fingerprint) */
     const char *partial;           /* od.partial */
@@ -126,7 +132,9 @@ static char *fingerprint(const run_t *r) {
                                              (double)p->clip_norm));
     /* the CPU's sums depend on how OpenBLAS splits them: 2 threads and 1 differ in the last bits (11.5586 vs
      * 11.5480 on pycoder-5m GPTQ sym, docs/testing.md) */
-    if (!gq_backend_is_gpu(r->be)) json_object_set_new(j, "cpu_threads", json_integer(gq_get_threads()));
+    if (!gq_backend_is_gpu(r->be[0])) json_object_set_new(j, "cpu_threads", json_integer(gq_get_threads()));
+    /* several devices sum the Hessians in another order (only then: the key is new) */
+    if (r->ranks > 1) json_object_set_new(j, "devices", json_integer(r->ranks));
     json_object_set_new(j, "precision", json_string(r->rep->precision));
     json_object_set_new(j, "knobs", json_string(knobs));
     char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
@@ -149,6 +157,13 @@ static void fingerprint_diff(const char *now, const char *then, char *buf, size_
             len += (size_t)snprintf(buf + len, cap - len, "%s%s: %s now, %s then", len ? "; " : "", key, sa,
                                     sb ? sb : "(absent)");
         free(sa);
+        free(sb);
+    }
+    json_t *vb;
+    json_object_foreach(b, key, vb) { /* keys only the interrupted run has */
+        if (a && json_object_get(a, key)) continue;
+        char *sb = json_dumps(vb, JSON_ENCODE_ANY);
+        if (len < cap) len += (size_t)snprintf(buf + len, cap - len, "%s%s: (absent) now, %s then", len ? "; " : "", key, sb);
         free(sb);
     }
     json_decref(a);
@@ -233,7 +248,7 @@ out:
 /* state.json's text: the fingerprint, the layers done and the modules reported so far. */
 static char *state_text(const run_t *r, const char *fp, int done) {
     json_t *j = json_pack("{s:s, s:i, s:o}", "fingerprint", fp, "layers_done", done, "modules", modules_json(r->rep));
-    if (r->q.chunk_tokens > 0) json_object_set_new(j, "chunk_tokens", json_integer(r->q.chunk_tokens));
+    if (r->q[0].chunk_tokens > 0) json_object_set_new(j, "chunk_tokens", json_integer(r->q[0].chunk_tokens));
     char *s = json_dumps(j, JSON_INDENT(2));
     json_decref(j);
     return s;
@@ -297,15 +312,18 @@ static int export_start(run_t *r, int l, const char *lpath, const char *fp, gq_m
 
 static int embed_calibration(run_t *r) {
     int rc = GQ_OK;
-    float *e = gq_malloc((size_t)r->q.T_max * r->m.cfg.hidden * sizeof(float));
-    for (int i = 0; i < r->cs.n && !rc; i++) {
+    int T_max = 0;
+    for (int k = 0; k < r->ranks; k++) T_max = r->q[k].T_max > T_max ? r->q[k].T_max : T_max;
+    float *e = gq_malloc((size_t)T_max * r->m.cfg.hidden * sizeof(float));
+    for (int i = 0, k = 0; i < r->cs.n && !rc; i++) {
         int T = r->cs.len[i];
         rc = gq_model_embed(&r->m, r->cs.seq[i], T, e);
         if (rc) {
             gq_err_prefix("calibration sample %d", i);
             break;
         }
-        rc = gq_qlayer_set_x(&r->q, i, e);
+        while (i >= r->first[k + 1]) k++; /* the rank whose share holds sequence i */
+        rc = gq_qlayer_set_x(&r->q[k], i - r->first[k], e);
     }
     free(e);
     return rc;
@@ -420,26 +438,41 @@ static int finish_output(run_t *r) {
     return gq_rmtree(r->partial);
 }
 
-static int alloc_buffers(run_t *r) {
-    int rc = gq_qlayer_init(&r->q, r->be, &r->m.cfg, r->cs.n, r->cs.len);
-    if (rc) return rc;
-    r->q.moe_min_tokens = r->o->moe_min_tokens;
-    r->q.hessian_skip = r->o->hessian_skip;
-    if (r->resume_chunk && r->resume_chunk != r->q.chunk_tokens) {
-        gq_info("resuming with the interrupted run's chunks of %d tokens (this run would cut %d)", r->resume_chunk,
-                r->q.chunk_tokens);
-        if ((rc = gq_qlayer_set_chunk(&r->q, r->resume_chunk)))
-            return gq_err_prefix("--resume: chunks of %d tokens, as the interrupted run", r->resume_chunk);
+/* Rank k's qlayer over its share (the whole set with one device). */
+static int alloc_rank(run_t *r, int k) {
+    gq_qlayer *q = &r->q[k];
+    const int n = r->first[k + 1] - r->first[k];
+    int rc = gq_qlayer_init(q, r->be[k], &r->m.cfg, n, r->cs.len + r->first[k]);
+    if (rc) return r->ranks > 1 ? gq_err_prefix("device %d of %d", k, r->ranks) : rc;
+    q->dp = r->dp, q->rank = k, q->seq0 = r->first[k], q->n_seq_all = r->cs.n;
+    q->moe_min_tokens = r->o->moe_min_tokens;
+    q->hessian_skip = r->o->hessian_skip;
+    /* the chunks fix the summation order: --resume takes the interrupted run's, several devices rank 0's */
+    const int want = r->resume_chunk ? r->resume_chunk : k > 0 ? r->q[0].chunk_tokens : 0;
+    if (want && want != q->chunk_tokens) {
+        if (r->resume_chunk && k == 0)
+            gq_info("resuming with the interrupted run's chunks of %d tokens (this run would cut %d)", want,
+                    q->chunk_tokens);
+        if ((rc = gq_qlayer_set_chunk(q, want)))
+            return gq_err_prefix("chunks of %d tokens (%s)", want, r->resume_chunk ? "--resume: as the interrupted run"
+                                                                                   : "as on the first device");
     }
     char b[32];
-    gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", r->cs.n, (long long)r->q.n_tokens,
-            gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(&r->q)), gq_backend_name(r->be));
+    gq_info("calibration activations: %d sequences, %lld tokens, %s on %s", n, (long long)q->n_tokens,
+            gq_fmt_bytes(b, sizeof b, (double)gq_qlayer_bytes(q)), gq_backend_name(r->be[k]));
     return GQ_OK;
 }
 
+static int alloc_buffers(run_t *r) {
+    int rc = gq_qlayer_shares(r->cs.n, r->cs.len, r->ranks, r->first);
+    for (int k = 0; k < r->ranks && !rc; k++) rc = alloc_rank(r, k);
+    return rc;
+}
+
 static void free_run(run_t *r) {
-    gq_qlayer_free(&r->q);
-    gq_backend_free(r->be);
+    for (int k = 0; k < r->ranks; k++) gq_qlayer_free(&r->q[k]);
+    gq_dp_free(r->dp);
+    for (int k = 0; k < r->ranks; k++) gq_backend_free(r->be[k]);
     gq_calib_free(&r->cs);
     gq_model_close(&r->m);
     gq_outdir_free(&r->od);
@@ -540,21 +573,51 @@ static int load_calibration(run_t *r) {
     return GQ_OK;
 }
 
+/* A layer on every device: restored (lpath: the interrupted run's layer file, its quantized
+ * weights) or quantized (res: the modules' results, filled by the devices that solve them). */
+typedef struct {
+    run_t *r;
+    int l;
+    const char *lpath;
+    const gq_gptq_params *gp;
+    gq_qresult *res;
+} layer_job;
+
+/* Rank k's part: the layer's weights on its device, then its qlayer over its share. */
+static int layer_rank(void *user, int k) {
+    layer_job *j = user;
+    run_t *r = j->r;
+    gq_blayer bl;
+    memset(&bl, 0, sizeof bl);
+    double t0 = gq_now();
+    int rc;
+    if (j->lpath) {
+        gq_st *ls = NULL;
+        rc = gq_st_open(&ls, j->lpath);
+        if (!rc)
+            rc = gq_blayer_load_q(r->be[k], &r->m, j->l, ls, j->lpath, r->o->gptq.bits, r->o->gptq.group_size,
+                                  r->o->v2, &bl);
+        gq_st_close(ls);
+    } else {
+        rc = gq_blayer_load(r->be[k], &r->m, j->l, &bl);
+    }
+    if (k == 0) r->rep->t_load += gq_now() - t0;
+    if (r->dp) rc = gq_dp_agree(r->dp, k, rc); /* every device has the layer, or none goes on */
+    if (!rc) rc = gq_qlayer_run(&r->q[k], j->l, &bl, j->gp, j->res);
+    gq_blayer_free(r->be[k], &bl);
+    return rc;
+}
+
+/* The layer on the one device, or on every device at once. */
+static int layer_run(run_t *r, layer_job *j) {
+    return r->dp ? gq_dp_run(r->dp, layer_rank, j) : layer_rank(j, 0);
+}
+
 /* A layer finished by the interrupted run: its quantized weights, then its
  * forward over the calibration activations. */
 static int restore_layer(run_t *r, int l, const char *lpath) {
-    gq_blayer bl;
-    memset(&bl, 0, sizeof bl);
-    gq_st *ls = NULL;
-    double t0 = gq_now();
-    int rc = gq_st_open(&ls, lpath);
-    if (!rc)
-        rc = gq_blayer_load_q(r->be, &r->m, l, ls, lpath, r->o->gptq.bits, r->o->gptq.group_size, r->o->v2, &bl);
-    gq_st_close(ls);
-    r->rep->t_load += gq_now() - t0;
-    if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &r->o->gptq, NULL);
-    gq_blayer_free(r->be, &bl);
-    return rc;
+    layer_job j = {.r = r, .l = l, .lpath = lpath, .gp = &r->o->gptq, .res = NULL};
+    return layer_run(r, &j);
 }
 
 /* RTN: each linear rounded on the host, no calibration. */
@@ -583,14 +646,10 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
     if (rtn) {
         rc = rtn_layer(r, l, mods, n, res);
     } else {
-        gq_blayer bl;
         gq_gptq_params gp = r->o->gptq;
         gp.skip_codes = 1; /* the export packs from qweight where the solve packed it */
-        double t0 = gq_now();
-        rc = gq_blayer_load(r->be, &r->m, l, &bl);
-        r->rep->t_load += gq_now() - t0;
-        if (!rc) rc = gq_qlayer_run(&r->q, l, &bl, &gp, res);
-        gq_blayer_free(r->be, &bl);
+        layer_job j = {.r = r, .l = l, .gp = &gp, .res = res};
+        rc = layer_run(r, &j);
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
     r->last_layer_modules = n;
@@ -617,6 +676,29 @@ static void progress(run_t *r, int l, int stop, int layers_done, double t_layers
     gq_info("layer %d/%d | loss%s | %s", l + 1, r->m.cfg.n_layers, line, eta);
 }
 
+/* The device(s) and the precision, before anything is loaded: one backend, or one per device of
+ * a list (cuda:0,1,... / cuda:all; the tests' dp_cpu_ranks) and the ranks over them. RTN: the CPU. */
+static int open_devices(run_t *r, int rtn) {
+    const gq_quant_opts *o = r->o;
+    int dev[GQ_DP_MAX_RANKS], n = 0, rc = GQ_OK;
+    if (!rtn && o->dp_cpu_ranks > 1) n = o->dp_cpu_ranks < GQ_DP_MAX_RANKS ? o->dp_cpu_ranks : GQ_DP_MAX_RANKS;
+    else if (!rtn && (n = gq_dp_parse_devices(o->device, gq_backend_cuda_devices(), dev, GQ_DP_MAX_RANKS)) < 0)
+        return gq_errcode();
+    r->ranks = n > 1 ? n : 1;
+    for (int k = 0; k < r->ranks && !rc; k++) {
+        char spec[32];
+        if (o->dp_cpu_ranks > 1) snprintf(spec, sizeof spec, "cpu");
+        else if (n > 1) snprintf(spec, sizeof spec, "cuda:%d", dev[k]);
+        else snprintf(spec, sizeof spec, "%s", rtn ? "cpu" : o->device ? o->device : "auto");
+        rc = gq_backend_init(&r->be[k], spec);
+        if (!rc && !rtn) rc = gq_backend_set_precision(r->be[k], o->precision);
+    }
+    if (!rc && r->ranks > 1 && !(rc = gq_dp_init(&r->dp, r->be, r->ranks, GQ_DP_AUTO)))
+        gq_info("several devices: %d, the calibration split between them, the Hessians summed through %s", r->ranks,
+                gq_dp_transport_name(r->dp));
+    return rc;
+}
+
 int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     run_t r;
     memset(&r, 0, sizeof r);
@@ -630,12 +712,11 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     print_settings(o);
     const int rtn = o->gptq.method == GQ_METHOD_RTN;
     if ((rc = check_settings(o))) goto out;
-    /* the device and the precision, before anything is loaded */
-    if ((rc = gq_backend_init(&r.be, rtn ? "cpu" : o->device))) goto out;
-    if (!rtn && (rc = gq_backend_set_precision(r.be, o->precision))) goto out;
-    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be) == GQ_DT_F16 ? "fp16" : "fp32");
-    gq_backend_arith_id(r.be, rep->arith, sizeof rep->arith);
-    gq_info("precision: %s activations and weights on %s", rep->precision, gq_backend_name(r.be));
+    if ((rc = open_devices(&r, rtn))) goto out;
+    snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be[0]) == GQ_DT_F16 ? "fp16" : "fp32");
+    gq_backend_arith_id(r.be[0], rep->arith, sizeof rep->arith);
+    gq_info("precision: %s activations and weights on %s%s", rep->precision, gq_backend_name(r.be[0]),
+            r.ranks > 1 ? " (and the other devices)" : "");
     if ((rc = claim_output(&r))) goto out;
     if ((rc = gq_model_open(&r.m, o->model_dir))) goto out;
     char summary[512];
@@ -691,14 +772,17 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         gq_info("stopping after %d layers (--max-layers); the unfinished run stays in %s", stop, r.partial);
         goto out;
     }
-    rep->t_hessian = r.q.t_hessian;
-    rep->t_solve += r.q.t_solve;
-    rep->t_forward = r.q.t_stages - r.q.t_hessian;
+    rep->t_hessian = r.q[0].t_hessian; /* (several devices: the first's; they wait for each other) */
+    rep->t_solve += r.q[0].t_solve;
+    rep->t_forward = r.q[0].t_stages - r.q[0].t_hessian;
     rep->peak_rss = gq_peak_rss();
-    rep->peak_device = gq_be_peak_bytes(r.be) + gq_qlayer_solver_bytes(&r.q);
+    for (int k = 0; k < r.ranks; k++) { /* the most on one device */
+        const size_t b = gq_be_peak_bytes(r.be[k]) + gq_qlayer_solver_bytes(&r.q[k]);
+        rep->peak_device = b > rep->peak_device ? b : rep->peak_device;
+    }
     rep->t_total = gq_now() - t_start;
     /* free the activations before assembling the output */
-    gq_qlayer_free(&r.q);
+    for (int k = 0; k < r.ranks; k++) gq_qlayer_free(&r.q[k]);
     double t0 = gq_now();
     rc = finish_output(&r);
     rep->t_export += gq_now() - t0;
