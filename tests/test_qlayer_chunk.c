@@ -271,7 +271,8 @@ static void dp_ranks_free(dp_ranks *R) {
     memset(R, 0, sizeof *R);
 }
 
-static int dp_ranks_init(dp_ranks *R, const gq_model *m, gq_backend *be, const data *d, int ranks, int nan_sample) {
+static int dp_ranks_init(dp_ranks *R, const gq_model *m, gq_backend *be, const data *d, int ranks, int nan_sample,
+                         gq_dp_transport t) {
     const gq_config *c = &m->cfg;
     int first[DP_MAX + 1], rc = GQ_OK;
     memset(R, 0, sizeof *R);
@@ -280,7 +281,7 @@ static int dp_ranks_init(dp_ranks *R, const gq_model *m, gq_backend *be, const d
         rc = gq_backend_is_gpu(be) ? gq_backend_fork(be, &R->rb[k]) : gq_backend_init(&R->rb[k], "cpu");
         if (!rc && gq_backend_is_gpu(be)) rc = gq_backend_set_precision(R->rb[k], "fp32");
     }
-    if (!rc) rc = gq_dp_init(&R->dp, R->rb, ranks, GQ_DP_HOST);
+    if (!rc) rc = gq_dp_init(&R->dp, R->rb, ranks, t);
     if (!rc) rc = gq_qlayer_shares(NSEQ, d->len, ranks, first);
     float *x = gq_malloc(sizeof(float) * 256 * (size_t)c->hidden);
     for (int k = 0; k < ranks && !rc; k++) {
@@ -331,14 +332,14 @@ static void dp_job_free(dp_job *j) {
 /* 8. quantize() over `ranks` ranks (every layer, no restore pass): the Hessians as rank 0 sums
  * them, the outputs gathered from the ranks, the NLL with rank 0's layers. */
 static int quantize_dp(const gq_model *m, gq_backend *be, const data *d, const gq_gptq_params *p, int ranks,
-                       qrun *r) {
+                       gq_dp_transport t, qrun *r) {
     const gq_config *c = &m->cfg;
     dp_ranks R;
     memset(r, 0, sizeof *r);
     r->L = c->n_layers, r->cap = gq_layer_module_cap(c);
     r->n = gq_calloc((size_t)r->L, sizeof *r->n);
     r->res = gq_calloc((size_t)r->L * r->cap, sizeof *r->res);
-    int rc = dp_ranks_init(&R, m, be, d, ranks, -1);
+    int rc = dp_ranks_init(&R, m, be, d, ranks, -1, t);
     dp_job j = {.m = m, .p = p, .R = &R};
     for (int k = 0; k < R.made; k++) {
         r->chunks += R.q[k].n_chunks;
@@ -479,6 +480,30 @@ static void check_resume(const char *what, const qrun *r) {
     TEST_CHECK(r->resume_same == r->L, "%s: %d of %d layers restored bitwise", what, r->resume_same, r->L);
 }
 
+/* 8 (GPU): the NCCL transport with one rank (the one-GPU machine's check of it: an all-reduce and
+ * broadcasts of one) gives bitwise the run alone. Skipped on the CPU and in builds without NCCL. */
+static void check_nccl_one(const gq_model *m, gq_backend *be, const data *d, const gq_gptq_params *p, const qrun *alone,
+                           int pass) {
+    if (!gq_backend_is_gpu(be)) {
+        if (!pass) TEST_SKIP("%s: NCCL with one rank: a GPU's", m->cfg.arch);
+        return;
+    }
+    gq_backend *probe[1] = {be};
+    gq_dp *dp = NULL;
+    if (gq_dp_init(&dp, probe, 1, GQ_DP_NCCL) == GQ_ERR_UNSUPPORTED) {
+        TEST_SKIP("%s: NCCL with one rank: %s", m->cfg.arch, gq_errmsg());
+        return;
+    }
+    gq_dp_free(dp);
+    qrun nr;
+    char w[160];
+    quantize_dp(m, be, d, p, 1, GQ_DP_NCCL, &nr);
+    snprintf(w, sizeof w, "%s %s 1 rank (NCCL) vs alone", m->cfg.arch, pass ? "GPTQ" : "RTN");
+    if (pass) compare_gptq(w, alone, &nr, 1);
+    else compare_hess(w, alone, &nr, 1);
+    qrun_free(&nr);
+}
+
 /* 1-4 on one model. */
 /* 7. MoE expert solves on several GPU streams at once (GQ_SOLVE_THREADS, default 4; qlayer.c
  * solve_all) against one after another (1): each solve runs alone on its stream with the same
@@ -543,13 +568,14 @@ static void test_model(gq_backend *be, const data *d, const char *dir, int group
         }
         for (int ranks = 1; ranks <= 3; ranks += 2) { /* 8: one rank bitwise the run alone; three within the bounds */
             qrun dr;
-            quantize_dp(&m, be, d, &p, ranks, &dr);
+            quantize_dp(&m, be, d, &p, ranks, GQ_DP_HOST, &dr);
             snprintf(w, sizeof w, "%s %s %d rank%s (host sums) vs alone", arch, pass ? "GPTQ" : "RTN", ranks,
                      ranks > 1 ? "s" : "");
             if (pass) compare_gptq(w, &x[1], &dr, ranks == 1);
             else compare_hess(w, &x[1], &dr, ranks == 1);
             qrun_free(&dr);
         }
+        check_nccl_one(&m, be, d, &p, &x[1], pass);
         check_skip_rows(pass ? "GPTQ" : "RTN", &x[1], n_tok, m.cfg.layer_moe[0] ? m.cfg.top_k : 0);
         if (pass && m.cfg.n_experts) check_solve_threads(&m, be, d, &p, &x[1]);
     }
@@ -656,7 +682,7 @@ static void test_dp_errors(gq_backend *be, const data *d) {
     const int at[2] = {2, 21}; /* in rank 0's share, in rank 2's */
     for (int k = 0; k < 2; k++) {
         dp_ranks R;
-        if (dp_ranks_init(&R, &m, be, d, 3, at[k])) {
+        if (dp_ranks_init(&R, &m, be, d, 3, at[k], GQ_DP_HOST)) {
             dp_ranks_free(&R);
             continue;
         }
