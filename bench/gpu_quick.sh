@@ -5,7 +5,7 @@
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
 # tokens), the default and int4 without the GEMV's programmatic dependent launch (GQ_CUDA_PDL=0); the synthetic 7B disk to
-# disk. Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
+# disk. PARTS="tests w4ab layers decode e2e" (the default: all, in this order) picks some. Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
 L=gpu-logs/quick
@@ -35,38 +35,61 @@ say "nccl: $(ls /usr/lib/x86_64-linux-gnu/libnccl.so* /usr/local/cuda/lib64/libn
 step build 300 make -j16 $MAKEVARS all bench build/tests/test_cuda build/tests/test_cuda_gptq \
     build/tests/test_cuda_w4a16 build/tests/test_q4_model build/tests/test_qlayer_chunk build/tests/test_families ||
     { tail -n 40 "$L/build.log" | tee -a "$R"; exit 1; }
-for t in test_cuda_gptq test_q4_model test_cuda test_cuda_w4a16; do
-    step "$t" 120 "./build/tests/$t"
-    grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
-done
-# (qwen3moe without GQ_LOG=debug: debug syncs around each of its 2048 Hessian updates a layer)
-GQ_LOG=debug step layers_7b 120 ./build/bench/bench_layers --shape 7b --layers 2
-grep -A 6 "^7b on" "$L/layers_7b.log" | tee -a "$R"
-step layers_qwen3moe 120 ./build/bench/bench_layers --shape qwen3moe --layers 3
-grep -A 6 "^qwen3moe on" "$L/layers_qwen3moe.log" | tee -a "$R"
-# the Hessians of up to 2048 columns in one GEMM (0.937 s forward + Hessian on 2026-12-07 with panels)
-pack_logs
-M=tests/data/pycoder-5m
-step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
-    --device cuda --force
-grep -E '^done in' "$L/q5m.log" | tee -a "$R"
-step ppl5m 120 ./build/gq ppl --model bench-models/q5m-quick --base $M --text tests/data/text/python-stdlib-eval.txt \
-    --device cuda
-grep -E '^(ppl|base ppl|kld) ' "$L/ppl5m.log" | tee -a "$R"
-step test_qlayer_chunk 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_qlayer_chunk
-grep -E '^FAIL|RESULT|rank' "$L/test_qlayer_chunk.log" | head -n 20 | tee -a "$R"
-step test_families 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
-grep -E '^FAIL|RESULT' "$L/test_families.log" | head -n 20 | tee -a "$R"
-pack_logs
+grep -i 'nccl' "$L/build.log" | head -n 1 | tee -a "$R"
+
+part_tests() {
+    for t in test_cuda_gptq test_q4_model test_cuda test_cuda_w4a16; do
+        step "$t" 120 "./build/tests/$t"
+        grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
+    done
+    M=tests/data/pycoder-5m
+    step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
+        --device cuda --force
+    grep -E '^done in' "$L/q5m.log" | tee -a "$R"
+    step ppl5m 120 ./build/gq ppl --model bench-models/q5m-quick --base $M --text tests/data/text/python-stdlib-eval.txt \
+        --device cuda
+    grep -E '^(ppl|base ppl|kld) ' "$L/ppl5m.log" | tee -a "$R"
+    step test_qlayer_chunk 150 env GQ_TEST_DEVICE=cuda ./build/tests/test_qlayer_chunk
+    grep -E '^FAIL|RESULT|rank' "$L/test_qlayer_chunk.log" | head -n 20 | tee -a "$R"
+    step test_families 120 env GQ_TEST_DEVICE=cuda ./build/tests/test_families
+    grep -E '^FAIL|RESULT' "$L/test_families.log" | head -n 20 | tee -a "$R"
+    pack_logs
+}
+
+# the int4 GEMV's weight loads: batch (the default) against ring (GQ_CUDA_W4), twice each, the 7B's shapes
+part_w4ab() {
+    for m in batch ring batch ring; do
+        GQ_CUDA_W4=$m timeout 60 ./build/bench/bench_w4a16 --T 1,8 --shapes 4096x12288,4096x4096,4096x22016,11008x4096 \
+            --reps 9 2>&1 | grep -E '^\| [0-9]' | sed "s/^/$m /" | tee -a "$R"
+    done
+}
+
+part_layers() {
+    # (qwen3moe without GQ_LOG=debug: debug syncs around each of its 2048 Hessian updates a layer)
+    GQ_LOG=debug step layers_7b 120 ./build/bench/bench_layers --shape 7b --layers 2
+    grep -A 6 "^7b on" "$L/layers_7b.log" | tee -a "$R"
+    # the Hessians of up to 2048 columns in one GEMM (0.937 s forward + Hessian on 2026-12-07 with panels)
+    step layers_qwen3moe 120 ./build/bench/bench_layers --shape qwen3moe --layers 3
+    grep -A 6 "^qwen3moe on" "$L/layers_qwen3moe.log" | tee -a "$R"
+    pack_logs
+}
+
 # recorded steps (the default; 225 / 150 tok/s int4 / fp16 on 2026-12-07 before the rope + append
 # kernel over (row, 2 heads) blocks and the GEMV's programmatic dependent launch), then int4 without
 # the latter (GQ_CUDA_PDL=0)
-ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$L/dtg" sh bench/decode_table.sh > "$L/decode_graph.log" 2>&1
-grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
-GQ_CUDA_PDL=0 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
-grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
-pack_logs
+part_decode() {
+    ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$L/dtg" sh bench/decode_table.sh > "$L/decode_graph.log" 2>&1
+    grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
+    GQ_CUDA_PDL=0 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
+    grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
+    pack_logs
+}
+
 # disk to disk; 37.6 s on 2026-12-07 (load 11.8 s, against 6.0 s in the morning: not yet explained)
-sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
-grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
-pack_logs
+part_e2e() {
+    sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
+    grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
+    pack_logs
+}
+
+for p in ${PARTS:-tests w4ab layers decode e2e}; do "part_$p"; done
