@@ -50,10 +50,17 @@ int gq_dp_run(gq_dp *dp, int (*fn)(void *user, int rank), void *user);
  * barrier. */
 int gq_dp_agree(gq_dp *dp, int rank, int rc);
 
+/* The rank's failure since its last agreement is its own (a new error, not another rank's that it
+ * got from gq_dp_agree): gq_dp_run reports it before those of ranks that only got another's. */
+void gq_dp_claim(gq_dp *dp, int rank);
+
 /* buf[n] (fp32, on the rank's backend) = its sum over the ranks, on every rank. */
 int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *buf, size_t n);
 /* buf[bytes] (on the rank's backend) = root's, on every rank. */
 int gq_dp_broadcast(gq_dp *dp, int rank, void *buf, size_t bytes, int root);
+/* all[rank] = each rank's pointer `mine` (host memory of this process), on every rank; what they
+ * point to must stay until the ranks' next gq_dp_agree. */
+void gq_dp_exchange(gq_dp *dp, int rank, void *mine, void **all);
 /* v[n] (host) = its sum over the ranks, on every rank. */
 int gq_dp_sum_i64(gq_dp *dp, int rank, int64_t *v, int n);
 

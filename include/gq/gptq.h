@@ -128,6 +128,12 @@ void gq_qresult_free(gq_qresult *r);
 /* Copy rows [r0, r0 + n) of a result into out (newly allocated); a qweight
  * is sliced too: columns [r0, r0 + n) of each of its word rows. */
 void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *out);
+/* Rows [r0, r0 + n) of the results parts[np] stacked by rows, part p holding rows row0[p] ..
+ * row0[p] + parts[p]->rows - 1 (several devices: each solved a slice of one weight's rows): the
+ * arrays (codes and qweight where every part used has them) row by row, the shared metadata
+ * (g_idx, perm, dead columns) from the first part used, the worst damping and retries. The parts
+ * used must cover the rows. */
+void gq_qresult_gather(const gq_qresult *const *parts, const int *row0, int np, int r0, int n, gq_qresult *out);
 
 /* ---- quantizer (scalar reference; the math itself is gq/quant_math.h) ---- */
 

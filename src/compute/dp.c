@@ -23,6 +23,7 @@ struct gq_dp {
     float *sum;
     size_t scap;
     int64_t *iv[GQ_DP_MAX_RANKS]; /* gq_dp_sum_i64: each rank's values */
+    void *ptr[GQ_DP_MAX_RANKS];   /* gq_dp_exchange */
 };
 
 /* ---- setup ------------------------------------------------------------------------------------ */
@@ -161,16 +162,15 @@ int gq_dp_agree(gq_dp *dp, int rank, int rc) {
         if (dp->rc[r]) first = r;
     const int res = first < 0 ? GQ_OK : dp->rc[first];
     barrier(dp); /* every rank has read rc[] before any enters the next agreement */
-    if (rc) { /* the same status on every rank; this rank's own message, its own failure now */
-        dp->foreign[rank] = 0;
-        return res;
-    }
+    if (rc) return res; /* the same status on every rank; this rank keeps its message (and whose failure it is) */
     if (res) {
         dp->foreign[rank] = 1;
         return gq_err(res, "rank %d (%s) failed", first, gq_backend_name(dp->be[first]));
     }
     return GQ_OK;
 }
+
+void gq_dp_claim(gq_dp *dp, int rank) { dp->foreign[rank] = 0; }
 
 /* The rank's staging buffer of at least bytes (host transport). */
 static void *staging(gq_dp *dp, int rank, size_t bytes) {
@@ -224,6 +224,13 @@ int gq_dp_broadcast(gq_dp *dp, int rank, void *buf, size_t bytes, int root) {
     if (rank != root) rc = gq_be_upload(be, buf, dp->hb[root], bytes);
     if (!rc) rc = gq_be_sync(be);
     return gq_dp_agree(dp, rank, rc); /* the root's staging is reused by the next call */
+}
+
+void gq_dp_exchange(gq_dp *dp, int rank, void *mine, void **all) {
+    dp->ptr[rank] = mine;
+    barrier(dp);
+    memcpy(all, dp->ptr, (size_t)dp->n * sizeof *all);
+    barrier(dp); /* every rank has read ptr[] before any exchanges again */
 }
 
 int gq_dp_sum_i64(gq_dp *dp, int rank, int64_t *v, int n) {

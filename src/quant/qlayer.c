@@ -552,9 +552,60 @@ static int solve_threads(gq_qlayer *q, int n_h) {
     return want < q->n_solvers ? want : q->n_solvers;
 }
 
-/* Several devices: whether this rank solves Hessian hi (and broadcasts its weight). */
+/* Several devices: whether this rank solves Hessian hi of a MoE stage (and broadcasts its weight). */
 static int owns(const gq_qlayer *q, int hi) {
     return !q->dp || hi % gq_dp_size(q->dp) == q->rank;
+}
+
+/* Several devices, a dense stage (one stacked weight): the rows [*r0, *r1) that rank k of n solves
+ * (a start at a multiple of 16; empty when there are few rows). */
+static void split_rows(int rows, int n, int k, int *r0, int *r1) {
+    *r0 = k == 0 ? 0 : (int)((int64_t)rows * k / n) & ~15;
+    *r1 = k == n - 1 ? rows : (int)((int64_t)rows * (k + 1) / n) & ~15;
+}
+
+/* Several devices, a dense stage: every rank solves a slice of the stacked weight's rows with the
+ * same (summed) Hessian (GPTQ's rows are independent: the factor is computed on each), then the
+ * rank holding a module's first row gathers that module's result from the ranks' slices. */
+static int solve_split(stage_t *st, const gq_gptq_params *p, const gq_module *mods, int nmods, gq_qresult *res) {
+    gq_qlayer *q = st->q;
+    const int n = gq_dp_size(q->dp), k = q->rank;
+    const gq_bweight *W = gq_blayer_weight(st->bl, st->g, -1);
+    int r0, r1, rc = GQ_OK, row0[GQ_DP_MAX_RANKS], row1[GQ_DP_MAX_RANKS];
+    gq_qresult g;
+    memset(&g, 0, sizeof g);
+    split_rows(W->rows, n, k, &r0, &r1);
+    const double t0 = gq_now();
+    if (r1 > r0) {
+        gq_bweight ws = *W; /* rows r0 .. r1 - 1 of the stacked weight */
+        ws.data = (char *)W->data + (size_t)r0 * W->cols * gq_dtype_size(W->dtype);
+        ws.rows = r1 - r0;
+        rc = gq_be_gptq(q->be, p, st->H[0], 2.0 / (double)q->n_seq_all, &ws, &g);
+        if (!rc && g.fallback && k == 0)
+            gq_warn("layer %d %s: Cholesky failed even with damping %g; quantized by rounding to nearest", st->l,
+                    group_what(st->g), g.damp_used);
+        if (rc) rc = solve_failed(st, 0, rc);
+    }
+    const double secs = gq_now() - t0;
+    q->t_solve += secs;
+    if ((rc = gq_dp_agree(q->dp, k, rc))) {
+        gq_qresult_free(&g);
+        return rc;
+    }
+    void *all[GQ_DP_MAX_RANKS];
+    gq_dp_exchange(q->dp, k, &g, all);
+    for (int j = 0; j < n; j++) split_rows(W->rows, n, j, &row0[j], &row1[j]);
+    for (int m = 0; m < nmods; m++) {
+        if (mods[m].group != st->g || mods[m].expert != -1) continue;
+        int j = 0;
+        while (j + 1 < n && row1[j] <= mods[m].row0) j++; /* the rank of its first row gathers it */
+        if (j != k) continue;
+        gq_qresult_gather((const gq_qresult *const *)all, row0, n, mods[m].row0, mods[m].rows, &res[m]);
+        res[m].seconds = secs;
+    }
+    rc = gq_dp_agree(q->dp, k, GQ_OK); /* every rank's slice read */
+    gq_qresult_free(&g);
+    return rc;
 }
 
 /* Several devices, before the solves: every rank's stage done (or the first failure), the
@@ -577,6 +628,7 @@ static int dp_locate(stage_t *st, int own) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", gq_errmsg());
     int found = 0, rc = locate_nonfinite(st, 0, q->n_chunks, st->g >= GQ_GRP_MLP_IN, &found);
+    if (found) gq_dp_claim(q->dp, q->rank); /* the sample's rank reports it, before the solving ranks */
     if ((rc = gq_dp_agree(q->dp, q->rank, found ? rc : GQ_OK))) return rc;
     if (own) gq_err(own, "%s", msg); /* nobody found one: the solving rank's message */
     return gq_dp_agree(q->dp, q->rank, own);
@@ -588,10 +640,15 @@ static int dp_share(stage_t *st, int rc) {
     gq_qlayer *q = st->q;
     const int own = rc;
     if ((rc = gq_dp_agree(q->dp, q->rank, rc))) return rc == GQ_ERR_NUMERIC ? dp_locate(st, own) : rc;
+    const int n = gq_dp_size(q->dp);
     for (int i = 0; i < st->n_h && !rc; i++) {
         const gq_bweight *W = gq_blayer_weight(st->bl, st->g, st->n_h > 1 ? i : -1);
-        rc = gq_dp_broadcast(q->dp, q->rank, W->data, (size_t)W->rows * W->cols * gq_dtype_size(W->dtype),
-                             i % gq_dp_size(q->dp));
+        const size_t row_bytes = (size_t)W->cols * gq_dtype_size(W->dtype);
+        for (int j = 0; j < (st->n_h > 1 ? 1 : n) && !rc; j++) { /* MoE: from the expert's solver; dense: each slice */
+            int r0 = 0, r1 = W->rows, root = i % n;
+            if (st->n_h == 1) split_rows(W->rows, n, j, &r0, &r1), root = j;
+            if (r1 > r0) rc = gq_dp_broadcast(q->dp, q->rank, (char *)W->data + r0 * row_bytes, (r1 - r0) * row_bytes, root);
+        }
     }
     if (rc) gq_err_prefix("layer %d %s: the quantized weights to %d devices", st->l, group_what(st->g),
                           gq_dp_size(q->dp));
@@ -603,6 +660,7 @@ static int dp_share(stage_t *st, int rc) {
  * failing Hessian by index is reported, as one after another would. */
 static int solve_all(stage_t *st, const gq_gptq_params *p, const gq_module *mods, int nmods, gq_qresult *res) {
     gq_qlayer *q = st->q;
+    if (q->dp && st->n_h == 1) return solve_split(st, p, mods, nmods, res);
     const int nt = solve_threads(q, st->n_h);
     const double t0 = gq_now();
     int rc = GQ_OK;

@@ -152,41 +152,56 @@ void gq_quant_params(const float *x, int n, int stride, int bits, int sym, gq_ze
     gq_quant_params_ex(x, n, stride, bits, sym, zp, 1, scale, zero);
 }
 
-void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
-    GQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r->rows);
+void gq_qresult_gather(const gq_qresult *const *parts, const int *row0, int np, int r0, int n, gq_qresult *o) {
+    GQ_ASSERT(np > 0 && r0 >= 0 && n > 0);
     memset(o, 0, sizeof *o);
-    o->rows = n;
-    o->cols = r->cols;
-    o->ngroups = r->ngroups;
-    if (r->codes) {
-        o->codes = gq_malloc((size_t)n * r->cols);
-        memcpy(o->codes, r->codes + (size_t)r0 * r->cols, (size_t)n * r->cols);
+    const gq_qresult *f = NULL; /* the first part with rows in [r0, r0 + n): the shared metadata */
+    int codes = 1, qw = 1, covered = 0;
+    for (int p = 0; p < np; p++) {
+        const int lo = row0[p] > r0 ? row0[p] : r0, hi = row0[p] + parts[p]->rows < r0 + n ? row0[p] + parts[p]->rows : r0 + n;
+        if (lo >= hi) continue;
+        if (!f) f = parts[p];
+        codes = codes && parts[p]->codes;
+        qw = qw && parts[p]->qweight && parts[p]->qweight_bits == f->qweight_bits;
+        covered += hi - lo;
     }
-    o->scales = gq_malloc((size_t)r->ngroups * n * sizeof(float));
-    o->zeros = gq_malloc((size_t)r->ngroups * n * sizeof(int32_t));
-    for (int g = 0; g < r->ngroups; g++) {
-        memcpy(o->scales + (size_t)g * n, r->scales + (size_t)g * r->rows + r0, (size_t)n * sizeof(float));
-        memcpy(o->zeros + (size_t)g * n, r->zeros + (size_t)g * r->rows + r0, (size_t)n * sizeof(int32_t));
+    GQ_ASSERT(f && covered == n);
+    o->rows = n, o->cols = f->cols, o->ngroups = f->ngroups;
+    const size_t qw_rows = qw ? (size_t)gq_pack_qw_rows(f->cols, f->qweight_bits) : 0;
+    if (codes) o->codes = gq_malloc((size_t)n * f->cols);
+    o->scales = gq_malloc((size_t)f->ngroups * n * sizeof(float));
+    o->zeros = gq_malloc((size_t)f->ngroups * n * sizeof(int32_t));
+    o->g_idx = gq_malloc((size_t)f->cols * sizeof(int32_t));
+    memcpy(o->g_idx, f->g_idx, (size_t)f->cols * sizeof(int32_t));
+    if (f->perm) {
+        o->perm = gq_malloc((size_t)f->cols * sizeof(int32_t));
+        memcpy(o->perm, f->perm, (size_t)f->cols * sizeof(int32_t));
     }
-    o->g_idx = gq_malloc((size_t)r->cols * sizeof(int32_t));
-    memcpy(o->g_idx, r->g_idx, (size_t)r->cols * sizeof(int32_t));
-    if (r->perm) {
-        o->perm = gq_malloc((size_t)r->cols * sizeof(int32_t));
-        memcpy(o->perm, r->perm, (size_t)r->cols * sizeof(int32_t));
-    }
-    if (r->qweight) { /* [qw_rows][rows] -> [qw_rows][n]: the output rows are qweight's columns */
-        const size_t qw_rows = (size_t)gq_pack_qw_rows(r->cols, r->qweight_bits);
-        o->qweight = gq_malloc(qw_rows * n * sizeof(int32_t));
-        for (size_t i = 0; i < qw_rows; i++)
-            memcpy(o->qweight + i * n, r->qweight + i * r->rows + r0, (size_t)n * sizeof(int32_t));
-        o->qweight_bits = r->qweight_bits;
-    }
+    if (qw) o->qweight = gq_malloc(qw_rows * n * sizeof(int32_t)), o->qweight_bits = f->qweight_bits;
     o->row_loss = gq_malloc((size_t)n * sizeof(float));
-    memcpy(o->row_loss, r->row_loss + r0, (size_t)n * sizeof(float));
+    o->n_dead = f->n_dead;
+    for (int p = 0; p < np; p++) {
+        const gq_qresult *r = parts[p];
+        const int lo = row0[p] > r0 ? row0[p] : r0, hi = row0[p] + r->rows < r0 + n ? row0[p] + r->rows : r0 + n;
+        if (lo >= hi) continue;
+        const size_t s = (size_t)(lo - row0[p]), d = (size_t)(lo - r0), c = (size_t)(hi - lo); /* source, dest, rows */
+        if (codes) memcpy(o->codes + d * f->cols, r->codes + s * f->cols, c * f->cols);
+        for (int g = 0; g < f->ngroups; g++) {
+            memcpy(o->scales + (size_t)g * n + d, r->scales + (size_t)g * r->rows + s, c * sizeof(float));
+            memcpy(o->zeros + (size_t)g * n + d, r->zeros + (size_t)g * r->rows + s, c * sizeof(int32_t));
+        }
+        for (size_t i = 0; i < qw_rows; i++) /* [qw_rows][rows]: the output rows are qweight's columns */
+            memcpy(o->qweight + i * n + d, r->qweight + i * r->rows + s, c * sizeof(int32_t));
+        memcpy(o->row_loss + d, r->row_loss + s, c * sizeof(float));
+        o->damp_used = r->damp_used > o->damp_used ? r->damp_used : o->damp_used;
+        o->retries = r->retries > o->retries ? r->retries : o->retries;
+        o->fallback |= r->fallback;
+        o->seconds = r->seconds > o->seconds ? r->seconds : o->seconds;
+    }
     for (int i = 0; i < n; i++) o->loss += o->row_loss[i];
-    o->damp_used = r->damp_used;
-    o->retries = r->retries;
-    o->fallback = r->fallback;
-    o->n_dead = r->n_dead;
-    o->seconds = r->seconds;
+}
+
+void gq_qresult_slice(const gq_qresult *r, int r0, int n, gq_qresult *o) {
+    const int zero = 0;
+    gq_qresult_gather(&r, &zero, 1, r0, n, o);
 }
