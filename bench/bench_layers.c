@@ -181,7 +181,31 @@ static void fill_calibration(gq_qlayer *q, int S, int h) {
     free(x);
 }
 
-static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples, int seqlen, int chunk) {
+/* Several devices (--device cuda:0,1,...): the ranks' state for one layer run on every rank (gq_dp_run). */
+typedef struct {
+    const gq_config *cfg;
+    gq_backend **be;
+    gq_qlayer *q;
+    const uint16_t *const *hw;
+    const float *ones;
+    const gq_gptq_params *p;
+    gq_qresult *res; /* [nmods], shared */
+    int l;
+} layer_job;
+
+/* Rank k's part of layer l: its copy of the weights, its share of the calibration. */
+static int layer_rank(void *user, int k) {
+    layer_job *j = user;
+    gq_blayer w;
+    CK(gq_blayer_alloc(j->be[k], j->cfg, j->l, &w), "allocate the layer");
+    fill_layer(j->be[k], j->cfg, &w, j->hw, j->ones);
+    int rc = gq_qlayer_run(&j->q[k], j->l, &w, j->p, j->res);
+    gq_blayer_free(j->be[k], &w);
+    return rc;
+}
+
+static void run_shape(gq_backend **be, int ranks, gq_dp *dp, const shape *sh, int layers, int nsamples, int seqlen,
+                      int chunk) {
     const int h = sh->hidden, I = sh->inter, nh = sh->nh, nkv = sh->nkv, S = seqlen;
     const int hd = sh->head_dim ? sh->head_dim : h / nh;
     const int qd = (nh + 2 * nkv) * hd, ad = nh * hd;
@@ -213,37 +237,46 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     /* the calibration activations of the quantization driver, random (sd 1) */
     int *len = gq_malloc(sizeof(int) * (size_t)nsamples);
     for (int i = 0; i < nsamples; i++) len[i] = S;
-    gq_qlayer q;
-    CK(gq_qlayer_init(&q, be, &cfg, nsamples, len), "allocating activations");
-    if (chunk) CK(gq_qlayer_set_chunk(&q, chunk), "chunks");
-    fprintf(stderr, "  %d chunks of up to %d tokens (budget %d)%s\n", q.n_chunks, q.chunk_max, q.chunk_tokens,
-            q.stream ? ", activations streamed from host memory" : "");
-    fill_calibration(&q, S, h);
+    gq_qlayer qs[GQ_DP_MAX_RANKS];
+    int share[GQ_DP_MAX_RANKS + 1];
+    CK(gq_qlayer_shares(nsamples, len, ranks, share), "the devices' shares");
+    for (int k = 0; k < ranks; k++) { /* rank k over its share, with rank 0's chunks */
+        gq_qlayer *qk = &qs[k];
+        CK(gq_qlayer_init(qk, be[k], &cfg, share[k + 1] - share[k], len + share[k]), "allocating activations");
+        qk->dp = dp, qk->rank = k, qk->seq0 = share[k], qk->n_seq_all = nsamples;
+        if (chunk || k) CK(gq_qlayer_set_chunk(qk, chunk ? chunk : qs[0].chunk_tokens), "chunks");
+        fill_calibration(qk, S, h);
+    }
+    gq_qlayer *q0 = &qs[0];
+    fprintf(stderr, "  %d chunks of up to %d tokens (budget %d)%s%s\n", q0->n_chunks, q0->chunk_max, q0->chunk_tokens,
+            q0->stream ? ", activations streamed from host memory" : "", ranks > 1 ? " on the first device" : "");
 
     gq_gptq_params p;
     gq_gptq_params_default(&p); /* int4, group 128, sym, damp 0.01, block 128 */
     layer_time *lt = gq_calloc((size_t)layers, sizeof *lt);
     for (int l = 0; l < layers; l++) {
-        gq_blayer w;
-        CK(gq_blayer_alloc(be, &cfg, l, &w), "allocate the layer");
-        fill_layer(be, &cfg, &w, hw, ones);
         int cap = gq_layer_module_cap(&cfg);
         gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
         int nmods = gq_layer_modules(&cfg, 0, l, mods, cap);
         gq_qresult *res = gq_calloc((size_t)nmods, sizeof *res);
-        double st0 = q.t_stages, so0 = q.t_solve;
-        CK(gq_qlayer_run(&q, l, &w, &p, res), "quantizing the layer");
+        double st0 = q0->t_stages, so0 = q0->t_solve;
+        layer_job job = {.cfg = &cfg, .be = be, .q = qs, .hw = hw, .ones = ones, .p = &p, .res = res, .l = l};
+        CK(dp ? gq_dp_run(dp, layer_rank, &job) : layer_rank(&job, 0), "quantizing the layer");
         for (int k = 0; k < nmods; k++) {
             if (res[k].fallback) fprintf(stderr, "  warning: %s fell back to RTN\n", mods[k].name);
             gq_qresult_free(&res[k]);
         }
         free(res);
         free(mods);
-        lt[l] = (layer_time){q.t_stages - st0, q.t_solve - so0, gq_be_peak_bytes(be) + gq_qlayer_solver_bytes(&q)};
+        size_t peak = 0; /* the most on one device */
+        for (int k = 0; k < ranks; k++) {
+            const size_t b = gq_be_peak_bytes(be[k]) + gq_qlayer_solver_bytes(&qs[k]);
+            peak = b > peak ? b : peak;
+        }
+        lt[l] = (layer_time){q0->t_stages - st0, q0->t_solve - so0, peak};
         fprintf(stderr, "  layer %d%s: forward+Hessian %.3f s, solve %.3f s, total %.3f s, peak %s\n", l,
                 l == 0 && layers > 1 ? " (warm-up)" : "", lt[l].fwd, lt[l].solve, lt[l].fwd + lt[l].solve,
                 gq_fmt_bytes(b1, sizeof b1, (double)lt[l].peak));
-        gq_blayer_free(be, &w);
     }
 
     /* medians of the measured layers */
@@ -260,8 +293,10 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
     flops f = count_flops(sh, nsamples, seqlen);
     double floor_fwd = (f.gemm16 + f.attn16 + f.hess16) / GEMM16_RATE, floor_solve = (f.solve32 + f.chol64) / FP32_RATE;
     size_t peak = lt[layers - 1].peak;
-    printf("\n%s on %s, %d x %d tokens in %d chunks, int4 g128 sym, median of %d layer%s:\n", sh->name,
-           gq_backend_name(be), nsamples, seqlen, q.n_chunks, n, n == 1 ? "" : "s");
+    printf("\n%s on %s%s, %d x %d tokens in %d chunks, int4 g128 sym, median of %d layer%s:\n", sh->name,
+           gq_backend_name(be[0]), ranks > 1 ? " and the other devices" : "", nsamples, seqlen, q0->n_chunks, n,
+           n == 1 ? "" : "s");
+    if (ranks > 1) printf("  devices: %d (Hessians summed through %s)\n", ranks, gq_dp_transport_name(dp));
     printf("  %-22s %10s %10s %10s %10s\n", "", "gq", "reference", "speed-up", "floor");
     printf("  %-22s %9.3fs %9.1fs %9.1fx %9.3fs\n", "forward + Hessian", med[0], sh->ref_fwd,
            sh->ref_fwd > 0 ? sh->ref_fwd / med[0] : 0, floor_fwd);
@@ -276,7 +311,7 @@ static void run_shape(gq_backend *be, const shape *sh, int layers, int nsamples,
            GEMM16_RATE * 1e-12, f.solve32 * 1e-12, f.chol64 * 1e-12, FP32_RATE * 1e-12);
     fflush(stdout);
     free(v), free(lt), free(len);
-    gq_qlayer_free(&q);
+    for (int k = 0; k < ranks; k++) gq_qlayer_free(&qs[k]);
     free(hq), free(ho), free(hgu), free(hdn), free(hr), free(ones);
 }
 
@@ -306,14 +341,26 @@ int main(int argc, char **argv) {
             fprintf(stderr,
                     "usage: bench_layers [--shape 7b|34b|70b|mixtral|qwen3moe|all|moe|tiny|tinymoe] [--layers N (4)]\n"
                     "                    [--nsamples N (128)]\n"
-                    "                    [--seqlen N (2048)] [--device cuda|cpu|auto (cuda)]\n"
+                    "                    [--seqlen N (2048)] [--device cuda|cpu|auto|cuda:N,M,..|cuda:all (cuda)]\n"
                     "                    [--precision auto|fp16|fp32 (auto)]\n"
                     "                    [--chunk-tokens N (0: the quantizer's choice; 1: per sequence)]\n");
             return 2;
         }
     }
-    gq_backend *be = NULL;
-    if (gq_backend_init(&be, device) != GQ_OK || gq_backend_set_precision(be, precision) != GQ_OK) die("backend");
+    /* --device cuda:0,1,... / cuda:all: one rank per device (gq/dp.h), as gq quantize spreads a run */
+    int dev[GQ_DP_MAX_RANKS], ranks = gq_dp_parse_devices(device, gq_backend_cuda_devices(), dev, GQ_DP_MAX_RANKS);
+    if (ranks < 0) die("--device");
+    ranks = ranks > 1 ? ranks : 1;
+    gq_backend *be[GQ_DP_MAX_RANKS];
+    gq_dp *dp = NULL;
+    for (int k = 0; k < ranks; k++) {
+        char spec[32];
+        snprintf(spec, sizeof spec, "cuda:%d", dev[k]);
+        if (gq_backend_init(&be[k], ranks > 1 ? spec : device) != GQ_OK ||
+            gq_backend_set_precision(be[k], precision) != GQ_OK)
+            die("backend");
+    }
+    if (ranks > 1 && gq_dp_init(&dp, be, ranks, GQ_DP_AUTO) != GQ_OK) die("several devices");
     int any = 0;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const shape *sh = &shapes[k];
@@ -321,12 +368,13 @@ int main(int argc, char **argv) {
                    (!strcmp(shape_name, "moe") && sh->experts && strncmp(sh->name, "tiny", 4));
         if (!pick) continue;
         any = 1;
-        run_shape(be, sh, layers, nsamples, seqlen, chunk);
+        run_shape(be, ranks, dp, sh, layers, nsamples, seqlen, chunk);
     }
     if (!any) {
         fprintf(stderr, "bench_layers: unknown shape '%s' (7b, 34b, 70b, mixtral, qwen3moe, all, moe, tiny, tinymoe)\n", shape_name);
         return 2;
     }
-    gq_backend_free(be);
+    gq_dp_free(dp);
+    for (int k = 0; k < ranks; k++) gq_backend_free(be[k]);
     return 0;
 }

@@ -5,7 +5,7 @@
 # Llama-2-7B end to end. Logs go to $OUT (default gpu-logs/); a summary is
 # printed last.
 #
-#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m profw4 nsysmoe
+#   sh bench/gpu.sh [STEP ...]     steps: build test unit layers layersf32 moe nopool kld m30 m30f32 e2e e2e13 gen stream calib eval speed decode profmoe eval5m profw4 nsysmoe layersdp
 #                                         w4a16 (the int4 kernel's test and benchmark)
 #                                  (default: build test layers m30 e2e speed; m30f32 = m30 with --precision fp32)
 #
@@ -287,6 +287,21 @@ step_nsysmoe() {
     run "nsys_${sh_}_stats" 200 "$NS" stats -q -r cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum -f csv \
         "$LOGS/nsys_$sh_.nsys-rep"
     python3 bench/nsys_summary.py "$LOGS/nsys_${sh_}_stats.log" | tee -a "$SUMMARY"
+}
+
+# several GPUs (issue 17): the 70B and Qwen3-30B-A3B layers on 1, 2, 4, 8 of this machine's GPUs (as many as
+# it has), then bench/results' table; on a one-GPU machine the one row
+step_layersdp() {
+    ng=$(nvidia-smi -L | wc -l)
+    for n in 1 2 4 8; do
+        [ "$n" -le "$ng" ] || break
+        devs=$(seq -s, 0 $((n - 1)))
+        for sh_ in 70b qwen3moe; do
+            run "layersdp_${sh_}_$n" 300 ./build/bench/bench_layers --shape "$sh_" --layers 2 --device "cuda:$devs"
+            grep -E "^$sh_ on|devices:|total per layer|forward|solve" "$LOGS/layersdp_${sh_}_$n.log" | sed "s/^/$n GPU: /" |
+                tee -a "$SUMMARY"
+        done
+    done
 }
 
 # the bundled pycoder-5m (no model to carry): docs/eval.md's GPU rows of the bundled model
