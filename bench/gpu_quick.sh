@@ -4,7 +4,7 @@
 # Llama-2-7B layer and the Qwen3-30B-A3B MoE layer (bench_layers); pycoder-5m quantized on the
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
-# tokens), the default and int4 without the GEMV's programmatic dependent launch (GQ_CUDA_PDL=0); the synthetic 7B disk to
+# tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
 # disk. PARTS="tests w4ab layers decode e2e" (the default: all, in this order) picks some. Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
@@ -42,6 +42,12 @@ part_tests() {
         step "$t" 120 "./build/tests/$t"
         grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
     done
+    # the knobs written 2026-12-07 evening and not yet run: the GEMV as a programmatic dependent launch
+    # (decode steps after rmsnorm / glu / merge), its ring loads
+    step test_q4_model_pdl 120 env GQ_CUDA_PDL=1 ./build/tests/test_q4_model
+    grep -E '^FAIL|RESULT' "$L/test_q4_model_pdl.log" | head -n 20 | sed 's/^/GQ_CUDA_PDL=1 /' | tee -a "$R"
+    step test_cuda_w4a16_ring 120 env GQ_CUDA_W4=ring ./build/tests/test_cuda_w4a16
+    grep -E '^FAIL|RESULT' "$L/test_cuda_w4a16_ring.log" | head -n 20 | sed 's/^/GQ_CUDA_W4=ring /' | tee -a "$R"
     M=tests/data/pycoder-5m
     step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
         --device cuda --force
@@ -75,13 +81,13 @@ part_layers() {
 }
 
 # recorded steps (the default; 225 / 150 tok/s int4 / fp16 on 2026-12-07 before the rope + append
-# kernel over (row, 2 heads) blocks and the GEMV's programmatic dependent launch), then int4 without
-# the latter (GQ_CUDA_PDL=0)
+# kernel over (row, 2 heads) blocks), then int4 with the GEMV's programmatic dependent launch
+# (GQ_CUDA_PDL=1, written 2026-12-07 evening, not yet run on a GPU)
 part_decode() {
     ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$L/dtg" sh bench/decode_table.sh > "$L/decode_graph.log" 2>&1
     grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
-    GQ_CUDA_PDL=0 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
-    grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
+    GQ_CUDA_PDL=1 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
+    grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=1 /' | tee -a "$R"
     pack_logs
 }
 

@@ -24,10 +24,10 @@
  *                              copied from pinned memory by its first node; 0: op by op, the
  *                              indices uploaded per layer; 2: 1's ops without recording (the
  *                              same arithmetic: tests)                               (timing)
- *   GQ_CUDA_PDL=1|0            1 (default): the int4 decode GEMV is launched as a programmatic
- *                              dependent launch (sm_90): its weight loads start while the kernel
- *                              before it runs, X is read after that kernel completed; 0: an
- *                              ordinary launch (the same bits)                         (timing)
+ *   GQ_CUDA_PDL=0|1            1: the int4 decode GEMV is launched as a programmatic dependent
+ *                              launch (sm_90): its weight loads start while the kernel before it
+ *                              runs, X is read after that kernel completed; 0 (default until it
+ *                              has run on a GPU): an ordinary launch (the same bits)    (timing)
  *   GQ_CUDA_W4=batch|ring      the int4 decode GEMV's weight loads: batch (default) W4_U loads
  *                              issued together, then used; ring: each reloaded as soon as it
  *                              is used (the same bits)                                 (timing)
@@ -54,7 +54,7 @@ typedef struct {
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
     int cuda_w4_ring;       /* GQ_CUDA_W4: 0 batch (default), 1 ring */
-    int cuda_pdl;           /* GQ_CUDA_PDL: 1 (default) the int4 GEMV launched as a programmatic dependent, 0 not */
+    int cuda_pdl;           /* GQ_CUDA_PDL: 1 the int4 GEMV launched as a programmatic dependent, 0 (default) not */
     char openblas_coretype[32];
 } gq_knobs;
 
