@@ -350,13 +350,14 @@ int main(int argc, char **argv) {
     /* --device cuda:0,1,... / cuda:all: one rank per device (gq/dp.h), as gq quantize spreads a run */
     int dev[GQ_DP_MAX_RANKS], ranks = gq_dp_parse_devices(device, gq_backend_cuda_devices(), dev, GQ_DP_MAX_RANKS);
     if (ranks < 0) die("--device");
+    const int list = ranks >= 1; /* a device list (cuda:all on one GPU: cuda:0) */
     ranks = ranks > 1 ? ranks : 1;
     gq_backend *be[GQ_DP_MAX_RANKS];
     gq_dp *dp = NULL;
     for (int k = 0; k < ranks; k++) {
         char spec[32];
         snprintf(spec, sizeof spec, "cuda:%d", dev[k]);
-        if (gq_backend_init(&be[k], ranks > 1 ? spec : device) != GQ_OK ||
+        if (gq_backend_init(&be[k], list ? spec : device) != GQ_OK ||
             gq_backend_set_precision(be[k], precision) != GQ_OK)
             die("backend");
     }

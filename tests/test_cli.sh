@@ -76,6 +76,10 @@ check "ppl --device tpu before loading" 2 "$GQ" ppl --model "$T/none" --text "$T
 check "calib --device tpu before loading" 2 "$GQ" calib --model "$T/none" --questions "$T/none.jsonl" \
     --out "$T/c.jsonl" --device tpu
 check "fp16 on the CPU before loading" 6 "$GQ" quantize --model "$T/none" --out "$T/q9" --device cpu --precision fp16
+check "--device cuda:0,0 before loading" 2 "$GQ" quantize --model "$T/none" --out "$T/q9" --device cuda:0,0
+has "a device named twice" "device 'cuda:0,0': cuda:0 named twice"
+check "--device cuda:0,x before loading" 2 "$GQ" quantize --model "$T/none" --out "$T/q9" --device cuda:0,x
+has "device list form" "expected cuda:N,M,... (device numbers) or cuda:all"
 if "$GQ" --version | grep -q "CUDA off"; then
     check "--device cuda without CUDA support" 6 "$GQ" quantize --model "$T/none" --out "$T/q9" --device cuda
     has "says the build has no CUDA" "this gq build has no CUDA backend"

@@ -666,7 +666,8 @@ static void test_dp_errors(gq_backend *be, const data *d) {
     TEST_CHECK(gq_dp_parse_devices("cuda:0,2,3", 4, dev, 8) == 3 && dev[0] == 0 && dev[1] == 2 && dev[2] == 3,
                "cuda:0,2,3");
     TEST_CHECK(gq_dp_parse_devices("cuda:all", 4, dev, 8) == 4 && dev[3] == 3, "cuda:all of 4");
-    TEST_CHECK(gq_dp_parse_devices("cuda:all", 1, dev, 8) == 0, "cuda:all of 1: one device");
+    TEST_CHECK(gq_dp_parse_devices("cuda:all", 1, dev, 8) == 1 && dev[0] == 0, "cuda:all of 1: cuda:0");
+    TEST_FAILS(gq_dp_parse_devices("cuda:all", 0, dev, 8) < 0 ? gq_errcode() : GQ_OK, GQ_ERR_DEVICE, "no CUDA device");
     TEST_CHECK(gq_dp_parse_devices("cuda:1", 4, dev, 8) == 0 && gq_dp_parse_devices("cpu", 4, dev, 8) == 0,
                "cuda:1 and cpu: one device");
     TEST_FAILS(gq_dp_parse_devices("cuda:0,0", 4, dev, 8) < 0 ? gq_errcode() : GQ_OK, GQ_ERR_ARG, "named twice");

@@ -64,9 +64,10 @@ void gq_dp_exchange(gq_dp *dp, int rank, void *mine, void **all);
 /* v[n] (host) = its sum over the ranks, on every rank. */
 int gq_dp_sum_i64(gq_dp *dp, int rank, int64_t *v, int n);
 
-/* "cuda:0,1,3" / "cuda:all" -> the device numbers (at most max), their count; 0 for a spec that
- * names one device or none ("cuda", "cuda:1", "cpu", "auto"); -1 (error set) for a malformed list
- * or one that names a device twice. ndev: the devices present (for "all"). */
+/* "cuda:0,1,3" / "cuda:all" -> the device numbers (at most max), their count (cuda:all on a machine
+ * with one GPU: 1, device 0); 0 for a spec that is no list ("cuda", "cuda:1", "cpu", "auto"); -1
+ * (error set) for a malformed list, one that names a device twice, or cuda:all without a device.
+ * ndev: the devices present (for "all"). */
 int gq_dp_parse_devices(const char *spec, int ndev, int *dev, int max);
 
 #ifdef __cplusplus

@@ -256,7 +256,7 @@ int gq_dp_parse_devices(const char *spec, int ndev, int *dev, int max) {
         if (ndev < 1) return gq_err(GQ_ERR_DEVICE, "device '%s': no CUDA device found", spec), -1;
         int n = ndev < max ? ndev : max;
         for (int i = 0; i < n; i++) dev[i] = i;
-        return n > 1 ? n : 0;
+        return n;
     }
     if (!strchr(p, ',')) return 0; /* one device: gq_backend_init's */
     int n = 0;

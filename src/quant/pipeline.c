@@ -688,7 +688,7 @@ static int open_devices(run_t *r, int rtn) {
     for (int k = 0; k < r->ranks && !rc; k++) {
         char spec[32];
         if (o->dp_cpu_ranks > 1) snprintf(spec, sizeof spec, "cpu");
-        else if (n > 1) snprintf(spec, sizeof spec, "cuda:%d", dev[k]);
+        else if (n >= 1) snprintf(spec, sizeof spec, "cuda:%d", dev[k]);
         else snprintf(spec, sizeof spec, "%s", rtn ? "cpu" : o->device ? o->device : "auto");
         rc = gq_backend_init(&r->be[k], spec);
         if (!rc && !rtn) rc = gq_backend_set_precision(r->be[k], o->precision);
