@@ -820,10 +820,19 @@ static void test_registry(void) {
     gq_be_release(be, d);
     TEST_CHECK(gq_be_peak_bytes(be) == (5u << 20), "peak bytes %zu after churn, expected %u", gq_be_peak_bytes(be),
                5u << 20);
-    /* the CPU has no forks (its solves use every core already): refused, nothing returned */
-    gq_backend *fork = (gq_backend *)&fork;
-    TEST_FAILS(gq_backend_fork(be, &fork), GQ_ERR_UNSUPPORTED, "cannot fork");
-    TEST_CHECK(fork == NULL, "a refused fork returns NULL");
+    /* a fork (the pipeline's layer loader): another CPU backend, the same precision, its own table */
+    gq_backend *fork = NULL;
+    TEST_OK(gq_backend_fork(be, &fork), "fork");
+    if (fork) {
+        TEST_CHECK(!gq_backend_is_gpu(fork) && gq_backend_act_dtype(fork) == gq_backend_act_dtype(be) && fork != be,
+                   "the fork is another CPU backend of the same precision");
+        void *fb = gq_be_alloc(fork, 1 << 20);
+        TEST_CHECK(fb && gq_be_peak_bytes(fork) == (1u << 20) && gq_be_peak_bytes(be) == (5u << 20),
+                   "the fork's allocations are its own (peak %zu, the parent's %zu)", gq_be_peak_bytes(fork),
+                   gq_be_peak_bytes(be));
+        gq_be_release(fork, fb);
+        gq_backend_free(fork);
+    }
     /* raw weight upload converts f16/bf16 */
     uint16_t h[4] = {gq_f32_to_f16(1.5f), gq_f32_to_f16(-2.0f), gq_f32_to_f16(0.25f), gq_f32_to_f16(3.0f)};
     gq_bweight w;

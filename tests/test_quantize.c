@@ -578,7 +578,7 @@ static size_t bytes_differ(const char *a, const char *b, size_t *n) {
     return d;
 }
 
-/* Several devices through the pipeline (gq/dp.h; 2 CPU ranks summing through host memory, the
+/* Loading ahead, and several devices through the pipeline (gq/dp.h; 2 CPU ranks summing through host memory, the
  * tests' stand-in for --device cuda:0,1): the run completes, its checkpoint is the one-device
  * checkpoint up to the Hessians' summation order (the layout and header bitwise, a few codes or
  * scales at most: DP_BYTES_FRAC), a 2-device run stopped after layer 1 and resumed on 2 devices
@@ -600,6 +600,19 @@ static void test_devices(const char *tmp) {
     o.gptq.group_size = 32;
     TEST_OK(gq_quantize_run(&o, &rep), "one device");
     gq_quant_report_free(&rep);
+    /* the next layer's weights loaded on their own thread and backend (GQ_LOAD_AHEAD=1: also on the
+     * CPU) while a layer computes: the same operations on the same values, so bitwise the same files */
+    char *ahead = gq_path_join(tmp, "d-ahead"), *fa = gq_path_join(ahead, "model.safetensors");
+    setenv("GQ_LOAD_AHEAD", "1", 1);
+    gq_knobs_reload();
+    o.out_dir = ahead;
+    TEST_OK(gq_quantize_run(&o, &rep), "one device, the next layer loaded ahead");
+    gq_quant_report_free(&rep);
+    unsetenv("GQ_LOAD_AHEAD");
+    gq_knobs_reload();
+    char *f1 = gq_path_join(one, "model.safetensors");
+    TEST_CHECK(test_files_equal(f1, fa), "loading ahead gives bitwise the same model.safetensors");
+    free(ahead), free(fa), free(f1);
     o.out_dir = two;
     o.dp_cpu_ranks = 2;
     TEST_OK(gq_quantize_run(&o, &rep), "two devices");

@@ -54,10 +54,10 @@ void gq_backend_arith_id(const gq_backend *be, char *buf, size_t cap);
  * changes gq_backend_act_dtype). Logs the choice. */
 int gq_backend_set_precision(gq_backend *be, const char *precision);
 /* A sibling of be for work beside be's on another host thread: the same device and precision,
- * its own stream, library handles and scratch (CUDA). Buffers and weights of either may be used
- * by the other once their producer is synchronised (gq_be_sync). Free it with
- * gq_backend_free. GQ_ERR_UNSUPPORTED where the backend has none (the CPU, whose solves already
- * use every core). */
+ * its own stream, library handles and scratch (CUDA; on the CPU another CPU backend). Buffers and
+ * weights of either may be used by the other once their producer is synchronised (gq_be_sync);
+ * each is released through the backend that allocated it. Free it with gq_backend_free.
+ * GQ_ERR_UNSUPPORTED where the backend has none. */
 int gq_backend_fork(gq_backend *be, gq_backend **out);
 /* Make be usable from the calling host thread (CUDA: its device becomes the thread's current
  * device; the CPU: nothing). A thread that works on a backend made on another thread calls it

@@ -61,6 +61,19 @@ typedef struct {
     double secs;
 } export_job;
 
+/* The next layer's weights loaded onto the device while a layer computes (one device, GPTQ;
+ * GQ_LOAD_AHEAD): a fork of the backend on its own thread loads them and synchronises, the layer
+ * then runs on them, and they are released through the fork. */
+typedef struct {
+    pthread_t th;
+    int active;     /* a thread is loading `layer` */
+    gq_backend *be; /* the fork; NULL: each layer loaded when it starts */
+    const gq_model *m;
+    int layer, rc;
+    gq_blayer bl;
+    char msg[1024];
+} loader_t;
+
 typedef struct {
     const gq_quant_opts *o;
     gq_quant_report *rep;
@@ -80,7 +93,11 @@ typedef struct {
     export_job ex;                 /* the layer file being written while the next layer computes */
     double t_export_work;          /* seconds the export threads worked (ex.secs summed) */
     int resume_chunk;              /* --resume: the interrupted run's chunk tokens (state.json), 0: none */
+    int stop;                      /* layers to run (--max-layers) */
+    loader_t ld;                   /* the next layer's weights */
 } run_t;
+
+static void loader_free(run_t *r);
 
 /* Report a module. */
 static void add_module(run_t *r, int layer, const char *name, const gq_qresult *res) {
@@ -470,6 +487,7 @@ static int alloc_buffers(run_t *r) {
 }
 
 static void free_run(run_t *r) {
+    loader_free(r);
     for (int k = 0; k < r->ranks; k++) gq_qlayer_free(&r->q[k]);
     gq_dp_free(r->dp);
     for (int k = 0; k < r->ranks; k++) gq_backend_free(r->be[k]);
@@ -581,6 +599,7 @@ typedef struct {
     const char *lpath;
     const gq_gptq_params *gp;
     gq_qresult *res;
+    gq_blayer *pre; /* one device: the layer's weights, loaded already (the caller releases them) */
 } layer_job;
 
 /* Rank k's part: the layer's weights on its device, then its qlayer over its share. */
@@ -590,8 +609,10 @@ static int layer_rank(void *user, int k) {
     gq_blayer bl;
     memset(&bl, 0, sizeof bl);
     double t0 = gq_now();
-    int rc;
-    if (j->lpath) {
+    int rc = GQ_OK;
+    if (j->pre) {
+        bl = *j->pre;
+    } else if (j->lpath) {
         gq_st *ls = NULL;
         rc = gq_st_open(&ls, j->lpath);
         if (!rc)
@@ -604,8 +625,104 @@ static int layer_rank(void *user, int k) {
     if (k == 0) r->rep->t_load += gq_now() - t0;
     if (r->dp) rc = gq_dp_agree(r->dp, k, rc); /* every device has the layer, or none goes on */
     if (!rc) rc = gq_qlayer_run(&r->q[k], j->l, &bl, j->gp, j->res);
-    gq_blayer_free(r->be[k], &bl);
+    if (!j->pre) gq_blayer_free(r->be[k], &bl);
     return rc;
+}
+
+/* ---- the next layer's weights ahead (loader_t) ------------------------------------------------ */
+
+static void *loader_main(void *arg) {
+    loader_t *L = arg;
+    memset(&L->bl, 0, sizeof L->bl);
+    L->rc = gq_backend_bind_thread(L->be);
+    if (!L->rc) L->rc = gq_blayer_load(L->be, L->m, L->layer, &L->bl);
+    if (!L->rc) L->rc = gq_be_sync(L->be); /* complete before another stream reads them */
+    snprintf(L->msg, sizeof L->msg, "%s", L->rc ? gq_errmsg() : "");
+    return NULL;
+}
+
+/* Device bytes of the largest layer's weights (in the activation dtype). */
+static size_t layer_bytes(const run_t *r) {
+    const gq_config *c = &r->m.cfg;
+    int cap = gq_layer_module_cap(c);
+    gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
+    size_t most = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t b = 0;
+        int n = gq_layer_modules(c, 0, l, mods, cap);
+        for (int k = 0; k < n; k++) b += (size_t)mods[k].rows * mods[k].cols;
+        most = b > most ? b : most;
+    }
+    free(mods);
+    return gq_be_act_bytes(r->be[0], most);
+}
+
+/* Whether to load ahead (GQ_LOAD_AHEAD: auto on one GPU with room for a second layer's weights
+ * besides 1 GiB, 1 on one device of any kind, 0 never), and its fork. */
+static void loader_setup(run_t *r) {
+    const int mode = gq_knobs_get()->load_ahead; /* 0 auto, 1 never, 2 always */
+    gq_backend *be = r->be[0];
+    if (r->ranks > 1 || mode == 1 || (mode == 0 && !gq_backend_is_gpu(be))) return;
+    const size_t need = 2 * layer_bytes(r) + ((size_t)1 << 30), free_b = gq_be_free_bytes(be);
+    char b1[32], b2[32];
+    if (mode == 0 && free_b < need) {
+        gq_info("each layer's weights are loaded when it starts: %s free on the device, %s wanted to load the next "
+                "one ahead",
+                gq_fmt_bytes(b1, sizeof b1, (double)free_b), gq_fmt_bytes(b2, sizeof b2, (double)need));
+        return;
+    }
+    if (gq_backend_fork(be, &r->ld.be) != GQ_OK) {
+        gq_warn("each layer's weights are loaded when it starts: a second stream to load the next one ahead "
+                "failed (%s)",
+                gq_errmsg());
+        gq_err_clear();
+        r->ld.be = NULL;
+        return;
+    }
+    gq_info("each next layer's weights load onto the device while a layer computes (GQ_LOAD_AHEAD=0: not)");
+}
+
+static void loader_start(run_t *r, int l) {
+    loader_t *L = &r->ld;
+    if (!L->be || L->active || l >= r->stop) return;
+    L->m = &r->m;
+    L->layer = l;
+    L->active = pthread_create(&L->th, NULL, loader_main, L) == 0;
+}
+
+/* Wait for the loader; its weights if it loaded layer l (*owner: the fork), else none (released). */
+static int loader_join(run_t *r, int l, gq_blayer *bl, gq_backend **owner) {
+    loader_t *L = &r->ld;
+    if (!L->active) return 0;
+    pthread_join(L->th, NULL);
+    L->active = 0;
+    if (L->layer != l || L->rc) {
+        if (!L->rc) gq_blayer_free(L->be, &L->bl);
+        return L->layer == l ? gq_err(L->rc, "%s", L->msg) : 0;
+    }
+    *bl = L->bl, *owner = L->be;
+    return 1;
+}
+
+/* Layer l's weights: the loader's, else loaded here; then the loader starts on layer l + 1. */
+static int layer_weights(run_t *r, int l, gq_blayer *bl, gq_backend **owner) {
+    double t0 = gq_now();
+    int got = loader_join(r, l, bl, owner), rc = got < 0 ? got : GQ_OK;
+    if (!got) {
+        rc = gq_blayer_load(r->be[0], &r->m, l, bl);
+        *owner = rc ? NULL : r->be[0];
+    }
+    r->rep->t_load += gq_now() - t0; /* what the layer waited for */
+    if (!rc) loader_start(r, l + 1);
+    return rc;
+}
+
+static void loader_free(run_t *r) {
+    gq_blayer bl;
+    gq_backend *owner;
+    if (loader_join(r, -1, &bl, &owner) > 0) gq_blayer_free(owner, &bl); /* (sets no error) */
+    gq_backend_free(r->ld.be);
+    r->ld.be = NULL;
 }
 
 /* The layer on the one device, or on every device at once. */
@@ -642,14 +759,21 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
     gq_module *mods = gq_malloc((size_t)cap * sizeof *mods);
     int n = gq_layer_modules(&r->m.cfg, r->m.fused, l, mods, cap);
     gq_qresult *res = gq_calloc((size_t)n, sizeof *res);
-    int rc;
+    int rc = GQ_OK;
     if (rtn) {
         rc = rtn_layer(r, l, mods, n, res);
     } else {
         gq_gptq_params gp = r->o->gptq;
         gp.skip_codes = 1; /* the export packs from qweight where the solve packed it */
         layer_job j = {.r = r, .l = l, .gp = &gp, .res = res};
-        rc = layer_run(r, &j);
+        gq_blayer bl;
+        gq_backend *owner = NULL;
+        if (r->ranks == 1) { /* one device: its weights, perhaps loaded ahead */
+            rc = layer_weights(r, l, &bl, &owner);
+            j.pre = &bl;
+        }
+        if (!rc) rc = layer_run(r, &j);
+        if (owner) gq_blayer_free(owner, &bl);
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
     r->last_layer_modules = n;
@@ -738,8 +862,10 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     if ((rc = prepare_partial(&r, &layers_done, &fp))) goto out;
     int n_layers = r.m.cfg.n_layers;
     int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
+    r.stop = stop;
     if (!rtn && layers_done < stop) { /* activations only where a layer is left to quantize */
         if ((rc = alloc_buffers(&r))) goto out;
+        loader_setup(&r);
         double t0 = gq_now();
         if ((rc = embed_calibration(&r))) goto out;
         rep->t_load += gq_now() - t0;
@@ -748,9 +874,10 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     double t_layers = gq_now();
     for (int l = 0; l < stop && !rc; l++) {
         /* the next layer comes from the disk while this one computes */
-        prefetch_t pf = {&r.m, l + 1};
+        const int next = r.ld.be && l >= layers_done ? l + 2 : l + 1; /* (l + 1: the loader's) */
+        prefetch_t pf = {&r.m, next};
         pthread_t th;
-        int have_th = l + 1 < stop && pthread_create(&th, NULL, prefetch_main, &pf) == 0;
+        int have_th = next < stop && pthread_create(&th, NULL, prefetch_main, &pf) == 0;
         char *lpath = gq_export_layer_path(r.partial, l);
         if (l < layers_done) {
             rc = rtn || layers_done >= stop ? GQ_OK : restore_layer(&r, l, lpath);

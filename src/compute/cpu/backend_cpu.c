@@ -319,8 +319,17 @@ static int cpu_hessian_accum(gq_backend *be, float *H, const void *X, int ldx, i
 /* backend_cpu_gptq.c */
 int gq_cpu_gptq(gq_backend *be, const gq_gptq_params *p, float *H, double h_scale, gq_bweight *W, gq_qresult *res);
 
+int gq_backend_cpu_init(gq_backend **out);
+
+/* Another CPU backend (its own allocation table and settings; host memory is shared anyway): the
+ * pipeline's layer loader on its own thread. */
+static int cpu_fork(gq_backend *be, gq_backend **out) {
+    return gq_backend_cpu_init(out);
+}
+
 static const struct gq_backend_i cpu_iface = {
     .free = cpu_free,
+    .fork = cpu_fork,
     .alloc = cpu_alloc,
     .release = cpu_release,
     .upload = cpu_copy,
