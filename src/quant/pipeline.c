@@ -773,7 +773,7 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
             j.pre = &bl;
         }
         if (!rc) rc = layer_run(r, &j);
-        if (owner && owner != r->be[0]) gq_be_sync(r->be[0]); /* (an error path may leave work that reads them) */
+        if (owner && owner != r->be[0]) (void)gq_be_sync(r->be[0]); /* (an error path may leave work that reads them) */
         if (owner) gq_blayer_free(owner, &bl);
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
