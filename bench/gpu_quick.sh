@@ -5,7 +5,9 @@
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
 # tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
-# disk. PARTS="tests w4ab layers decode e2e" (the default: all, in this order) picks some. Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
+# disk (with and without GQ_LOAD_AHEAD). PARTS="tests w4ab layers decode e2e" (the default: all, in this
+# order) picks some; all of them take more than one call's 10 minutes on a fresh machine: run
+# PARTS="tests w4ab layers", then PARTS="decode e2e" on the same warm machine (within 30 s). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
 L=gpu-logs/quick
@@ -91,10 +93,15 @@ part_decode() {
     pack_logs
 }
 
-# disk to disk; 37.6 s on 2026-12-07 (load 11.8 s, against 6.0 s in the morning: not yet explained)
+# disk to disk; 37.6 s on 2026-12-07 (load 11.8 s, against 6.0 s in the morning: not yet explained);
+# then with GQ_LOAD_AHEAD=0 (the next layer's weights loaded when it starts, as before)
 part_e2e() {
     sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
     grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
+    grep -E 'next layer' gpu-logs/e2e_7b.log | head -n 1 | tee -a "$R"
+    # the same without loading the next layer ahead (the checkpoint is made already)
+    GQ_LOAD_AHEAD=0 sh bench/gpu.sh e2e > "$L/e2e_noahead.log" 2>&1
+    grep -E '^done in' gpu-logs/e2e_7b.log | sed 's/^/GQ_LOAD_AHEAD=0 /' | tee -a "$R"
     pack_logs
 }
 
