@@ -651,8 +651,8 @@ static void test_dp_errors(gq_backend *be, const data *d) {
     int first[5], len[6] = {10, 10, 10, 10, 10, 1000};
     TEST_OK(gq_qlayer_shares(6, len, 3, first), "shares of 6 sequences");
     TEST_CHECK(first[0] == 0 && first[1] == 4 && first[2] == 5 && first[3] == 6,
-               "shares of 10 x 5 + 1000 tokens for 3: %d %d %d %d (want 0 4 5 6: one each at least)", first[0], first[1],
-               first[2], first[3]);
+               "shares of 10 x 5 + 1000 tokens for 3: %d %d %d %d (want 0 4 5 6: one each at least)", first[0],
+               first[1], first[2], first[3]);
     TEST_OK(gq_qlayer_shares(NSEQ, d->len, 4, first), "shares of the calibration");
     int64_t tok[4] = {0}, total = 0;
     for (int r = 0; r < 4; r++)

@@ -44,12 +44,14 @@ static int nccl_built(void) {
 
 int gq_dp_init(gq_dp **out, gq_backend *const *be, int n, gq_dp_transport t) {
     *out = NULL;
-    if (n < 1 || n > GQ_DP_MAX_RANKS) return gq_err(GQ_ERR_ARG, "several devices: %d ranks (1 .. %d)", n, GQ_DP_MAX_RANKS);
+    if (n < 1 || n > GQ_DP_MAX_RANKS)
+        return gq_err(GQ_ERR_ARG, "several devices: %d ranks (1 .. %d)", n, GQ_DP_MAX_RANKS);
     const int cuda = all_cuda(be, n);
     if (t == GQ_DP_AUTO) t = cuda && nccl_built() ? GQ_DP_NCCL : GQ_DP_HOST;
     if (t == GQ_DP_NCCL && !cuda) return gq_err(GQ_ERR_ARG, "several devices: NCCL needs every rank on a CUDA device");
     if (t == GQ_DP_NCCL && !nccl_built())
-        return gq_err(GQ_ERR_UNSUPPORTED, "several devices: this gq build has no NCCL (make found no nccl.h / libnccl)");
+        return gq_err(GQ_ERR_UNSUPPORTED,
+                      "several devices: this gq build has no NCCL (make found no nccl.h / libnccl)");
     gq_dp *dp = gq_calloc(1, sizeof *dp);
     dp->n = n;
     dp->t = t;
@@ -82,9 +84,13 @@ void gq_dp_free(gq_dp *dp) {
     free(dp);
 }
 
-int gq_dp_size(const gq_dp *dp) { return dp->n; }
+int gq_dp_size(const gq_dp *dp) {
+    return dp->n;
+}
 
-const char *gq_dp_transport_name(const gq_dp *dp) { return dp->t == GQ_DP_NCCL ? "nccl" : "host"; }
+const char *gq_dp_transport_name(const gq_dp *dp) {
+    return dp->t == GQ_DP_NCCL ? "nccl" : "host";
+}
 
 /* ---- threads ---------------------------------------------------------------------------------- */
 
@@ -127,7 +133,8 @@ int gq_dp_run(gq_dp *dp, int (*fn)(void *user, int rank), void *user) {
     int go = 0, abort = 0, started = 1;
     memset(dp->foreign, 0, sizeof dp->foreign);
     for (int r = 0; r < dp->n; r++)
-        job[r] = (rank_job){.dp = dp, .rank = r, .fn = fn, .user = user, .mu = &mu, .cv = &cv, .go = &go, .abort = &abort};
+        job[r] =
+            (rank_job){.dp = dp, .rank = r, .fn = fn, .user = user, .mu = &mu, .cv = &cv, .go = &go, .abort = &abort};
     for (; started < dp->n; started++)
         if (pthread_create(&th[started], NULL, rank_main, &job[started])) break;
     pthread_mutex_lock(&mu);
@@ -161,7 +168,7 @@ int gq_dp_agree(gq_dp *dp, int rank, int rc) {
     for (int r = 0; r < dp->n && first < 0; r++)
         if (dp->rc[r]) first = r;
     const int res = first < 0 ? GQ_OK : dp->rc[first];
-    barrier(dp); /* every rank has read rc[] before any enters the next agreement */
+    barrier(dp);        /* every rank has read rc[] before any enters the next agreement */
     if (rc) return res; /* the same status on every rank; this rank keeps its message (and whose failure it is) */
     if (res) {
         dp->foreign[rank] = 1;
@@ -170,7 +177,9 @@ int gq_dp_agree(gq_dp *dp, int rank, int rc) {
     return GQ_OK;
 }
 
-void gq_dp_claim(gq_dp *dp, int rank) { dp->foreign[rank] = 0; }
+void gq_dp_claim(gq_dp *dp, int rank) {
+    dp->foreign[rank] = 0;
+}
 
 /* The rank's staging buffer of at least bytes (host transport). */
 static void *staging(gq_dp *dp, int rank, size_t bytes) {

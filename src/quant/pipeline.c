@@ -180,7 +180,8 @@ static void fingerprint_diff(const char *now, const char *then, char *buf, size_
     json_object_foreach(b, key, vb) { /* keys only the interrupted run has */
         if (a && json_object_get(a, key)) continue;
         char *sb = json_dumps(vb, JSON_ENCODE_ANY);
-        if (len < cap) len += (size_t)snprintf(buf + len, cap - len, "%s%s: (absent) now, %s then", len ? "; " : "", key, sb);
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s: (absent) now, %s then", len ? "; " : "", key, sb);
         free(sb);
     }
     json_decref(a);

@@ -523,7 +523,8 @@ static int solve_failed(stage_t *st, int hi, int rc) {
     solve_what(st, hi, what, sizeof what);
     gq_err_prefix("layer %d %s", st->l, what);
     /* several devices: every rank looks in its own share after the solves (dp_share) */
-    return rc == GQ_ERR_NUMERIC && !st->q->dp ? locate_nonfinite(st, 0, st->q->n_chunks, st->g >= GQ_GRP_MLP_IN, NULL) : rc;
+    if (rc != GQ_ERR_NUMERIC || st->q->dp) return rc;
+    return locate_nonfinite(st, 0, st->q->n_chunks, st->g >= GQ_GRP_MLP_IN, NULL);
 }
 
 /* Threads for a stage's n_h solves: 1 on the CPU (its solves use every core) and for dense
@@ -647,7 +648,8 @@ static int dp_share(stage_t *st, int rc) {
         for (int j = 0; j < (st->n_h > 1 ? 1 : n) && !rc; j++) { /* MoE: from the expert's solver; dense: each slice */
             int r0 = 0, r1 = W->rows, root = i % n;
             if (st->n_h == 1) split_rows(W->rows, n, j, &r0, &r1), root = j;
-            if (r1 > r0) rc = gq_dp_broadcast(q->dp, q->rank, (char *)W->data + r0 * row_bytes, (r1 - r0) * row_bytes, root);
+            if (r1 > r0)
+                rc = gq_dp_broadcast(q->dp, q->rank, (char *)W->data + r0 * row_bytes, (r1 - r0) * row_bytes, root);
         }
     }
     if (rc) gq_err_prefix("layer %d %s: the quantized weights to %d devices", st->l, group_what(st->g),

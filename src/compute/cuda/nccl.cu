@@ -15,7 +15,9 @@ static int nccl_status(ncclResult_t r, const char *call) {
     return gq_err(GQ_ERR_DEVICE, "NCCL %s failed: %s (%s)", call, ncclGetErrorString(r), ncclGetLastError(NULL));
 }
 
-int gq_cuda_nccl_built(void) { return 1; }
+int gq_cuda_nccl_built(void) {
+    return 1;
+}
 
 int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n) {
     int dev[64];
@@ -43,8 +45,8 @@ int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n)
 }
 
 int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root) {
-    return nccl_status(
-        ncclBroadcast(buf, buf, bytes, ncclUint8, root, (ncclComm_t)comm, gq_cuda_ctx_of(be)->stream), "ncclBroadcast");
+    return nccl_status(ncclBroadcast(buf, buf, bytes, ncclUint8, root, (ncclComm_t)comm, gq_cuda_ctx_of(be)->stream),
+                       "ncclBroadcast");
 }
 
 #else
@@ -52,10 +54,18 @@ int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, 
 static int no_nccl(void) {
     return gq_err(GQ_ERR_UNSUPPORTED, "this gq build has no NCCL (make found no nccl.h / libnccl beside CUDA)");
 }
-int gq_cuda_nccl_built(void) { return 0; }
-int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n) { return no_nccl(); }
+int gq_cuda_nccl_built(void) {
+    return 0;
+}
+int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n) {
+    return no_nccl();
+}
 void gq_cuda_nccl_free(void **comms, int n) {}
-int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n) { return no_nccl(); }
-int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root) { return no_nccl(); }
+int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n) {
+    return no_nccl();
+}
+int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root) {
+    return no_nccl();
+}
 
 #endif
