@@ -44,8 +44,9 @@ int gq_cuda_nccl_built(void);
  * GQ_ERR_UNSUPPORTED without NCCL, GQ_ERR_DEVICE with NCCL's text when it fails. */
 int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n);
 void gq_cuda_nccl_free(void **comms, int n);
-/* On be's stream, by every rank's thread: buf[n] (fp32) summed in place; buf[bytes] = root's. */
-int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n);
+/* On be's stream, by every rank's thread: bufs[i][n] (fp32), i < nbuf, summed in place (one NCCL
+ * group); buf[bytes] = root's. */
+int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *const *bufs, int nbuf, size_t n);
 int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root);
 
 /* ---- knobs (tests, benchmarks) --------------------------------------------------- */

@@ -54,8 +54,9 @@ int gq_dp_agree(gq_dp *dp, int rank, int rc);
  * got from gq_dp_agree): gq_dp_run reports it before those of ranks that only got another's. */
 void gq_dp_claim(gq_dp *dp, int rank);
 
-/* buf[n] (fp32, on the rank's backend) = its sum over the ranks, on every rank. */
-int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *buf, size_t n);
+/* bufs[i][n] (fp32, on the rank's backend), i < nbuf, = its sum over the ranks, on every rank (NCCL:
+ * the nbuf all-reduces as one group). */
+int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *const *bufs, int nbuf, size_t n);
 /* buf[bytes] (on the rank's backend) = root's, on every rank. */
 int gq_dp_broadcast(gq_dp *dp, int rank, void *buf, size_t bytes, int root);
 /* all[rank] = each rank's pointer `mine` (host memory of this process), on every rank; what they

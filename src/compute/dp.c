@@ -191,13 +191,9 @@ static void *staging(gq_dp *dp, int rank, size_t bytes) {
     return dp->hb[rank];
 }
 
-int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *buf, size_t n) {
+/* One buffer through host memory. */
+static int host_allreduce(gq_dp *dp, int rank, float *buf, size_t n) {
     gq_backend *be = dp->be[rank];
-    if (dp->t == GQ_DP_NCCL) {
-#ifdef GQ_USE_CUDA
-        return gq_cuda_nccl_allreduce_f32(dp->comm[rank], be, buf, n);
-#endif
-    }
     float *h = staging(dp, rank, n * sizeof(float));
     int rc = gq_dp_agree(dp, rank, gq_be_download(be, h, buf, n * sizeof(float)));
     if (rc) return rc;
@@ -218,6 +214,15 @@ int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *buf, size_t n) {
     rc = gq_be_upload(be, buf, dp->sum, n * sizeof(float));
     if (!rc) rc = gq_be_sync(be); /* the sum's memory is rewritten by the next call */
     return gq_dp_agree(dp, rank, rc);
+}
+
+int gq_dp_allreduce_f32(gq_dp *dp, int rank, float *const *bufs, int nbuf, size_t n) {
+#ifdef GQ_USE_CUDA
+    if (dp->t == GQ_DP_NCCL) return gq_cuda_nccl_allreduce_f32(dp->comm[rank], dp->be[rank], bufs, nbuf, n);
+#endif
+    int rc = GQ_OK;
+    for (int i = 0; i < nbuf && !rc; i++) rc = host_allreduce(dp, rank, bufs[i], n);
+    return rc;
 }
 
 int gq_dp_broadcast(gq_dp *dp, int rank, void *buf, size_t bytes, int root) {

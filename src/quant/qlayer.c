@@ -614,7 +614,7 @@ static int solve_split(stage_t *st, const gq_gptq_params *p, const gq_module *mo
 static int dp_reduce(stage_t *st, int rc) {
     gq_qlayer *q = st->q;
     if ((rc = gq_dp_agree(q->dp, q->rank, rc))) return rc;
-    for (int i = 0; i < st->n_h && !rc; i++) rc = gq_dp_allreduce_f32(q->dp, q->rank, st->H[i], (size_t)st->K * st->K);
+    rc = gq_dp_allreduce_f32(q->dp, q->rank, st->H, st->n_h, (size_t)st->K * st->K);
     if (!rc) rc = gq_dp_sum_i64(q->dp, q->rank, st->tokens, st->n_h);
     if (!rc) rc = gq_be_sync(q->be); /* the solve forks' streams read the sums */
     if (rc) gq_err_prefix("layer %d %s: the Hessians over %d devices", st->l, group_what(st->g), gq_dp_size(q->dp));

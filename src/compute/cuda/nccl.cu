@@ -39,9 +39,14 @@ void gq_cuda_nccl_free(void **comms, int n) {
         if (comms[i]) ncclCommDestroy((ncclComm_t)comms[i]), comms[i] = NULL;
 }
 
-int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n) {
-    return nccl_status(ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, (ncclComm_t)comm, gq_cuda_ctx_of(be)->stream),
-                       "ncclAllReduce");
+int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *const *bufs, int nbuf, size_t n) {
+    int rc = nccl_status(ncclGroupStart(), "ncclGroupStart");
+    for (int i = 0; i < nbuf && !rc; i++)
+        rc = nccl_status(ncclAllReduce(bufs[i], bufs[i], n, ncclFloat32, ncclSum, (ncclComm_t)comm,
+                                       gq_cuda_ctx_of(be)->stream),
+                         "ncclAllReduce");
+    const int rc_end = nccl_status(ncclGroupEnd(), "ncclGroupEnd"); /* a started group is always ended */
+    return rc ? rc : rc_end;
 }
 
 int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root) {
@@ -61,7 +66,7 @@ int gq_cuda_nccl_init(void **comms, gq_backend *const *be, int n) {
     return no_nccl();
 }
 void gq_cuda_nccl_free(void **comms, int n) {}
-int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *buf, size_t n) {
+int gq_cuda_nccl_allreduce_f32(void *comm, gq_backend *be, float *const *bufs, int nbuf, size_t n) {
     return no_nccl();
 }
 int gq_cuda_nccl_broadcast(void *comm, gq_backend *be, void *buf, size_t bytes, int root) {
