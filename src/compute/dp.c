@@ -1,6 +1,7 @@
 /* dp.c -- several devices in one process: ranks, threads and collectives (gq/dp.h). */
 #include "gq/dp.h"
 
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,10 @@ static void *rank_main(void *arg) {
         snprintf(j->msg, sizeof j->msg, "several devices: a thread per rank could not be started");
         return NULL;
     }
+    /* the ranks share the host's cores: each thread's OpenMP loops (and OpenBLAS, which follows
+     * them) get its part of gq's thread count (a new thread starts from the process default) */
+    const int t = gq_get_threads() / j->dp->n;
+    omp_set_num_threads(t > 1 ? t : 1);
     j->rc = gq_backend_bind_thread(j->dp->be[j->rank]);
     if (!j->rc) j->rc = j->fn(j->user, j->rank);
     snprintf(j->msg, sizeof j->msg, "%s", j->rc ? gq_errmsg() : "");
@@ -142,7 +147,9 @@ int gq_dp_run(gq_dp *dp, int (*fn)(void *user, int rank), void *user) {
     abort = started < dp->n;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
+    const int keep = omp_get_max_threads(); /* rank 0 runs here: this thread's setting afterwards */
     rank_main(&job[0]);
+    omp_set_num_threads(keep);
     for (int r = 1; r < started; r++) pthread_join(th[r], NULL);
     if (abort) return gq_err(GQ_ERR_NOMEM, "several devices: %d of %d rank threads could be started", started, dp->n);
     int first = -1;
