@@ -600,7 +600,7 @@ typedef struct {
     const char *lpath;
     const gq_gptq_params *gp;
     gq_qresult *res;
-    gq_blayer *pre; /* one device: the layer's weights, loaded already (the caller releases them) */
+    gq_blayer *pre; /* one device: the layer's weights, loaded ahead (the caller releases them) */
 } layer_job;
 
 /* Rank k's part: the layer's weights on its device, then its qlayer over its share. */
@@ -691,8 +691,9 @@ static void loader_start(run_t *r, int l) {
     L->active = pthread_create(&L->th, NULL, loader_main, L) == 0;
 }
 
-/* Wait for the loader; its weights if it loaded layer l (*owner: the fork), else none (released). */
-static int loader_join(run_t *r, int l, gq_blayer *bl, gq_backend **owner) {
+/* Wait for the loader: 1 and its weights in bl (the fork's) if it loaded layer l, the error if
+ * that failed; 0 if it was loading none or another layer (those weights released). */
+static int loader_join(run_t *r, int l, gq_blayer *bl) {
     loader_t *L = &r->ld;
     if (!L->active) return 0;
     pthread_join(L->th, NULL);
@@ -701,27 +702,23 @@ static int loader_join(run_t *r, int l, gq_blayer *bl, gq_backend **owner) {
         if (!L->rc) gq_blayer_free(L->be, &L->bl);
         return L->layer == l ? gq_err(L->rc, "%s", L->msg) : 0;
     }
-    *bl = L->bl, *owner = L->be;
+    *bl = L->bl;
     return 1;
 }
 
-/* Layer l's weights: the loader's, else loaded here; then the loader starts on layer l + 1. */
-static int layer_weights(run_t *r, int l, gq_blayer *bl, gq_backend **owner) {
+/* One device: layer l's weights if the loader has them (1; 0: the layer loads them itself, < 0:
+ * the loader's error), the wait counted as load; then the loader starts on layer l + 1. */
+static int loader_take(run_t *r, int l, gq_blayer *bl) {
     double t0 = gq_now();
-    int got = loader_join(r, l, bl, owner), rc = got < 0 ? got : GQ_OK;
-    if (!got) {
-        rc = gq_blayer_load(r->be[0], &r->m, l, bl);
-        *owner = rc ? NULL : r->be[0];
-    }
-    r->rep->t_load += gq_now() - t0; /* what the layer waited for */
-    if (!rc) loader_start(r, l + 1);
-    return rc;
+    int got = loader_join(r, l, bl);
+    r->rep->t_load += gq_now() - t0;
+    if (got >= 0) loader_start(r, l + 1);
+    return got;
 }
 
 static void loader_free(run_t *r) {
     gq_blayer bl;
-    gq_backend *owner;
-    if (loader_join(r, -1, &bl, &owner) > 0) gq_blayer_free(owner, &bl); /* (sets no error) */
+    loader_join(r, -1, &bl); /* (releases what it loaded; sets no error) */
     gq_backend_free(r->ld.be);
     r->ld.be = NULL;
 }
@@ -768,14 +765,14 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
         gp.skip_codes = 1; /* the export packs from qweight where the solve packed it */
         layer_job j = {.r = r, .l = l, .gp = &gp, .res = res};
         gq_blayer bl;
-        gq_backend *owner = NULL;
-        if (r->ranks == 1) { /* one device: its weights, perhaps loaded ahead */
-            rc = layer_weights(r, l, &bl, &owner);
-            j.pre = &bl;
-        }
+        const int got = r->ranks == 1 ? loader_take(r, l, &bl) : 0; /* one device: perhaps loaded ahead */
+        if (got < 0) rc = got;
+        if (got > 0) j.pre = &bl;
         if (!rc) rc = layer_run(r, &j);
-        if (owner && owner != r->be[0]) (void)gq_be_sync(r->be[0]); /* (an error path may leave work that reads them) */
-        if (owner) gq_blayer_free(owner, &bl);
+        if (got > 0) {
+            (void)gq_be_sync(r->be[0]); /* (an error path may leave work that reads them) */
+            gq_blayer_free(r->ld.be, &bl);
+        }
     }
     for (int k = 0; k < n && !rc; k++) add_module(r, l, mods[k].name, &res[k]);
     r->last_layer_modules = n;
