@@ -5,7 +5,7 @@
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
 # tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
-# disk (with and without GQ_LOAD_AHEAD). PARTS="tests w4ab layers decode e2e" (the default: all, in this
+# disk (default, and with GQ_LOAD_AHEAD=auto). PARTS="tests w4ab layers decode e2e" (the default: all, in this
 # order) picks some; all of them take more than one call's 10 minutes on a fresh machine: run
 # PARTS="tests w4ab layers", then PARTS="decode e2e" on the same warm machine (within 30 s). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
@@ -94,14 +94,21 @@ part_decode() {
 }
 
 # disk to disk; 37.6 s on 2026-12-07 (load 11.8 s, against 6.0 s in the morning: not yet explained);
-# then with GQ_LOAD_AHEAD=0 (the next layer's weights loaded when it starts, as before)
+# then with GQ_LOAD_AHEAD=auto (the next layer's weights loaded on their own thread while a layer
+# computes; off by default until it has run on a GPU), its checkpoint compared with the first's
 part_e2e() {
     sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
     grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
+    cp -r bench-models/q-synth-7b bench-models/e2e-first 2>/dev/null
+    # the same loading ahead (the synthetic checkpoint is made already)
+    GQ_LOAD_AHEAD=auto sh bench/gpu.sh e2e > "$L/e2e_ahead.log" 2>&1
+    grep -E '^done in' gpu-logs/e2e_7b.log | sed 's/^/GQ_LOAD_AHEAD=auto /' | tee -a "$R"
     grep -E 'next layer' gpu-logs/e2e_7b.log | head -n 1 | tee -a "$R"
-    # the same without loading the next layer ahead (the checkpoint is made already)
-    GQ_LOAD_AHEAD=0 sh bench/gpu.sh e2e > "$L/e2e_noahead.log" 2>&1
-    grep -E '^done in' gpu-logs/e2e_7b.log | sed 's/^/GQ_LOAD_AHEAD=0 /' | tee -a "$R"
+    for f in bench-models/e2e-first/*.safetensors; do
+        cmp -s "$f" "bench-models/q-synth-7b/$(basename "$f")" && say "same bytes: $(basename "$f")" ||
+            say "DIFFERENT: $(basename "$f")"
+    done
+    rm -rf bench-models/e2e-first
     pack_logs
 }
 

@@ -19,7 +19,7 @@ static const char *const stream_names[] = {"0", "1"};
 static const char *const ppl_names[] = {"windows", "ops"};
 static const char *const pool_names[] = {"1", "0"};
 static const char *const w4_names[] = {"batch", "ring"};
-static const char *const ahead_names[] = {"auto", "0", "1"};
+static const char *const ahead_names[] = {"0", "auto", "1"}; /* 0 the default until it has run on a GPU */
 
 /* index of $name in names[n]; def when unset or not one of them (said) */
 static int env_choice(const char *name, const char *const *names, int n, int def) {

@@ -659,14 +659,15 @@ static size_t layer_bytes(const run_t *r) {
 }
 
 /* Whether to load ahead (GQ_LOAD_AHEAD: auto on one GPU with room for a second layer's weights
- * besides 1 GiB, 1 on one device of any kind, 0 never), and its fork. */
+ * besides 1 GiB, 1 on one device of any kind, 0 never: the default until it has run on a GPU),
+ * and its fork. */
 static void loader_setup(run_t *r) {
-    const int mode = gq_knobs_get()->load_ahead; /* 0 auto, 1 never, 2 always */
+    const int mode = gq_knobs_get()->load_ahead; /* 0 never, 1 auto, 2 always */
     gq_backend *be = r->be[0];
-    if (r->ranks > 1 || mode == 1 || (mode == 0 && !gq_backend_is_gpu(be))) return;
+    if (r->ranks > 1 || mode == 0 || (mode == 1 && !gq_backend_is_gpu(be))) return;
     const size_t need = 2 * layer_bytes(r) + ((size_t)1 << 30), free_b = gq_be_free_bytes(be);
     char b1[32], b2[32];
-    if (mode == 0 && free_b < need) {
+    if (mode == 1 && free_b < need) {
         gq_info("each layer's weights are loaded when it starts: %s free on the device, %s wanted to load the next "
                 "one ahead",
                 gq_fmt_bytes(b1, sizeof b1, (double)free_b), gq_fmt_bytes(b2, sizeof b2, (double)need));
@@ -680,7 +681,7 @@ static void loader_setup(run_t *r) {
         r->ld.be = NULL;
         return;
     }
-    gq_info("each next layer's weights load onto the device while a layer computes (GQ_LOAD_AHEAD=0: not)");
+    gq_info("each next layer's weights load onto the device while a layer computes (GQ_LOAD_AHEAD=%s)", mode == 1 ? "auto" : "1");
 }
 
 static void loader_start(run_t *r, int l) {
