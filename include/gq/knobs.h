@@ -27,10 +27,7 @@
  *   GQ_CUDA_PDL=0|1            1: the int4 decode GEMV is launched as a programmatic dependent
  *                              launch (sm_90): its weight loads start while the kernel before it
  *                              runs, X is read after that kernel completed; 0 (default until it
- *                              has run on a GPU): an ordinary launch (the same bits)    (timing)
- *   GQ_CUDA_W4=batch|ring      the int4 decode GEMV's weight loads: batch (default) W4_U loads
- *                              issued together, then used; ring: each reloaded as soon as it
- *                              is used (the same bits)                                 (timing)
+ *                              its speed is measured): an ordinary launch (the same bits) (timing)
  *   GQ_LOAD_AHEAD=0|auto|1     gq quantize loads the next layer's weights onto the device on its
  *                              own thread (a fork of the backend) while a layer computes: auto
  *                              on one GPU with room, 1 also on the CPU (tests), 0 never (the
@@ -57,7 +54,6 @@ typedef struct {
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
-    int cuda_w4_ring;       /* GQ_CUDA_W4: 0 batch (default), 1 ring */
     int load_ahead;         /* GQ_LOAD_AHEAD: 0 never (default), 1 auto, 2 always */
     int cuda_pdl;           /* GQ_CUDA_PDL: 1 the int4 GEMV launched as a programmatic dependent, 0 (default) not */
     char openblas_coretype[32];

@@ -18,7 +18,6 @@ static const char *const hinv_names[] = {"f64", "potri", "f32", "f64h"}; /* gq/b
 static const char *const stream_names[] = {"0", "1"};
 static const char *const ppl_names[] = {"windows", "ops"};
 static const char *const pool_names[] = {"1", "0"};
-static const char *const w4_names[] = {"batch", "ring"};
 static const char *const ahead_names[] = {"0", "auto", "1"}; /* 0 the default until it has run on a GPU */
 
 /* index of $name in names[n]; def when unset or not one of them (said) */
@@ -62,7 +61,6 @@ void gq_knobs_reload(void) {
     knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2, 0);
     knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2, 1);
     knobs.cuda_pdl = env_int("GQ_CUDA_PDL", 0, 1, 0); /* 1 once it has run on a GPU */
-    knobs.cuda_w4_ring = env_choice("GQ_CUDA_W4", w4_names, 2, 0);
     knobs.load_ahead = env_choice("GQ_LOAD_AHEAD", ahead_names, 3, 0);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
@@ -95,7 +93,6 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
         if (k->solve_threads) ADD("%sGQ_SOLVE_THREADS=%d", len ? " " : "", k->solve_threads);
         if (k->cuda_graph != 1) ADD("%sGQ_CUDA_GRAPH=%d", len ? " " : "", k->cuda_graph);
         if (k->load_ahead) ADD("%sGQ_LOAD_AHEAD=%s", len ? " " : "", ahead_names[k->load_ahead]);
-        if (k->cuda_w4_ring) ADD("%sGQ_CUDA_W4=ring", len ? " " : "");
         if (k->cuda_pdl) ADD("%sGQ_CUDA_PDL=1", len ? " " : "");
         if (k->cuda_no_pool) ADD("%sGQ_CUDA_POOL=0", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);

@@ -644,7 +644,6 @@ static int cuda_setup(gq_backend *be, int device) {
     c->attn_version = gq_knobs_get()->cuda_attn;
     c->hinv_mode = gq_knobs_get()->cuda_hinv; /* knobs.c lists the modes in the enum's order */
     c->pdl = gq_knobs_get()->cuda_pdl && c->prop.major >= 9;
-    c->w4_ring = gq_knobs_get()->cuda_w4_ring;
     char mem[32];
     snprintf(be->name, sizeof be->name, "cuda:%d (%s, sm_%d%d, %d SMs, %s)", device, c->prop.name, c->prop.major,
              c->prop.minor, c->prop.multiProcessorCount,

@@ -85,7 +85,6 @@ typedef struct {
     /* knobs and statistics */
     int attn_version;
     int hinv_mode;
-    int w4_ring; /* GQ_CUDA_W4=ring: the int4 GEMV reloads each load slot as soon as it is used */
     int pdl; /* GQ_CUDA_PDL on an sm_90+ device: the int4 GEMV as a programmatic dependent launch */
     gq_cuda_gptq_timing gptq_timing;
 } gq_cuda_ctx;

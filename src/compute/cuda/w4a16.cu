@@ -443,7 +443,7 @@ static __device__ __forceinline__ void w4_load_batch(const uint4 *qw, int c0, in
  * by the whole CTA while the first loads are in flight. */
 template <int XM, bool TWO>
 static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int warp, int nw, int lane, uint2 *smeta,
-                                                 int ring, w4_lane &L) {
+                                                 w4_lane &L) {
     const uint4 *qw = P.qw + (size_t)nt * P.kc * 32 + lane; /* [kc][32] of this n-tile */
     const uint2 *mt = P.meta + (size_t)nt * P.mgroups * 8;  /* [mgroups][8] of this n-tile */
     uint4 q[W4_U];
@@ -456,19 +456,6 @@ static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int w
     gq_pdl_wait(); /* X and Y: after the kernel before (launched as a programmatic dependent) */
     int cur = -1;
     w4_consts k = {0u, 0u, 0u, 0u};
-    if (ring) { /* slot u reloaded (chunk c + W4_U nw) as soon as chunk c is used: W4_U - 1 loads always in flight */
-        for (int c0 = warp; c0 < P.kc; c0 += W4_U * nw) {
-#pragma unroll
-            for (int u = 0; u < W4_U; u++) {
-                const int c = c0 + u * nw, cn = c + W4_U * nw;
-                if (c >= P.kc) break;
-                const uint4 cq = q[u];
-                q[u] = cn < P.kc ? __ldcs(qw + (size_t)cn * 32) : make_uint4(0u, 0u, 0u, 0u);
-                w4_chunk<XM, TWO>(P, mt, c, cq, lane, cur, k, L);
-            }
-        }
-        return;
-    }
     for (int c0 = warp; c0 < P.kc; c0 += W4_U * nw) {
         if (c0 != warp) w4_load_batch(qw, c0, nw, P.kc, q);
 #pragma unroll
@@ -487,7 +474,7 @@ static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int w
 template <bool TWO>
 static __global__ void __launch_bounds__(W4_MAX_WARPS * 32)
     w4_gemv_kernel(__half *Y, int ldy, const __half *X, int ldx, int T, int K, const __half *bias, int accumulate,
-                   const w4_part *parts, int nparts, int xvec, int smeta, int ring) {
+                   const w4_part *parts, int nparts, int xvec, int smeta) {
     extern __shared__ uint4 w4_smem[]; /* uint4: 16-byte aligned */
     int pi = 0;
     while (pi + 1 < nparts && (int)blockIdx.x >= parts[pi + 1].tile0) pi++;
@@ -505,11 +492,11 @@ static __global__ void __launch_bounds__(W4_MAX_WARPS * 32)
     for (int i = 0; i < 4; i++) L.acc0[i] = 0.0f, L.acc1[i] = 0.0f;
     uint2 *sm = smeta ? reinterpret_cast<uint2 *>(w4_smem) : NULL; /* [mgroups][8] */
     if (P.general)
-        w4_stream<2, TWO>(P, nt, warp, nw, lane, sm, ring, L);
+        w4_stream<2, TWO>(P, nt, warp, nw, lane, sm, L);
     else if (xvec)
-        w4_stream<0, TWO>(P, nt, warp, nw, lane, sm, ring, L);
+        w4_stream<0, TWO>(P, nt, warp, nw, lane, sm, L);
     else
-        w4_stream<1, TWO>(P, nt, warp, nw, lane, sm, ring, L);
+        w4_stream<1, TWO>(P, nt, warp, nw, lane, sm, L);
     __syncthreads(); /* the meta is no longer read: the buffer becomes red */
     float(*red)[16][17] = reinterpret_cast<float(*)[16][17]>(w4_smem); /* [nw][row][token] */
     red[warp][g][2 * t] = L.acc0[0];
@@ -635,7 +622,7 @@ static int w4_decode(gq_backend *be, w4_weight *q, __half *Y, int ldy, const __h
     const __half *bias_h = bias;
     const w4_part *parts = q->dpart;
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, T > 8 ? w4_gemv_kernel<true> : w4_gemv_kernel<false>, Y, ldy, X, ldx, T, q->K,
-                                  bias_h, accumulate, parts, q->nparts, xvec, smeta, c->w4_ring));
+                                  bias_h, accumulate, parts, q->nparts, xvec, smeta));
     return GQ_OK;
 }
 
