@@ -14,7 +14,8 @@
 #   THREADS    default "1 2"
 #   CASES      default all eight: fp16 (the checkpoint itself, no quantization) default (gq's default
 #              profile: int4 g128 sym, --clip mse, act-order, static groups) gptq_sym gptq_asym gptq_ao_sg
-#              gptq_int3 (these four with min-max scales, the reference's) rtn_asym rtn_sym; also
+#              gptq_int3 (these four with min-max scales, the reference's; sym, asym and int3 in column order with
+#              dynamic groups, as the test runs them) rtn_asym rtn_sym; also
 #              rtn_int3 (RTN int3 g128 asym)
 #   GQ_BIN     default ./build/gq (copy it first if the build may change during the run)
 #
@@ -35,10 +36,10 @@ runs=$W/runs.tsv
 opts_of() {
     case $1 in
     default) echo "" ;;
-    gptq_sym) echo "--clip minmax --no-act-order" ;;
-    gptq_asym) echo "--asym --clip minmax --no-act-order" ;;
+    gptq_sym) echo "--clip minmax --no-act-order --no-static-groups" ;;
+    gptq_asym) echo "--asym --clip minmax --no-act-order --no-static-groups" ;;
     gptq_ao_sg) echo "--asym --clip minmax --act-order --static-groups" ;;
-    gptq_int3) echo "--asym --bits 3 --clip minmax --no-act-order" ;;
+    gptq_int3) echo "--asym --bits 3 --clip minmax --no-act-order --no-static-groups" ;;
     rtn_asym) echo "--method rtn --asym" ;;
     rtn_sym) echo "--method rtn" ;;
     rtn_int3) echo "--method rtn --asym --bits 3" ;;
