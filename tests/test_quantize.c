@@ -614,6 +614,8 @@ static void test_devices(const char *tmp) {
     o.seqlen = 128;
     o.gptq.group_size = 32;
     TEST_OK(gq_quantize_run(&o, &rep), "one device");
+    TEST_CHECK(rep.layers_loaded_ahead == 0, "no layer loaded ahead by default (GQ_LOAD_AHEAD unset): %d",
+               rep.layers_loaded_ahead);
     gq_quant_report_free(&rep);
     /* the next layer's weights loaded on their own thread and backend (GQ_LOAD_AHEAD=1: also on the
      * CPU) while a layer computes: the same operations on the same values, so bitwise the same files */
@@ -622,6 +624,8 @@ static void test_devices(const char *tmp) {
     gq_knobs_reload();
     o.out_dir = ahead;
     TEST_OK(gq_quantize_run(&o, &rep), "one device, the next layer loaded ahead");
+    TEST_CHECK(rep.layers_loaded_ahead == TL - 1, "every layer but the first loaded ahead: %d of %d",
+               rep.layers_loaded_ahead, TL);
     gq_quant_report_free(&rep);
     unsetenv("GQ_LOAD_AHEAD");
     gq_knobs_reload();

@@ -72,6 +72,7 @@ typedef struct {
     int n_fallback;
     int64_t n_calib_tokens;
     int layers_resumed;     /* layers restored from an interrupted run (their modules are listed too) */
+    int layers_loaded_ahead; /* layers whose weights were loaded while the layer before computed */
 } gq_quant_report;
 
 int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep);

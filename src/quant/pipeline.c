@@ -768,7 +768,7 @@ static int quantize_layer(run_t *r, int l, const char *lpath, const char *fp, in
         gq_blayer bl;
         const int got = r->ranks == 1 ? loader_take(r, l, &bl) : 0; /* one device: perhaps loaded ahead */
         if (got < 0) rc = got;
-        if (got > 0) j.pre = &bl;
+        if (got > 0) j.pre = &bl, r->rep->layers_loaded_ahead++;
         if (!rc) rc = layer_run(r, &j);
         if (got > 0) {
             (void)gq_be_sync(r->be[0]); /* (an error path may leave work that reads them) */
