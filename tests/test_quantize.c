@@ -265,10 +265,10 @@ static const char *blas_name(void) {
  * below, and docs/testing.md ("Numbers that hold on any CPU") has the table. The bound is
  * hi + (hi - lo): the largest figure measured plus the measured spread once more as margin for
  * arithmetics not measured (another CPU's kernels, more threads; 4 threads, measured afterwards,
- * fell inside [lo, hi]). The code of 2026-12-08 (the Hessians summed in another order) gave, Haswell =
- * Zen, 1 / 2 threads: min-max sym 11.5323 / 11.5333 (lo moved down to them) and asym act-order +
- * static groups 11.4587 / 11.4588 (inside). It stays close to the GPTQ paper's implementation on the same tokens
- * (ref: -0.04% to +0.61%) and well below what GPTQ degraded to rounding gives (RTN int4 asym
+ * fell inside [lo, hi]). The code of 2026-12-08 (the Hessians summed in another order) gave,
+ * Haswell = Zen, 1 / 2 threads: min-max sym 11.5323 / 11.5333 (lo moved down to them) and asym
+ * act-order + static groups 11.4587 / 11.4588 (inside). It stays close to the GPTQ paper's
+ * implementation on the same tokens (ref: -0.04% to +0.61%) and well below what GPTQ degraded to rounding gives (RTN int4 asym
  * 11.8507, sym 12.0269: 2.5-3.7% above the int4 bounds; RTN int3 asym 14.8310: 15% above the
  * int3 bound), so a broken GPTQ still fails.
  * RTN has no calibration and does not move (11.8507 / 12.0269 in all 8 runs): it reproduces the
@@ -297,7 +297,7 @@ static void test_acceptance(const char *tmp) {
         int bits, sym, act_order, static_groups;
         gq_clip clip;
         double ref;    /* the GPTQ paper's implementation (RTN: +-0.05% of it) */
-        double lo, hi; /* GPTQ: smallest and largest of the 8 measured arithmetics */
+        double lo, hi; /* GPTQ: smallest and largest figure of the measured arithmetics (docs/testing.md) */
         int slow;      /* 1: skipped with GQ_TEST_QUICK; 2: run only with GQ_TEST_FULL=1 */
     } cases[] = {
         {"RTN int4 g128 asym", GQ_METHOD_RTN, 4, 0, 0, 0, GQ_CLIP_MINMAX, 11.8508, 0, 0, 0},

@@ -681,7 +681,8 @@ static void loader_setup(run_t *r) {
         r->ld.be = NULL;
         return;
     }
-    gq_info("each next layer's weights load onto the device while a layer computes (GQ_LOAD_AHEAD=%s)", mode == 1 ? "auto" : "1");
+    gq_info("each next layer's weights load onto the device while a layer computes (GQ_LOAD_AHEAD=%s)",
+            mode == 1 ? "auto" : "1");
 }
 
 static void loader_start(run_t *r, int l) {
