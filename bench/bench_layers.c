@@ -253,6 +253,7 @@ static void run_shape(gq_backend **be, int ranks, gq_dp *dp, const shape *sh, in
 
     gq_gptq_params p;
     gq_gptq_params_default(&p); /* int4, group 128, sym, damp 0.01, block 128 */
+    p.skip_codes = 1; /* as gq quantize: the packed qweight only, no per-weight codes to the host */
     layer_time *lt = gq_calloc((size_t)layers, sizeof *lt);
     for (int l = 0; l < layers; l++) {
         int cap = gq_layer_module_cap(&cfg);
