@@ -6,7 +6,8 @@
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
 # tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
 # disk (default, and with GQ_LOAD_AHEAD=auto). PARTS="tests w4 layers decode e2e" (the default: all, in this
-# order) picks some; all of them take more than one call's 10 minutes on a fresh machine: run
+# order) picks some; also "prof" (Nsight Systems / Compute over the 7B layer, the GEMV and the GPTQ block
+# kernel) and "tf32" (GQ_CUDA_GPTQ_TF32's speed and perplexity); all of them take more than one call's 10 minutes on a fresh machine: run
 # PARTS="tests w4 layers", then PARTS="decode e2e" on the same warm machine (within 30 s). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
@@ -106,6 +107,44 @@ part_e2e() {
             say "DIFFERENT: $(basename "$f")"
     done
     rm -rf bench-models/e2e-first
+    pack_logs
+}
+
+# where the time goes, for the next changes (none of these has run yet): the 7B layer's kernels
+# (Nsight Systems, bench/nsys_summary.py), the int4 decode GEMV's and the GPTQ block kernel's
+# speed of light and warp stalls (Nsight Compute; the block kernel: 4 launches of the gate|up solve,
+# the 65th-68th of a one-layer bench_layers run: q|k|v and o take 32 each)
+part_prof() {
+    PROF_SHAPE=7b sh bench/gpu.sh nsysmoe > "$L/nsys7b.log" 2>&1
+    grep -v '^nsys_' "$L/nsys7b.log" | head -n 40 | tee -a "$R"
+    cp gpu-logs/nsys_7b_stats.log "$L/" 2>/dev/null
+    sh bench/gpu.sh profw4 > "$L/profw4_summary.log" 2>&1
+    cp gpu-logs/profw4.log "$L/" 2>/dev/null
+    grep -E 'w4_gemv|Duration|DRAM Throughput|Achieved Occupancy|Warp Cycles Per Issued|Stall' "$L/profw4_summary.log" |
+        head -n 40 | tee -a "$R"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+    step ncu_block 240 "$NCU" --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
+        --section LaunchStats --section SchedulerStats -k regex:gptq_block --launch-skip 64 --launch-count 4 \
+        ./build/bench/bench_layers --shape 7b --layers 1
+    grep -E 'gptq_block|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issue Slots|Stall' \
+        "$L/ncu_block.log" | head -n 60 | tee -a "$R"
+    pack_logs
+}
+
+# the lazy-block GEMMs in TF32 (GQ_CUDA_GPTQ_TF32=1, written 2026-12-08 without a GPU): test_cuda_gptq
+# (run in part_tests) checks its codes; here its speed on the 7B layer beside fp32, and pycoder-5m's
+# perplexity with it beside the default's (part_tests' ppl5m)
+part_tf32() {
+    for v in 0 1; do
+        GQ_CUDA_GPTQ_TF32=$v GQ_LOG=debug step "layers_7b_tf32_$v" 120 ./build/bench/bench_layers --shape 7b --layers 2
+        grep -E '^  (forward|GPTQ solve|total)' "$L/layers_7b_tf32_$v.log" | sed "s/^/GQ_CUDA_GPTQ_TF32=$v /" | tee -a "$R"
+    done
+    M=tests/data/pycoder-5m
+    GQ_CUDA_GPTQ_TF32=1 step q5m_tf32 120 ./build/gq quantize --model $M --out bench-models/q5m-tf32 \
+        --calib calib/python-sitepackages.jsonl --device cuda --force
+    step ppl5m_tf32 120 ./build/gq ppl --model bench-models/q5m-tf32 --base $M --text tests/data/text/python-stdlib-eval.txt \
+        --device cuda
+    grep -E '^(ppl|kld) ' "$L/ppl5m_tf32.log" | sed 's/^/GQ_CUDA_GPTQ_TF32=1 /' | tee -a "$R"
     pack_logs
 }
 

@@ -222,6 +222,15 @@ static void test_gptq(pair *P) {
             gptq_case(P, w, &p, W2, rows2, K2, H2, hs, 0);
             gq_cuda_set_hinv_mode(P->gpu, old);
         }
+        /* the lazy-block GEMMs in TF32 (GQ_CUDA_GPTQ_TF32), 8 blocks of updates: the same tolerances as
+         * fp32's (codes >= 99%, loss within 3%): TF32's rounding of Err and Hinv (2^-11 relative) moves
+         * the working weights by far less than a quantization step, so codes flip only at ties */
+        int old = gq_cuda_set_gptq_tf32(P->gpu, 1);
+        TEST_CHECK(old == 0 || getenv("GQ_CUDA_GPTQ_TF32"), "TF32 updates off by default (%d)", old);
+        gptq_case(P, "K 1152, lazy-block GEMMs in TF32", &p, W2, rows2, K2, H2, hs, 0);
+        p.act_order = 1, p.static_groups = 1, p.clip = GQ_CLIP_MSE; /* gq's default profile */
+        gptq_case(P, "K 1152, default profile, lazy-block GEMMs in TF32", &p, W2, rows2, K2, H2, hs, 0);
+        gq_cuda_set_gptq_tf32(P->gpu, old);
         free(W2), free(H2);
     }
 

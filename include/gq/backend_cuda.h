@@ -80,6 +80,12 @@ int gq_cuda_set_attention_kernel(gq_backend *be, int version);
 enum { GQ_CUDA_HINV_F64 = 0, GQ_CUDA_HINV_F64_POTRI = 1, GQ_CUDA_HINV_F32_FIRST = 2, GQ_CUDA_HINV_F64_HALVES = 3 };
 int gq_cuda_set_hinv_mode(gq_backend *be, int mode);
 
+/* The GPTQ solve's lazy-block updates W[:, i2:] -= Err Hinv[i1:i2, i2:] (the solve's one large
+ * GEMM): on = 1 on the tensor cores in TF32 (inputs rounded to a 10-bit mantissa, fp32 sums),
+ * 0 in fp32 as the GPTQ paper's implementation. GQ_CUDA_GPTQ_TF32 sets the initial value.
+ * Returns the previous setting, or -1 if `be` is not a CUDA backend. */
+int gq_cuda_set_gptq_tf32(gq_backend *be, int on);
+
 /* Phase times of the last gq_be_gptq on this backend (seconds, host clock
  * around synchronised phases). */
 typedef struct {

@@ -12,6 +12,9 @@
  *   GQ_CPU_ATTN_TILE=0..4096   CPU attention query rows per tile      (numbers)
  *   GQ_CUDA_ATTN=0..3          CUDA attention kernel version          (numbers)
  *   GQ_CUDA_HINV=f64|potri|f32|f64h CUDA inverse-factor mode (default f64h)  (numbers)
+ *   GQ_CUDA_GPTQ_TF32=0|1      1: the GPTQ solve's lazy-block updates (W -= Err Hinv, fp32) on the
+ *                              tensor cores in TF32 (10-bit mantissa products, fp32 sums); 0
+ *                              (default): fp32 as the GPTQ paper's implementation    (numbers)
  *   GQ_STREAM_ACTIVATIONS=0|1  stream calibration activations from the host
  *                              (bitwise equal to the resident run)
  *   GQ_PPL_PARALLEL=windows|ops  perplexity schedule on the CPU         (timing)
@@ -56,6 +59,7 @@ typedef struct {
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
     int load_ahead;         /* GQ_LOAD_AHEAD: 0 never (default), 1 auto, 2 always */
     int cuda_pdl;           /* GQ_CUDA_PDL: 1 the int4 GEMV launched as a programmatic dependent, 0 (default) not */
+    int cuda_gptq_tf32;     /* GQ_CUDA_GPTQ_TF32: 1 the GPTQ lazy-block GEMMs in TF32, 0 (default) fp32 */
     char openblas_coretype[32];
 } gq_knobs;
 

@@ -61,6 +61,7 @@ void gq_knobs_reload(void) {
     knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2, 0);
     knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2, 1);
     knobs.cuda_pdl = env_int("GQ_CUDA_PDL", 0, 1, 0); /* 1 once it has run on a GPU */
+    knobs.cuda_gptq_tf32 = env_int("GQ_CUDA_GPTQ_TF32", 0, 1, 0);
     knobs.load_ahead = env_choice("GQ_LOAD_AHEAD", ahead_names, 3, 0);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
@@ -86,6 +87,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
     if (k->cpu_attn_tile) ADD("%sGQ_CPU_ATTN_TILE=%d", len ? " " : "", k->cpu_attn_tile);
     if (k->cuda_attn) ADD("%sGQ_CUDA_ATTN=%d", len ? " " : "", k->cuda_attn);
     if (k->cuda_hinv != HINV_DEFAULT) ADD("%sGQ_CUDA_HINV=%s", len ? " " : "", hinv_names[k->cuda_hinv]);
+    if (k->cuda_gptq_tf32) ADD("%sGQ_CUDA_GPTQ_TF32=1", len ? " " : "");
     if (!numbers_only) {
         if (k->stream_activations) ADD("%sGQ_STREAM_ACTIVATIONS=1", len ? " " : "");
         if (k->ppl_ops) ADD("%sGQ_PPL_PARALLEL=ops", len ? " " : "");

@@ -644,6 +644,7 @@ static int cuda_setup(gq_backend *be, int device) {
     c->attn_version = gq_knobs_get()->cuda_attn;
     c->hinv_mode = gq_knobs_get()->cuda_hinv; /* knobs.c lists the modes in the enum's order */
     c->pdl = gq_knobs_get()->cuda_pdl && c->prop.major >= 9;
+    c->gptq_tf32 = gq_knobs_get()->cuda_gptq_tf32;
     char mem[32];
     snprintf(be->name, sizeof be->name, "cuda:%d (%s, sm_%d%d, %d SMs, %s)", device, c->prop.name, c->prop.major,
              c->prop.minor, c->prop.multiProcessorCount,
@@ -691,6 +692,14 @@ extern "C" int gq_cuda_set_hinv_mode(gq_backend *be, int mode) {
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     int old = c->hinv_mode;
     c->hinv_mode = mode;
+    return old;
+}
+
+extern "C" int gq_cuda_set_gptq_tf32(gq_backend *be, int on) {
+    if (!is_cuda(be)) return -1;
+    gq_cuda_ctx *c = gq_cuda_ctx_of(be);
+    int old = c->gptq_tf32;
+    c->gptq_tf32 = on != 0;
     return old;
 }
 

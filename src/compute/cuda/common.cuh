@@ -85,6 +85,7 @@ typedef struct {
     /* knobs and statistics */
     int attn_version;
     int hinv_mode;
+    int gptq_tf32; /* GQ_CUDA_GPTQ_TF32: the lazy-block GEMMs in TF32 (gq_cuda_set_gptq_tf32) */
     int pdl; /* GQ_CUDA_PDL on an sm_90+ device: the int4 GEMV as a programmatic dependent launch */
     gq_cuda_gptq_timing gptq_timing;
 } gq_cuda_ctx;

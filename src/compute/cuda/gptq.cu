@@ -851,8 +851,14 @@ static int cuda_solve(gq_gptq_job *j, int use_factor, double *row_loss) {
                 /* W[:, i2:] -= Err [rows][cnt] * Hinv[i1:i2, i2:], column-major view:
                  * W^T[i2:, :] ((K-i2) x rows, ld K) -= Hinv[i1:i2, i2:]^T ((K-i2) x cnt, ld K)
                  *                                      * Err^T (cnt x rows, ld GPTQ_BLK) */
-                TRY(GQ_CU_OK(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, K - i2, rows, cnt, &minus_one,
-                                         Hinv + (size_t)i1 * K + i2, K, m->Err, GPTQ_BLK, &one, m->Wf + i2, K)));
+                if (c->gptq_tf32) /* GQ_CUDA_GPTQ_TF32: the same product on the tensor cores */
+                    TRY(GQ_CU_OK(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, K - i2, rows, cnt, &minus_one,
+                                              Hinv + (size_t)i1 * K + i2, CUDA_R_32F, K, m->Err, CUDA_R_32F, GPTQ_BLK,
+                                              &one, m->Wf + i2, CUDA_R_32F, K, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                              CUBLAS_GEMM_DEFAULT)));
+                else
+                    TRY(GQ_CU_OK(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, K - i2, rows, cnt, &minus_one,
+                                             Hinv + (size_t)i1 * K + i2, K, m->Err, GPTQ_BLK, &one, m->Wf + i2, K)));
             }
         }
     }
