@@ -173,6 +173,10 @@ $(shell echo '$(VERSION) $(GIT_DESCRIBE)' | cmp -s - $(VERSION_FILE) || echo '$(
 $(BUILD)/obj/base/version.o: CFLAGS += -DGQ_VERSION='"$(VERSION)"' -DGQ_GIT='"$(GIT_DESCRIBE)"'
 $(BUILD)/obj/base/version.o: $(VERSION_FILE)
 
+# The CPU backend's elementwise loops (exp in softmax, SiLU, log-sum-exp) vectorise only where GCC may
+# if-convert their selects, i.e. without trapping math; no value changes (src/compute/cpu/backend_cpu.h)
+$(BUILD)/obj/compute/cpu/%.o: CFLAGS += -fno-trapping-math
+
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")

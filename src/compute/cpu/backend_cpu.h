@@ -36,7 +36,13 @@ typedef struct {
  * ln2/2, and the Cephes degree-6 polynomial for e^r; within 2 ulp of expf
  * for x in [-87.3, 88.3] (inputs are clamped there, so exp(-inf-ish) is
  * ~1e-38, not 0). Branch-free, so `#pragma omp simd` loops vectorise it
- * (glibc's expf does not vectorise without -ffast-math).
+ * (glibc's expf does not vectorise without -ffast-math) where the compiler
+ * may if-convert its selects: GCC does so only without trapping math, so the
+ * Makefile builds the CPU backend with -fno-trapping-math (which changes no
+ * value: gq reads no floating-point exception flags). Lane for lane the
+ * vector code performs the same operations as the scalar one (the same bits);
+ * sums over its results stay sequential loops, so their order, and every
+ * figure, is what the scalar code gave.
  *
  * Defined for every input: +-Inf and huge values saturate like any input
  * outside the clamp range (e^88.3 = 2.2e38, e^-87.3 = 1.2e-38), NaN gives

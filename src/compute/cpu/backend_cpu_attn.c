@@ -57,13 +57,10 @@ static void softmax_rows(float *S, int nq, int nk, int first, int k0, int window
         float mx = vis[0];
 #pragma omp simd reduction(max : mx)
         for (int j = 1; j < n; j++) mx = vis[j] > mx ? vis[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < n; j++) {
-            float e = gq_cpu_expf(vis[j] - mx);
-            vis[j] = e;
-            sum += e;
-        }
+#pragma omp simd
+        for (int j = 0; j < n; j++) vis[j] = gq_cpu_expf(vis[j] - mx);
+        float sum = 0.0f; /* in column order: a sequential loop (not a vector reduction) */
+        for (int j = 0; j < n; j++) sum += vis[j];
         for (int j = hi; j < nk; j++) row[j] = 0.0f; /* causal mask */
         inv_sum[r] = 1.0f / sum;
     }
@@ -167,6 +164,8 @@ static void softcap_logits(float *L, int nr, int vocab, const int32_t *targets, 
     }
 }
 
+#define NLL_EXP_BLOCK 512 /* logits per vectorised exp pass */
+
 int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
                float softcap, double *nll_sum, int64_t *count, float *logits_out) {
     const float *X = Xv, *W = Wlm->data; /* X [T][ldx], W [vocab][d] */
@@ -192,9 +191,14 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
             float mx = row[0];
 #pragma omp simd reduction(max : mx)
             for (int j = 1; j < vocab; j++) mx = row[j] > mx ? row[j] : mx;
-            double sum = 0; /* log-sum-exp with the max subtracted, summed in double */
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < vocab; j++) sum += (double)gq_cpu_expf(row[j] - mx);
+            double sum = 0; /* log-sum-exp with the max subtracted, summed in double in column order */
+            for (int j0 = 0; j0 < vocab; j0 += NLL_EXP_BLOCK) {
+                float e[NLL_EXP_BLOCK]; /* the exps vectorised, their sum sequential */
+                const int n = vocab - j0 < NLL_EXP_BLOCK ? vocab - j0 : NLL_EXP_BLOCK;
+#pragma omp simd
+                for (int j = 0; j < n; j++) e[j] = gq_cpu_expf(row[j0 + j] - mx);
+                for (int j = 0; j < n; j++) sum += (double)e[j];
+            }
             row_nll[r] = (double)mx + log(sum) - (double)row[tg];
         }
         /* the chunk's sum in row order, whatever the thread count: bitwise reproducible (an
