@@ -360,15 +360,31 @@ GQ_QM_FN void gq_qm_clip_candidate(float xmin, float xmax, int i, gq_qcfg q, flo
  * (wt NULL: 1), summed in order; the sum stops as soon as it is not below
  * `bound` (the terms are >= 0 and fp32 addition is monotone, so the full sum
  * would not be below it either: the search's choice is the same). */
+/* One term of that sum: wt |q(x) - x|^norm (wt 1 when unweighted: fl(1 t) = t). */
+GQ_QM_FN float gq_qm_clip_term(float x, float wt, float scale, int32_t zero, gq_qcfg q) {
+    const float dq = gq_dequant(gq_quant_code(x, scale, zero, q.maxq), scale, zero);
+    return gq_qm_mul(wt, gq_qm_pow(gq_qm_fabs(gq_qm_sub(dq, x)), q.clip_norm));
+}
+
+#define GQ_QM_CLIP_CHUNK 16 /* host: terms computed at once (a vector loop) before they are summed */
+
 GQ_QM_FN float gq_qm_clip_err_below(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q,
                                     float bound) {
     float e = 0.0f;
-    for (int k = 0; k < n && e < bound; k++) {
-        const float dq = gq_dequant(gq_quant_code(x[k], scale, zero, q.maxq), scale, zero);
-        float t = gq_qm_pow(gq_qm_fabs(gq_qm_sub(dq, x[k])), q.clip_norm);
-        if (wt) t = gq_qm_mul(wt[k], t);
-        e = gq_qm_add(e, t);
+#ifdef __CUDA_ARCH__
+    for (int k = 0; k < n && e < bound; k++) e = gq_qm_add(e, gq_qm_clip_term(x[k], wt ? wt[k] : 1.0f, scale, zero, q));
+#else
+    /* the same terms and the same sequential sum with the same stop, the terms GQ_QM_CLIP_CHUNK at a
+     * time in a loop the compiler vectorises (lane for lane the same operations: the same bits; at most
+     * a chunk's terms past the stop are computed and dropped) */
+    for (int k0 = 0; k0 < n && e < bound; k0 += GQ_QM_CLIP_CHUNK) {
+        float t[GQ_QM_CLIP_CHUNK];
+        const int m = n - k0 < GQ_QM_CLIP_CHUNK ? n - k0 : GQ_QM_CLIP_CHUNK;
+#pragma omp simd
+        for (int i = 0; i < m; i++) t[i] = gq_qm_clip_term(x[k0 + i], wt ? wt[k0 + i] : 1.0f, scale, zero, q);
+        for (int i = 0; i < m && e < bound; i++) e = gq_qm_add(e, t[i]);
     }
+#endif
     return e;
 }
 GQ_QM_FN float gq_qm_clip_err(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q) {
