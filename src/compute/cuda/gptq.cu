@@ -278,6 +278,23 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
             w[f] = c < a.cnt ? wrow[a.i1 + c] : 0.0f;
             er[f] = 0.0f;
         }
+        /* precomputed params (static groups, per row: !a.dynamic): the lane's 4 columns' scale and zero,
+         * loaded at once here and handed to each column by its owner lane. With act-order the permuted
+         * columns change group almost every column: reading them there put a dependent device-memory
+         * load into every column's step */
+        float psc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        int32_t pzr[4] = {0, 0, 0, 0};
+        if (!a.dynamic) {
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                const int c = 4 * lane + f;
+                if (c < a.cnt) {
+                    const size_t gi = (size_t)a.gcol[a.i1 + c] * a.rows + r;
+                    psc[f] = a.scales[gi];
+                    pzr[f] = a.zeros[gi];
+                }
+            }
+        }
         float scale = 1.0f;
         int32_t zero = 0;
         int gcur = -1;
@@ -288,8 +305,11 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
                 const int j = 4 * jl + e; /* column within the block; owner lane jl, register e */
                 if (j < a.cnt) {          /* uniform over the warp */
                     const int col = a.i1 + j;
-                    const int g = a.gcol[col];
-                    if (a.dynamic && col % a.gs == 0) {
+                    const int g = a.dynamic ? a.gcol[col] : 0;
+                    if (!a.dynamic) {
+                        scale = __shfl_sync(GQ_FULL_MASK, psc[e], jl);
+                        zero = __shfl_sync(GQ_FULL_MASK, pzr[e], jl);
+                    } else if (col % a.gs == 0) {
                         /* params from the global W, columns [col, col + gs) */
                         const int cend = col + a.gs < a.K ? col + a.gs : a.K;
                         float mn = 0.0f, mx = 0.0f;
