@@ -930,5 +930,20 @@ int main(void) {
     gq_backend_free(be);
     unsetenv("GQ_CPU_ATTN_TILE");
     gq_knobs_reload();
+
+    /* a knob that changes the numbers is part of the --resume fingerprint (numbers_only), a bad value
+     * is ignored */
+    char kb[512];
+    setenv("GQ_CUDA_GPTQ_TF32", "1", 1);
+    gq_knobs_reload();
+    gq_knobs_str(kb, sizeof kb, 1);
+    TEST_CHECK(gq_knobs_get()->cuda_gptq_tf32 == 1 && strstr(kb, "GQ_CUDA_GPTQ_TF32=1"),
+               "GQ_CUDA_GPTQ_TF32=1 read and in the fingerprint (\"%s\")", kb);
+    setenv("GQ_CUDA_GPTQ_TF32", "2", 1);
+    gq_knobs_reload();
+    gq_knobs_str(kb, sizeof kb, 1);
+    TEST_CHECK(gq_knobs_get()->cuda_gptq_tf32 == 0 && !strstr(kb, "TF32"), "GQ_CUDA_GPTQ_TF32=2 ignored (\"%s\")", kb);
+    unsetenv("GQ_CUDA_GPTQ_TF32");
+    gq_knobs_reload();
     return TEST_REPORT();
 }
