@@ -40,29 +40,56 @@ typedef struct {
     int window;    /* 0: none; else query at position p sees keys p - window < j <= p */
 } attn_args;
 
+/* Row r of the softmax below up to its exps (vis = the visible columns, n of them; the masked
+ * ones 0). */
+static float *softmax_exps(float *row, int r, int nk, int first, int k0, int window, int *n_out) {
+    int hi = first + r + 1 - k0;                 /* one past the last visible column */
+    int lo = window ? hi - window : 0;           /* the first visible column */
+    lo = lo < 0 ? 0 : lo;
+    for (int j = 0; j < lo; j++) row[j] = 0.0f; /* behind the window */
+    float *vis = row + lo;
+    int n = hi - lo; /* visible keys */
+    float mx = vis[0];
+#pragma omp simd reduction(max : mx)
+    for (int j = 1; j < n; j++) mx = vis[j] > mx ? vis[j] : mx;
+#pragma omp simd
+    for (int j = 0; j < n; j++) vis[j] = gq_cpu_expf(vis[j] - mx);
+    for (int j = hi; j < nk; j++) row[j] = 0.0f; /* causal mask */
+    *n_out = n;
+    return vis;
+}
+
+#define SOFTMAX_ROWS 4 /* rows whose sums run side by side */
+
 /* Softmax of nq rows of S[nq][nk] in place. Column c of S is key k0 + c; row r is the query at
  * absolute position first + r and sees keys max(0, first + r - window + 1) .. first + r
  * (window 0: from key 0). Entries of invisible keys are set to 0. Returns 1 / row sum in
- * inv_sum[r] (P is left unnormalised). */
+ * inv_sum[r] (P is left unnormalised). Each row's sum is a sequential loop in column order (not
+ * a vector reduction: the same bits on every machine for a given kernel set); four rows' sums
+ * advance together, four independent chains of adds instead of one. */
 static void softmax_rows(float *S, int nq, int nk, int first, int k0, int window, float *inv_sum, int parallel) {
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int r = 0; r < nq; r++) {
-        float *row = S + (size_t)r * nk;
-        int hi = first + r + 1 - k0;                 /* one past the last visible column */
-        int lo = window ? hi - window : 0;           /* the first visible column */
-        lo = lo < 0 ? 0 : lo;
-        for (int j = 0; j < lo; j++) row[j] = 0.0f; /* behind the window */
-        float *vis = row + lo;
-        int n = hi - lo; /* visible keys */
-        float mx = vis[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < n; j++) mx = vis[j] > mx ? vis[j] : mx;
-#pragma omp simd
-        for (int j = 0; j < n; j++) vis[j] = gq_cpu_expf(vis[j] - mx);
-        float sum = 0.0f; /* in column order: a sequential loop (not a vector reduction) */
-        for (int j = 0; j < n; j++) sum += vis[j];
-        for (int j = hi; j < nk; j++) row[j] = 0.0f; /* causal mask */
-        inv_sum[r] = 1.0f / sum;
+    for (int r0 = 0; r0 < nq; r0 += SOFTMAX_ROWS) {
+        const int nr = nq - r0 < SOFTMAX_ROWS ? nq - r0 : SOFTMAX_ROWS;
+        float *vis[SOFTMAX_ROWS], sum[SOFTMAX_ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int n[SOFTMAX_ROWS], m = nk;
+        for (int i = 0; i < nr; i++) {
+            vis[i] = softmax_exps(S + (size_t)(r0 + i) * nk, r0 + i, nk, first, k0, window, &n[i]);
+            m = n[i] < m ? n[i] : m;
+        }
+        int j0 = 0;
+        if (nr == SOFTMAX_ROWS) {
+            const float *v0 = vis[0], *v1 = vis[1], *v2 = vis[2], *v3 = vis[3];
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+            for (int j = 0; j < m; j++) s0 += v0[j], s1 += v1[j], s2 += v2[j], s3 += v3[j];
+            sum[0] = s0, sum[1] = s1, sum[2] = s2, sum[3] = s3;
+            j0 = m;
+        }
+        for (int i = 0; i < nr; i++) {
+            float s = sum[i];
+            for (int j = j0; j < n[i]; j++) s += vis[i][j];
+            inv_sum[r0 + i] = 1.0f / s;
+        }
     }
 }
 
