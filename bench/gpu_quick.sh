@@ -7,7 +7,7 @@
 # tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
 # disk (default, and with GQ_LOAD_AHEAD=auto). PARTS="tests w4 layers decode e2e" (the default: all, in this
 # order) picks some; also "prof" (Nsight Systems / Compute over the 7B layer, the GEMV and the GPTQ block
-# kernel) and "tf32" (GQ_CUDA_GPTQ_TF32's speed and perplexity); all of them take more than one call's 10 minutes on a fresh machine: run
+# kernel), "tf32" (GQ_CUDA_GPTQ_TF32's speed and perplexity) and "prefill" (batch 64); all of them take more than one call's 10 minutes on a fresh machine: run
 # PARTS="tests w4 layers", then PARTS="decode e2e" on the same warm machine (within 30 s). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
 set -u
 OUT=${OUT:-gpu-logs}
@@ -88,6 +88,14 @@ part_decode() {
     grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
     GQ_CUDA_PDL=1 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
     grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=1 /' | tee -a "$R"
+    pack_logs
+}
+
+# issue 16's prefill goal (int4 within 1.3x of fp16 at batch 64, 2048-token prompts): never run;
+# 8 new tokens a sequence (the decode rows above give the decode figures)
+part_prefill() {
+    ROWS="7b:fp16:64 7b:int4:64" NEW=8 BUDGET_S=300 OUT="$L/pf" sh bench/decode_table.sh > "$L/prefill.log" 2>&1
+    grep -E '^\| 7b|Goals|PASS|FAIL|view' "$L/prefill.log" | tee -a "$R"
     pack_logs
 }
 
