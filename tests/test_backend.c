@@ -852,22 +852,24 @@ static void test_registry(void) {
     gq_backend_free(NULL);
 }
 
-/* The CPU's linear for T <= 4 rows streams W once and gives each row the value it gets alone (the
- * batch a sequence decodes in does not change its logits' bits): rows of a T = 4 call against T = 1
- * calls, bitwise. */
+/* The CPU's linear for T <= 16 rows streams W once and gives each row the value it gets alone (the
+ * batch a sequence decodes in does not change its logits' bits): rows of a T = 7 call (a group of
+ * 4 rows, then 3) against T = 1 calls, bitwise. */
 static void test_linear_rows_alone(gq_backend *be) {
-    enum { T = 4, IN = 640, OUT = 300 };
+    enum { T = 7, IN = 640, OUT = 300 };
     float *X = rand_vec((size_t)T * IN, 1.0f), *W = rand_vec((size_t)OUT * IN, 0.1f);
-    float *Y = gq_malloc(sizeof(float) * T * OUT), *Y1 = gq_malloc(sizeof(float) * OUT);
+    float *Y = gq_malloc(sizeof(float) * T * OUT);
+    float *Y1 = gq_malloc(sizeof(float) * 2 * OUT); /* [2][OUT]: one row, or two */
     gq_bweight w;
     TEST_OK(gq_be_weight_upload(be, &w, W, OUT, IN), "upload W");
-    TEST_OK(gq_be_linear(be, Y, OUT, X, IN, T, &w, NULL, 0), "linear T=4");
+    TEST_OK(gq_be_linear(be, Y, OUT, X, IN, T, &w, NULL, 0), "linear T=7");
     int same = 1;
     for (int t = 0; t < T; t++) {
         TEST_OK(gq_be_linear(be, Y1, OUT, X + (size_t)t * IN, IN, 1, &w, NULL, 0), "linear T=1");
+        if (t == 5) TEST_OK(gq_be_linear(be, Y1, OUT, X + (size_t)t * IN, IN, 2, &w, NULL, 0), "linear T=2");
         same &= !memcmp(Y1, Y + (size_t)t * OUT, sizeof(float) * OUT);
     }
-    TEST_CHECK(same, "cpu linear: each of 4 rows bitwise as alone");
+    TEST_CHECK(same, "cpu linear: each of 7 rows bitwise as alone (row 5 also as the first of 2)");
     gq_be_weight_free(be, &w);
     free(X), free(W), free(Y), free(Y1);
 }
@@ -877,7 +879,9 @@ static void run_ops(gq_backend *be, const char *mode) {
     test_linear(be, 37, 96, 80, 100, 90, 1, 0); /* strided, bias */
     test_linear(be, 5, 512, 33, 520, 40, 1, 1); /* K = 512, accumulate (residual add) */
     test_linear(be, 1, 64, 256, 64, 256, 0, 1);
-    test_linear(be, 2, 512, 33, 520, 40, 1, 1);    /* the CPU's few-row path (T <= 4) */
+    test_linear(be, 2, 512, 33, 520, 40, 1, 1);    /* the CPU's few-row path (T <= 16) */
+    test_linear(be, 16, 256, 96, 260, 100, 1, 1);  /* ... four groups of 4 rows */
+    test_linear(be, 13, 200, 50, 200, 50, 0, 0);   /* ... 4 + 4 + 4 + 1 */
     test_linear(be, 4, 300, 700, 300, 700, 1, 0);  /* ... on several threads (N K >= 131072) */
     test_linear(be, 3, 4096, 64, 4100, 64, 0, 1);  /* ... K = 4096 */
     test_rmsnorm(be, 33, 96, 96, 96);

@@ -104,27 +104,56 @@ static void cpu_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, w
 
 /* ---- forward ops ------------------------------------------------------------------- */
 
-#define SMALL_T 4 /* rows up to which a linear streams its weight once (linear_small) instead of sgemm */
+#define SMALL_T 16 /* rows up to which a linear streams its weight once (linear_small) instead of sgemm */
 
-/* Y[T][ldy] (+)= X[T][ldx] W^T for T <= SMALL_T (decode steps of a few sequences): one pass over
- * the rows of W [N][K], each row's T dot products while it is in cache. OpenBLAS's sgemm packs all
- * of W on every call, which at these T costs more than the products: a 8192 x 4096 weight at T = 1
- * took 14.1 ms by sgemm against 4.1 ms as a GEMV, at T = 2 15.9 against 8.2 ms (one core, 2-core
- * VM, 2026-12-08). A row's value depends on the row and X's row only (not on T, the thread count
- * or the batch it is in); its sum is the compiler's vector reduction, so like BLAS it depends on
- * the CPU's vector width. */
+/* s[i] = sum_k w[k] x_i[k] for nx <= 4 rows x_i = x + i ldx: one pass over w, one vector
+ * accumulator per row (independent chains). Each row's sum is the same vector reduction whatever nx
+ * (test_backend checks rows bitwise against the row alone). */
+static void dots(const float *w, const float *x, size_t ldx, int nx, int K, float *s) {
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    switch (nx) {
+    case 4:
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k], s3 += w[k] * x3[k];
+        break;
+    case 3:
+#pragma omp simd reduction(+ : s0, s1, s2)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k];
+        break;
+    case 2:
+#pragma omp simd reduction(+ : s0, s1)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k];
+        break;
+    default:
+#pragma omp simd reduction(+ : s0)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k];
+    }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
+/* Y[T][ldy] (+)= X[T][ldx] W^T for T <= SMALL_T (decode steps of up to 16 sequences): one pass
+ * over the rows of W [N][K], each row's T dot products (4 at a time) while it is in cache.
+ * OpenBLAS's sgemm packs all of W on every call, which at these T costs more than the products: a
+ * 8192 x 4096 weight at T = 1 took 14.1 ms by sgemm against 4.1 ms as a GEMV, at T = 2 15.9
+ * against 8.2 ms (one core, 2-core VM, 2026-12-08); bench_generate's pycoder-30m decode, one
+ * thread: batch 1 55-58 -> 97-109 tok/s, 4: 216-229 -> 298-323, 8: 322-327 -> 373-402, 16: 409-412
+ * -> 465-467. A row's value depends on the row of X and W
+ * only (not on T, the thread count or the batch it is in); its sum is the compiler's vector
+ * reduction, so like BLAS it depends on the CPU's vector width. */
 static void linear_small(float *Y, int ldy, const float *X, int ldx, int T, const float *W, int N, int K,
                          int accumulate) {
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= 4 * PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *w = W + (size_t)n * K;
-        for (int t = 0; t < T; t++) {
-            const float *x = X + (size_t)t * ldx;
-            float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-            for (int k = 0; k < K; k++) s += w[k] * x[k];
-            float *y = Y + (size_t)t * ldy + n;
-            *y = accumulate ? *y + s : s;
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            float s[4];
+            const int nx = T - t0 < 4 ? T - t0 : 4;
+            dots(w, X + (size_t)t0 * ldx, (size_t)ldx, nx, K, s);
+            for (int i = 0; i < nx; i++) {
+                float *y = Y + (size_t)(t0 + i) * ldy + n;
+                *y = accumulate ? *y + s[i] : s[i];
+            }
         }
     }
 }
