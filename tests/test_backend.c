@@ -897,6 +897,7 @@ static void run_ops(gq_backend *be, const char *mode) {
     test_gptq_op(be, 1);
     test_nll(be, 45, 32, 300, 40); /* several row chunks are not needed; vocab small */
     test_nll(be, 600, 16, 50000, 16); /* vocab 50000: chunks of 83 rows, 8 chunks */
+    test_nll(be, 3, 64, 32000, 72);   /* a decode step's few rows (the CPU streams the head) */
     /* attention: tiles of head_dim rows (at least 32) by default; T = 100, 130, 200 are not multiples */
     test_attention(be, mode, 100, 100, 4, 4, 32, 0);    /* MHA */
     test_attention(be, mode, 100, 100, 4, 2, 32, 0);    /* GQA, 2 heads per kv head */

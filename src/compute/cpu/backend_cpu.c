@@ -104,7 +104,6 @@ static void cpu_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, w
 
 /* ---- forward ops ------------------------------------------------------------------- */
 
-#define SMALL_T 16 /* rows up to which a linear streams its weight once (linear_small) instead of sgemm */
 
 /* s[i] = sum_k w[k] x_i[k] for nx <= 4 rows x_i = x + i ldx: one pass over w, one vector
  * accumulator per row (independent chains). Each row's sum is the same vector reduction whatever nx
@@ -132,7 +131,7 @@ static void dots(const float *w, const float *x, size_t ldx, int nx, int K, floa
     s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
 }
 
-/* Y[T][ldy] (+)= X[T][ldx] W^T for T <= SMALL_T (decode steps of up to 16 sequences): one pass
+/* Y[T][ldy] (+)= X[T][ldx] W^T for T <= GQ_CPU_SMALL_T (decode steps of up to 16 sequences): one pass
  * over the rows of W [N][K], each row's T dot products (4 at a time) while it is in cache.
  * OpenBLAS's sgemm packs all of W on every call, which at these T costs more than the products: a
  * 8192 x 4096 weight at T = 1 took 14.1 ms by sgemm against 4.1 ms as a GEMV, at T = 2 15.9
@@ -141,8 +140,8 @@ static void dots(const float *w, const float *x, size_t ldx, int nx, int K, floa
  * -> 465-467. A row's value depends on the row of X and W
  * only (not on T, the thread count or the batch it is in); its sum is the compiler's vector
  * reduction, so like BLAS it depends on the CPU's vector width. */
-static void linear_small(float *Y, int ldy, const float *X, int ldx, int T, const float *W, int N, int K,
-                         int accumulate) {
+void gq_cpu_linear_rows(float *Y, int ldy, const float *X, int ldx, int T, const float *W, int N, int K,
+                        int accumulate) {
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= 4 * PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *w = W + (size_t)n * K;
@@ -167,8 +166,8 @@ static int cpu_linear(gq_backend *be, void *Yv, int ldy, const void *Xv, int ldx
     float *wq = W->q4 ? gq_cpu_q4_dequant(be, W, &owned) : NULL; /* [N][cols] */
     if (W->q4 && !wq) return gq_errcode();
     const float *Wd = wq ? wq : (const float *)W->data;
-    if (T <= SMALL_T)
-        linear_small(Y, ldy, X, ldx, T, Wd, N, W->cols, accumulate);
+    if (T <= GQ_CPU_SMALL_T)
+        gq_cpu_linear_rows(Y, ldy, X, ldx, T, Wd, N, W->cols, accumulate);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, W->cols, 1.0f, X, ldx, Wd, W->cols,
                     accumulate ? 1.0f : 0.0f, Y, ldy);

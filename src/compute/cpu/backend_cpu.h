@@ -74,6 +74,13 @@ static inline float gq_cpu_expf(float x) {
     return p * two_n;
 }
 
+/* backend_cpu.c: Y[T][ldy] (+)= X[T][ldx] W^T, W [N][K], for a few rows (decode steps): the weight
+ * streamed once, each row's value independent of T (the linear of T <= GQ_CPU_SMALL_T rows, and
+ * the logits of a decode step) */
+#define GQ_CPU_SMALL_T 16
+void gq_cpu_linear_rows(float *Y, int ldy, const float *X, int ldx, int T, const float *W, int N, int K,
+                        int accumulate);
+
 /* backend_cpu_attn.c */
 /* the attention and nll entries of the vtable (o: NULL or the options; softcap 0: none) */
 int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, const void *K, int ldk, const void *V,

@@ -207,8 +207,11 @@ int gq_cpu_nll(gq_backend *be, const void *Xv, int ldx, int T, const gq_bweight 
     for (int t0 = 0; t0 < T; t0 += R) {
         int nr = T - t0 < R ? T - t0 : R;
         float *Lc = logits_out ? logits_out + (size_t)t0 * vocab : L;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, vocab, d, 1.0f, X + (size_t)t0 * ldx, ldx, W, d,
-                    0.0f, Lc, vocab);
+        if (T <= GQ_CPU_SMALL_T) /* a decode step: the head streamed once (sgemm would pack all of it) */
+            gq_cpu_linear_rows(Lc, vocab, X + (size_t)t0 * ldx, ldx, nr, W, vocab, d, 0);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, vocab, d, 1.0f, X + (size_t)t0 * ldx, ldx, W, d,
+                        0.0f, Lc, vocab);
         if (softcap > 0.0f) softcap_logits(Lc, nr, vocab, targets + t0, logits_out != NULL, softcap);
 #pragma omp parallel for schedule(static) if ((size_t)nr * vocab >= 32768)
         for (int r = 0; r < nr; r++) {
