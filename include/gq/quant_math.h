@@ -356,11 +356,7 @@ GQ_QM_FN void gq_qm_clip_candidate(float xmin, float xmax, int i, gq_qcfg q, flo
     gq_qm_params_range(gq_qm_mul(p, xmin), gq_qm_mul(p, xmax), q, scale, zero);
 }
 
-/* The error of params (scale, zero) on x[0 .. n): sum_k wt_k |q(x_k) - x_k|^norm
- * (wt NULL: 1), summed in order; the sum stops as soon as it is not below
- * `bound` (the terms are >= 0 and fp32 addition is monotone, so the full sum
- * would not be below it either: the search's choice is the same). */
-/* One term of that sum: wt |q(x) - x|^norm (wt 1 when unweighted: fl(1 t) = t). */
+/* One term of gq_qm_clip_err_below's sum: wt |q(x) - x|^norm (wt 1 when unweighted: fl(1 t) = t). */
 GQ_QM_FN float gq_qm_clip_term(float x, float wt, float scale, int32_t zero, gq_qcfg q) {
     const float dq = gq_dequant(gq_quant_code(x, scale, zero, q.maxq), scale, zero);
     return gq_qm_mul(wt, gq_qm_pow(gq_qm_fabs(gq_qm_sub(dq, x)), q.clip_norm));
@@ -368,6 +364,10 @@ GQ_QM_FN float gq_qm_clip_term(float x, float wt, float scale, int32_t zero, gq_
 
 #define GQ_QM_CLIP_CHUNK 16 /* host: terms computed at once (a vector loop) before they are summed */
 
+/* The error of params (scale, zero) on x[0 .. n): sum_k wt_k |q(x_k) - x_k|^norm
+ * (wt NULL: 1), summed in order; the sum stops as soon as it is not below
+ * `bound` (the terms are >= 0 and fp32 addition is monotone, so the full sum
+ * would not be below it either: the search's choice is the same). */
 GQ_QM_FN float gq_qm_clip_err_below(const float *x, const float *wt, int n, float scale, int32_t zero, gq_qcfg q,
                                     float bound) {
     float e = 0.0f;

@@ -104,7 +104,6 @@ static void cpu_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, w
 
 /* ---- forward ops ------------------------------------------------------------------- */
 
-
 /* s[i] = sum_k w[k] x_i[k] for nx <= 4 rows x_i = x + i ldx: one pass over w, one vector
  * accumulator per row (independent chains). Each row's sum is the same vector reduction whatever nx
  * (test_backend checks rows bitwise against the row alone). */
@@ -137,9 +136,9 @@ static void dots(const float *w, const float *x, size_t ldx, int nx, int K, floa
  * 8192 x 4096 weight at T = 1 took 14.1 ms by sgemm against 4.1 ms as a GEMV, at T = 2 15.9
  * against 8.2 ms (one core, 2-core VM, 2026-12-08); bench_generate's pycoder-30m decode, one
  * thread: batch 1 55-58 -> 97-109 tok/s, 4: 216-229 -> 298-323, 8: 322-327 -> 373-402, 16: 409-412
- * -> 465-467. A row's value depends on the row of X and W
- * only (not on T, the thread count or the batch it is in); its sum is the compiler's vector
- * reduction, so like BLAS it depends on the CPU's vector width. */
+ * -> 465-467. A row's value depends on the row of X and W only (not on T, the thread count or the
+ * batch it is in); its sum is the compiler's vector reduction, so like BLAS it depends on the CPU's
+ * vector width. */
 void gq_cpu_linear_rows(float *Y, int ldy, const float *X, int ldx, int T, const float *W, int N, int K,
                         int accumulate) {
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= 4 * PAR_MIN)
