@@ -52,7 +52,6 @@ typedef struct job {
     struct job *next;
 } job;
 
-
 typedef struct {
     const gq_eval_opts *o;
     gq_eval_report *rep;
@@ -779,6 +778,151 @@ void gq_eval_report_free(gq_eval_report *r) {
     memset(r, 0, sizeof *r);
 }
 
+/* The sources of the run (base and model, the samples file, or a control) and their per-problem state. */
+static int setup_sources(ctx *c) {
+    const gq_eval_opts *o = c->o;
+    gq_eval_report *rep = c->rep;
+    const int np = c->task.n;
+    int rc = GQ_OK;
+    if (o->model_dir) {
+        if (o->base_dir) c->src[c->nsrc++] = (source){.kind = SRC_MODEL, .dir = o->base_dir};
+        c->src[c->nsrc++] = (source){.kind = SRC_MODEL, .dir = o->model_dir};
+    } else if (o->samples) {
+        c->src[c->nsrc++] = (source){.kind = SRC_SAMPLES};
+    } else {
+        c->src[c->nsrc++] = (source){.kind = !strcmp(o->control, "canonical") ? SRC_CANONICAL : SRC_BROKEN};
+    }
+    rep->n_sources = c->nsrc;
+    for (int si = 0; si < c->nsrc; si++) {
+        source *s = &c->src[si];
+        gq_eval_source_report *r = &rep->s[si];
+        snprintf(r->tag, sizeof r->tag, "%s", tag_of(s->kind, o->base_dir != NULL, si));
+        r->source = s->kind == SRC_MODEL ? s->dir : s->kind == SRC_SAMPLES ? o->samples : o->control;
+        r->pass_count = gq_calloc((size_t)np, sizeof *r->pass_count);
+        r->count = gq_calloc((size_t)np, sizeof *r->count);
+        s->nsamp = gq_calloc((size_t)np, sizeof *s->nsamp);
+        s->done = gq_calloc((size_t)np, sizeof *s->done);
+        if (s->kind == SRC_SAMPLES) {
+            s->completions = gq_calloc((size_t)np, sizeof *s->completions);
+            if (!rc) rc = load_samples(c, s, o->samples);
+        } else {
+            for (int pi = 0; pi < np; pi++) s->nsamp[pi] = s->kind == SRC_MODEL ? o->n_samples : 1;
+        }
+        for (int pi = 0; pi < np; pi++) s->done[pi] = gq_calloc((size_t)s->nsamp[pi] + 1, 1);
+    }
+    return rc;
+}
+
+/* Opens the sandbox for `jobs` programs at a time and checks that python3 runs in it. */
+static int open_sandbox(ctx *c, int jobs) {
+    const gq_eval_opts *o = c->o;
+    gq_eval_report *rep = c->rep;
+    c->python = find_python(o->python);
+    if (!c->python)
+        return gq_err(GQ_ERR_UNSUPPORTED, "python3 not found (/usr/bin/python3 or on PATH; --python names one)");
+    int rc = gq_sb_open(&c->sb, &o->sandbox, jobs);
+    if (rc) return rc;
+    rep->mode = gq_sb_get_mode(c->sb);
+    snprintf(rep->sandbox, sizeof rep->sandbox, "%s", gq_sb_describe(c->sb));
+    snprintf(rep->refusal, sizeof rep->refusal, "%s", gq_sb_refusal(c->sb));
+    if (rep->mode == GQ_SB_UNSAFE)
+        gq_warn("running untrusted code WITHOUT a sandbox (--unsafe-no-sandbox): %s", rep->refusal);
+    gq_info("sandbox: %s", rep->sandbox);
+    c->argv[0] = c->python;
+    c->argv[1] = "-I";
+    c->argv[2] = "-S";
+    c->argv[3] = "prog.py";
+    c->argv[4] = NULL;
+    gq_sb_result r; /* python3 runs in the sandbox at all */
+    static const char hello[] = "import sys\nprint('ok')\n";
+    rc = gq_sb_run(c->sb, 0, c->argv, "prog.py", hello, sizeof hello - 1, &r);
+    if (!rc && gq_eval_classify(&r, &o->sandbox, NULL, 0) != GQ_EVAL_PASSED)
+        rc = gq_err(GQ_ERR_UNSUPPORTED, "%s -I -S does not run in the sandbox: %s", c->python,
+                    r.out_n ? r.out : "(no output)");
+    if (!rc) gq_info("python: %s -I -S (a trivial program: %.3f s in the sandbox)", c->python, r.wall_s);
+    gq_sb_result_free(&r);
+    return rc;
+}
+
+/* The programs of the sources without a model: each a job for the workers. */
+static void submit_given(ctx *c, int si) {
+    source *s = &c->src[si];
+    for (int pi = 0; pi < c->task.n; pi++)
+        for (int k = 0; k < s->nsamp[pi]; k++) {
+            if (s->done[pi][k]) continue;
+            job *j = new_job(si, pi, k);
+            const char *comp = s->kind == SRC_SAMPLES ? s->completions[pi][k] : c->task.p[pi].canonical;
+            j->completion = gq_strdup(comp);
+            j->program = s->kind == SRC_BROKEN ? gq_eval_broken_program(&c->task, pi)
+                                               : gq_eval_program(&c->task, pi, comp, GQ_EVAL_CONTINUES_PROMPT);
+            submit(c, j);
+        }
+}
+
+/* Runs every pending sample: `jobs` worker threads run the programs while this thread generates the
+ * models' completions (be) or submits the given ones; then the queue closes (emptied after an error:
+ * the records of what ran stay) and the workers are joined. */
+static int run_workers(ctx *c, int jobs, gq_backend *be) {
+    int rc = GQ_OK;
+    for (int si = 0; si < c->nsrc; si++)
+        for (int pi = 0; pi < c->task.n; pi++)
+            for (int k = 0; k < c->src[si].nsamp[pi]; k++) c->pending_total += !c->src[si].done[pi][k];
+    c->t0 = gq_now();
+    c->threads = gq_calloc((size_t)jobs, sizeof *c->threads);
+    worker_arg *wa = gq_calloc((size_t)jobs, sizeof *wa);
+    for (int i = 0; i < jobs; i++) {
+        wa[i] = (worker_arg){.c = c, .slot = i};
+        if (pthread_create(&c->threads[i], NULL, worker, &wa[i]) != 0) {
+            rc = gq_err(GQ_ERR_IO, "cannot start a worker thread: %s", strerror(errno));
+            break;
+        }
+        c->nthreads++;
+    }
+    gq_info("running %ld samples, %d at a time", c->pending_total, jobs);
+    for (int si = 0; si < c->nsrc && !rc; si++) {
+        if (c->src[si].kind == SRC_MODEL)
+            rc = generate(c, si, be);
+        else
+            submit_given(c, si);
+    }
+    pthread_mutex_lock(&c->mu);
+    c->closed = 1;
+    if (rc) {
+        while (c->head) {
+            job *j = c->head;
+            c->head = j->next;
+            job_free(j);
+        }
+        c->tail = NULL;
+    }
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < c->nthreads; i++) pthread_join(c->threads[i], NULL);
+    free(wa);
+    free(c->threads);
+    flush_lines(c);
+    if (!rc && c->err) rc = gq_err(c->err, "%s", c->errmsg);
+    return rc;
+}
+
+/* OUT.summary.json: the summary, written atomically. */
+static int write_summary(ctx *c, const char *out) {
+    json_t *j = summary_json(c);
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    json_decref(j);
+    size_t pl = strlen(out);
+    char *sp = gq_malloc(pl + 16);
+    snprintf(sp, pl + 16, "%s.summary.json", out);
+    size_t tl = strlen(text);
+    text = gq_realloc(text, tl + 2);
+    text[tl] = '\n';
+    text[tl + 1] = 0;
+    int rc = gq_write_file_atomic(sp, text, tl + 1);
+    free(text);
+    free(sp);
+    return rc;
+}
+
 int gq_eval_run(const gq_eval_opts *o, gq_eval_report *rep) {
     memset(rep, 0, sizeof *rep);
     int rc = check_opts(o);
@@ -808,133 +952,17 @@ int gq_eval_run(const gq_eval_opts *o, gq_eval_report *rep) {
     rep->task_ids = gq_calloc((size_t)np, sizeof *rep->task_ids);
     for (int pi = 0; pi < np; pi++) rep->task_ids[pi] = gq_strdup(c.task.p[pi].task_id);
     gq_info("%s: %d problems from %s", gq_eval_task_name(o->task), np, c.task.path);
-    /* the sources */
-    if (o->model_dir) {
-        if (o->base_dir) c.src[c.nsrc++] = (source){.kind = SRC_MODEL, .dir = o->base_dir};
-        c.src[c.nsrc++] = (source){.kind = SRC_MODEL, .dir = o->model_dir};
-    } else if (o->samples) {
-        c.src[c.nsrc++] = (source){.kind = SRC_SAMPLES};
-    } else {
-        c.src[c.nsrc++] = (source){.kind = !strcmp(o->control, "canonical") ? SRC_CANONICAL : SRC_BROKEN};
-    }
-    rep->n_sources = c.nsrc;
-    for (int si = 0; si < c.nsrc; si++) {
-        source *s = &c.src[si];
-        gq_eval_source_report *r = &rep->s[si];
-        snprintf(r->tag, sizeof r->tag, "%s", tag_of(s->kind, o->base_dir != NULL, si));
-        r->source = s->kind == SRC_MODEL ? s->dir : s->kind == SRC_SAMPLES ? o->samples : o->control;
-        r->pass_count = gq_calloc((size_t)np, sizeof *r->pass_count);
-        r->count = gq_calloc((size_t)np, sizeof *r->count);
-        s->nsamp = gq_calloc((size_t)np, sizeof *s->nsamp);
-        s->done = gq_calloc((size_t)np, sizeof *s->done);
-        if (s->kind == SRC_SAMPLES) {
-            s->completions = gq_calloc((size_t)np, sizeof *s->completions);
-            if (!rc) rc = load_samples(&c, s, o->samples);
-        } else {
-            for (int pi = 0; pi < np; pi++) s->nsamp[pi] = s->kind == SRC_MODEL ? o->n_samples : 1;
-        }
-        for (int pi = 0; pi < np; pi++) s->done[pi] = gq_calloc((size_t)s->nsamp[pi] + 1, 1);
-    }
-    /* the sandbox, and python3 in it */
-    c.python = find_python(o->python);
-    if (!rc && !c.python)
-        rc = gq_err(GQ_ERR_UNSUPPORTED, "python3 not found (/usr/bin/python3 or on PATH; --python names one)");
+    rc = setup_sources(&c);
     int jobs = o->jobs ? o->jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (jobs < 1) jobs = 1;
-    if (!rc) rc = gq_sb_open(&c.sb, &o->sandbox, jobs);
-    if (!rc) {
-        rep->mode = gq_sb_get_mode(c.sb);
-        snprintf(rep->sandbox, sizeof rep->sandbox, "%s", gq_sb_describe(c.sb));
-        snprintf(rep->refusal, sizeof rep->refusal, "%s", gq_sb_refusal(c.sb));
-        if (rep->mode == GQ_SB_UNSAFE)
-            gq_warn("running untrusted code WITHOUT a sandbox (--unsafe-no-sandbox): %s", rep->refusal);
-        gq_info("sandbox: %s", rep->sandbox);
-        c.argv[0] = c.python;
-        c.argv[1] = "-I";
-        c.argv[2] = "-S";
-        c.argv[3] = "prog.py";
-        c.argv[4] = NULL;
-        gq_sb_result r; /* python3 runs in the sandbox at all */
-        static const char hello[] = "import sys\nprint('ok')\n";
-        rc = gq_sb_run(c.sb, 0, c.argv, "prog.py", hello, sizeof hello - 1, &r);
-        if (!rc && gq_eval_classify(&r, &o->sandbox, NULL, 0) != GQ_EVAL_PASSED)
-            rc = gq_err(GQ_ERR_UNSUPPORTED, "%s -I -S does not run in the sandbox: %s", c.python,
-                        r.out_n ? r.out : "(no output)");
-        if (!rc) gq_info("python: %s -I -S (a trivial program: %.3f s in the sandbox)", c.python, r.wall_s);
-        gq_sb_result_free(&r);
-    }
+    if (!rc) rc = open_sandbox(&c, jobs);
     if (!rc) rc = open_output(&c);
-    /* the workers */
-    if (!rc) {
-        for (int si = 0; si < c.nsrc; si++)
-            for (int pi = 0; pi < np; pi++)
-                for (int k = 0; k < c.src[si].nsamp[pi]; k++) c.pending_total += !c.src[si].done[pi][k];
-        c.t0 = gq_now();
-        c.threads = gq_calloc((size_t)jobs, sizeof *c.threads);
-        worker_arg *wa = gq_calloc((size_t)jobs, sizeof *wa);
-        for (int i = 0; i < jobs; i++) {
-            wa[i] = (worker_arg){.c = &c, .slot = i};
-            if (pthread_create(&c.threads[i], NULL, worker, &wa[i]) != 0) {
-                rc = gq_err(GQ_ERR_IO, "cannot start a worker thread: %s", strerror(errno));
-                break;
-            }
-            c.nthreads++;
-        }
-        gq_info("running %ld samples, %d at a time", c.pending_total, jobs);
-        for (int si = 0; si < c.nsrc && !rc; si++) {
-            source *s = &c.src[si];
-            if (s->kind == SRC_MODEL) {
-                rc = generate(&c, si, be);
-                continue;
-            }
-            for (int pi = 0; pi < np; pi++)
-                for (int k = 0; k < s->nsamp[pi]; k++) {
-                    if (s->done[pi][k]) continue;
-                    job *j = new_job(si, pi, k);
-                    const char *comp = s->kind == SRC_SAMPLES ? s->completions[pi][k] : c.task.p[pi].canonical;
-                    j->completion = gq_strdup(comp);
-                    j->program = s->kind == SRC_BROKEN ? gq_eval_broken_program(&c.task, pi)
-                                                       : gq_eval_program(&c.task, pi, comp, GQ_EVAL_CONTINUES_PROMPT);
-                    submit(&c, j);
-                }
-        }
-        pthread_mutex_lock(&c.mu);
-        c.closed = 1;
-        if (rc) { /* drop what waits; the records of what ran stay */
-            while (c.head) {
-                job *j = c.head;
-                c.head = j->next;
-                job_free(j);
-            }
-            c.tail = NULL;
-        }
-        pthread_cond_broadcast(&c.cv);
-        pthread_mutex_unlock(&c.mu);
-        for (int i = 0; i < c.nthreads; i++) pthread_join(c.threads[i], NULL);
-        free(wa);
-        free(c.threads);
-        flush_lines(&c);
-        if (!rc && c.err) rc = gq_err(c.err, "%s", c.errmsg);
-    }
+    if (!rc) rc = run_workers(&c, jobs, be);
     int rc2 = gq_calib_gen_out_close(c.out);
     if (!rc) rc = rc2;
     summarize(&c);
     rep->seconds = gq_now() - t_start;
-    if (!rc && o->out) {
-        json_t *j = summary_json(&c);
-        char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
-        json_decref(j);
-        size_t pl = strlen(o->out);
-        char *sp = gq_malloc(pl + 16);
-        snprintf(sp, pl + 16, "%s.summary.json", o->out);
-        size_t tl = strlen(text);
-        text = gq_realloc(text, tl + 2);
-        text[tl] = '\n';
-        text[tl + 1] = 0;
-        rc = gq_write_file_atomic(sp, text, tl + 1);
-        free(text);
-        free(sp);
-    }
+    if (!rc && o->out) rc = write_summary(&c, o->out);
     gq_sb_close(c.sb);
     for (int si = 0; si < c.nsrc; si++) source_free(&c.src[si], np);
     gq_eval_task_free(&c.task);
