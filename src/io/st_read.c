@@ -36,13 +36,12 @@ struct gq_st {
     int nfiles;
     gq_st_tensor *tensors; /* [ntensors] */
     int ntensors;
-    int *by_name; /* [ntensors] indices into tensors, sorted by name */
+    int *by_name;                /* [ntensors] indices into tensors, sorted by name */
     char **meta_key, **meta_val; /* [nmeta] */
     int nmeta;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
 
 static uint64_t read_le64(const uint8_t *p) {
     uint64_t v = 0;
@@ -56,8 +55,10 @@ static const char *shape_str(char *buf, size_t cap, int ndim, const int64_t *dim
     buf[0] = 0;
     k += (size_t)snprintf(buf + k, cap - k, "[");
     for (int i = 0; i < ndim && k < cap; i++) {
-        if (dims[i] < 0) k += (size_t)snprintf(buf + k, cap - k, "%s*", i ? ", " : "");
-        else k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)dims[i]);
+        if (dims[i] < 0)
+            k += (size_t)snprintf(buf + k, cap - k, "%s*", i ? ", " : "");
+        else
+            k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)dims[i]);
     }
     if (k < cap) snprintf(buf + k, cap - k, "]");
     return buf;
@@ -107,11 +108,10 @@ static int cmp_by_offset(const void *a, const void *b) {
 
 /* Validate one header entry and fill t (name and data set by the caller's
  * loop). data_base: start of the data section, data_size: its length. */
-static int parse_entry(const char *path, const char *name, json_t *val, const uint8_t *data_base,
-                       size_t data_size, gq_st_tensor *t) {
+static int parse_entry(const char *path, const char *name, json_t *val, const uint8_t *data_base, size_t data_size,
+                       gq_st_tensor *t) {
     if (!json_is_object(val))
-        return gq_err(GQ_ERR_FORMAT,
-                      "%s: tensor '%s': expected an object with dtype, shape and data_offsets, got %s",
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': expected an object with dtype, shape and data_offsets, got %s",
                       path, name, gq_json_kind(val));
     json_t *jd = json_object_get(val, "dtype");
     json_t *js = json_object_get(val, "shape");
@@ -133,21 +133,19 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
                       gq_json_kind(js));
     size_t nd = json_array_size(js);
     if (nd > GQ_ST_MAX_DIMS)
-        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': shape has %zu dimensions, expected at most %d",
-                      path, name, nd, GQ_ST_MAX_DIMS);
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': shape has %zu dimensions, expected at most %d", path, name, nd,
+                      GQ_ST_MAX_DIMS);
     t->ndim = (int)nd;
     size_t numel = 1;
     int overflow = 0;
     for (size_t i = 0; i < nd; i++) {
         json_t *d = json_array_get(js, i);
         if (!json_is_integer(d))
-            return gq_err(GQ_ERR_FORMAT,
-                          "%s: tensor '%s': shape[%zu] must be a non-negative integer, got %s", path,
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': shape[%zu] must be a non-negative integer, got %s", path,
                           name, i, gq_json_kind(d));
         json_int_t v = json_integer_value(d);
         if (v < 0)
-            return gq_err(GQ_ERR_FORMAT,
-                          "%s: tensor '%s': shape[%zu] is %lld, expected a non-negative integer", path,
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is %lld, expected a non-negative integer", path,
                           name, i, (long long)v);
         t->shape[i] = (int64_t)v;
         /* Like tensor.rs: the running product overflows -> error, even if a
@@ -162,29 +160,27 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
     t->numel = (int64_t)numel;
 
     if (!json_is_array(jo))
-        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %s",
-                      path, name, gq_json_kind(jo));
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %s", path,
+                      name, gq_json_kind(jo));
     if (json_array_size(jo) != 2)
         return gq_err(GQ_ERR_FORMAT,
-                      "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %zu elements",
-                      path, name, json_array_size(jo));
+                      "%s: tensor '%s': \"data_offsets\" must be an array [begin, end], got %zu elements", path, name,
+                      json_array_size(jo));
     json_int_t off[2];
     for (int i = 0; i < 2; i++) {
         json_t *o = json_array_get(jo, (size_t)i);
         if (!json_is_integer(o) || json_integer_value(o) < 0)
-            return gq_err(GQ_ERR_FORMAT,
-                          "%s: tensor '%s': data_offsets[%d] must be a non-negative integer, got %s",
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': data_offsets[%d] must be a non-negative integer, got %s",
                           path, name, i, json_is_integer(o) ? "a negative integer" : gq_json_kind(o));
         off[i] = json_integer_value(o);
     }
     size_t begin = (size_t)off[0], end = (size_t)off[1];
     if (begin > end)
-        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': data_offsets [%zu, %zu]: begin is after end", path,
-                      name, begin, end);
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': data_offsets [%zu, %zu]: begin is after end", path, name, begin,
+                      end);
     if (end - begin != t->nbytes)
-        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': data_offsets span %zu bytes, expected %zu (%s %s)",
-                      path, name, end - begin, t->nbytes, gq_dtype_name(t->dtype),
-                      shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
+        return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': data_offsets span %zu bytes, expected %zu (%s %s)", path, name,
+                      end - begin, t->nbytes, gq_dtype_name(t->dtype), shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
     if (end > data_size)
         return gq_err(GQ_ERR_FORMAT,
                       "%s: tensor '%s': data_offsets [%zu, %zu] run past the end of the data section "
@@ -196,22 +192,20 @@ static int parse_entry(const char *path, const char *name, json_t *val, const ui
 
 static int parse_metadata(gq_st *st, const char *path, json_t *val, int record) {
     if (!json_is_object(val))
-        return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ must be an object of strings, got %s", path,
-                      gq_json_kind(val));
+        return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ must be an object of strings, got %s", path, gq_json_kind(val));
     const char *k;
     json_t *v;
     json_object_foreach(val, k, v) {
         if (!json_is_string(v))
-            return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ key '%s': expected a string value, got %s",
-                          path, k, gq_json_kind(v));
+            return gq_err(GQ_ERR_FORMAT, "%s: __metadata__ key '%s': expected a string value, got %s", path, k,
+                          gq_json_kind(v));
     }
     if (record) json_object_foreach(val, k, v) meta_add(st, k, json_string_value(v));
     return GQ_OK;
 }
 
 /* Check that the spans of tensors[first..ntensors) tile [0, data_size). */
-static int check_tiling(gq_st *st, const char *path, int first, const uint8_t *data_base,
-                        size_t data_size) {
+static int check_tiling(gq_st *st, const char *path, int first, const uint8_t *data_base, size_t data_size) {
     gq_st_tensor *ts = st->tensors + first;
     int n = st->ntensors - first;
     if (n > 1) qsort(ts, (size_t)n, sizeof *ts, cmp_by_offset);
@@ -220,8 +214,8 @@ static int check_tiling(gq_st *st, const char *path, int first, const uint8_t *d
         size_t b = (size_t)((const uint8_t *)ts[i].data - data_base), e = b + ts[i].nbytes;
         if (b < expect)
             return gq_err(GQ_ERR_FORMAT,
-                          "%s: tensor '%s': data_offsets [%zu, %zu] overlap tensor '%s', which ends at %zu",
-                          path, ts[i].name, b, e, ts[i - 1].name, expect);
+                          "%s: tensor '%s': data_offsets [%zu, %zu] overlap tensor '%s', which ends at %zu", path,
+                          ts[i].name, b, e, ts[i - 1].name, expect);
         if (b > expect)
             return gq_err(GQ_ERR_FORMAT,
                           "%s: tensor '%s': data_offsets [%zu, %zu] leave a gap of %zu bytes, expected "
@@ -254,8 +248,7 @@ static int load_file(gq_st *st, const char *path) {
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
         close(fd);
-        return gq_err(GQ_ERR_FORMAT, "%s: file is %zu bytes, expected at least 8 (the header length)",
-                      path, size);
+        return gq_err(GQ_ERR_FORMAT, "%s: file is %zu bytes, expected at least 8 (the header length)", path, size);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int merr = errno;
@@ -284,8 +277,8 @@ static int load_file(gq_st *st, const char *path) {
     json_error_t je;
     json_t *h = json_loadb((const char *)m + 8, (size_t)hlen, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!h)
-        return gq_err(GQ_ERR_FORMAT, "%s: header is not valid JSON: %s (line %d, column %d)", path, je.text,
-                      je.line, je.column);
+        return gq_err(GQ_ERR_FORMAT, "%s: header is not valid JSON: %s (line %d, column %d)", path, je.text, je.line,
+                      je.column);
     int rc = GQ_OK;
     if (!json_is_object(h)) {
         rc = gq_err(GQ_ERR_FORMAT, "%s: header must be a JSON object, got %s", path, gq_json_kind(h));
@@ -354,8 +347,10 @@ const gq_st_tensor *gq_st_find(const gq_st *st, const char *name) {
         const gq_st_tensor *t = &st->tensors[st->by_name[mid]];
         int c = strcmp(name, t->name);
         if (c == 0) return t;
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }
@@ -380,6 +375,59 @@ static char *json_value_text(json_t *v) {
     return r;
 }
 
+/* shards[*nsh]: the distinct shard names of weight_map wm (pointers into it), sorted
+ * (model-00001-of-... first); each a plain file name. */
+static int index_shards(const char *ipath, json_t *wm, const char ***shards, size_t *nsh) {
+    const char **sh = gq_malloc(sizeof(char *) * json_object_size(wm));
+    size_t n = 0;
+    const char *tname;
+    json_t *v;
+    *shards = sh;
+    json_object_foreach(wm, tname, v) {
+        if (!json_is_string(v))
+            return gq_err(GQ_ERR_FORMAT, "%s: weight_map['%s']: expected a shard file name string, got %s", ipath,
+                          tname, gq_json_kind(v));
+        const char *s = json_string_value(v);
+        if (!s[0] || strchr(s, '/') || strstr(s, ".."))
+            return gq_err(GQ_ERR_FORMAT,
+                          "%s: weight_map['%s']: shard name '%s' must be a plain file name next to the "
+                          "index (no '/' or '..')",
+                          ipath, tname, s);
+        sh[n++] = s;
+    }
+    qsort(sh, n, sizeof(char *), cmp_str_ptr);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (u == 0 || strcmp(sh[u - 1], sh[i]) != 0) sh[u++] = sh[i];
+    *nsh = u;
+    return GQ_OK;
+}
+
+/* weight_map wm and the shards' tensors agree: every tensor of every shard is listed for that shard,
+ * and every listed tensor is in its shard. */
+static int index_check(const gq_st *st, const char *ipath, json_t *wm, const char **shards) {
+    for (int i = 0; i < st->ntensors; i++) {
+        const gq_st_tensor *t = &st->tensors[i];
+        json_t *s = json_object_get(wm, t->name);
+        const char *shard = shards[t->file];
+        if (!s)
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' of shard '%s' is not listed in weight_map", ipath, t->name,
+                          shard);
+        if (strcmp(json_string_value(s), shard) != 0)
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': weight_map names shard '%s', but it is in shard '%s'", ipath,
+                          t->name, json_string_value(s), shard);
+    }
+    const char *tname;
+    json_t *v;
+    json_object_foreach(wm, tname, v) {
+        if (!gq_st_find(st, tname))
+            return gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' is not in its shard '%s'", ipath, tname,
+                          json_string_value(v));
+    }
+    return GQ_OK;
+}
+
+/* The shard files next to index ipath, the index checked against them. */
 static int open_index(gq_st *st, const char *ipath) {
     char *txt = NULL;
     size_t len = 0;
@@ -389,9 +437,9 @@ static int open_index(gq_st *st, const char *ipath) {
     json_t *root = json_loadb(txt, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     free(txt);
     if (!root)
-        return gq_err(GQ_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", ipath, je.text, je.line,
-                      je.column);
+        return gq_err(GQ_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", ipath, je.text, je.line, je.column);
     const char **shards = NULL;
+    size_t nsh = 0;
     char *dir = NULL;
     json_t *wm = NULL, *meta = NULL;
     if (!json_is_object(root)) {
@@ -412,83 +460,33 @@ static int open_index(gq_st *st, const char *ipath) {
         rc = gq_err(GQ_ERR_FORMAT, "%s: \"metadata\" must be an object, got %s", ipath, gq_json_kind(meta));
         goto out;
     }
-    size_t nmap = json_object_size(wm);
-    if (nmap == 0) {
+    if (json_object_size(wm) == 0) {
         rc = gq_err(GQ_ERR_FORMAT, "%s: \"weight_map\" is empty, expected at least one tensor", ipath);
         goto out;
     }
-    /* Distinct shard names, sorted (model-00001-of-... first). */
-    shards = gq_malloc(sizeof(char *) * nmap);
-    size_t nsh = 0;
-    const char *tname;
-    json_t *v;
-    json_object_foreach(wm, tname, v) {
-        if (!json_is_string(v)) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: weight_map['%s']: expected a shard file name string, got %s",
-                        ipath, tname, gq_json_kind(v));
-            goto out;
-        }
-        const char *s = json_string_value(v);
-        if (!s[0] || strchr(s, '/') || strstr(s, "..")) {
-            rc = gq_err(GQ_ERR_FORMAT,
-                        "%s: weight_map['%s']: shard name '%s' must be a plain file name next to the "
-                        "index (no '/' or '..')",
-                        ipath, tname, s);
-            goto out;
-        }
-        shards[nsh++] = s;
-    }
-    qsort(shards, nsh, sizeof(char *), cmp_str_ptr);
-    size_t u = 0;
-    for (size_t i = 0; i < nsh; i++)
-        if (u == 0 || strcmp(shards[u - 1], shards[i]) != 0) shards[u++] = shards[i];
-    nsh = u;
-
+    rc = index_shards(ipath, wm, &shards, &nsh);
+    if (rc) goto out;
     dir = path_dirname(ipath);
-    for (size_t i = 0; i < nsh; i++) { /* all present before mapping any */
+    for (size_t i = 0; i < nsh && !rc; i++) { /* all present before mapping any */
         char *p = gq_path_join(dir, shards[i]);
-        int ok = gq_path_exists(p);
-        if (!ok) rc = gq_err(GQ_ERR_IO, "%s: shard '%s' not found (no file %s)", ipath, shards[i], p);
+        if (!gq_path_exists(p)) rc = gq_err(GQ_ERR_IO, "%s: shard '%s' not found (no file %s)", ipath, shards[i], p);
         free(p);
-        if (!ok) goto out;
     }
-    for (size_t i = 0; i < nsh; i++) {
+    for (size_t i = 0; i < nsh && !rc; i++) {
         char *p = gq_path_join(dir, shards[i]);
         rc = load_file(st, p);
         free(p);
-        if (rc) goto out;
     }
+    if (rc) goto out;
     rc = build_name_index(st);
     if (rc) {
         gq_err_prefix("%s", ipath);
         goto out;
     }
-    /* Every tensor of every shard is listed, for that shard... */
-    for (int i = 0; i < st->ntensors; i++) {
-        const gq_st_tensor *t = &st->tensors[i];
-        json_t *s = json_object_get(wm, t->name);
-        const char *shard = shards[t->file];
-        if (!s) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' of shard '%s' is not listed in weight_map", ipath,
-                        t->name, shard);
-            goto out;
-        }
-        if (strcmp(json_string_value(s), shard) != 0) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: tensor '%s': weight_map names shard '%s', but it is in shard '%s'",
-                        ipath, t->name, json_string_value(s), shard);
-            goto out;
-        }
-    }
-    /* ...and every listed tensor is in its shard. */
-    json_object_foreach(wm, tname, v) {
-        if (!gq_st_find(st, tname)) {
-            rc = gq_err(GQ_ERR_FORMAT, "%s: tensor '%s' is not in its shard '%s'", ipath, tname,
-                        json_string_value(v));
-            goto out;
-        }
-    }
-    if (json_is_object(meta)) {
+    rc = index_check(st, ipath, wm, shards);
+    if (!rc && json_is_object(meta)) {
         const char *k;
+        json_t *v;
         json_object_foreach(meta, k, v) {
             char *text = json_value_text(v);
             meta_add(st, k, text);
@@ -537,8 +535,7 @@ static int open_dir(gq_st *st, const char *dir) {
         free(p);
     } else if (n == 0) {
         rc = gq_err(GQ_ERR_IO,
-                    "%s: no model.safetensors.index.json, model.safetensors or other *.safetensors file found",
-                    dir);
+                    "%s: no model.safetensors.index.json, model.safetensors or other *.safetensors file found", dir);
     } else {
         qsort(names, n, sizeof(char *), cmp_str_ptr);
         char list[512];
@@ -598,14 +595,18 @@ void gq_st_close(gq_st *st) {
     free(st);
 }
 
-int gq_st_count(const gq_st *st) { return st ? st->ntensors : 0; }
+int gq_st_count(const gq_st *st) {
+    return st ? st->ntensors : 0;
+}
 
 const gq_st_tensor *gq_st_at(const gq_st *st, int i) {
     if (!st || i < 0 || i >= st->ntensors) return NULL;
     return &st->tensors[i];
 }
 
-int gq_st_nfiles(const gq_st *st) { return st ? st->nfiles : 0; }
+int gq_st_nfiles(const gq_st *st) {
+    return st ? st->nfiles : 0;
+}
 
 const char *gq_st_file_path(const gq_st *st, int i) {
     if (!st || i < 0 || i >= st->nfiles) return NULL;
@@ -624,7 +625,9 @@ const char *gq_st_meta(const gq_st *st, const char *key) {
     return NULL;
 }
 
-int gq_st_meta_count(const gq_st *st) { return st ? st->nmeta : 0; }
+int gq_st_meta_count(const gq_st *st) {
+    return st ? st->nmeta : 0;
+}
 
 const char *gq_st_meta_key(const gq_st *st, int i) {
     if (!st || i < 0 || i >= st->nmeta) return NULL;
@@ -651,7 +654,10 @@ int gq_st_read_f32(const gq_st *st, const gq_st_tensor *t, float *dst) {
     free(copy);
     if (bad >= 0)
         return gq_err(GQ_ERR_NUMERIC, "%s: tensor '%s': non-finite value (%s) at index %lld", path, t->name,
-                      isnan(dst[bad]) ? "nan" : dst[bad] > 0 ? "inf" : "-inf", (long long)bad);
+                      isnan(dst[bad]) ? "nan"
+                      : dst[bad] > 0  ? "inf"
+                                      : "-inf",
+                      (long long)bad);
     return GQ_OK;
 }
 
