@@ -44,7 +44,9 @@ int gq_jsonl_open(gq_jsonl **out, const char *path) {
     return GQ_OK;
 }
 
-const char *gq_jsonl_path(const gq_jsonl *j) { return j->path; }
+const char *gq_jsonl_path(const gq_jsonl *j) {
+    return j->path;
+}
 
 void gq_jsonl_close(gq_jsonl *j) {
     if (!j) return;
@@ -122,7 +124,8 @@ static int parse_record(const char *line, size_t len, char **out, size_t *out_le
     }
     int rc;
     if (!json_is_object(o)) {
-        static const char *names[] = {"an object", "an array", "a string", "a number", "a number", "true", "false", "null"};
+        static const char *names[] = {"an object", "an array", "a string", "a number",
+                                      "a number",  "true",     "false",    "null"};
         snprintf(why, why_cap, "expected a JSON object, got %s", names[json_typeof(o)]);
         rc = REC_NOT_OBJECT;
         goto done;
@@ -256,6 +259,96 @@ static const char *win_name(gq_windowing w) {
     return w == GQ_WIN_CONCAT ? "concat" : w == GQ_WIN_SAMPLE ? "sample" : "auto";
 }
 
+/* What the records gave so far: the token stream, the sequences' lengths (sample windowing) and counts. */
+typedef struct {
+    gq_windowing win;
+    gq_ids stream;
+    int *lens; /* [nsamples] */
+    int nseq;
+    long n_records, n_bad, n_short;
+} calib_acc;
+
+/* Reads records from src into a until the windows are full (total tokens for concat, nsamples
+ * sequences for sample) or the file ends. */
+static int read_records(calib_acc *a, rec_src *src, const gq_tokenizer *tok, const gq_calib_opts *o, size_t total) {
+    const int32_t bos = gq_tok_bos(tok), eos = gq_tok_eos(tok);
+    gq_ids enc = {0};
+    const char *line;
+    size_t len;
+    long lineno;
+    int rc = GQ_OK;
+    while (rc == GQ_OK) {
+        if (a->win == GQ_WIN_CONCAT && a->stream.n >= total) break;
+        if (a->win == GQ_WIN_SAMPLE && a->nseq == o->nsamples) break;
+        int r = rec_src_next(src, &line, &len, &lineno);
+        if (r <= 0) {
+            rc = r;
+            break;
+        }
+        char *text, why[300];
+        size_t tl;
+        int kind = parse_record(line, len, &text, &tl, why, sizeof why);
+        if (kind != REC_TEXT && kind != REC_QA) {
+            if (o->skip_bad) {
+                a->n_bad++;
+                gq_debug("%s:%ld: skipped: %s", o->path, lineno, why);
+                continue;
+            }
+            rc = gq_err(GQ_ERR_DATA, "%s:%ld: %s", o->path, lineno, why);
+            break;
+        }
+        if (a->win == GQ_WIN_AUTO) a->win = kind == REC_TEXT ? GQ_WIN_CONCAT : GQ_WIN_SAMPLE;
+        a->n_records++;
+        enc.n = 0;
+        rc = gq_tok_encode(tok, text, tl, 0, &enc);
+        free(text);
+        if (rc) {
+            gq_err_prefix("%s:%ld", o->path, lineno);
+            break;
+        }
+        if (a->win == GQ_WIN_CONCAT) {
+            if (bos >= 0) gq_ids_push(&a->stream, bos);
+            gq_ids_append(&a->stream, enc.v, enc.n);
+            if (eos >= 0) gq_ids_push(&a->stream, eos);
+        } else {
+            if (enc.n < (size_t)o->min_tokens) {
+                a->n_short++;
+                continue;
+            }
+            size_t k = (bos >= 0) + enc.n;
+            if (k > (size_t)o->seqlen) k = (size_t)o->seqlen;
+            if (bos >= 0) gq_ids_push(&a->stream, bos);
+            gq_ids_append(&a->stream, enc.v, k - (bos >= 0));
+            a->lens[a->nseq++] = (int)k;
+        }
+    }
+    gq_ids_free(&enc);
+    return rc;
+}
+
+/* The windows from what was read: concat cuts the stream into nsamples windows of seqlen; sample
+ * keeps its sequences. An error when there are too few. */
+static int finish_windows(calib_acc *a, const gq_calib_opts *o, size_t total) {
+    if (a->win == GQ_WIN_AUTO) a->win = GQ_WIN_CONCAT; /* no usable record at all */
+    if (a->win == GQ_WIN_CONCAT) {
+        size_t have = a->stream.n / (size_t)o->seqlen;
+        if (have < (size_t)o->nsamples)
+            return gq_err(GQ_ERR_DATA,
+                          "%s: too little calibration data: %d windows of %d tokens requested, but its %ld records "
+                          "give %zu tokens, %zu windows (%ld bad lines skipped)",
+                          o->path, o->nsamples, o->seqlen, a->n_records, a->stream.n, have, a->n_bad);
+        a->nseq = o->nsamples;
+        for (int i = 0; i < a->nseq; i++) a->lens[i] = o->seqlen;
+        a->stream.n = total;
+    } else if (a->nseq < o->nsamples) {
+        return gq_err(GQ_ERR_DATA,
+                      "%s: too little calibration data: %d sequences requested, but its %ld records give only %d "
+                      "with at least %d tokens (%ld shorter, %ld bad lines skipped)",
+                      o->path, o->nsamples, a->n_records, a->nseq, o->min_tokens, a->n_short, a->n_bad);
+    }
+    return GQ_OK;
+}
+
 int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opts *o) {
     memset(out, 0, sizeof *out);
     if (!o->path) return gq_err(GQ_ERR_ARG, "calibration: no file given");
@@ -268,108 +361,33 @@ int gq_calib_load(gq_calib_set *out, const gq_tokenizer *tok, const gq_calib_opt
     rec_src src;
     int rc = rec_src_open(&src, o->path, o->seed);
     if (rc) return rc;
-
-    gq_windowing win = o->windowing;
-    int32_t bos = gq_tok_bos(tok), eos = gq_tok_eos(tok);
-    gq_ids stream = {0}, enc = {0};
-    int *lens = gq_calloc((size_t)o->nsamples, sizeof *lens);
-    int nseq = 0;
-    long n_records = 0, n_bad = 0, n_short = 0;
-    const char *line;
-    size_t len;
-    long lineno;
-    /* read until the windows are full or the file ends */
-    while (rc == GQ_OK) {
-        if (win == GQ_WIN_CONCAT && stream.n >= total) break;
-        if (win == GQ_WIN_SAMPLE && nseq == o->nsamples) break;
-        int r = rec_src_next(&src, &line, &len, &lineno);
-        if (r < 0) {
-            rc = r;
-            break;
-        }
-        if (r == 0) break;
-        char *text, why[300];
-        size_t tl;
-        int kind = parse_record(line, len, &text, &tl, why, sizeof why);
-        if (kind != REC_TEXT && kind != REC_QA) {
-            if (o->skip_bad) {
-                n_bad++;
-                gq_debug("%s:%ld: skipped: %s", o->path, lineno, why);
-                continue;
-            }
-            rc = gq_err(GQ_ERR_DATA, "%s:%ld: %s", o->path, lineno, why);
-            break;
-        }
-        if (win == GQ_WIN_AUTO) win = kind == REC_TEXT ? GQ_WIN_CONCAT : GQ_WIN_SAMPLE;
-        n_records++;
-        enc.n = 0;
-        rc = gq_tok_encode(tok, text, tl, 0, &enc);
-        free(text);
-        if (rc) {
-            gq_err_prefix("%s:%ld", o->path, lineno);
-            break;
-        }
-        if (win == GQ_WIN_CONCAT) {
-            if (bos >= 0) gq_ids_push(&stream, bos);
-            gq_ids_append(&stream, enc.v, enc.n);
-            if (eos >= 0) gq_ids_push(&stream, eos);
-        } else {
-            if (enc.n < (size_t)o->min_tokens) {
-                n_short++;
-                continue;
-            }
-            size_t k = (bos >= 0) + enc.n;
-            if (k > (size_t)o->seqlen) k = (size_t)o->seqlen;
-            if (bos >= 0) gq_ids_push(&stream, bos);
-            gq_ids_append(&stream, enc.v, k - (bos >= 0));
-            lens[nseq++] = (int)k;
-        }
-    }
+    calib_acc a = {.win = o->windowing};
+    a.lens = gq_calloc((size_t)o->nsamples, sizeof *a.lens);
+    rc = read_records(&a, &src, tok, o, total);
     rec_src_free(&src);
-    gq_ids_free(&enc);
-    if (rc == GQ_OK) {
-        if (win == GQ_WIN_AUTO) win = GQ_WIN_CONCAT; /* no usable record at all */
-        if (win == GQ_WIN_CONCAT) {
-            size_t have = stream.n / (size_t)o->seqlen;
-            if (have < (size_t)o->nsamples) {
-                rc = gq_err(GQ_ERR_DATA,
-                            "%s: too little calibration data: %d windows of %d tokens requested, but its %ld records "
-                            "give %zu tokens, %zu windows (%ld bad lines skipped)",
-                            o->path, o->nsamples, o->seqlen, n_records, stream.n, have, n_bad);
-            } else {
-                nseq = o->nsamples;
-                for (int i = 0; i < nseq; i++) lens[i] = o->seqlen;
-                stream.n = total;
-            }
-        } else if (nseq < o->nsamples) {
-            rc = gq_err(GQ_ERR_DATA,
-                        "%s: too little calibration data: %d sequences requested, but its %ld records give only %d "
-                        "with at least %d tokens (%ld shorter, %ld bad lines skipped)",
-                        o->path, o->nsamples, n_records, nseq, o->min_tokens, n_short, n_bad);
-        }
-    }
+    if (!rc) rc = finish_windows(&a, o, total);
     if (rc) {
-        gq_ids_free(&stream);
-        free(lens);
+        gq_ids_free(&a.stream);
+        free(a.lens);
         return rc;
     }
-    out->n = nseq;
-    out->ids = gq_realloc(stream.v, (stream.n ? stream.n : 1) * sizeof *stream.v);
-    out->len = lens;
-    out->seq = gq_malloc((size_t)nseq * sizeof *out->seq);
+    out->n = a.nseq;
+    out->ids = gq_realloc(a.stream.v, (a.stream.n ? a.stream.n : 1) * sizeof *a.stream.v);
+    out->len = a.lens;
+    out->seq = gq_malloc((size_t)a.nseq * sizeof *out->seq);
     size_t off = 0;
-    for (int i = 0; i < nseq; i++) {
+    for (int i = 0; i < a.nseq; i++) {
         out->seq[i] = out->ids + off;
-        off += (size_t)lens[i];
+        off += (size_t)a.lens[i];
     }
     out->n_tokens = (int64_t)off;
-    out->windowing = win;
-    out->n_records = n_records;
-    out->n_bad = n_bad;
-    out->n_short = n_short;
+    out->windowing = a.win;
+    out->n_records = a.n_records;
+    out->n_bad = a.n_bad;
+    out->n_short = a.n_short;
     char order[48] = "";
     if (o->seed) snprintf(order, sizeof order, " (records shuffled, seed %llu)", (unsigned long long)o->seed);
-    gq_info("calibration: %d %s sequences, %lld tokens from %ld records of %s%s%s", nseq, win_name(win),
-            (long long)off, n_records, o->path, order, n_bad ? " (bad lines skipped)" : "");
+    gq_info("calibration: %d %s sequences, %lld tokens from %ld records of %s%s%s", a.nseq, win_name(a.win),
+            (long long)off, a.n_records, o->path, order, a.n_bad ? " (bad lines skipped)" : "");
     return GQ_OK;
 }
