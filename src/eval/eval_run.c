@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/json_util.h"
 #include "gq/calib.h"
 #include "gq/calib_gen.h"
 #include "gq/eval.h"
@@ -908,17 +909,11 @@ static int run_workers(ctx *c, int jobs, gq_backend *be) {
 /* OUT.summary.json: the summary, written atomically. */
 static int write_summary(ctx *c, const char *out) {
     json_t *j = summary_json(c);
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
-    json_decref(j);
     size_t pl = strlen(out);
     char *sp = gq_malloc(pl + 16);
     snprintf(sp, pl + 16, "%s.summary.json", out);
-    size_t tl = strlen(text);
-    text = gq_realloc(text, tl + 2);
-    text[tl] = '\n';
-    text[tl + 1] = 0;
-    int rc = gq_write_file_atomic(sp, text, tl + 1);
-    free(text);
+    int rc = gq_json_write_file(sp, j, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    json_decref(j);
     free(sp);
     return rc;
 }

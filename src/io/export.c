@@ -1,5 +1,6 @@
 /* export.c -- per-layer packed files and the final AutoGPTQ checkpoint. */
 #include "gq/export.h"
+#include "base/json_util.h"
 #include "gq/knobs.h"
 
 #include <errno.h>
@@ -104,13 +105,7 @@ char *gq_export_quant_config_json(const gq_quant_opts *o, int indent) {
 
 static int write_json(const char *dir, const char *name, json_t *j) {
     char *path = gq_path_join(dir, name);
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    size_t n = strlen(s);
-    s = gq_realloc(s, n + 2);
-    s[n] = '\n';
-    s[n + 1] = 0;
-    int rc = gq_write_file_atomic(path, s, n + 1);
-    free(s);
+    int rc = gq_json_write_file(path, j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     free(path);
     return rc;
 }

@@ -11,6 +11,7 @@
  * shards "<base>.safetensors.index.json" follows (gq_write_file_atomic).
  */
 #include "gq/st.h"
+#include "base/json_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -393,19 +394,11 @@ static int write_index(gq_st_writer *w) {
     for (int i = 0; i < w->n; i++) json_object_set_new(wm, byname[i]->name, json_string(names[byname[i]->shard]));
     json_object_set_new(root, "metadata", meta);
     json_object_set_new(root, "weight_map", wm);
-    char *txt = json_dumps(root, JSON_INDENT(2));
-    GQ_ASSERT(txt);
-    size_t tl = strlen(txt);
-    char *body = gq_malloc(tl + 2);
-    memcpy(body, txt, tl);
-    body[tl] = '\n';
     size_t pn = strlen(w->dir) + strlen(w->base) + 32;
     char *path = gq_malloc(pn);
     snprintf(path, pn, "%s/%s.safetensors.index.json", w->dir, w->base);
-    int rc = gq_write_file_atomic(path, body, tl + 1);
+    int rc = gq_json_write_file(path, root, JSON_INDENT(2));
     free(path);
-    free(body);
-    free(txt);
     json_decref(root);
     for (int s = 0; s < w->nsh; s++) free(names[s]);
     free(names);
