@@ -4,8 +4,8 @@
 # Llama-2-7B layer and the Qwen3-30B-A3B MoE layer (bench_layers); pycoder-5m quantized on the
 # GPU (the export from the packed qweight) and its perplexity and KL against the fp16 model;
 # the families and chunk tests; batch-1 decode of a synthetic 7B in fp16 and int4 (256 new
-# tokens), the default and int4 with the GEMV's programmatic dependent launch (GQ_CUDA_PDL=1); the synthetic 7B disk to
-# disk (default, and with GQ_LOAD_AHEAD=auto). PARTS="tests w4 layers decode e2e" (the default: all, in this
+# tokens), the default and int4 with the GEMV's ordinary launch (GQ_CUDA_PDL=0); the synthetic 7B disk to
+# disk (default, and with GQ_LOAD_AHEAD=0). PARTS="tests w4 layers decode e2e" (the default: all, in this
 # order) picks some; also "prof" (Nsight Systems / Compute over the 7B layer, the GEMV and the GPTQ block
 # kernel), "tf32" (GQ_CUDA_GPTQ_TF32's speed and perplexity) and "prefill" (batch 64); all of them take more than one call's 10 minutes on a fresh machine: run
 # PARTS="tests w4 layers", then PARTS="decode e2e" on the same warm machine (within 30 s). Logs in gpu-logs/quick; $OUT/quick.txt has the summary, $OUT/quick-logs.tar.gz the logs.
@@ -47,8 +47,8 @@ part_tests() {
     done
     # the GEMV as a programmatic dependent launch (decode steps after rmsnorm / glu / merge): the same
     # bits (passed on the H100 2026-12-08; its speed not yet measured)
-    step test_q4_model_pdl 120 env GQ_CUDA_PDL=1 ./build/tests/test_q4_model
-    grep -E '^FAIL|RESULT' "$L/test_q4_model_pdl.log" | head -n 20 | sed 's/^/GQ_CUDA_PDL=1 /' | tee -a "$R"
+    step test_q4_model_nopdl 120 env GQ_CUDA_PDL=0 ./build/tests/test_q4_model
+    grep -E '^FAIL|RESULT' "$L/test_q4_model_nopdl.log" | head -n 20 | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
     M=tests/data/pycoder-5m
     step q5m 120 ./build/gq quantize --model $M --out bench-models/q5m-quick --calib calib/python-sitepackages.jsonl \
         --device cuda --force
@@ -80,14 +80,13 @@ part_layers() {
     pack_logs
 }
 
-# recorded steps (the default; 225 / 150 tok/s int4 / fp16 on 2026-12-07 before the rope + append
-# kernel over (row, 2 heads) blocks), then int4 with the GEMV's programmatic dependent launch
-# (GQ_CUDA_PDL=1, written 2026-12-07 evening, not yet run on a GPU)
+# recorded steps with the GEMV as a programmatic dependent launch (the defaults; H100 2026-12-08:
+# int4 242.9 tok/s, fp16 159.3), then int4 with an ordinary launch (GQ_CUDA_PDL=0: 235.2 tok/s)
 part_decode() {
     ROWS="7b:int4:1 7b:fp16:1" NEW=256 BUDGET_S=150 OUT="$L/dtg" sh bench/decode_table.sh > "$L/decode_graph.log" 2>&1
     grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
-    GQ_CUDA_PDL=1 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
-    grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=1 /' | tee -a "$R"
+    GQ_CUDA_PDL=0 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
+    grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
     pack_logs
 }
 
@@ -99,17 +98,20 @@ part_prefill() {
     pack_logs
 }
 
-# disk to disk; 37.6 s on 2026-12-07 (load 11.8 s, against 6.0 s in the morning: not yet explained);
-# then with GQ_LOAD_AHEAD=auto (the next layer's weights loaded on their own thread while a layer
-# computes; off by default until it has run on a GPU), its checkpoint compared with the first's
+# disk to disk with the defaults (the next layer's weights loaded on their own thread while a layer
+# computes: H100 2026-12-08 30.7 s), then with GQ_LOAD_AHEAD=0 (each layer's weights loaded when it
+# starts: 35.2 s), its checkpoint compared with the first's
 part_e2e() {
-    sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
-    grep -E '^done in' gpu-logs/e2e_7b.log | tee -a "$R"
-    cp -r bench-models/q-synth-7b bench-models/e2e-first 2>/dev/null
-    # the same loading ahead (the synthetic checkpoint is made already)
-    GQ_LOAD_AHEAD=auto sh bench/gpu.sh e2e > "$L/e2e_ahead.log" 2>&1
-    grep -E '^done in' gpu-logs/e2e_7b.log | sed 's/^/GQ_LOAD_AHEAD=auto /' | tee -a "$R"
+    GQ_LOG=debug sh bench/gpu.sh e2e > "$L/e2e.log" 2>&1
+    grep -E '^done in|^time: ' gpu-logs/e2e_7b.log | tee -a "$R"
     grep -E 'next layer' gpu-logs/e2e_7b.log | head -n 1 | tee -a "$R"
+    cp gpu-logs/e2e_7b.log "$L/e2e_7b_debug.log"
+    pack_logs
+    [ "${E2E_ONE:-0}" = 1 ] && return 0 # (E2E_ONE=1: the default run only)
+    cp -r bench-models/q-synth-7b bench-models/e2e-first 2>/dev/null
+    # each layer loaded when it starts (the synthetic checkpoint is made already): the same bytes
+    GQ_LOAD_AHEAD=0 sh bench/gpu.sh e2e > "$L/e2e_noahead.log" 2>&1
+    grep -E '^done in' gpu-logs/e2e_7b.log | sed 's/^/GQ_LOAD_AHEAD=0 /' | tee -a "$R"
     for f in bench-models/e2e-first/*.safetensors; do
         cmp -s "$f" "bench-models/q-synth-7b/$(basename "$f")" && say "same bytes: $(basename "$f")" ||
             say "DIFFERENT: $(basename "$f")"
@@ -153,6 +155,32 @@ part_tf32() {
     step ppl5m_tf32 120 ./build/gq ppl --model bench-models/q5m-tf32 --base $M --text tests/data/text/python-stdlib-eval.txt \
         --device cuda
     grep -E '^(ppl|kld) ' "$L/ppl5m_tf32.log" | sed 's/^/GQ_CUDA_GPTQ_TF32=1 /' | tee -a "$R"
+    pack_logs
+}
+
+# the GPTQ solve's and the int4 model's tests alone (a short call after a change to either)
+part_gptq() {
+    for t in test_cuda_gptq test_q4_model; do
+        step "$t" 120 "./build/tests/$t"
+        grep -E '^FAIL|RESULT' "$L/$t.log" | head -n 20 | tee -a "$R"
+    done
+    pack_logs
+}
+
+# gq eval on the GPU (issue 15): pycoder-5m fp16 against its int4 of the default profile, greedy
+# HumanEval and MBPP, then HumanEval with 20 samples a problem; the records in the logs
+part_eval() {
+    M=tests/data/pycoder-5m Q=bench-models/q5m-quick
+    [ -f $Q/config.json ] || step q5m 120 ./build/gq quantize --model $M --out $Q --calib calib/python-sitepackages.jsonl \
+        --device cuda --force
+    for task in humaneval mbpp; do
+        step "eval_${task}" 200 ./build/gq eval --task $task --model $Q --base $M --device cuda --batch 128 \
+            --out "$L/eval_${task}.jsonl" --force
+        grep -E '^eval: |generated|ran [0-9]+ programs' "$L/eval_${task}.log" | tee -a "$R"
+    done
+    step eval_humaneval_k10 240 ./build/gq eval --task humaneval --model $Q --base $M --device cuda --batch 256 \
+        --n-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --out "$L/eval_humaneval_k10.jsonl" --force
+    grep -E '^eval: |generated|ran [0-9]+ programs' "$L/eval_humaneval_k10.log" | tee -a "$R"
     pack_logs
 }
 

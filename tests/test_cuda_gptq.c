@@ -30,6 +30,9 @@
 
 /* H = 2/N X^T X (full, fp32) for X [N][K] with correlated neighbouring
  * columns, per-column scales, and the columns listed in dead[] exactly 0. */
+/* the least fraction of dynamic-group scales/zeros that must equal the CPU's (set lower for TF32) */
+static double g_params_frac = 0.99;
+
 static float *make_hessian(int K, int N, const int *dead, int ndead) {
     float *X = gq_malloc(sizeof(float) * (size_t)N * K), *H = gq_calloc((size_t)K * K, sizeof(float));
     float *sc = gq_malloc(sizeof(float) * (size_t)K);
@@ -136,7 +139,8 @@ static void gptq_case(pair *P, const char *name, const gq_gptq_params *p, const 
         if (exact || p->static_groups || p->group_size == -1)
             TEST_CHECK(psame == ng, "%s: precomputed params must be identical: %zu of %zu differ", what, ng - psame, ng);
         else
-            TEST_CHECK(psame >= 0.99 * ng, "%s: scales/zeros equal on %zu of %zu (< 99%%)", what, psame, ng);
+            TEST_CHECK(psame >= g_params_frac * ng, "%s: scales/zeros equal on %zu of %zu (< %g%%)", what, psame, ng,
+                       100 * g_params_frac);
         if (p->method == GQ_METHOD_GPTQ && !rc.fallback)
             TEST_NEAR(rg.loss, rc.loss, 0.03 * rc.loss, "%s: loss within 3%%", what);
         else
@@ -222,14 +226,20 @@ static void test_gptq(pair *P) {
             gptq_case(P, w, &p, W2, rows2, K2, H2, hs, 0);
             gq_cuda_set_hinv_mode(P->gpu, old);
         }
-        /* the lazy-block GEMMs in TF32 (GQ_CUDA_GPTQ_TF32), 8 blocks of updates: the same tolerances as
-         * fp32's (codes >= 99%, loss within 3%): TF32's rounding of Err and Hinv (2^-11 relative) moves
-         * the working weights by far less than a quantization step, so codes flip only at ties */
+        /* the lazy-block GEMMs in TF32 (GQ_CUDA_GPTQ_TF32), 8 blocks of updates: fp32's tolerances for
+         * the codes (>= 99%) and the loss (within 3%): TF32's rounding of Err and Hinv (2^-11 relative)
+         * moves the working weights by far less than a quantization step, so codes flip only at ties.
+         * The dynamic groups' scales, computed from those weights, are another matter: fp32's bound
+         * (1e-5 relative) is tighter than TF32's rounding, so a group's scale differs in its last bits
+         * whenever its extreme weight took a TF32-rounded update (H100, 2026-12-08: 561 and 566 of 576
+         * equal in the fp16 and fp32 passes, with 99.79% of the codes equal): >= 95% here */
         int old = gq_cuda_set_gptq_tf32(P->gpu, 1);
         TEST_CHECK(old == 0 || getenv("GQ_CUDA_GPTQ_TF32"), "TF32 updates off by default (%d)", old);
+        g_params_frac = 0.95;
         gptq_case(P, "K 1152, lazy-block GEMMs in TF32", &p, W2, rows2, K2, H2, hs, 0);
         p.act_order = 1, p.static_groups = 1, p.clip = GQ_CLIP_MSE; /* gq's default profile */
         gptq_case(P, "K 1152, default profile, lazy-block GEMMs in TF32", &p, W2, rows2, K2, H2, hs, 0);
+        g_params_frac = 0.99;
         gq_cuda_set_gptq_tf32(P->gpu, old);
         free(W2), free(H2);
     }

@@ -614,8 +614,8 @@ static void test_devices(const char *tmp) {
     o.seqlen = 128;
     o.gptq.group_size = 32;
     TEST_OK(gq_quantize_run(&o, &rep), "one device");
-    TEST_CHECK(rep.layers_loaded_ahead == 0, "no layer loaded ahead by default (GQ_LOAD_AHEAD unset): %d",
-               rep.layers_loaded_ahead);
+    TEST_CHECK(rep.layers_loaded_ahead == 0, "no layer loaded ahead on the CPU by default (GQ_LOAD_AHEAD=auto: GPUs "
+               "only): %d", rep.layers_loaded_ahead);
     gq_quant_report_free(&rep);
     /* the next layer's weights loaded on their own thread and backend (GQ_LOAD_AHEAD=1: also on the
      * CPU) while a layer computes: the same operations on the same values, so bitwise the same files */

@@ -27,14 +27,14 @@
  *                              copied from pinned memory by its first node; 0: op by op, the
  *                              indices uploaded per layer; 2: 1's ops without recording (the
  *                              same arithmetic: tests)                               (timing)
- *   GQ_CUDA_PDL=0|1            1: the int4 decode GEMV is launched as a programmatic dependent
- *                              launch (sm_90): its weight loads start while the kernel before it
- *                              runs, X is read after that kernel completed; 0 (default until it
- *                              its speed is measured): an ordinary launch (the same bits) (timing)
+ *   GQ_CUDA_PDL=0|1            1 (default): the int4 decode GEMV is launched as a programmatic
+ *                              dependent launch (sm_90): its weight loads start while the kernel
+ *                              before it runs, X is read after that kernel completed; 0: an
+ *                              ordinary launch (the same bits; 3% slower 7B decode)    (timing)
  *   GQ_LOAD_AHEAD=0|auto|1     gq quantize loads the next layer's weights onto the device on its
  *                              own thread (a fork of the backend) while a layer computes: auto
- *                              on one GPU with room, 1 also on the CPU (tests), 0 never (the
- *                              default until it has run on a GPU; the same bits)       (timing)
+ *                              (default) on one GPU with room, 1 also on the CPU (tests), 0
+ *                              never (the same bits; the 7B 35.2 -> 30.7 s on an H100)  (timing)
  *   GQ_CUDA_POOL=1|0           device buffers from CUDA's stream-ordered pool (default), or
  *                              cudaMalloc / cudaFree each (0: the comparison)         (timing)
  * and, recorded only, OPENBLAS_CORETYPE (OpenBLAS's own: its kernel set).
@@ -57,8 +57,8 @@ typedef struct {
     int solve_threads;      /* GQ_SOLVE_THREADS: MoE expert solves at once on a GPU (0 = 4) */
     int cuda_no_pool;       /* GQ_CUDA_POOL=0: cudaMalloc / cudaFree per buffer instead of the stream-ordered pool */
     int cuda_graph;         /* GQ_CUDA_GRAPH: 1 (default) decode steps recorded and replayed, 0 not, 2 1's ops unrecorded */
-    int load_ahead;         /* GQ_LOAD_AHEAD: 0 never (default), 1 auto, 2 always */
-    int cuda_pdl;           /* GQ_CUDA_PDL: 1 the int4 GEMV launched as a programmatic dependent, 0 (default) not */
+    int load_ahead;         /* GQ_LOAD_AHEAD: 0 never, 1 auto (default), 2 always */
+    int cuda_pdl;           /* GQ_CUDA_PDL: 1 (default) the int4 GEMV launched as a programmatic dependent, 0 not */
     int cuda_gptq_tf32;     /* GQ_CUDA_GPTQ_TF32: 1 the GPTQ lazy-block GEMMs in TF32, 0 (default) fp32 */
     char openblas_coretype[32];
 } gq_knobs;

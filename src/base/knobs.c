@@ -18,7 +18,7 @@ static const char *const hinv_names[] = {"f64", "potri", "f32", "f64h"}; /* gq/b
 static const char *const stream_names[] = {"0", "1"};
 static const char *const ppl_names[] = {"windows", "ops"};
 static const char *const pool_names[] = {"1", "0"};
-static const char *const ahead_names[] = {"0", "auto", "1"}; /* 0 the default until it has run on a GPU */
+static const char *const ahead_names[] = {"0", "auto", "1"}; /* auto the default */
 
 /* index of $name in names[n]; def when unset or not one of them (said) */
 static int env_choice(const char *name, const char *const *names, int n, int def) {
@@ -60,9 +60,9 @@ void gq_knobs_reload(void) {
     knobs.solve_threads = env_int("GQ_SOLVE_THREADS", 1, 16, 0);
     knobs.cuda_no_pool = env_choice("GQ_CUDA_POOL", pool_names, 2, 0);
     knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2, 1);
-    knobs.cuda_pdl = env_int("GQ_CUDA_PDL", 0, 1, 0); /* 1 once it has run on a GPU */
+    knobs.cuda_pdl = env_int("GQ_CUDA_PDL", 0, 1, 1);
     knobs.cuda_gptq_tf32 = env_int("GQ_CUDA_GPTQ_TF32", 0, 1, 0);
-    knobs.load_ahead = env_choice("GQ_LOAD_AHEAD", ahead_names, 3, 0);
+    knobs.load_ahead = env_choice("GQ_LOAD_AHEAD", ahead_names, 3, 1);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
     loaded = 1;
@@ -94,8 +94,8 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
         if (k->cpu_q4) ADD("%sGQ_CPU_Q4=1", len ? " " : "");
         if (k->solve_threads) ADD("%sGQ_SOLVE_THREADS=%d", len ? " " : "", k->solve_threads);
         if (k->cuda_graph != 1) ADD("%sGQ_CUDA_GRAPH=%d", len ? " " : "", k->cuda_graph);
-        if (k->load_ahead) ADD("%sGQ_LOAD_AHEAD=%s", len ? " " : "", ahead_names[k->load_ahead]);
-        if (k->cuda_pdl) ADD("%sGQ_CUDA_PDL=1", len ? " " : "");
+        if (k->load_ahead != 1) ADD("%sGQ_LOAD_AHEAD=%s", len ? " " : "", ahead_names[k->load_ahead]);
+        if (!k->cuda_pdl) ADD("%sGQ_CUDA_PDL=0", len ? " " : "");
         if (k->cuda_no_pool) ADD("%sGQ_CUDA_POOL=0", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
     }

@@ -659,8 +659,7 @@ static size_t layer_bytes(const run_t *r) {
 }
 
 /* Whether to load ahead (GQ_LOAD_AHEAD: auto on one GPU with room for a second layer's weights
- * besides 1 GiB, 1 on one device of any kind, 0 never: the default until it has run on a GPU),
- * and its fork. */
+ * besides 1 GiB: the default; 1 on one device of any kind; 0 never), and its fork. */
 static void loader_setup(run_t *r) {
     const int mode = gq_knobs_get()->load_ahead; /* 0 never, 1 auto, 2 always */
     gq_backend *be = r->be[0];
@@ -824,6 +823,11 @@ static int open_devices(run_t *r, int rtn) {
     return rc;
 }
 
+/* GQ_LOG=debug: where the run's time outside the layers goes ("time: model open at 1.23 s"). */
+static void mark(const char *what, double t_start) {
+    gq_debug("time: %s at %.2f s", what, gq_now() - t_start);
+}
+
 int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     run_t r;
     memset(&r, 0, sizeof r);
@@ -838,6 +842,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     const int rtn = o->gptq.method == GQ_METHOD_RTN;
     if ((rc = check_settings(o))) goto out;
     if ((rc = open_devices(&r, rtn))) goto out;
+    mark("devices open", t_start);
     snprintf(rep->precision, sizeof rep->precision, "%s", gq_backend_act_dtype(r.be[0]) == GQ_DT_F16 ? "fp16" : "fp32");
     gq_backend_arith_id(r.be[0], rep->arith, sizeof rep->arith);
     gq_info("precision: %s activations and weights on %s%s", rep->precision, gq_backend_name(r.be[0]),
@@ -853,6 +858,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         goto out;
     }
     if ((rc = check_model_options(o, &r.m.cfg))) goto out;
+    mark("model open", t_start);
     r.model_real = gq_path_resolve(o->model_dir);
     r.calib_real = gq_path_resolve(o->calib_path);
     if (rtn) {
@@ -861,6 +867,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         if ((rc = load_calibration(&r))) goto out;
     }
     if ((rc = prepare_partial(&r, &layers_done, &fp))) goto out;
+    mark("calibration read", t_start);
     int n_layers = r.m.cfg.n_layers;
     int stop = o->max_layers > 0 && o->max_layers < n_layers ? o->max_layers : n_layers;
     r.stop = stop;
@@ -870,6 +877,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         double t0 = gq_now();
         if ((rc = embed_calibration(&r))) goto out;
         rep->t_load += gq_now() - t0;
+        mark("activations allocated and embedded", t_start);
     }
     rep->layers_resumed = layers_done;
     double t_layers = gq_now();
@@ -890,8 +898,10 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
         if (have_th) pthread_join(th, NULL);
         free(lpath);
     }
+    mark("layers done", t_start);
     rc_ex = export_wait(&r);
     if (!rc) rc = rc_ex;
+    mark("layer files written", t_start);
     if (r.t_export_work > 0)
         gq_debug("export: %.1f s of layer files written beside the computation, %.1f s waited for", r.t_export_work,
                  rep->t_export);
@@ -911,6 +921,7 @@ int gq_quantize_run(const gq_quant_opts *o, gq_quant_report *rep) {
     rep->t_total = gq_now() - t_start;
     /* free the activations before assembling the output */
     for (int k = 0; k < r.ranks; k++) gq_qlayer_free(&r.q[k]);
+    mark("activations freed", t_start);
     double t0 = gq_now();
     rc = finish_output(&r);
     rep->t_export += gq_now() - t0;
