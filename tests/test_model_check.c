@@ -306,6 +306,51 @@ static void test_truncated(void) {
     free(src), free(dst), free(data);
 }
 
+/* ---- the embedding ------------------------------------------------------------------------ */
+
+/* gq_model_embed of many tokens (the rows on every thread): the rows' fp32 values, and of a NaN in
+ * two rows the error names the row of the first position that reads one, as a sequential loop. */
+static void test_embed(gq_st *st) {
+    TEST_BEGIN("embedding rows");
+    tensors_t t;
+    load_items(st, &t);
+    gq_st_item *e = item(&t, "model.embed_tokens.weight");
+    if (!e) return;
+    const int vocab = (int)e->shape[0], d = (int)e->shape[1];
+    const size_t nb = (size_t)vocab * d * 2; /* F16 */
+    uint16_t *w = gq_malloc(nb);
+    memcpy(w, e->data, nb);
+    w[(size_t)300 * d + 9] = 0x7e00; /* fp16 NaN */
+    w[(size_t)7 * d + 5] = 0x7c00;   /* +inf */
+    e->data = w;
+    const char *dir = write_ckpt(gq_test_data("pycoder-5m"), "embed-nan", &t, NULL, NULL);
+    gq_model m;
+    int rc = gq_model_open(&m, dir);
+    TEST_OK(rc, "open %s", dir);
+    if (rc) {
+        free(w);
+        return;
+    }
+    const int n = 8192; /* 8192 x 256 values: the parallel path */
+    int32_t *ids = gq_malloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) {
+        ids[i] = 11 + (i * 37) % (vocab - 11);
+        ids[i] += ids[i] == 300; /* no row 7 or 300 */
+    }
+    float *out = gq_malloc(sizeof(float) * (size_t)n * d), ref[512];
+    TEST_OK(gq_model_embed(&m, ids, n, out), "embed %d tokens", n);
+    int bad = -1;
+    for (int i = 0; i < n && bad < 0; i++) {
+        gq_to_f32(ref, w + (size_t)ids[i] * d, GQ_DT_F16, (size_t)d);
+        if (memcmp(ref, out + (size_t)i * d, sizeof(float) * d)) bad = i;
+    }
+    TEST_CHECK(bad < 0, "every row is its fp16 values in fp32 (first difference at position %d)", bad);
+    ids[6000] = 7, ids[5000] = 300;
+    TEST_FAILS(gq_model_embed(&m, ids, n, out), GQ_ERR_NUMERIC, "non-finite value at index 76809 (row 300)");
+    gq_model_close(&m);
+    free(ids), free(out), free(w);
+}
+
 /* ---- quantized checkpoints ---------------------------------------------------------------- */
 
 static void test_quantized(void) {
@@ -368,6 +413,7 @@ int main(void) {
         test_config_vs_tensors(st);
         test_unused(st);
         test_sharded(st);
+        test_embed(st);
         gq_st_close(st);
     }
     test_truncated();

@@ -57,40 +57,55 @@ void gq_model_close(gq_model *m) {
 
 /* ---- tensors --------------------------------------------------------------------- */
 
+/* Row id of embedding e (row_bytes each) into out[d] as fp32; the first non-finite index of the row,
+ * or -1. tmp: a row-sized buffer for a misaligned mapping (allocated on first use). */
+static int64_t embed_row(const gq_st_tensor *e, int32_t id, int d, size_t row_bytes, void **tmp, float *out) {
+    const size_t esz = gq_dtype_size(e->dtype);
+    const char *src = (const char *)e->data + (size_t)id * row_bytes;
+    if ((uintptr_t)src % esz) {
+        if (!*tmp) *tmp = gq_malloc(row_bytes);
+        memcpy(*tmp, src, row_bytes);
+        src = *tmp;
+    }
+    return gq_to_f32(out, src, e->dtype, (size_t)d);
+}
+
 int gq_model_embed(const gq_model *m, const int32_t *ids, int n, float *out) {
     const gq_st_tensor *e = gq_st_find(m->st, "model.embed_tokens.weight"); /* shape checked at open */
     int d = m->cfg.hidden, vocab = m->cfg.vocab;
-    size_t esz = gq_dtype_size(e->dtype), row_bytes = (size_t)d * esz;
+    size_t row_bytes = (size_t)d * gq_dtype_size(e->dtype);
     if (e->dtype != GQ_DT_F32 && e->dtype != GQ_DT_F16 && e->dtype != GQ_DT_BF16 && e->dtype != GQ_DT_F64)
         return gq_err(GQ_ERR_FORMAT, "%s: tensor 'model.embed_tokens.weight': dtype %s is not a float type", m->dir,
                       gq_dtype_name(e->dtype));
-    void *tmp = NULL; /* an aligned copy of a row when the mapping is misaligned */
-    int rc = GQ_OK;
-    for (int i = 0; i < n && rc == GQ_OK; i++) {
-        int32_t id = ids[i];
-        if (id < 0 || id >= vocab) {
-            rc = gq_err(GQ_ERR_DATA, "token id %d at position %d is outside the vocabulary [0, %d) of %s", (int)id, i,
-                        vocab, m->dir);
-            break;
-        }
-        const char *src = (const char *)e->data + (size_t)id * row_bytes;
-        if ((uintptr_t)src % esz) {
-            if (!tmp) tmp = gq_malloc(row_bytes);
-            memcpy(tmp, src, row_bytes);
-            src = tmp;
-        }
-        int64_t bad = gq_to_f32(out + (size_t)i * d, src, e->dtype, (size_t)d);
-        if (bad >= 0)
-            rc = gq_err(GQ_ERR_NUMERIC,
-                        "%s: tensor 'model.embed_tokens.weight': non-finite value at index %lld (row %d)", m->dir,
-                        (long long)((int64_t)id * d + bad), (int)id);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab)
+            return gq_err(GQ_ERR_DATA, "token id %d at position %d is outside the vocabulary [0, %d) of %s",
+                          (int)ids[i], i, vocab, m->dir);
+    /* the rows on every thread (a quantize run embeds 262,144 rows of 4,096: 4 GiB of fp32); the error
+     * names the first position with a non-finite value, as a sequential loop would */
+    int first = n;
+#pragma omp parallel if ((size_t)n * d >= ((size_t)1 << 20))
+    {
+        void *tmp = NULL;
+#pragma omp for schedule(static) reduction(min : first)
+        for (int i = 0; i < n; i++)
+            if (embed_row(e, ids[i], d, row_bytes, &tmp, out + (size_t)i * d) >= 0 && i < first) first = i;
+        free(tmp);
     }
-    free(tmp);
-    if (rc == GQ_OK && gq_arch_get(m->cfg.arch_id)->embed_scale) { /* Gemma: times sqrt(hidden) in fp32 */
-        float sc = sqrtf((float)d);
-        for (size_t i = 0; i < (size_t)n * d; i++) out[i] *= sc;
+    if (first < n) {
+        void *tmp = NULL;
+        int64_t bad = embed_row(e, ids[first], d, row_bytes, &tmp, out + (size_t)first * d);
+        free(tmp);
+        return gq_err(GQ_ERR_NUMERIC, "%s: tensor 'model.embed_tokens.weight': non-finite value at index %lld (row %d)",
+                      m->dir, (long long)((int64_t)ids[first] * d + bad), (int)ids[first]);
     }
-    return rc;
+    if (gq_arch_get(m->cfg.arch_id)->embed_scale) { /* Gemma: times sqrt(hidden) in fp32 */
+        const float sc = sqrtf((float)d);
+        const size_t nd = (size_t)n * d;
+#pragma omp parallel for schedule(static) if (nd >= ((size_t)1 << 20))
+        for (size_t i = 0; i < nd; i++) out[i] *= sc;
+    }
+    return GQ_OK;
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------ */
