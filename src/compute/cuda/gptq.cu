@@ -31,10 +31,12 @@
  * buffer, which for this block still hold the block-start values: the
  * kernel writes its results back only at the end; with --clip the
  * clipping search over the same values, gptq_block_kernel<1>), or the precomputed
- * params when the group changes; the column value is broadcast from its
- * owner lane; every lane computes the same q, dq, err, loss term (so no
- * further communication); the rank-1 update of the lanes' later columns uses
- * Hinv[j][4l..4l+3]. All of it with explicitly rounded fp32 operations
+ * params (each lane loads its 4 columns' at the block start, the owner lane
+ * hands them over); the column value is broadcast from its owner lane; every
+ * lane computes the same q, dq, err (so no further communication); the rank-1
+ * update of the lanes' later columns uses Hinv[j][4l..4l+3]. The owner keeps
+ * w - dq, and the row's loss terms are computed after the block, each lane
+ * its columns', summed over the warp (out of the column-to-column chain). All of it with explicitly rounded fp32 operations
  * (__fdiv_rn, __fmul_rn, __fsub_rn: no FMA contraction, no reciprocal
  * division), in the order the CPU solve evaluates them, so that identical
  * inputs give identical codes; the quantizer itself (params, code, dequant,
@@ -270,13 +272,14 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
     __syncthreads();
     for (int r = blockIdx.x * GPTQ_WARPS + warp; r < a.rows; r += gridDim.x * GPTQ_WARPS) {
         float *wrow = a.W + (size_t)r * a.K;
-        float w[4], er[4];
-        uint32_t qpk = 0; /* this lane's 4 codes, byte f = column 4 lane + f */
+        float w[4], er[4], dif[4]; /* dif: the quantization error of the lane's columns (for the loss) */
+        uint32_t qpk = 0;          /* this lane's 4 codes, byte f = column 4 lane + f */
 #pragma unroll
         for (int f = 0; f < 4; f++) {
             const int c = 4 * lane + f;
             w[f] = c < a.cnt ? wrow[a.i1 + c] : 0.0f;
             er[f] = 0.0f;
+            dif[f] = 0.0f;
         }
         /* precomputed params (static groups, per row: !a.dynamic): the lane's 4 columns' scale and zero,
          * loaded at once here and handed to each column by its owner lane. With act-order the permuted
@@ -298,7 +301,6 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
         float scale = 1.0f;
         int32_t zero = 0;
         int gcur = -1;
-        double loss = 0.0; /* lane 0's sum for this block */
         for (int jl = 0; jl < 32 && 4 * jl < a.cnt; jl++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
@@ -342,12 +344,12 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
                     if (lane == jl) {
                         w[e] = dq; /* the column is done: keep its dequantized value */
                         qpk |= (uint32_t)qi << (8 * e);
+                        dif[e] = diff;
                     }
                     if (a.Hinv) {
                         const float d = Hs[j * GPTQ_BLK + j];
                         const float err = __fdiv_rn(diff, d);
                         if (lane == jl) er[e] = err;
-                        if (lane == 0) loss += (double)__fdiv_rn(__fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d)), 2.0f);
                         const float4 h4 = *(const float4 *)&Hs[j * GPTQ_BLK + 4 * lane];
                         const float hv[4] = {h4.x, h4.y, h4.z, h4.w};
 #pragma unroll
@@ -366,7 +368,19 @@ static __global__ void __launch_bounds__(GPTQ_WARPS * 32) gptq_block_kernel(blk_
                 if (a.Hinv) a.Err[(size_t)r * GPTQ_BLK + c] = er[f];
             }
         }
-        if (a.Hinv && lane == 0) a.row_loss[r] += loss;
+        if (a.Hinv) { /* the row's loss terms (w - q)^2 / d^2 / 2, out of the column chain: each lane its columns */
+            double loss = 0.0;
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                const int c = 4 * lane + f;
+                if (c < a.cnt) {
+                    const float d = Hs[c * GPTQ_BLK + c];
+                    loss += (double)__fdiv_rn(__fdiv_rn(__fmul_rn(dif[f], dif[f]), __fmul_rn(d, d)), 2.0f);
+                }
+            }
+            loss = warp_sum_d(loss);
+            if (lane == 0) a.row_loss[r] += loss;
+        }
     }
 }
 
