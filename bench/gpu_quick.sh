@@ -68,6 +68,15 @@ part_tests() {
 part_w4() {
     timeout 60 ./build/bench/bench_w4a16 --T 1,8 --shapes 4096x12288,4096x4096,4096x22016,11008x4096 --reps 9 2>&1 |
         grep -E '^\| [0-9]' | tee -a "$R"
+    # fewer loads in flight per lane, fewer registers (118 -> 64 at U = 4), more warps an SM: the same
+    # test, then the same benchmark (GQ_CUDA_W4_U, not yet run on a GPU)
+    for u in 4 2; do
+        GQ_CUDA_W4_U=$u step "test_cuda_w4a16_u$u" 120 ./build/tests/test_cuda_w4a16
+        grep -E '^FAIL|RESULT' "$L/test_cuda_w4a16_u$u.log" | head -n 10 | sed "s/^/GQ_CUDA_W4_U=$u /" | tee -a "$R"
+        GQ_CUDA_W4_U=$u timeout 60 ./build/bench/bench_w4a16 --T 1,8 --shapes 4096x12288,4096x4096,4096x22016,11008x4096 \
+            --reps 9 2>&1 | grep -E '^\| [0-9]' | sed "s/^/GQ_CUDA_W4_U=$u /" | tee -a "$R"
+    done
+    pack_logs
 }
 
 part_layers() {
@@ -87,6 +96,8 @@ part_decode() {
     grep -E '^\| 7b|Goals|PASS|FAIL|replayed' "$L/decode_graph.log" | tee -a "$R"
     GQ_CUDA_PDL=0 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt" sh bench/decode_table.sh > "$L/decode.log" 2>&1
     grep -E '^\| 7b|PASS|FAIL' "$L/decode.log" | sed 's/^/GQ_CUDA_PDL=0 /' | tee -a "$R"
+    GQ_CUDA_W4_U=4 ROWS="7b:int4:1" NEW=256 BUDGET_S=100 OUT="$L/dt4" sh bench/decode_table.sh > "$L/decode_u4.log" 2>&1
+    grep -E '^\| 7b|PASS|FAIL' "$L/decode_u4.log" | sed 's/^/GQ_CUDA_W4_U=4 /' | tee -a "$R"
     pack_logs
 }
 

@@ -31,6 +31,10 @@
  *                              dependent launch (sm_90): its weight loads start while the kernel
  *                              before it runs, X is read after that kernel completed; 0: an
  *                              ordinary launch (the same bits; 3% slower 7B decode)    (timing)
+ *   GQ_CUDA_W4_U=8|4|2         16-byte weight loads in flight per lane of the int4 decode GEMV: 8
+ *                              (default; 118 registers a thread), 4 (64) or 2: fewer registers, more
+ *                              warps an SM (an A/B, not yet run on a GPU; the warps per CTA may
+ *                              differ, and with them the sums' order)                  (timing)
  *   GQ_LOAD_AHEAD=0|auto|1     gq quantize loads the next layer's weights onto the device on its
  *                              own thread (a fork of the backend) while a layer computes: auto
  *                              (default) on one GPU with room, 1 also on the CPU (tests), 0
@@ -60,6 +64,7 @@ typedef struct {
     int load_ahead;         /* GQ_LOAD_AHEAD: 0 never, 1 auto (default), 2 always */
     int cuda_pdl;           /* GQ_CUDA_PDL: 1 (default) the int4 GEMV launched as a programmatic dependent, 0 not */
     int cuda_gptq_tf32;     /* GQ_CUDA_GPTQ_TF32: 1 the GPTQ lazy-block GEMMs in TF32, 0 (default) fp32 */
+    int cuda_w4_u;          /* GQ_CUDA_W4_U: 16-byte loads in flight per lane of the int4 GEMV, 8 (default), 4, 2 */
     char openblas_coretype[32];
 } gq_knobs;
 

@@ -62,6 +62,11 @@ void gq_knobs_reload(void) {
     knobs.cuda_graph = env_int("GQ_CUDA_GRAPH", 0, 2, 1);
     knobs.cuda_pdl = env_int("GQ_CUDA_PDL", 0, 1, 1);
     knobs.cuda_gptq_tf32 = env_int("GQ_CUDA_GPTQ_TF32", 0, 1, 0);
+    knobs.cuda_w4_u = env_int("GQ_CUDA_W4_U", 2, 8, 8);
+    if (knobs.cuda_w4_u != 2 && knobs.cuda_w4_u != 4 && knobs.cuda_w4_u != 8) {
+        gq_warn("GQ_CUDA_W4_U=%d ignored: expected 8, 4 or 2", knobs.cuda_w4_u);
+        knobs.cuda_w4_u = 8;
+    }
     knobs.load_ahead = env_choice("GQ_LOAD_AHEAD", ahead_names, 3, 1);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     snprintf(knobs.openblas_coretype, sizeof knobs.openblas_coretype, "%s", ct ? ct : "");
@@ -96,6 +101,7 @@ void gq_knobs_str(char *buf, unsigned cap, int numbers_only) {
         if (k->cuda_graph != 1) ADD("%sGQ_CUDA_GRAPH=%d", len ? " " : "", k->cuda_graph);
         if (k->load_ahead != 1) ADD("%sGQ_LOAD_AHEAD=%s", len ? " " : "", ahead_names[k->load_ahead]);
         if (!k->cuda_pdl) ADD("%sGQ_CUDA_PDL=0", len ? " " : "");
+        if (k->cuda_w4_u != 8) ADD("%sGQ_CUDA_W4_U=%d", len ? " " : "", k->cuda_w4_u);
         if (k->cuda_no_pool) ADD("%sGQ_CUDA_POOL=0", len ? " " : "");
         if (k->openblas_coretype[0]) ADD("%sOPENBLAS_CORETYPE=%s", len ? " " : "", k->openblas_coretype);
     }

@@ -644,6 +644,7 @@ static int cuda_setup(gq_backend *be, int device) {
     c->attn_version = gq_knobs_get()->cuda_attn;
     c->hinv_mode = gq_knobs_get()->cuda_hinv; /* knobs.c lists the modes in the enum's order */
     c->pdl = gq_knobs_get()->cuda_pdl && c->prop.major >= 9;
+    c->w4_u = gq_knobs_get()->cuda_w4_u;
     c->gptq_tf32 = gq_knobs_get()->cuda_gptq_tf32;
     char mem[32];
     snprintf(be->name, sizeof be->name, "cuda:%d (%s, sm_%d%d, %d SMs, %s)", device, c->prop.name, c->prop.major,

@@ -87,6 +87,7 @@ typedef struct {
     int hinv_mode;
     int gptq_tf32; /* GQ_CUDA_GPTQ_TF32: the lazy-block GEMMs in TF32 (gq_cuda_set_gptq_tf32) */
     int pdl; /* GQ_CUDA_PDL on an sm_90+ device: the int4 GEMV as a programmatic dependent launch */
+    int w4_u; /* GQ_CUDA_W4_U: 16-byte loads in flight per lane of the int4 GEMV (8, 4 or 2) */
     gq_cuda_gptq_timing gptq_timing;
 } gq_cuda_ctx;
 

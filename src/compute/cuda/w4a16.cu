@@ -50,7 +50,7 @@
 
 #define W4_DECODE_MAX_T 16 /* T above: the prefill path */
 #define W4_MAX_WARPS 16    /* warps per CTA of the decode kernel */
-#define W4_U 8             /* 16-byte loads in flight per lane */
+#define W4_U 8             /* 16-byte loads in flight per lane (the default; GQ_CUDA_W4_U=4 or 2: fewer) */
 #define W4_SMEM_META (96 << 10) /* largest n-tile meta staged in shared memory (G' <= 1536) */
 
 /* One part of a weight, as the kernels see it (host copy in w4_weight, device copy in its buffer). */
@@ -79,7 +79,8 @@ typedef struct {
     int tiles;   /* n-tiles of all parts: the decode grid */
     int kc_max;  /* chunks of the longest part */
     int mg_max;  /* most meta groups of a part */
-    int occ[2][W4_MAX_WARPS + 1]; /* resident CTAs per SM of the decode kernel <TWO> with nw warps (0: not asked yet) */
+    int occ[2][3][W4_MAX_WARPS + 1]; /* resident CTAs per SM of the decode kernel <TWO, U = 8 / 4 / 2> with nw
+                                      * warps (0: not asked yet) */
 } w4_weight;
 
 /* ---- host: planning and repacking ------------------------------------------------------------------ */
@@ -428,25 +429,26 @@ static __device__ __forceinline__ void w4_chunk(const w4_part &P, const uint2 *m
     }
 }
 
-/* Loads of the batch of chunks c0, c0 + nw, .. c0 + (W4_U - 1) nw (< kc) of the lane: q[u] = its 16 bytes of chunk
+/* Loads of the batch of chunks c0, c0 + nw, .. c0 + (U - 1) nw (< kc) of the lane: q[u] = its 16 bytes of chunk
  * c0 + u nw of the n-tile's qw ([kc][32] uint4, qw points at the lane's column). */
-static __device__ __forceinline__ void w4_load_batch(const uint4 *qw, int c0, int nw, int kc, uint4 (&q)[W4_U]) {
+template <int U>
+static __device__ __forceinline__ void w4_load_batch(const uint4 *qw, int c0, int nw, int kc, uint4 (&q)[U]) {
 #pragma unroll
-    for (int u = 0; u < W4_U; u++) {
+    for (int u = 0; u < U; u++) {
         const int c = c0 + u * nw;
         q[u] = c < kc ? __ldcs(qw + (size_t)c * 32) : make_uint4(0u, 0u, 0u, 0u);
     }
 }
 
-/* Warp `warp` of nw: chunks warp, warp + nw, ... of n-tile nt, W4_U 16-byte loads issued before any is used.
+/* Warp `warp` of nw: chunks warp, warp + nw, ... of n-tile nt, U 16-byte loads issued before any is used.
  * With smeta (uniform in the CTA: every thread calls this), the n-tile's meta is first copied into smeta
  * by the whole CTA while the first loads are in flight. */
-template <int XM, bool TWO>
+template <int XM, bool TWO, int U>
 static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int warp, int nw, int lane, uint2 *smeta,
                                                  w4_lane &L) {
     const uint4 *qw = P.qw + (size_t)nt * P.kc * 32 + lane; /* [kc][32] of this n-tile */
     const uint2 *mt = P.meta + (size_t)nt * P.mgroups * 8;  /* [mgroups][8] of this n-tile */
-    uint4 q[W4_U];
+    uint4 q[U];
     w4_load_batch(qw, warp, nw, P.kc, q);
     if (smeta) {
         for (int i = threadIdx.x; i < P.mgroups * 8; i += blockDim.x) smeta[i] = __ldg(mt + i);
@@ -456,10 +458,10 @@ static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int w
     gq_pdl_wait(); /* X and Y: after the kernel before (launched as a programmatic dependent) */
     int cur = -1;
     w4_consts k = {0u, 0u, 0u, 0u};
-    for (int c0 = warp; c0 < P.kc; c0 += W4_U * nw) {
+    for (int c0 = warp; c0 < P.kc; c0 += U * nw) {
         if (c0 != warp) w4_load_batch(qw, c0, nw, P.kc, q);
 #pragma unroll
-        for (int u = 0; u < W4_U; u++) {
+        for (int u = 0; u < U; u++) {
             const int c = c0 + u * nw;
             if (c < P.kc) w4_chunk<XM, TWO>(P, mt, c, q[u], lane, cur, k, L);
         }
@@ -471,7 +473,7 @@ static __device__ __forceinline__ void w4_stream(const w4_part &P, int nt, int w
  * xvec: X 8-byte aligned with ldx % 4 == 0. smeta: stage the n-tile's meta in shared memory.
  * Dynamic shared memory: max(mgroups * 64 if smeta, nw * 16 * 17 * 4) bytes (meta while streaming,
  * then the warps' sums). */
-template <bool TWO>
+template <bool TWO, int U>
 static __global__ void __launch_bounds__(W4_MAX_WARPS * 32)
     w4_gemv_kernel(__half *Y, int ldy, const __half *X, int ldx, int T, int K, const __half *bias, int accumulate,
                    const w4_part *parts, int nparts, int xvec, int smeta) {
@@ -492,11 +494,11 @@ static __global__ void __launch_bounds__(W4_MAX_WARPS * 32)
     for (int i = 0; i < 4; i++) L.acc0[i] = 0.0f, L.acc1[i] = 0.0f;
     uint2 *sm = smeta ? reinterpret_cast<uint2 *>(w4_smem) : NULL; /* [mgroups][8] */
     if (P.general)
-        w4_stream<2, TWO>(P, nt, warp, nw, lane, sm, L);
+        w4_stream<2, TWO, U>(P, nt, warp, nw, lane, sm, L);
     else if (xvec)
-        w4_stream<0, TWO>(P, nt, warp, nw, lane, sm, L);
+        w4_stream<0, TWO, U>(P, nt, warp, nw, lane, sm, L);
     else
-        w4_stream<1, TWO>(P, nt, warp, nw, lane, sm, L);
+        w4_stream<1, TWO, U>(P, nt, warp, nw, lane, sm, L);
     __syncthreads(); /* the meta is no longer read: the buffer becomes red */
     float(*red)[16][17] = reinterpret_cast<float(*)[16][17]>(w4_smem); /* [nw][row][token] */
     red[warp][g][2 * t] = L.acc0[0];
@@ -564,27 +566,37 @@ static size_t w4_smem_bytes(const w4_weight *q, int nw, int smeta) {
     return meta > red ? meta : red;
 }
 
+typedef void (*w4_kernel_fn)(__half *, int, const __half *, int, int, int, const __half *, int, const w4_part *, int,
+                             int, int);
+
+/* The decode kernel for T > 8 tokens (two) with U = 8 (ui 0), 4 (1) or 2 (2) loads in flight per lane. */
+static w4_kernel_fn w4_kernel(bool two, int ui) {
+    if (ui == 2) return two ? w4_gemv_kernel<true, 2> : w4_gemv_kernel<false, 2>;
+    if (ui == 1) return two ? w4_gemv_kernel<true, 4> : w4_gemv_kernel<false, 4>;
+    return two ? w4_gemv_kernel<true, W4_U> : w4_gemv_kernel<false, W4_U>;
+}
+
 /* Allow the decode kernels W4_SMEM_META + 16 KiB of dynamic shared memory on this device (once per device:
  * function attributes are per device). */
 static void w4_allow_smem(const gq_cuda_ctx *c) {
     static unsigned char done[64];
     if (c->device < 0 || c->device >= 64 || done[c->device]) return;
     const int most = W4_SMEM_META + (16 << 10);
-    if (cudaFuncSetAttribute(w4_gemv_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, most) != cudaSuccess ||
-        cudaFuncSetAttribute(w4_gemv_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, most) != cudaSuccess)
-        (void)cudaGetLastError(); /* then staged meta over 48 KiB fails at launch, with the error */
+    for (int k = 0; k < 6; k++)
+        if (cudaFuncSetAttribute(w4_kernel(k & 1, k >> 1), cudaFuncAttributeMaxDynamicSharedMemorySize, most) !=
+            cudaSuccess)
+            (void)cudaGetLastError(); /* then staged meta over 48 KiB fails at launch, with the error */
     done[c->device] = 1;
 }
 
-/* Resident CTAs per SM of the decode kernel <two> with nw warps for weight q (cached in q). */
-static int w4_occupancy(w4_weight *q, bool two, int nw, int smeta) {
-    int &v = q->occ[two ? 1 : 0][nw];
+/* Resident CTAs per SM of the decode kernel <two, ui> with nw warps for weight q (cached in q). */
+static int w4_occupancy(w4_weight *q, bool two, int ui, int nw, int smeta) {
+    int &v = q->occ[two ? 1 : 0][ui][nw];
     if (!v) {
         int n = 0;
         const size_t sm = w4_smem_bytes(q, nw, smeta);
-        cudaError_t e = two ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4_gemv_kernel<true>, nw * 32, sm)
-                            : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4_gemv_kernel<false>, nw * 32, sm);
-        if (e != cudaSuccess) (void)cudaGetLastError();
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, w4_kernel(two, ui), nw * 32, sm) != cudaSuccess)
+            (void)cudaGetLastError();
         v = n > 0 ? n : 1;
     }
     return v;
@@ -592,12 +604,12 @@ static int w4_occupancy(w4_weight *q, bool two, int nw, int smeta) {
 
 /* Warps per CTA: the most (up to 16, each with at least 2 chunks of K) with which every CTA of the
  * grid is resident at once, so that no CTA waits for another to finish and every warp streams its
- * chunks with W4_U loads in flight (H100, 4096 x 4096: 256 CTAs of 8 warps, 2 per SM); 1 when no
+ * chunks with U loads in flight (H100, 4096 x 4096: 256 CTAs of 8 warps, 2 per SM); 1 when no
  * count gives one wave (very wide weights). */
-static int w4_warps(const gq_cuda_ctx *c, w4_weight *q, bool two, int smeta) {
+static int w4_warps(const gq_cuda_ctx *c, w4_weight *q, bool two, int ui, int smeta) {
     for (int nw = W4_MAX_WARPS; nw > 1; nw /= 2)
         if (2 * nw <= q->kc_max &&
-            (long)q->tiles <= (long)w4_occupancy(q, two, nw, smeta) * c->prop.multiProcessorCount)
+            (long)q->tiles <= (long)w4_occupancy(q, two, ui, nw, smeta) * c->prop.multiProcessorCount)
             return nw;
     return 1;
 }
@@ -607,7 +619,8 @@ static int w4_decode(gq_backend *be, w4_weight *q, __half *Y, int ldy, const __h
     gq_cuda_ctx *c = gq_cuda_ctx_of(be);
     w4_allow_smem(c);
     const int smeta = (size_t)q->mg_max * 8 * sizeof(uint2) <= W4_SMEM_META;
-    const int nw = w4_warps(c, q, T > 8, smeta);
+    const int ui = c->w4_u == 2 ? 2 : c->w4_u == 4 ? 1 : 0;
+    const int nw = w4_warps(c, q, T > 8, ui, smeta);
     const size_t sm = w4_smem_bytes(q, nw, smeta);
     const int xvec = (uintptr_t)X % 8 == 0 && ldx % 4 == 0;
     cudaLaunchConfig_t cfg = {};
@@ -621,8 +634,8 @@ static int w4_decode(gq_backend *be, w4_weight *q, __half *Y, int ldy, const __h
     if (c->pdl) cfg.attrs = pdl, cfg.numAttrs = 1;
     const __half *bias_h = bias;
     const w4_part *parts = q->dpart;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, T > 8 ? w4_gemv_kernel<true> : w4_gemv_kernel<false>, Y, ldy, X, ldx, T, q->K,
-                                  bias_h, accumulate, parts, q->nparts, xvec, smeta));
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, w4_kernel(T > 8, ui), Y, ldy, X, ldx, T, q->K, bias_h, accumulate, parts,
+                                  q->nparts, xvec, smeta));
     return GQ_OK;
 }
 
