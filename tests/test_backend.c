@@ -552,6 +552,19 @@ static void test_decode_ex(gq_backend *be, int B, int nh, int nkv, int hd, int r
         gq_be_download_f32(be, O2, dO, (size_t)B * ldo);
         TEST_CHECK(memcmp(O, O2, sizeof(float) * (size_t)B * ldo) == 0, "decode_ex without options is bitwise "
                    "gq_be_decode_attention");
+        /* the last row alone (fresh caches, its own q | k | v): bitwise its row of the batch, so a
+         * sequence's tokens do not depend on the batch it decodes in */
+        const int r = B - 1;
+        void *dX1 = dev_from(be, QKV0 + (size_t)r * ldqkv, (size_t)ldqkv), *dO1 = dev_from(be, O2, (size_t)ldo);
+        gq_be_release(be, dK2), gq_be_release(be, dV2);
+        dK2 = dev_from(be, Kr, nc), dV2 = dev_from(be, Vr, nc); /* (Kr, Vr: the caches after the step) */
+        TEST_OK(gq_be_decode_attention(be, dO1, ldo, dX1, ldqkv, 1, dK2, dV2, stride, ldkv, slot + r, pos + r, nh, nkv,
+                                       hd, inv),
+                "decode_attention, row %d alone", r);
+        gq_be_download_f32(be, O2, dO1, (size_t)nq);
+        TEST_CHECK(memcmp(O + (size_t)r * ldo, O2, sizeof(float) * (size_t)nq) == 0,
+                   "decode B=%d heads=%d/%d: row %d alone is bitwise its row of the batch", B, nh, nkv, r);
+        gq_be_release(be, dX1), gq_be_release(be, dO1);
     }
     gq_be_release(be, dX), gq_be_release(be, dK), gq_be_release(be, dV), gq_be_release(be, dO);
     gq_be_release(be, dX2), gq_be_release(be, dK2), gq_be_release(be, dV2);
@@ -760,6 +773,7 @@ static void run_family_ops(gq_backend *be, const char *mode) {
 
     test_decode_ex(be, 4, 4, 2, 32, 16, (gq_attn_opts){.window = 16}, 1);
     test_decode_ex(be, 3, 2, 2, 64, 64, none, 0);
+    test_decode_ex(be, 16, 8, 2, 64, 64, none, 0); /* enough work for the CPU's parallel step */
     test_decode_ex(be, 2, 8, 2, 16, 8, (gq_attn_opts){.scale = 0.2f, .softcap = 5.0f, .window = 4}, 1);
     test_decode_ex(be, 1, 4, 1, 32, 32, (gq_attn_opts){.window = 3}, -1); /* position 0: one key either way */
 }

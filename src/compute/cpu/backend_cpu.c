@@ -201,31 +201,43 @@ static int cpu_rmsnorm(gq_backend *be, void *Yv, int ldy, const void *Xv, int ld
     return GQ_OK;
 }
 
+/* cs[rot]: cos, then sin, of position pos's angles pos * inv_freq[i], i < rot / 2 (fp32 products, as torch). */
+void gq_cpu_rope_angles(float *cs, int rot, int pos, const float *inv_freq) {
+    const int half = rot / 2;
+    const float p = (float)pos;
+    for (int i = 0; i < half; i++) {
+        float ang = p * inv_freq[i];
+        cs[i] = cosf(ang);
+        cs[half + i] = sinf(ang);
+    }
+}
+
+/* The rotation of n_heads heads of head_dim at x (consecutive) by the angles cs (gq_cpu_rope_angles):
+ * pairs (i, i + rot/2), i < rot/2, of each head's first rot dims. */
+void gq_cpu_rope_heads(float *x, int n_heads, int head_dim, int rot, const float *cs) {
+    const int half = rot / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + (size_t)h * head_dim;
+#pragma omp simd
+        for (int i = 0; i < half; i++) {
+            float x1 = xh[i], x2 = xh[i + half], c = cs[i], s = cs[half + i];
+            xh[i] = x1 * c - x2 * s;
+            xh[i + half] = x2 * c + x1 * s;
+        }
+    }
+}
+
 /* Rotary embedding on the first rot dims of each head (pairs (i, i + rot/2), i < rot/2). */
 static int cpu_rope(gq_backend *be, void *Xv, int ld, int T, int n_heads, int head_dim, int rot, int pos0,
                     const float *inv_freq) {
     float *X = Xv; /* [T][ld], head h at columns h * head_dim */
-    int half = rot / 2;
 #pragma omp parallel if ((size_t)T * n_heads * head_dim >= PAR_MIN)
     {
         float *cs = gq_malloc(sizeof(float) * (size_t)rot); /* [half] cos, then [half] sin */
 #pragma omp for schedule(static)
         for (int t = 0; t < T; t++) {
-            float pos = (float)(pos0 + t);
-            for (int i = 0; i < half; i++) {
-                float ang = pos * inv_freq[i]; /* fp32 product, as torch */
-                cs[i] = cosf(ang);
-                cs[half + i] = sinf(ang);
-            }
-            for (int h = 0; h < n_heads; h++) {
-                float *x = X + (size_t)t * ld + (size_t)h * head_dim;
-#pragma omp simd
-                for (int i = 0; i < half; i++) {
-                    float x1 = x[i], x2 = x[i + half], c = cs[i], s = cs[half + i];
-                    x[i] = x1 * c - x2 * s;
-                    x[i + half] = x2 * c + x1 * s;
-                }
-            }
+            gq_cpu_rope_angles(cs, rot, pos0 + t, inv_freq);
+            gq_cpu_rope_heads(X + (size_t)t * ld, n_heads, head_dim, rot, cs);
         }
         free(cs);
     }
@@ -402,6 +414,7 @@ static const struct gq_backend_i cpu_iface = {
     .linear = cpu_linear,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
+    .decode_attention = gq_cpu_decode_attention,
     .attention = gq_cpu_attention,
     .glu = cpu_glu,
     .act = cpu_act,

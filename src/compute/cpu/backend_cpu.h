@@ -87,5 +87,14 @@ int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, c
                      int ldv, int Tq, int Tk, int n_heads, int n_kv, int head_dim, const gq_attn_opts *o);
 int gq_cpu_nll(gq_backend *be, const void *X, int ldx, int T, const gq_bweight *Wlm, const int32_t *targets,
                float softcap, double *nll_sum, int64_t *count, float *logits_out);
+/* the batched decode step (the vtable's decode_attention; arguments checked by backend.c) */
+int gq_cpu_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                            size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                            int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o);
+
+/* backend_cpu.c: RoPE in parts (cpu_rope and the decode step): the angles of a position, cs[rot]
+ * (cos, then sin), and the rotation of n_heads consecutive heads by them */
+void gq_cpu_rope_angles(float *cs, int rot, int pos, const float *inv_freq);
+void gq_cpu_rope_heads(float *x, int n_heads, int head_dim, int rot, const float *cs);
 
 #endif /* GQ_BACKEND_CPU_H */

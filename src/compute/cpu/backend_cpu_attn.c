@@ -43,8 +43,8 @@ typedef struct {
 /* Row r of the softmax below up to its exps (vis = the visible columns, n of them; the masked
  * ones 0). */
 static float *softmax_exps(float *row, int r, int nk, int first, int k0, int window, int *n_out) {
-    int hi = first + r + 1 - k0;                 /* one past the last visible column */
-    int lo = window ? hi - window : 0;           /* the first visible column */
+    int hi = first + r + 1 - k0;       /* one past the last visible column */
+    int lo = window ? hi - window : 0; /* the first visible column */
     lo = lo < 0 ? 0 : lo;
     for (int j = 0; j < lo; j++) row[j] = 0.0f; /* behind the window */
     float *vis = row + lo;
@@ -105,7 +105,7 @@ static void softcap_scores(float *S, int nq, int nk, float softcap, int parallel
 /* One (head h, query tile starting at i0 with nq rows) task. */
 static void attn_task(const attn_args *a, int h, int i0, int nq, float *S, float *inv_sum, int parallel) {
     int kvh = h / a->group;
-    int first = a->Tk - a->Tq + i0; /* absolute position of query i0 */
+    int first = a->Tk - a->Tq + i0;                 /* absolute position of query i0 */
     int k0 = a->window ? first - a->window + 1 : 0; /* the first key query i0 sees */
     k0 = k0 < 0 ? 0 : k0;
     int nk = first + nq - k0; /* keys k0 .. the tile's last query's position */
@@ -132,9 +132,21 @@ int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, c
      * (pycoder-5m: 179 GFLOP/s vs 175 at 128) and 128-256 for head_dim 128 (Llama-7B: 186 vs
      * 171 at 64), i.e. about head_dim rows */
     int tile = c->attn_tile > 0 ? c->attn_tile : head_dim < 32 ? 32 : head_dim > 256 ? 256 : head_dim;
-    attn_args a = {.Q = Q, .K = K, .V = V, .O = O, .ldq = ldq, .ldk = ldk, .ldv = ldv, .ldo = ldo, .Tq = Tq,
-                   .Tk = Tk, .n_heads = n_heads, .group = n_heads / n_kv, .hd = head_dim,
-                   .tile = tile < Tq ? tile : Tq, .scale = (float)(1.0 / sqrt((double)head_dim))};
+    attn_args a = {.Q = Q,
+                   .K = K,
+                   .V = V,
+                   .O = O,
+                   .ldq = ldq,
+                   .ldk = ldk,
+                   .ldv = ldv,
+                   .ldo = ldo,
+                   .Tq = Tq,
+                   .Tk = Tk,
+                   .n_heads = n_heads,
+                   .group = n_heads / n_kv,
+                   .hd = head_dim,
+                   .tile = tile < Tq ? tile : Tq,
+                   .scale = (float)(1.0 / sqrt((double)head_dim))};
     if (o) {
         if (o->scale > 0.0f) a.scale = o->scale;
         a.softcap = o->softcap;
@@ -174,6 +186,127 @@ int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, c
         }
         gq_free_aligned(S);
         free(inv_sum);
+    }
+    return GQ_OK;
+}
+
+/* ---- the batched decode step ------------------------------------------------------------ */
+
+typedef struct {
+    float *QKV;     /* [B][ldqkv]: q (n_heads), k, v (n_kv heads each) of each row */
+    float *Kc, *Vc; /* caches: slot s, position p, kv head h at s * slot_stride + p * ldkv + h * hd */
+    float *O;       /* [B][ldo] */
+    const int32_t *slot, *pos;
+    const float *inv_freq;
+    size_t slot_stride;
+    int ldqkv, ldkv, ldo, n_heads, n_kv, group, hd, rot;
+    float scale, softcap;
+    int window;
+} dec_args;
+
+/* Row r, kv head h: rope of its query heads and key head at pos[r], the key and value into the
+ * cache at pos[r], then each query head's attention over the visible cached keys. The scores are
+ * dot products (one pass over the keys for the group's query heads), the softmax as softmax_exps
+ * with a sequential sum, O = (sum_j p_j v_j) / sum. S [group][keys], acc [group][hd], inv [group],
+ * cs [rot]. */
+static void decode_task(const dec_args *a, int r, int h, float *S, float *acc, float *inv, float *cs) {
+    const int hd = a->hd, g = a->group, p = a->pos[r];
+    float *row = a->QKV + (size_t)r * a->ldqkv;
+    float *q = row + (size_t)h * g * hd, *k = row + (size_t)a->n_heads * hd + (size_t)h * hd;
+    float *v = k + (size_t)a->n_kv * hd;
+    gq_cpu_rope_angles(cs, a->rot, p, a->inv_freq);
+    gq_cpu_rope_heads(q, g, hd, a->rot, cs);
+    gq_cpu_rope_heads(k, 1, hd, a->rot, cs);
+    const float *kc = a->Kc + (size_t)a->slot[r] * a->slot_stride + (size_t)h * hd;
+    const float *vc = a->Vc + (size_t)a->slot[r] * a->slot_stride + (size_t)h * hd;
+    memcpy((float *)kc + (size_t)p * a->ldkv, k, sizeof(float) * (size_t)hd);
+    memcpy((float *)vc + (size_t)p * a->ldkv, v, sizeof(float) * (size_t)hd);
+    int lo = a->window ? p - a->window + 1 : 0; /* keys lo .. p */
+    lo = lo < 0 ? 0 : lo;
+    const int n = p + 1 - lo;
+    for (int j = 0; j < n; j++) { /* S[i][j] = scale * q_i . k_{lo + j} */
+        const float *kj = kc + (size_t)(lo + j) * a->ldkv;
+        for (int i = 0; i < g; i++) {
+            const float *qi = q + (size_t)i * hd;
+            float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+            for (int c = 0; c < hd; c++) d += qi[c] * kj[c];
+            S[(size_t)i * n + j] = a->scale * d;
+        }
+    }
+    for (int i = 0; i < g; i++) {
+        float *si = S + (size_t)i * n;
+        if (a->softcap > 0.0f)
+            for (int j = 0; j < n; j++) si[j] = a->softcap * tanhf(si[j] / a->softcap);
+        float mx = si[0];
+#pragma omp simd reduction(max : mx)
+        for (int j = 1; j < n; j++) mx = si[j] > mx ? si[j] : mx;
+#pragma omp simd
+        for (int j = 0; j < n; j++) si[j] = gq_cpu_expf(si[j] - mx);
+        float sum = 0.0f;
+        for (int j = 0; j < n; j++) sum += si[j];
+        inv[i] = 1.0f / sum;
+        memset(acc + (size_t)i * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int j = 0; j < n; j++) { /* acc_i += p_ij v_{lo + j} */
+        const float *vj = vc + (size_t)(lo + j) * a->ldkv;
+        for (int i = 0; i < g; i++) {
+            float *ai = acc + (size_t)i * hd;
+            const float pij = S[(size_t)i * n + j];
+#pragma omp simd
+            for (int c = 0; c < hd; c++) ai[c] += pij * vj[c];
+        }
+    }
+    float *o = a->O + (size_t)r * a->ldo + (size_t)h * g * hd;
+    for (int i = 0; i < g; i++)
+        for (int c = 0; c < hd; c++) o[(size_t)i * hd + c] = acc[(size_t)i * hd + c] * inv[i];
+}
+
+int gq_cpu_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
+                            size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
+                            int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o) {
+    const int group = n_heads / n_kv;
+    dec_args a = {.QKV = QKV,
+                  .Kc = Kc,
+                  .Vc = Vc,
+                  .O = O,
+                  .slot = slot,
+                  .pos = pos,
+                  .inv_freq = inv_freq,
+                  .slot_stride = slot_stride,
+                  .ldqkv = ldqkv,
+                  .ldkv = ldkv,
+                  .ldo = ldo,
+                  .n_heads = n_heads,
+                  .n_kv = n_kv,
+                  .group = group,
+                  .hd = head_dim,
+                  .rot = rot,
+                  .scale = (float)(1.0 / sqrt((double)head_dim))};
+    if (o) {
+        if (o->scale > 0.0f) a.scale = o->scale;
+        a.softcap = o->softcap;
+        a.window = o->window;
+    }
+    int keys = 1; /* the most keys a row sees */
+    size_t work = 0;
+    for (int r = 0; r < B; r++) {
+        int n = a.window && a.window < pos[r] + 1 ? a.window : pos[r] + 1;
+        keys = n > keys ? n : keys;
+        work += (size_t)n;
+    }
+    const int ntasks = B * n_kv;
+    /* one parallel region for the step (row by row, each op opened its own); a short step stays on
+     * the calling thread */
+#pragma omp parallel if (work * n_heads * head_dim >= 65536 && ntasks > 1)
+    {
+        float *S = gq_malloc(sizeof(float) * (size_t)group * keys);
+        float *acc = gq_malloc(sizeof(float) * (size_t)group * (head_dim + 1)),
+              *cs = gq_malloc(sizeof(float) * (size_t)rot);
+#pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < ntasks; t++)
+            decode_task(&a, t / n_kv, t % n_kv, S, acc, acc + (size_t)group * head_dim, cs);
+        free(S), free(acc), free(cs);
     }
     return GQ_OK;
 }
