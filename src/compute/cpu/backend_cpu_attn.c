@@ -40,6 +40,22 @@ typedef struct {
     int window;    /* 0: none; else query at position p sees keys p - window < j <= p */
 } attn_args;
 
+/* The options' score scale (default 1 / sqrt(head_dim)), soft-cap and window (o NULL: none). */
+typedef struct {
+    float scale, softcap;
+    int window;
+} attn_opt;
+
+static attn_opt attn_opt_of(const gq_attn_opts *o, int head_dim) {
+    attn_opt r = {(float)(1.0 / sqrt((double)head_dim)), 0.0f, 0};
+    if (o) {
+        if (o->scale > 0.0f) r.scale = o->scale;
+        r.softcap = o->softcap;
+        r.window = o->window;
+    }
+    return r;
+}
+
 /* Row r of the softmax below up to its exps (vis = the visible columns, n of them; the masked
  * ones 0). */
 static float *softmax_exps(float *row, int r, int nk, int first, int k0, int window, int *n_out) {
@@ -132,26 +148,12 @@ int gq_cpu_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, c
      * (pycoder-5m: 179 GFLOP/s vs 175 at 128) and 128-256 for head_dim 128 (Llama-7B: 186 vs
      * 171 at 64), i.e. about head_dim rows */
     int tile = c->attn_tile > 0 ? c->attn_tile : head_dim < 32 ? 32 : head_dim > 256 ? 256 : head_dim;
-    attn_args a = {.Q = Q,
-                   .K = K,
-                   .V = V,
-                   .O = O,
-                   .ldq = ldq,
-                   .ldk = ldk,
-                   .ldv = ldv,
-                   .ldo = ldo,
-                   .Tq = Tq,
-                   .Tk = Tk,
-                   .n_heads = n_heads,
-                   .group = n_heads / n_kv,
-                   .hd = head_dim,
-                   .tile = tile < Tq ? tile : Tq,
-                   .scale = (float)(1.0 / sqrt((double)head_dim))};
-    if (o) {
-        if (o->scale > 0.0f) a.scale = o->scale;
-        a.softcap = o->softcap;
-        a.window = o->window;
-    }
+    const attn_opt op = attn_opt_of(o, head_dim);
+    /* clang-format off */
+    attn_args a = {.Q = Q, .K = K, .V = V, .O = O, .ldq = ldq, .ldk = ldk, .ldv = ldv, .ldo = ldo, .Tq = Tq,
+                   .Tk = Tk, .n_heads = n_heads, .group = n_heads / n_kv, .hd = head_dim,
+                   .tile = tile < Tq ? tile : Tq, .scale = op.scale, .softcap = op.softcap, .window = op.window};
+    /* clang-format on */
     int ntiles = (Tq + a.tile - 1) / a.tile;
     size_t span = (size_t)Tk; /* the most keys a tile sees: all, or its rows + window - 1 */
     if (a.window > 0 && (size_t)a.tile + a.window - 1 < span) span = (size_t)a.tile + a.window - 1;
@@ -266,28 +268,13 @@ int gq_cpu_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldq
                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
                             int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o) {
     const int group = n_heads / n_kv;
-    dec_args a = {.QKV = QKV,
-                  .Kc = Kc,
-                  .Vc = Vc,
-                  .O = O,
-                  .slot = slot,
-                  .pos = pos,
-                  .inv_freq = inv_freq,
-                  .slot_stride = slot_stride,
-                  .ldqkv = ldqkv,
-                  .ldkv = ldkv,
-                  .ldo = ldo,
-                  .n_heads = n_heads,
-                  .n_kv = n_kv,
-                  .group = group,
-                  .hd = head_dim,
-                  .rot = rot,
-                  .scale = (float)(1.0 / sqrt((double)head_dim))};
-    if (o) {
-        if (o->scale > 0.0f) a.scale = o->scale;
-        a.softcap = o->softcap;
-        a.window = o->window;
-    }
+    const attn_opt op = attn_opt_of(o, head_dim);
+    /* clang-format off */
+    dec_args a = {.QKV = QKV, .Kc = Kc, .Vc = Vc, .O = O, .slot = slot, .pos = pos, .inv_freq = inv_freq,
+                  .slot_stride = slot_stride, .ldqkv = ldqkv, .ldkv = ldkv, .ldo = ldo, .n_heads = n_heads,
+                  .n_kv = n_kv, .group = group, .hd = head_dim, .rot = rot, .scale = op.scale,
+                  .softcap = op.softcap, .window = op.window};
+    /* clang-format on */
     int keys = 1; /* the most keys a row sees */
     size_t work = 0;
     for (int r = 0; r < B; r++) {
