@@ -346,8 +346,8 @@ static void test_attention(pair *P, int ver, int Tq, int Tk, int nh, int nkv, in
     free(Q), free(K), free(V), free(O[0]), free(O[1]);
 }
 
-/* One batched decode step (gq_be_decode_attention) against the CPU backend, which runs it row by
- * row (rope + copy_act + attention): B rows of their own slots and positions in shared caches of
+/* One batched decode step (gq_be_decode_attention) against the CPU backend's (rope, cache append and
+ * attention of each row, in fp32): B rows of their own slots and positions in shared caches of
  * `slots` x max_len positions, random earlier keys. Compared: O, the rotated q/k in QKV, and both
  * caches (the new rows; the rest must be untouched). */
 static void test_decode(pair *P, int B, int nh, int nkv, int hd, int max_len, const int *slot, const int *pos) {

@@ -554,9 +554,9 @@ int gq_be_attention(gq_backend *be, void *O, int ldo, const void *Q, int ldq, co
     return gq_be_attention_ex(be, O, ldo, Q, ldq, K, ldk, V, ldv, Tq, Tk, n_heads, n_kv, head_dim, NULL);
 }
 
-/* The batched decode step; backends without a batched kernel get the row-by-row loop below,
- * whose attention sees the keys 0 .. pos[r] of the row's cache (query at absolute position
- * pos[r], so a window masks the keys j <= pos[r] - window exactly as in a prefill). */
+/* The batched decode step: each row's attention sees the keys 0 .. pos[r] of its cache (query at
+ * absolute position pos[r], so a window masks the keys j <= pos[r] - window exactly as in a
+ * prefill); the backends' own kernels (CPU: one parallel region over rows and kv heads). */
 int gq_be_decode_attention_ex(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
                               size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
                               int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o) {
@@ -571,25 +571,9 @@ int gq_be_decode_attention_ex(gq_backend *be, void *O, int ldo, void *QKV, int l
     for (int r = 0; r < B; r++)
         if (slot[r] < 0 || pos[r] < 0)
             return gq_err(GQ_ERR_ARG, "decode attention: row %d: slot %d, position %d", r, slot[r], pos[r]);
-    if (be->iface->decode_attention)
-        return be->iface->decode_attention(be, O, ldo, QKV, ldqkv, B, Kc, Vc, slot_stride, ldkv, slot, pos, n_heads,
-                                           n_kv, head_dim, rot, inv_freq, o);
-    for (int r = 0; r < B; r++) { /* the same, row by row */
-        char *q = (char *)QKV + gq_be_act_bytes(be, (size_t)r * ldqkv);
-        char *k = q + gq_be_act_bytes(be, (size_t)nq), *v = q + gq_be_act_bytes(be, (size_t)(nq + kvd));
-        char *kc = (char *)Kc + gq_be_act_bytes(be, (size_t)slot[r] * slot_stride);
-        char *vc = (char *)Vc + gq_be_act_bytes(be, (size_t)slot[r] * slot_stride);
-        size_t at = gq_be_act_bytes(be, (size_t)pos[r] * ldkv);
-        /* q, k heads adjacent: one rope over n_heads + n_kv heads */
-        int rc = gq_be_rope_partial(be, q, ldqkv, 1, n_heads + n_kv, head_dim, rot, pos[r], inv_freq);
-        if (!rc) rc = gq_be_copy_act(be, kc + at, k, (size_t)kvd);
-        if (!rc) rc = gq_be_copy_act(be, vc + at, v, (size_t)kvd);
-        if (!rc)
-            rc = gq_be_attention_ex(be, (char *)O + gq_be_act_bytes(be, (size_t)r * ldo), ldo, q, ldqkv, kc, ldkv, vc,
-                                    ldkv, 1, pos[r] + 1, n_heads, n_kv, head_dim, o);
-        if (rc) return rc;
-    }
-    return GQ_OK;
+    NEED(decode_attention);
+    return be->iface->decode_attention(be, O, ldo, QKV, ldqkv, B, Kc, Vc, slot_stride, ldkv, slot, pos, n_heads, n_kv,
+                                       head_dim, rot, inv_freq, o);
 }
 
 int gq_be_decode_attention(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,

@@ -66,7 +66,7 @@ struct gq_backend_i {
     int (*q4_supported)(const gq_backend *be);
     int (*weight_upload_q4)(gq_backend *be, gq_bweight *w, const gq_packed *const *parts, int nparts);
     void (*weight_free_q4)(gq_backend *be, gq_bweight *w);
-    /* (optional) one batched decode step; backend.c loops rope/copy_act/attention when NULL */
+    /* one batched decode step (rope, cache append, attention of every row) */
     int (*decode_attention)(gq_backend *be, void *O, int ldo, void *QKV, int ldqkv, int B, void *Kc, void *Vc,
                             size_t slot_stride, int ldkv, const int32_t *slot, const int32_t *pos, int n_heads,
                             int n_kv, int head_dim, int rot, const float *inv_freq, const gq_attn_opts *o);
