@@ -104,32 +104,6 @@ static void cpu_weight_free(gq_backend *be, gq_bweight *w) { gq_be_release(be, w
 
 /* ---- forward ops ------------------------------------------------------------------- */
 
-/* s[i] = sum_k w[k] x_i[k] for nx <= 4 rows x_i = x + i ldx: one pass over w, one vector
- * accumulator per row (independent chains). Each row's sum is the same vector reduction whatever nx
- * (test_backend checks rows bitwise against the row alone). */
-static void dots(const float *w, const float *x, size_t ldx, int nx, int K, float *s) {
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    switch (nx) {
-    case 4:
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k], s3 += w[k] * x3[k];
-        break;
-    case 3:
-#pragma omp simd reduction(+ : s0, s1, s2)
-        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k];
-        break;
-    case 2:
-#pragma omp simd reduction(+ : s0, s1)
-        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k];
-        break;
-    default:
-#pragma omp simd reduction(+ : s0)
-        for (int k = 0; k < K; k++) s0 += w[k] * x0[k];
-    }
-    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
-}
-
 /* Y[T][ldy] (+)= X[T][ldx] W^T for T <= GQ_CPU_SMALL_T (decode steps of up to 16 sequences): one pass
  * over the rows of W [N][K], each row's T dot products (4 at a time) while it is in cache.
  * OpenBLAS's sgemm packs all of W on every call, which at these T costs more than the products: a
@@ -147,7 +121,7 @@ void gq_cpu_linear_rows(float *Y, int ldy, const float *X, int ldx, int T, const
         for (int t0 = 0; t0 < T; t0 += 4) {
             float s[4];
             const int nx = T - t0 < 4 ? T - t0 : 4;
-            dots(w, X + (size_t)t0 * ldx, (size_t)ldx, nx, K, s);
+            gq_cpu_dots(w, X + (size_t)t0 * ldx, (size_t)ldx, nx, K, s);
             for (int i = 0; i < nx; i++) {
                 float *y = Y + (size_t)(t0 + i) * ldy + n;
                 *y = accumulate ? *y + s[i] : s[i];

@@ -74,6 +74,33 @@ static inline float gq_cpu_expf(float x) {
     return p * two_n;
 }
 
+/* s[i] = sum_k w[k] x_i[k] for nx <= 4 rows x_i = x + i ldx: one pass over w, one vector
+ * accumulator per row (independent chains). Each row's sum is the same vector reduction whatever nx
+ * (test_backend checks rows bitwise against the row alone). The few-row linear's and the decode
+ * step's dot products (inline: the decode step's are head_dim long, called once per key). */
+static inline void gq_cpu_dots(const float *w, const float *x, size_t ldx, int nx, int K, float *s) {
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    switch (nx) {
+    case 4:
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k], s3 += w[k] * x3[k];
+        break;
+    case 3:
+#pragma omp simd reduction(+ : s0, s1, s2)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k], s2 += w[k] * x2[k];
+        break;
+    case 2:
+#pragma omp simd reduction(+ : s0, s1)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k], s1 += w[k] * x1[k];
+        break;
+    default:
+#pragma omp simd reduction(+ : s0)
+        for (int k = 0; k < K; k++) s0 += w[k] * x0[k];
+    }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
 /* backend_cpu.c: Y[T][ldy] (+)= X[T][ldx] W^T, W [N][K], for a few rows (decode steps): the weight
  * streamed once, each row's value independent of T (the linear of T <= GQ_CPU_SMALL_T rows, and
  * the logits of a decode step) */

@@ -208,8 +208,9 @@ typedef struct {
 
 /* Row r, kv head h: rope of its query heads and key head at pos[r], the key and value into the
  * cache at pos[r], then each query head's attention over the visible cached keys. The scores are
- * dot products (one pass over the keys for the group's query heads), the softmax as softmax_exps
- * with a sequential sum, O = (sum_j p_j v_j) / sum. S [group][keys], acc [group][hd], inv [group],
+ * dot products (gq_cpu_dots: each key read once for up to 4 of the group's query heads), the
+ * soft-cap and exps as the prefill's (softcap_scores, softmax_exps) with a sequential sum,
+ * O = (sum_j p_j v_j) / sum. S [group][keys], acc [group][hd], inv [group],
  * cs [rot]. */
 static void decode_task(const dec_args *a, int r, int h, float *S, float *acc, float *inv, float *cs) {
     const int hd = a->hd, g = a->group, p = a->pos[r];
@@ -226,27 +227,21 @@ static void decode_task(const dec_args *a, int r, int h, float *S, float *acc, f
     int lo = a->window ? p - a->window + 1 : 0; /* keys lo .. p */
     lo = lo < 0 ? 0 : lo;
     const int n = p + 1 - lo;
-    for (int j = 0; j < n; j++) { /* S[i][j] = scale * q_i . k_{lo + j} */
+    for (int j = 0; j < n; j++) { /* S[i][j] = scale * q_i . k_{lo + j}, 4 query heads a pass over k */
         const float *kj = kc + (size_t)(lo + j) * a->ldkv;
-        for (int i = 0; i < g; i++) {
-            const float *qi = q + (size_t)i * hd;
-            float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-            for (int c = 0; c < hd; c++) d += qi[c] * kj[c];
-            S[(size_t)i * n + j] = a->scale * d;
+        for (int i0 = 0; i0 < g; i0 += 4) {
+            float d[4];
+            const int m = g - i0 < 4 ? g - i0 : 4;
+            gq_cpu_dots(kj, q + (size_t)i0 * hd, (size_t)hd, m, hd, d);
+            for (int i = 0; i < m; i++) S[(size_t)(i0 + i) * n + j] = a->scale * d[i];
         }
     }
-    for (int i = 0; i < g; i++) {
-        float *si = S + (size_t)i * n;
-        if (a->softcap > 0.0f)
-            for (int j = 0; j < n; j++) si[j] = a->softcap * tanhf(si[j] / a->softcap);
-        float mx = si[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < n; j++) mx = si[j] > mx ? si[j] : mx;
-#pragma omp simd
-        for (int j = 0; j < n; j++) si[j] = gq_cpu_expf(si[j] - mx);
+    if (a->softcap > 0.0f) softcap_scores(S, g, n, a->softcap, 0);
+    for (int i = 0; i < g; i++) { /* each row's keys all visible: its exps, a sequential sum */
+        int nv;
+        float *si = softmax_exps(S + (size_t)i * n, 0, n, n - 1, 0, 0, &nv);
         float sum = 0.0f;
-        for (int j = 0; j < n; j++) sum += si[j];
+        for (int j = 0; j < nv; j++) sum += si[j];
         inv[i] = 1.0f / sum;
         memset(acc + (size_t)i * hd, 0, sizeof(float) * (size_t)hd);
     }
